@@ -1,0 +1,280 @@
+//! The `plan` benchmark: how `ldsync plan` compares with the bare fetch of the same keys and with DuckDB's own
+//! `EXCEPT`, at 1M and 10M keys whose checkpoint differs by 1%.
+//!
+//! Run: `cargo bench --bench plan` (options after `--`: `--sizes 1000000,10000000`, `--repeat 3`,
+//! `--dir PATH` for the generated data, default `$TMPDIR/ldsync-bench`).
+//!
+//! Each measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own:
+//! - `fetch`: the model's key column read into Arrow batches through the same query `plan` runs, nothing more;
+//! - `plan`: the real `ldsync plan --format json` end to end (open, model, keys, checkpoint, diff, report);
+//! - `except`: DuckDB's `EXCEPT` in both directions over the model and the previous key set, results into Arrow.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use ldsync::config::Config;
+use ldsync::state::{CheckpointSettings, LocalStore};
+use ldsync::warehouse::{Warehouse, WarehouseError};
+
+const SYNC: &str = "bench";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(phase) = option(&args, "--phase") {
+        let dir = PathBuf::from(option(&args, "--dir").expect("--dir"));
+        run_phase(&phase, &dir);
+        return;
+    }
+    let sizes: Vec<u64> = option(&args, "--sizes")
+        .unwrap_or_else(|| "1000000,10000000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("--sizes takes numbers"))
+        .collect();
+    let repeat: usize =
+        option(&args, "--repeat").map_or(3, |r| r.parse().expect("--repeat takes a number"));
+    let root = option(&args, "--dir")
+        .map_or_else(|| std::env::temp_dir().join("ldsync-bench"), PathBuf::from);
+
+    println!("machine: {} cores, {}", cores(), memory_total());
+    println!(
+        "{:>10}  {:<8} {:>9} {:>9} {:>9}  {:>12}",
+        "keys", "phase", "median s", "min s", "vs fetch", "peak RSS MiB"
+    );
+    let mut verdicts = Vec::new();
+    for n in sizes {
+        let dir = root.join(n.to_string());
+        prepare(&dir, n);
+        let fetch = measure(repeat, || phase_command("fetch", &dir));
+        let plan = measure(repeat, || plan_command(&dir));
+        let except = measure(repeat, || phase_command("except", &dir));
+        for (name, m) in [("fetch", &fetch), ("plan", &plan), ("except", &except)] {
+            println!(
+                "{n:>10}  {name:<8} {:>9.3} {:>9.3} {:>8.2}× {:>12.1}",
+                m.median,
+                m.min,
+                m.median / fetch.median,
+                m.peak_kib as f64 / 1024.0
+            );
+        }
+        let ratio = plan.median / fetch.median;
+        verdicts.push(format!(
+            "{n} keys: plan/fetch = {ratio:.2}× (target ≤ 1.5×: {}), plan/except = {:.2}×, plan peak {:.0} MiB{}",
+            pass(ratio <= 1.5),
+            plan.median / except.median,
+            plan.peak_kib as f64 / 1024.0,
+            if n >= 10_000_000 {
+                format!(" (target ≤ 1024 MiB: {})", pass(plan.peak_kib <= 1024 * 1024))
+            } else {
+                String::new()
+            }
+        ));
+    }
+    println!();
+    for verdict in verdicts {
+        println!("{verdict}");
+    }
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn option(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Generates, once per size, the model's CSV (`n` keys in random order), the previous key set (0.5% of the keys
+/// missing, 0.5% extra: a 1% difference) as CSV, a connector.yaml, and the checkpoint committed from that set.
+fn prepare(dir: &Path, n: u64) {
+    let done = dir.join("ready");
+    if done.exists() {
+        return;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let started = Instant::now();
+    let conn = duckdb::Connection::open_in_memory().unwrap();
+    let key = |i: &str| format!("'usr_' || substr(md5(({i})::VARCHAR), 1, 16)");
+    let extra = n / 200;
+    conn.execute_batch(&format!(
+        "COPY (SELECT {model} AS user_id, i % 7 AS plan_tier FROM range({n}) r(i)) TO '{dir}/model.csv' (HEADER);
+         COPY (SELECT {model} AS user_id FROM range({n}) r(i) WHERE i % 200 <> 0
+               UNION ALL SELECT {model} FROM range({n}, {n} + {extra}) r(i)) TO '{dir}/previous.csv' (HEADER);",
+        model = key("i"),
+        dir = dir.display(),
+    ))
+    .unwrap();
+    std::fs::create_dir_all(dir.join("sql")).unwrap();
+    std::fs::write(
+        dir.join("sql/bench_model.sql"),
+        "SELECT user_id AS context_key FROM model\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("connector.yaml"),
+        format!(
+            "version: 1
+warehouse:
+  kind: duckdb
+  startup_sql:
+    - CREATE VIEW model AS SELECT * FROM read_csv('model.csv', header = true, types = {{'user_id': 'VARCHAR'}})
+    - CREATE VIEW previous AS SELECT * FROM read_csv('previous.csv', header = true, types = {{'user_id': 'VARCHAR'}})
+launchdarkly:
+  project: bench
+  environment: production
+state:
+  kind: local
+  directory: state
+syncs:
+  - name: {SYNC}
+    model: bench_model
+    segment: bench
+    mode: mirror
+    gates:
+      max_remove_percent: 100
+"
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&dir.join("connector.yaml")).unwrap();
+    let settings = CheckpointSettings::of(&config, &config.syncs[0]);
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT user_id FROM read_csv('{}/previous.csv', header = true) ORDER BY user_id",
+            dir.display()
+        ))
+        .unwrap();
+    let batches: Vec<arrow::array::RecordBatch> = stmt
+        .stream_arrow([])
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let keys = batches.iter().flat_map(|b| {
+        let column = b.column(0).as_string::<i32>().clone();
+        (0..column.len()).map(move |i| column.value(i).to_string())
+    });
+    let keys: Vec<String> = keys.collect();
+    LocalStore::new(dir.join("state"))
+        .commit(
+            SYNC,
+            "bench-previous",
+            &settings,
+            keys.iter().map(String::as_str),
+        )
+        .unwrap();
+    std::fs::write(&done, "").unwrap();
+    eprintln!(
+        "generated {n} keys in {} in {:.1}s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+struct Measurement {
+    median: f64,
+    min: f64,
+    peak_kib: i64,
+}
+
+/// Runs the command `repeat` times; wall time of each, and the largest peak resident memory seen.
+fn measure(repeat: usize, command: impl Fn() -> Command) -> Measurement {
+    let mut times = Vec::new();
+    let mut peak_kib = 0;
+    for _ in 0..repeat {
+        let started = Instant::now();
+        let (ok, peak) = run_and_measure(command());
+        times.push(started.elapsed().as_secs_f64());
+        assert!(ok, "a benchmark child process failed");
+        peak_kib = peak_kib.max(peak);
+    }
+    times.sort_by(f64::total_cmp);
+    Measurement {
+        median: times[times.len() / 2],
+        min: times[0],
+        peak_kib,
+    }
+}
+
+/// Spawns `command`, waits for it with `wait4`, and returns whether it succeeded and its peak RSS in KiB.
+fn run_and_measure(mut command: Command) -> (bool, i64) {
+    let child = command.spawn().expect("spawn a benchmark child");
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (ok, usage.ru_maxrss)
+}
+
+fn phase_command(phase: &str, dir: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--phase", phase, "--dir"]).arg(dir);
+    command
+}
+
+fn plan_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ldsync"));
+    command
+        .arg("--config")
+        .arg(dir.join("connector.yaml"))
+        .args([
+            "--log-level",
+            "warn",
+            "plan",
+            "--format",
+            "json",
+            "--output",
+            "/dev/null",
+        ]);
+    command
+}
+
+fn run_phase(phase: &str, dir: &Path) {
+    let config = Config::load(&dir.join("connector.yaml")).unwrap();
+    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir).unwrap();
+    let mut rows = 0usize;
+    let mut count = |array: &ArrayRef| -> Result<(), WarehouseError> {
+        rows += array.len();
+        Ok(())
+    };
+    match phase {
+        "fetch" => {
+            let sql = std::fs::read_to_string(dir.join("sql/bench_model.sql")).unwrap();
+            let key = warehouse.key_column(&sql, "context_key").unwrap();
+            warehouse.stream_keys(&sql, &key, &mut count)
+        }
+        "except" => warehouse.stream_column(
+            "SELECT user_id FROM (SELECT user_id FROM model EXCEPT SELECT user_id FROM previous)
+             UNION ALL
+             SELECT user_id FROM (SELECT user_id FROM previous EXCEPT SELECT user_id FROM model)",
+            &mut count,
+        ),
+        other => panic!("unknown phase {other}"),
+    }
+    .unwrap();
+    assert!(rows > 0, "the {phase} phase read no rows");
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn memory_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or_else(
+            || "unknown memory".into(),
+            |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
+        )
+}

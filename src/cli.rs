@@ -1,0 +1,252 @@
+//! The command line: what each command takes, what it prints, and the exit codes a scheduler can branch on.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use arrow::array::Array;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, TokenSource};
+use crate::plan::{PlanOutcome, Planner};
+use crate::report::{Format, PlanResult, overall_outcome, write_plan_report};
+use crate::state::LocalStore;
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    /// Success: the command did what it was asked (with plan --detailed-exitcode: nothing to change).
+    pub const OK: u8 = 0;
+    /// Something failed: the configuration, a model, the warehouse, a checkpoint, or writing the report.
+    pub const ERROR: u8 = 1;
+    /// The command line itself was wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// plan --detailed-exitcode: at least one sync has changes to make, and no gate would stop it.
+    pub const CHANGES: u8 = 3;
+    /// plan --detailed-exitcode: a removal gate would stop at least one sync before its first call.
+    pub const GATE_STOPPED: u8 = 4;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success (plan --detailed-exitcode: nothing to change)
+  1  error: configuration, model SQL, keys, warehouse or checkpoint
+  2  the command line was wrong
+  3  plan --detailed-exitcode: changes to make
+  4  plan --detailed-exitcode: a removal gate would stop a sync before any call
+
+Logs go to standard error; reports go to standard output or --output.";
+
+/// ldsync syncs warehouse SQL models to LaunchDarkly segments.
+///
+/// Each sync runs a model (sql/<model>.sql) in the warehouse, works out which context keys entered or left it since
+/// the last committed checkpoint, and turns that into segment changes in add, remove or mirror mode.
+#[derive(Debug, Parser)]
+#[command(name = "ldsync", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The configuration file; models and relative paths resolve from its directory.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "LDSYNC_CONFIG",
+        default_value = "connector.yaml"
+    )]
+    pub config: PathBuf,
+
+    /// How log lines on standard error look.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Which log lines to show: error, warn, info, debug or trace (or a tracing filter such as ldsync=debug).
+    #[arg(long, global = true, env = "LDSYNC_LOG", default_value = "info")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration, that every model exists and prepares against the warehouse with a usable key
+    /// column, and that every checkpoint is readable and matches its sync's settings. Changes nothing.
+    Validate {
+        /// Syncs to check (default: all).
+        syncs: Vec<String>,
+    },
+    /// Dry run: run the models, diff them against their checkpoints, and report exactly which keys a sync would
+    /// add and remove, the requests that would carry them, and the removal gates that would stop it. Writes
+    /// nothing but the report.
+    Plan {
+        /// Syncs to plan (default: all).
+        syncs: Vec<String>,
+        /// Report format; json, csv and parquet carry every key.
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Write the report to this file instead of standard output (required for parquet).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// How many keys of each list the table shows.
+        #[arg(long, default_value_t = 5)]
+        show: usize,
+        /// Exit 0 when nothing would change, 3 when changes are planned, 4 when a removal gate would stop a
+        /// sync (1 stays error), so a scheduler can branch on the plan.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+}
+
+/// Runs the parsed command line and returns the process's exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format, &cli.log_level);
+    let code = match execute(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            match cli.log_format {
+                LogFormat::Text => eprintln!("error: {e:#}"),
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "ldsync failed"),
+            }
+            exit::ERROR
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn execute(cli: &Cli) -> anyhow::Result<u8> {
+    let config = Config::load(&cli.config).with_context(|| {
+        format!(
+            "loading the configuration (pass --config PATH if it is not {})",
+            cli.config.display()
+        )
+    })?;
+    match &cli.command {
+        Command::Validate { syncs } => validate(&config, syncs),
+        Command::Plan {
+            syncs,
+            format,
+            output,
+            show,
+            detailed_exitcode,
+        } => plan(
+            &config,
+            syncs,
+            *format,
+            output.as_deref(),
+            *show,
+            *detailed_exitcode,
+        ),
+    }
+}
+
+fn plan(
+    config: &Config,
+    names: &[String],
+    format: Format,
+    output: Option<&Path>,
+    show: usize,
+    detailed_exitcode: bool,
+) -> anyhow::Result<u8> {
+    if format == Format::Parquet && output.is_none() {
+        anyhow::bail!("--format parquet writes a binary file: give it --output PATH");
+    }
+    let syncs = config.select_syncs(names)?;
+    let planner = Planner::open(config)?;
+    let results: Vec<PlanResult> = syncs
+        .iter()
+        .map(|sync| {
+            let started = std::time::Instant::now();
+            let result = planner.plan(sync);
+            match &result {
+                Ok(p) => tracing::info!(
+                    sync = %p.sync,
+                    rows = p.keys.rows,
+                    keys = p.keys.distinct,
+                    adds = p.adds.len(),
+                    removes = p.removes.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "planned"
+                ),
+                Err(e) => tracing::error!(sync = %e.sync, "{e}"),
+            }
+            result
+        })
+        .collect();
+    write_report(&results, format, output, show)?;
+    Ok(match overall_outcome(&results) {
+        None => exit::ERROR,
+        Some(_) if !detailed_exitcode => exit::OK,
+        Some(PlanOutcome::NoChanges) => exit::OK,
+        Some(PlanOutcome::Changes) => exit::CHANGES,
+        Some(PlanOutcome::GateStopped) => exit::GATE_STOPPED,
+    })
+}
+
+fn write_report(
+    results: &[PlanResult],
+    format: Format,
+    output: Option<&Path>,
+    show: usize,
+) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let mut out = BufWriter::new(file);
+            write_plan_report(results, format, show, &mut out)?;
+            out.flush()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => {
+            let mut out = BufWriter::new(std::io::stdout());
+            write_plan_report(results, format, show, &mut out)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
+    let syncs = config.select_syncs(names)?;
+    let planner = Planner::open(config)?;
+    let store = LocalStore::new(config.state_dir());
+    let mut failures = 0;
+    for sync in syncs {
+        match crate::validate::check_sync(config, &planner, &store, sync) {
+            Ok(summary) => println!("✓ {summary}"),
+            Err(e) => {
+                failures += 1;
+                println!("✗ {e}");
+            }
+        }
+    }
+    if let TokenSource::Env(var) = &config.launchdarkly.token
+        && std::env::var_os(var).is_none()
+    {
+        println!(
+            "! the access token variable {var} is not set: plan works without it, sync will need it"
+        );
+    }
+    Ok(if failures == 0 { exit::OK } else { exit::ERROR })
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

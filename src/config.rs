@@ -1,0 +1,892 @@
+//! `connector.yaml`: the one file that says where models run, which LaunchDarkly project and environment they
+//! feed, where checkpoints live, and what each sync does.
+//!
+//! Loading it interpolates `${VAR}` (and `${VAR:-default}`) in URLs, paths and start-up SQL, and checks every
+//! value while it is read, so that a mistake is reported with its field path and its line, for example
+//! `syncs[1].batch_size: at most 1500 target operations fit in one request, got 2000 at line 31 column 17`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build of ldsync reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// LaunchDarkly accepts at most this many target operations in one semantic-patch request.
+pub const MAX_BATCH_SIZE: usize = 1_500;
+
+/// The longest context key ldsync accepts, in characters.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+}
+
+/// A loaded and checked `connector.yaml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The directory holding it: models (`sql/`), fixtures and relative paths resolve from here.
+    pub project_dir: PathBuf,
+    pub warehouse: WarehouseConfig,
+    pub launchdarkly: LaunchDarklyConfig,
+    pub state: StateConfig,
+    pub syncs: Vec<SyncConfig>,
+}
+
+impl Config {
+    /// Reads and checks the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ConfigFile =
+            serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // Empty when the file is in the working directory, so that paths print as `sql/x.sql`.
+        let project_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Config {
+            path: path.to_path_buf(),
+            project_dir,
+            warehouse: file.warehouse,
+            launchdarkly: file.launchdarkly,
+            state: file.state,
+            syncs: file.syncs.0,
+        })
+    }
+
+    /// The syncs named in `names`, in the configuration's order; every sync when `names` is empty.
+    pub fn select_syncs(&self, names: &[String]) -> Result<Vec<&SyncConfig>, UnknownSync> {
+        if let Some(unknown) = names
+            .iter()
+            .find(|name| !self.syncs.iter().any(|s| &s.name == *name))
+        {
+            return Err(UnknownSync {
+                name: unknown.clone(),
+                known: self.syncs.iter().map(|s| s.name.clone()).collect(),
+            });
+        }
+        Ok(self
+            .syncs
+            .iter()
+            .filter(|s| names.is_empty() || names.contains(&s.name))
+            .collect())
+    }
+
+    /// Where the model of `sync` lives on disk.
+    pub fn model_path(&self, sync: &SyncConfig) -> PathBuf {
+        self.project_dir
+            .join("sql")
+            .join(format!("{}.sql", sync.model))
+    }
+
+    /// The directory of the local checkpoint store, resolved against the project directory.
+    pub fn state_dir(&self) -> PathBuf {
+        match &self.state {
+            StateConfig::Local { directory } => self.project_dir.join(directory),
+        }
+    }
+}
+
+/// A sync name given on the command line that the configuration does not define.
+#[derive(Debug, thiserror::Error)]
+#[error("no sync named `{name}` in the configuration; its syncs are: {}", known.join(", "))]
+pub struct UnknownSync {
+    pub name: String,
+    pub known: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[allow(dead_code)] // read only to check it
+    version: ConfigVersion,
+    warehouse: WarehouseConfig,
+    launchdarkly: LaunchDarklyConfig,
+    state: StateConfig,
+    syncs: Syncs,
+}
+
+struct ConfigVersion;
+
+impl<'de> Deserialize<'de> for ConfigVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_number(deserializer, "the configuration version", |version| {
+            if version != f64::from(CONFIG_VERSION) {
+                return Err(format!(
+                    "this ldsync reads configuration version {CONFIG_VERSION}, the file says {version}"
+                ));
+            }
+            Ok(ConfigVersion)
+        })
+    }
+}
+
+/// Where models run.
+#[derive(Clone)]
+pub enum WarehouseConfig {
+    /// Embedded DuckDB: a database file, or in memory when `database` is absent.
+    DuckDb {
+        database: Option<String>,
+        /// Statements run once when the warehouse opens, typically views over CSV or Parquet files.
+        startup_sql: Vec<String>,
+    },
+    /// A PostgreSQL server (or one that speaks its protocol).
+    Postgres { url: String },
+}
+
+impl fmt::Debug for WarehouseConfig {
+    // A PostgreSQL URL may carry a password: it is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WarehouseConfig::DuckDb {
+                database,
+                startup_sql,
+            } => f
+                .debug_struct("DuckDb")
+                .field("database", database)
+                .field("startup_sql", startup_sql)
+                .finish(),
+            WarehouseConfig::Postgres { .. } => f
+                .debug_struct("Postgres")
+                .field("url", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarehouse {
+    kind: WarehouseKind,
+    database: Option<Interpolated>,
+    #[serde(default)]
+    startup_sql: Vec<Interpolated>,
+    url: Option<Interpolated>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WarehouseKind {
+    DuckDb,
+    Postgres,
+}
+
+impl<'de> Deserialize<'de> for WarehouseConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_map(deserializer, WarehouseConfig::from_raw)
+    }
+}
+
+impl WarehouseConfig {
+    fn from_raw(raw: RawWarehouse) -> Result<Self, String> {
+        match raw.kind {
+            WarehouseKind::DuckDb => {
+                if raw.url.is_some() {
+                    return Err(
+                        "`url` is for kind postgres; a duckdb warehouse takes `database` \
+                                (a file path, or leave it out for an in-memory database)"
+                            .into(),
+                    );
+                }
+                Ok(WarehouseConfig::DuckDb {
+                    database: raw.database.map(|d| d.0),
+                    startup_sql: raw.startup_sql.into_iter().map(|s| s.0).collect(),
+                })
+            }
+            WarehouseKind::Postgres => {
+                if raw.database.is_some() || !raw.startup_sql.is_empty() {
+                    return Err("a postgres warehouse takes only `url` (for example \
+                                url: ${DATABASE_URL}); `database` and `startup_sql` are for duckdb"
+                        .into());
+                }
+                let url = raw
+                    .url
+                    .ok_or("a postgres warehouse needs `url`, for example url: ${DATABASE_URL}")?;
+                Ok(WarehouseConfig::Postgres { url: url.0 })
+            }
+        }
+    }
+}
+
+/// Which LaunchDarkly account, project and environment the syncs write to, and where the token comes from.
+#[derive(Debug, Clone)]
+pub struct LaunchDarklyConfig {
+    /// Root of the REST API, without `/api/v2`.
+    pub base_url: String,
+    pub token: TokenSource,
+    pub project: String,
+    pub environment: String,
+}
+
+/// Where the LaunchDarkly access token is read from. The token itself never appears in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The name of an environment variable.
+    Env(String),
+    /// A file holding the token (trailing white space is ignored).
+    File(PathBuf),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLaunchDarkly {
+    instance: Option<Instance>,
+    base_url: Option<Interpolated>,
+    token_env: Option<EnvVarName>,
+    token_file: Option<Interpolated>,
+    token: Option<IgnoredAny>,
+    project: ResourceKey,
+    environment: ResourceKey,
+}
+
+/// LaunchDarkly's hosted instances.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Instance {
+    Us,
+    Eu,
+    Federal,
+}
+
+impl Instance {
+    fn base_url(self) -> &'static str {
+        match self {
+            Instance::Us => "https://app.launchdarkly.com",
+            Instance::Eu => "https://app.eu.launchdarkly.com",
+            Instance::Federal => "https://app.launchdarkly.us",
+        }
+    }
+}
+
+/// The environment variable read for the token when the configuration names none.
+pub const DEFAULT_TOKEN_ENV: &str = "LD_ACCESS_TOKEN";
+
+impl<'de> Deserialize<'de> for LaunchDarklyConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_map(deserializer, LaunchDarklyConfig::from_raw)
+    }
+}
+
+impl LaunchDarklyConfig {
+    fn from_raw(raw: RawLaunchDarkly) -> Result<Self, String> {
+        if raw.token.is_some() {
+            return Err("the access token never goes in connector.yaml: put it in an environment \
+                        variable named by `token_env` (default LD_ACCESS_TOKEN) or a file named by `token_file`"
+                .into());
+        }
+        let base_url = match (raw.instance, raw.base_url) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "give either `instance` (us, eu, federal) or `base_url`, not both".into(),
+                );
+            }
+            (Some(instance), None) => instance.base_url().to_string(),
+            (None, Some(url)) => parse_base_url(&url.0)?,
+            (None, None) => Instance::Us.base_url().to_string(),
+        };
+        let token = match (raw.token_env, raw.token_file) {
+            (Some(_), Some(_)) => {
+                return Err("give either `token_env` or `token_file`, not both".into());
+            }
+            (Some(var), None) => TokenSource::Env(var.0),
+            (None, Some(file)) => TokenSource::File(PathBuf::from(file.0)),
+            (None, None) => TokenSource::Env(DEFAULT_TOKEN_ENV.to_string()),
+        };
+        Ok(LaunchDarklyConfig {
+            base_url,
+            token,
+            project: raw.project.0,
+            environment: raw.environment.0,
+        })
+    }
+}
+
+fn parse_base_url(url: &str) -> Result<String, String> {
+    let trimmed = url.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| format!("`base_url` must start with https:// or http://, got `{url}`"))?;
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(format!("`base_url` `{url}` has no host"));
+    }
+    if trimmed.ends_with("/api/v2") {
+        return Err(format!(
+            "`base_url` is the root of the instance; drop the trailing /api/v2 from `{url}`"
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Where checkpoints, journals and run history are kept.
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    /// One directory per sync under `directory` (relative to the project directory).
+    Local { directory: PathBuf },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    kind: StateKind,
+    directory: Option<Interpolated>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StateKind {
+    Local,
+}
+
+/// Where the local store keeps its files when the configuration does not say.
+pub const DEFAULT_STATE_DIR: &str = ".ldsync/state";
+
+impl<'de> Deserialize<'de> for StateConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_map(deserializer, StateConfig::from_raw)
+    }
+}
+
+impl StateConfig {
+    fn from_raw(raw: RawState) -> Result<Self, String> {
+        match raw.kind {
+            StateKind::Local => Ok(StateConfig::Local {
+                directory: PathBuf::from(
+                    raw.directory
+                        .map_or_else(|| DEFAULT_STATE_DIR.to_string(), |d| d.0),
+                ),
+            }),
+        }
+    }
+}
+
+/// What a sync does with the keys that entered or left its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Keys that entered the model are added to the segment; keys that left are left alone.
+    Add,
+    /// Keys that entered the model are removed from the segment.
+    Remove,
+    /// The segment's targets of the sync's context kind equal the model.
+    Mirror,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Add => "add",
+            Mode::Remove => "remove",
+            Mode::Mirror => "mirror",
+        })
+    }
+}
+
+/// What happens to a row whose key is null, blank or too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidKeys {
+    /// The sync stops with an error naming the row (the default: a bad key usually means a bad model).
+    #[default]
+    Fail,
+    /// The row is left out, counted, and reported with examples.
+    Skip,
+}
+
+/// When a sync runs under `ldsync run`.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Every so often, for example `15m` or `4h`.
+    Every(Duration),
+    /// A cron expression (five fields, or six with seconds), evaluated in UTC.
+    Cron(String),
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str(
+            deserializer,
+            "a schedule such as 4h or a cron expression",
+            parse_schedule,
+        )
+    }
+}
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    let text = text.trim();
+    if !text.contains(' ') {
+        let every = humantime::parse_duration(text).map_err(|e| {
+            format!("`{text}` is neither an interval such as 15m or 4h ({e}) nor a cron expression")
+        })?;
+        if every < Duration::from_secs(1) {
+            return Err(format!("interval `{text}` is shorter than one second"));
+        }
+        return Ok(Schedule::Every(every));
+    }
+    croner::Cron::new(text)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| format!("cron expression `{text}` is invalid: {e}"))?;
+    Ok(Schedule::Cron(text.to_string()))
+}
+
+/// Limits on what one run may remove; a run over any of them stops before its first call.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovalGates {
+    /// The largest share of the segment's known members, in percent, that one run may remove.
+    #[serde(default = "default_max_remove_percent", deserialize_with = "percent")]
+    pub max_remove_percent: Option<f64>,
+    /// The largest number of members one run may remove.
+    #[serde(default)]
+    pub max_remove_count: Option<u64>,
+    /// Whether a mirror model that returns no valid keys may go ahead and empty its segment.
+    #[serde(default)]
+    pub allow_empty_model: bool,
+}
+
+/// By default one run may remove at most a tenth of a segment.
+pub const DEFAULT_MAX_REMOVE_PERCENT: f64 = 10.0;
+
+fn default_max_remove_percent() -> Option<f64> {
+    Some(DEFAULT_MAX_REMOVE_PERCENT)
+}
+
+fn percent<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    from_number(deserializer, "a percentage from 0 to 100", |p| {
+        if (0.0..=100.0).contains(&p) {
+            Ok(Some(p))
+        } else {
+            Err(format!("a percentage from 0 to 100, got {p}"))
+        }
+    })
+}
+
+impl Default for RemovalGates {
+    fn default() -> Self {
+        RemovalGates {
+            max_remove_percent: default_max_remove_percent(),
+            max_remove_count: None,
+            allow_empty_model: false,
+        }
+    }
+}
+
+/// One sync: a model, the segment it feeds, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Unique within the file; names the sync's state directory and appears in every message about it.
+    #[serde(deserialize_with = "sync_name")]
+    pub name: String,
+    /// The model's name: its SQL is `sql/<model>.sql` beside connector.yaml.
+    #[serde(deserialize_with = "model_name")]
+    pub model: String,
+    /// The LaunchDarkly segment key.
+    #[serde(deserialize_with = "resource_key")]
+    pub segment: String,
+    #[serde(default = "default_context_kind", deserialize_with = "context_kind")]
+    pub context_kind: String,
+    pub mode: Mode,
+    /// The model's column that holds the context key.
+    #[serde(default = "default_key_column", deserialize_with = "column_name")]
+    pub key_column: String,
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Target operations per request, at most 1,500.
+    #[serde(default = "default_batch_size", deserialize_with = "batch_size")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub invalid_keys: InvalidKeys,
+    #[serde(default)]
+    pub gates: RemovalGates,
+}
+
+fn default_context_kind() -> String {
+    "user".to_string()
+}
+
+fn default_key_column() -> String {
+    "context_key".to_string()
+}
+
+fn default_batch_size() -> usize {
+    MAX_BATCH_SIZE
+}
+
+fn batch_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    from_number(
+        deserializer,
+        "a whole number of target operations",
+        |size| {
+            if size.fract() != 0.0 || !(1.0..=MAX_BATCH_SIZE as f64).contains(&size) {
+                return Err(format!(
+                    "a batch holds 1 to {MAX_BATCH_SIZE} target operations (LaunchDarkly's limit per request), got {size}"
+                ));
+            }
+            Ok(size as usize)
+        },
+    )
+}
+
+/// Checks a string against a character rule, naming what it is when it fails.
+fn checked<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    what: &str,
+    allowed: fn(char) -> bool,
+    rule: &str,
+) -> Result<String, D::Error> {
+    from_str(deserializer, "a string", |value| {
+        if value.is_empty() {
+            return Err(format!("{what} must not be empty"));
+        }
+        if let Some(bad) = value.chars().find(|&c| !allowed(c)) {
+            return Err(format!(
+                "{what} `{value}` has the character {bad:?}; {rule}"
+            ));
+        }
+        Ok(value.to_string())
+    })
+}
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn sync_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    checked(
+        deserializer,
+        "a sync name",
+        is_key_char,
+        "use letters, digits, `.`, `_` and `-`",
+    )
+}
+
+fn model_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    const RULE: &str = "name a model by its file under sql/ without `.sql`, for example `pro_users` for sql/pro_users.sql";
+    from_str(deserializer, "a model name", |name| {
+        let allowed = |c: char| is_key_char(c) || c == '/';
+        if name.is_empty()
+            || !name.chars().all(allowed)
+            || name.ends_with(".sql")
+            || name.split('/').any(|part| part.is_empty() || part == "..")
+        {
+            return Err(format!("model `{name}`: {RULE}"));
+        }
+        Ok(name.to_string())
+    })
+}
+
+fn resource_key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    checked(
+        deserializer,
+        "a LaunchDarkly key",
+        is_key_char,
+        "LaunchDarkly keys use letters, digits, `.`, `_` and `-`",
+    )
+}
+
+fn column_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    checked(
+        deserializer,
+        "a key column",
+        |c| c.is_alphanumeric() || c == '_',
+        "name a column of the model's result (letters, digits and `_`)",
+    )
+}
+
+fn context_kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    from_str(deserializer, "a context kind", |kind| {
+        if kind == "kind" || kind == "multi" {
+            return Err(format!(
+                "`{kind}` is reserved by LaunchDarkly and cannot be a context kind"
+            ));
+        }
+        if kind.is_empty() || !kind.chars().all(is_key_char) {
+            return Err(format!(
+                "context kind `{kind}`: context kinds use letters, digits, `.`, `_` and `-`"
+            ));
+        }
+        Ok(kind.to_string())
+    })
+}
+
+/// A LaunchDarkly project or environment key.
+struct ResourceKey(String);
+
+impl<'de> Deserialize<'de> for ResourceKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        resource_key(deserializer).map(ResourceKey)
+    }
+}
+
+/// The name of an environment variable.
+struct EnvVarName(String);
+
+impl<'de> Deserialize<'de> for EnvVarName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked(
+            deserializer,
+            "an environment variable name",
+            |c| c.is_ascii_alphanumeric() || c == '_',
+            "name the variable (letters, digits and `_`), not its value",
+        )
+        .map(EnvVarName)
+    }
+}
+
+/// The list of syncs, whose names must be unique.
+struct Syncs(Vec<SyncConfig>);
+
+impl<'de> Deserialize<'de> for Syncs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(SyncsVisitor)
+    }
+}
+
+struct SyncsVisitor;
+
+impl<'de> Visitor<'de> for SyncsVisitor {
+    type Value = Syncs;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of syncs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Syncs, A::Error> {
+        let mut syncs: Vec<SyncConfig> = Vec::new();
+        while let Some(sync) = seq.next_element::<SyncConfig>()? {
+            if let Some(j) = syncs.iter().position(|s| s.name == sync.name) {
+                return Err(de::Error::custom(format!(
+                    "the sync name `{}` is used by syncs[{j}] and syncs[{}]; names must be unique",
+                    sync.name,
+                    syncs.len()
+                )));
+            }
+            syncs.push(sync);
+        }
+        if syncs.is_empty() {
+            return Err(de::Error::custom(
+                "no syncs defined: add at least one under `syncs:`",
+            ));
+        }
+        Ok(Syncs(syncs))
+    }
+}
+
+/// A string with `${VAR}` and `${VAR:-default}` replaced from the environment as it is read.
+struct Interpolated(String);
+
+impl<'de> Deserialize<'de> for Interpolated {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str(deserializer, "a string", |raw| {
+            interpolate(raw, |name| std::env::var(name).ok()).map(Interpolated)
+        })
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in `text` with values from `lookup`.
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`${{` without a closing `}}` in `{text}`"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "`${{{expr}}}` is not a variable reference; write ${{NAME}} or ${{NAME:-default}}"
+            ));
+        }
+        match (lookup(name), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => {
+                return Err(format!(
+                    "the environment variable {name} is not set (or write ${{{name}:-default}})"
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// serde_yaml_ng marks an error with the path and line of the value being visited only when the error is raised
+// inside the visitor. These helpers run each check inside one, so every message points at its own line.
+
+/// Reads a string and converts it with `convert`.
+fn from_str<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    convert: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct StrVisitor<F> {
+        expecting: &'static str,
+        convert: F,
+    }
+    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for StrVisitor<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.convert)(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(StrVisitor { expecting, convert })
+}
+
+/// Reads a number (integer or not) and converts it with `convert`.
+fn from_number<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    convert: impl FnOnce(f64) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct NumberVisitor<F> {
+        expecting: &'static str,
+        convert: F,
+    }
+    impl<'de, T, F: FnOnce(f64) -> Result<T, String>> Visitor<'de> for NumberVisitor<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            (self.convert)(v).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            self.visit_f64(v as f64)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            self.visit_f64(v as f64)
+        }
+    }
+    deserializer.deserialize_any(NumberVisitor { expecting, convert })
+}
+
+/// Reads a mapping as `R`, then checks and converts it with `convert`.
+fn from_map<'de, D, R, T>(
+    deserializer: D,
+    convert: fn(R) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    R: Deserialize<'de>,
+{
+    struct MapVisitor<R, T> {
+        convert: fn(R) -> Result<T, String>,
+    }
+    impl<'de, R: Deserialize<'de>, T> Visitor<'de> for MapVisitor<R, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            let raw = R::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            (self.convert)(raw).map_err(de::Error::custom)
+        }
+    }
+    deserializer.deserialize_map(MapVisitor { convert })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(name: &str) -> Option<String> {
+        (name == "DAY").then(|| "day2".to_string())
+    }
+
+    #[test]
+    fn interpolation_replaces_set_variables_and_defaults() {
+        assert_eq!(
+            interpolate("fixtures/${DAY}/users.csv", lookup).unwrap(),
+            "fixtures/day2/users.csv"
+        );
+        assert_eq!(
+            interpolate("${MISSING:-day1}/${DAY}", lookup).unwrap(),
+            "day1/day2"
+        );
+        assert_eq!(interpolate("no variables", lookup).unwrap(), "no variables");
+    }
+
+    #[test]
+    fn interpolation_errors_name_the_variable() {
+        let err = interpolate("x${MISSING}y", lookup).unwrap_err();
+        assert!(err.contains("MISSING is not set"), "{err}");
+        let err = interpolate("${unterminated", lookup).unwrap_err();
+        assert!(err.contains("without a closing"), "{err}");
+        let err = interpolate("${a b}", lookup).unwrap_err();
+        assert!(err.contains("not a variable reference"), "{err}");
+    }
+
+    #[test]
+    fn schedules_are_intervals_or_cron() {
+        assert!(
+            matches!(parse_schedule("4h"), Ok(Schedule::Every(d)) if d == Duration::from_secs(4 * 3600))
+        );
+        assert!(matches!(
+            parse_schedule("*/15 * * * *"),
+            Ok(Schedule::Cron(_))
+        ));
+        assert!(
+            parse_schedule("every day")
+                .unwrap_err()
+                .contains("cron expression")
+        );
+        assert!(parse_schedule("4 parsecs").is_err());
+        assert!(
+            parse_schedule("4x")
+                .unwrap_err()
+                .contains("neither an interval")
+        );
+    }
+
+    #[test]
+    fn base_urls_are_instance_roots() {
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:8765/").unwrap(),
+            "http://127.0.0.1:8765"
+        );
+        assert!(parse_base_url("app.launchdarkly.com").is_err());
+        assert!(
+            parse_base_url("https://app.launchdarkly.com/api/v2")
+                .unwrap_err()
+                .contains("drop the trailing")
+        );
+    }
+}

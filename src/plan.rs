@@ -1,0 +1,372 @@
+//! The plan of one sync: run its model, diff the keys against its checkpoint, and say exactly what a sync would
+//! send to LaunchDarkly and which removal gates would stop it. Planning reads; it never writes anything.
+
+use std::path::PathBuf;
+
+use arrow::array::{Array, StringArray};
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+
+use crate::config::{Config, Mode, SyncConfig};
+use crate::diff::{UnsortedCheckpoint, diff_sorted};
+use crate::keys::{KeyCollector, KeyError, KeySet, KeyStats};
+use crate::state::{CheckpointSettings, LocalStore, StateError};
+use crate::warehouse::{Warehouse, WarehouseError};
+
+/// A standard LaunchDarkly segment holds at most this many individual targets.
+pub const STANDARD_SEGMENT_MAX_TARGETS: u64 = 15_000;
+
+/// Why one sync could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read the model {path}: {source}")]
+    ModelFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Unsorted(#[from] UnsortedCheckpoint),
+}
+
+/// A planning error with the sync and model it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("sync `{sync}` (model {model}): {source}")]
+pub struct SyncError {
+    pub sync: String,
+    pub model: String,
+    pub source: PlanError,
+}
+
+/// The last committed checkpoint a plan was made against.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointInfo {
+    pub run_id: String,
+    pub committed_at: DateTime<Utc>,
+    pub key_count: u64,
+}
+
+/// Whether a request adds or removes targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Add,
+    Remove,
+}
+
+/// One API request a sync would make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedRequest {
+    pub action: Action,
+    pub keys: usize,
+}
+
+/// A removal gate that would stop the sync before its first call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "gate", rename_all = "snake_case")]
+pub enum GateStop {
+    /// A mirror model returned no valid keys: the run would empty the segment.
+    EmptyModel,
+    RemoveCount {
+        removes: u64,
+        max_remove_count: u64,
+    },
+    RemovePercent {
+        removes: u64,
+        members: u64,
+        percent: f64,
+        max_remove_percent: f64,
+    },
+}
+
+impl std::fmt::Display for GateStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GateStop::EmptyModel => write!(
+                f,
+                "the model returned no valid keys, so a mirror run would empty the segment (set gates.allow_empty_model to let it through)"
+            ),
+            GateStop::RemoveCount {
+                removes,
+                max_remove_count,
+            } => write!(
+                f,
+                "it would remove {removes} members, over gates.max_remove_count {max_remove_count}"
+            ),
+            GateStop::RemovePercent {
+                removes,
+                members,
+                percent,
+                max_remove_percent,
+            } => write!(
+                f,
+                "it would remove {removes} of {members} members ({percent:.1}%), over gates.max_remove_percent {max_remove_percent}%"
+            ),
+        }
+    }
+}
+
+/// What a sync would do, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncPlan {
+    pub sync: String,
+    pub mode: Mode,
+    pub segment: String,
+    pub context_kind: String,
+    pub model: String,
+    pub keys: KeyStats,
+    /// `None` on a first run.
+    pub checkpoint: Option<CheckpointInfo>,
+    pub entered: u64,
+    pub left: u64,
+    #[serde(serialize_with = "key_list")]
+    pub adds: StringArray,
+    #[serde(serialize_with = "key_list")]
+    pub removes: StringArray,
+    /// Adds first, then removes, each at most the sync's batch size.
+    pub requests: Vec<PlannedRequest>,
+    pub gate_stops: Vec<GateStop>,
+    /// Things the operator should know that are not errors.
+    pub notes: Vec<String>,
+}
+
+/// What a plan amounts to, for exit codes and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanOutcome {
+    NoChanges,
+    Changes,
+    GateStopped,
+}
+
+impl SyncPlan {
+    pub fn outcome(&self) -> PlanOutcome {
+        if !self.gate_stops.is_empty() {
+            PlanOutcome::GateStopped
+        } else if self.adds.is_empty() && self.removes.is_empty() {
+            PlanOutcome::NoChanges
+        } else {
+            PlanOutcome::Changes
+        }
+    }
+}
+
+fn key_list<S: Serializer>(keys: &StringArray, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(keys.iter().flatten())
+}
+
+/// Plans syncs of one configuration against its warehouse and checkpoint store.
+pub struct Planner<'a> {
+    config: &'a Config,
+    warehouse: Warehouse,
+    store: LocalStore,
+}
+
+impl<'a> Planner<'a> {
+    /// Opens the configured warehouse (running its start-up SQL) and checkpoint store.
+    pub fn open(config: &'a Config) -> Result<Self, WarehouseError> {
+        Ok(Planner {
+            config,
+            warehouse: Warehouse::open(&config.warehouse, &config.project_dir)?,
+            store: LocalStore::new(config.state_dir()),
+        })
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// Plans one sync.
+    pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
+        let model_path = self.config.model_path(sync);
+        self.plan_inner(sync, &model_path)
+            .map_err(|source| SyncError {
+                sync: sync.name.clone(),
+                model: model_path.display().to_string(),
+                source,
+            })
+    }
+
+    fn plan_inner(
+        &self,
+        sync: &SyncConfig,
+        model_path: &std::path::Path,
+    ) -> Result<SyncPlan, PlanError> {
+        let settings = CheckpointSettings::of(self.config, sync);
+        let checkpoint = self.store.load(&sync.name)?;
+        if let Some(checkpoint) = &checkpoint {
+            checkpoint.check_settings(&settings)?;
+        }
+        let model_keys = self.read_model_keys(sync, model_path)?;
+        let diff = match &checkpoint {
+            Some(checkpoint) => diff_sorted::<PlanError>(
+                &model_keys.keys,
+                checkpoint.keys()?.map(|b| b.map_err(PlanError::from)),
+            )?,
+            None => diff_sorted::<PlanError>(&model_keys.keys, std::iter::empty())?,
+        };
+        let empty = StringArray::from(Vec::<&str>::new());
+        let (adds, removes) = match sync.mode {
+            Mode::Add => (diff.entered.clone(), empty),
+            Mode::Remove => (empty, diff.entered.clone()),
+            Mode::Mirror => (diff.entered.clone(), diff.left.clone()),
+        };
+        let members = checkpoint.as_ref().map_or(0, |c| c.manifest.key_count);
+        let mut plan = SyncPlan {
+            sync: sync.name.clone(),
+            mode: sync.mode,
+            segment: sync.segment.clone(),
+            context_kind: sync.context_kind.clone(),
+            model: model_path.display().to_string(),
+            gate_stops: gate_stops(sync, &model_keys.stats, members, removes.len() as u64),
+            requests: requests(adds.len(), removes.len(), sync.batch_size),
+            keys: model_keys.stats,
+            checkpoint: checkpoint.map(|c| CheckpointInfo {
+                run_id: c.manifest.run_id,
+                committed_at: c.manifest.committed_at,
+                key_count: c.manifest.key_count,
+            }),
+            entered: diff.entered.len() as u64,
+            left: diff.left.len() as u64,
+            adds,
+            removes,
+            notes: Vec::new(),
+        };
+        plan.notes = notes(&plan);
+        Ok(plan)
+    }
+
+    /// Runs the sync's model and returns its sorted, distinct, valid keys.
+    pub fn read_model_keys(
+        &self,
+        sync: &SyncConfig,
+        model_path: &std::path::Path,
+    ) -> Result<KeySet, PlanError> {
+        let sql = std::fs::read_to_string(model_path).map_err(|source| PlanError::ModelFile {
+            path: model_path.to_path_buf(),
+            source,
+        })?;
+        let key = self.warehouse.key_column(&sql, &sync.key_column)?;
+        let mut collector = KeyCollector::new(sync.invalid_keys);
+        self.warehouse
+            .stream_keys::<PlanError>(&sql, &key, |array| Ok(collector.push(array)?))?;
+        Ok(collector.finish())
+    }
+}
+
+/// The requests that carry `adds` then `removes`, in batches of at most `batch_size`.
+pub fn requests(adds: usize, removes: usize, batch_size: usize) -> Vec<PlannedRequest> {
+    let batches = |action, total: usize| {
+        (0..total.div_ceil(batch_size)).map(move |i| PlannedRequest {
+            action,
+            keys: batch_size.min(total - i * batch_size),
+        })
+    };
+    batches(Action::Add, adds)
+        .chain(batches(Action::Remove, removes))
+        .collect()
+}
+
+/// The removal gates the sync's settings say this run would trip.
+fn gate_stops(sync: &SyncConfig, keys: &KeyStats, members: u64, removes: u64) -> Vec<GateStop> {
+    let gates = &sync.gates;
+    let mut stops = Vec::new();
+    // Only a mirror run turns an empty model into removals; in add and remove mode it simply changes nothing.
+    if sync.mode == Mode::Mirror && keys.distinct == 0 && !gates.allow_empty_model {
+        stops.push(GateStop::EmptyModel);
+    }
+    if let Some(max) = gates.max_remove_count
+        && removes > max
+    {
+        stops.push(GateStop::RemoveCount {
+            removes,
+            max_remove_count: max,
+        });
+    }
+    if let Some(max) = gates.max_remove_percent
+        && removes > 0
+    {
+        let percent = if members == 0 {
+            100.0
+        } else {
+            removes as f64 * 100.0 / members as f64
+        };
+        if percent > max {
+            stops.push(GateStop::RemovePercent {
+                removes,
+                members,
+                percent,
+                max_remove_percent: max,
+            });
+        }
+    }
+    stops
+}
+
+fn notes(plan: &SyncPlan) -> Vec<String> {
+    let mut notes = Vec::new();
+    if plan.checkpoint.is_none() {
+        notes
+            .push("first run: no checkpoint yet, so every model key counts as entered".to_string());
+        if plan.mode == Mode::Mirror {
+            notes.push(
+                "a first mirror run reads the segment's real membership from LaunchDarkly and also removes members \
+                 that are not in the model; this offline plan cannot list those removals"
+                    .to_string(),
+            );
+        }
+    }
+    let targets = match plan.mode {
+        Mode::Mirror => plan.keys.distinct,
+        Mode::Add => plan.adds.len() as u64,
+        Mode::Remove => 0,
+    };
+    if targets > STANDARD_SEGMENT_MAX_TARGETS {
+        notes.push(format!(
+            "the segment would hold at least {targets} targets; a standard segment holds at most \
+             {STANDARD_SEGMENT_MAX_TARGETS}, so `{}` must be a big segment",
+            plan.segment
+        ));
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_carry_adds_then_removes_in_full_batches() {
+        assert_eq!(requests(0, 0, 1500), vec![]);
+        assert_eq!(
+            requests(3001, 1500, 1500),
+            vec![
+                PlannedRequest {
+                    action: Action::Add,
+                    keys: 1500
+                },
+                PlannedRequest {
+                    action: Action::Add,
+                    keys: 1500
+                },
+                PlannedRequest {
+                    action: Action::Add,
+                    keys: 1
+                },
+                PlannedRequest {
+                    action: Action::Remove,
+                    keys: 1500
+                },
+            ]
+        );
+        assert_eq!(
+            requests(5, 0, 2).iter().map(|r| r.keys).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+    }
+}

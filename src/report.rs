@@ -1,0 +1,317 @@
+//! Reports of plans: a table for people at a terminal, and JSON, CSV or Parquet carrying every key for tools.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use parquet::arrow::ArrowWriter;
+use serde::Serialize;
+
+use crate::plan::{Action, PlanOutcome, SyncError, SyncPlan};
+
+/// The result of planning one sync.
+pub type PlanResult = Result<SyncPlan, SyncError>;
+
+/// How a report is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A summary table and the first keys of each sync, for people.
+    Table,
+    /// Everything, with every key.
+    Json,
+    /// One row per key change: sync, action, context_kind, key.
+    Csv,
+    /// The same rows as CSV, as a Parquet file.
+    Parquet,
+}
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write the report: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot write the report: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("cannot write the report: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+/// Writes `results` in `format` to `out`. `show` is how many keys of each list a table prints.
+pub fn write_plan_report(
+    results: &[PlanResult],
+    format: Format,
+    show: usize,
+    out: &mut (dyn Write + Send),
+) -> Result<(), ReportError> {
+    match format {
+        Format::Table => write_table(results, show, out)?,
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, &json_report(results))
+                .map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
+            for plan in results.iter().flatten() {
+                writer.write(&changes_batch(plan)?)?;
+            }
+        }
+        Format::Parquet => {
+            let mut writer = ArrowWriter::try_new(out, changes_schema(), None)?;
+            for plan in results.iter().flatten() {
+                writer.write(&changes_batch(plan)?)?;
+            }
+            writer.close()?;
+        }
+    }
+    Ok(())
+}
+
+/// The outcome of a whole plan run: the worst of its syncs', or `None` when one of them failed.
+pub fn overall_outcome(results: &[PlanResult]) -> Option<PlanOutcome> {
+    results
+        .iter()
+        .map(|r| r.as_ref().ok().map(SyncPlan::outcome))
+        .try_fold(PlanOutcome::NoChanges, |worst, o| o.map(|o| worst.max(o)))
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    outcome: &'static str,
+    syncs: Vec<JsonSync<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonSync<'a> {
+    Planned {
+        outcome: PlanOutcome,
+        #[serde(flatten)]
+        plan: &'a SyncPlan,
+    },
+    Failed {
+        sync: &'a str,
+        outcome: &'static str,
+        error: String,
+    },
+}
+
+fn json_report(results: &[PlanResult]) -> JsonReport<'_> {
+    JsonReport {
+        outcome: outcome_name(overall_outcome(results)),
+        syncs: results
+            .iter()
+            .map(|r| match r {
+                Ok(plan) => JsonSync::Planned {
+                    outcome: plan.outcome(),
+                    plan,
+                },
+                Err(e) => JsonSync::Failed {
+                    sync: &e.sync,
+                    outcome: "error",
+                    error: e.to_string(),
+                },
+            })
+            .collect(),
+    }
+}
+
+fn outcome_name(outcome: Option<PlanOutcome>) -> &'static str {
+    match outcome {
+        None => "error",
+        Some(PlanOutcome::NoChanges) => "no_changes",
+        Some(PlanOutcome::Changes) => "changes",
+        Some(PlanOutcome::GateStopped) => "gate_stopped",
+    }
+}
+
+fn changes_schema() -> Arc<Schema> {
+    let text = |name| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        text("sync"),
+        text("action"),
+        text("context_kind"),
+        text("key"),
+    ]))
+}
+
+/// One row per key a sync would add or remove, adds first.
+fn changes_batch(plan: &SyncPlan) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let rows = plan.adds.len() + plan.removes.len();
+    let repeat = |value: &str| {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            value, rows,
+        )))
+    };
+    let actions = std::iter::repeat_n("add", plan.adds.len())
+        .chain(std::iter::repeat_n("remove", plan.removes.len()));
+    let keys = plan.adds.iter().chain(plan.removes.iter()).flatten();
+    RecordBatch::try_new(
+        changes_schema(),
+        vec![
+            repeat(&plan.sync),
+            Arc::new(StringArray::from_iter_values(actions)),
+            repeat(&plan.context_kind),
+            Arc::new(StringArray::from_iter_values(keys)),
+        ],
+    )
+}
+
+fn write_table(results: &[PlanResult], show: usize, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "sync", "mode", "segment", "kind", "rows", "keys", "rejected", "entered", "left", "add",
+        "remove", "requests", "outcome",
+    ]);
+    for result in results {
+        match result {
+            Ok(plan) => {
+                let n = |v: u64| v.to_string();
+                table.add_row(vec![
+                    plan.sync.clone(),
+                    plan.mode.to_string(),
+                    plan.segment.clone(),
+                    plan.context_kind.clone(),
+                    n(plan.keys.rows),
+                    n(plan.keys.distinct),
+                    n(plan.keys.rejected.total()),
+                    n(plan.entered),
+                    n(plan.left),
+                    plan.adds.len().to_string(),
+                    plan.removes.len().to_string(),
+                    plan.requests.len().to_string(),
+                    outcome_name(Some(plan.outcome())).replace('_', " "),
+                ]);
+            }
+            Err(e) => {
+                let mut row = vec![e.sync.clone()];
+                row.resize(12, String::new());
+                row.push("error".to_string());
+                table.add_row(row);
+            }
+        }
+    }
+    writeln!(out, "{table}")?;
+    for result in results {
+        writeln!(out)?;
+        match result {
+            Ok(plan) => write_sync_detail(plan, show, out)?,
+            Err(e) => writeln!(out, "✗ {e}")?,
+        }
+    }
+    Ok(())
+}
+
+fn write_sync_detail(plan: &SyncPlan, show: usize, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "▸ {} ({} → segment {}, context kind {}), model {}",
+        plan.sync, plan.mode, plan.segment, plan.context_kind, plan.model
+    )?;
+    let k = &plan.keys;
+    writeln!(
+        out,
+        "  model: {} rows, {} distinct keys, {} duplicates, {} rejected",
+        k.rows,
+        k.distinct,
+        k.duplicates,
+        k.rejected.total()
+    )?;
+    if k.rejected.total() > 0 {
+        writeln!(
+            out,
+            "  rejected: {} null, {} blank, {} too long; for example {}",
+            k.rejected.null,
+            k.rejected.blank,
+            k.rejected.too_long,
+            k.rejected
+                .examples
+                .iter()
+                .map(|r| match &r.value {
+                    Some(v) => format!("row {} {:?} ({})", r.row, v, r.reason),
+                    None => format!("row {} ({})", r.row, r.reason),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
+    match &plan.checkpoint {
+        Some(c) => writeln!(
+            out,
+            "  checkpoint: run {} committed {}, {} keys",
+            c.run_id,
+            c.committed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            c.key_count
+        )?,
+        None => writeln!(out, "  checkpoint: none")?,
+    }
+    writeln!(out, "  entered {}, left {}", plan.entered, plan.left)?;
+    write_keys(out, "add", &plan.adds, show)?;
+    write_keys(out, "remove", &plan.removes, show)?;
+    writeln!(out, "  requests: {}", describe_requests(plan))?;
+    for stop in &plan.gate_stops {
+        writeln!(out, "  STOP: a sync would stop before any call: {stop}")?;
+    }
+    for note in &plan.notes {
+        writeln!(out, "  note: {note}")?;
+    }
+    Ok(())
+}
+
+fn write_keys(
+    out: &mut dyn Write,
+    label: &str,
+    keys: &StringArray,
+    show: usize,
+) -> std::io::Result<()> {
+    if keys.is_empty() {
+        return writeln!(out, "  {label}: none");
+    }
+    let shown: Vec<&str> = keys.iter().flatten().take(show).collect();
+    let more = keys.len() - shown.len();
+    let tail = if more > 0 {
+        format!(" … and {more} more")
+    } else {
+        String::new()
+    };
+    writeln!(out, "  {label} {}: {}{tail}", keys.len(), shown.join(", "))
+}
+
+fn describe_requests(plan: &SyncPlan) -> String {
+    let count = plan.requests.len();
+    if count == 0 {
+        return "none".to_string();
+    }
+    let part = |action: Action, name: &str| {
+        let sizes: Vec<usize> = plan
+            .requests
+            .iter()
+            .filter(|r| r.action == action)
+            .map(|r| r.keys)
+            .collect();
+        let (first, last) = (*sizes.first()?, *sizes.last()?);
+        let sizes = match sizes.len() {
+            n if n <= 3 => sizes
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" + "),
+            n if first == last => format!("{n} × {first}"),
+            n => format!("{} × {first} + {last}", n - 1),
+        };
+        Some(format!("{name} {sizes} keys"))
+    };
+    let parts: Vec<String> = [part(Action::Add, "add"), part(Action::Remove, "remove")]
+        .into_iter()
+        .flatten()
+        .collect();
+    let plural = if count == 1 { "" } else { "s" };
+    format!(
+        "{count} semantic-patch request{plural}: {}",
+        parts.join(", then ")
+    )
+}

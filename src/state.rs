@@ -1,0 +1,650 @@
+//! The local checkpoint store: per sync, the key set of its last committed run and the manifest that vouches for it.
+//!
+//! Layout under the state directory:
+//!
+//! ```text
+//! <sync>/manifest.json            run id, time, key count, content hash, settings and their fingerprint
+//! <sync>/snapshot-<run>.parquet   the committed keys, sorted by byte order, one `context_key` column
+//! ```
+//!
+//! A commit writes the snapshot to a temporary file, fsyncs and renames it, then does the same for the manifest,
+//! which names the snapshot; the manifest's rename is the commit point. A crash at any moment leaves either the old
+//! manifest (and its snapshot) or the new one. Reading checks everything the manifest claims (the owner, the
+//! fingerprint, the key count, the content hash, the order of the keys), so a damaged or foreign checkpoint is an
+//! error, never an empty set.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use chrono::{DateTime, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Mode, SyncConfig};
+
+/// The manifest format this build writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+const MANIFEST_FILE: &str = "manifest.json";
+const KEY_COLUMN: &str = "context_key";
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// Why a checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the checkpoint manifest {path} is unreadable ({source}); move it aside and run `ldsync sync --full` to rebuild it"
+    )]
+    BadManifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "the checkpoint manifest {path} belongs to sync `{owner}`, not `{sync}`; each sync needs its own state directory"
+    )]
+    Foreign {
+        path: PathBuf,
+        owner: String,
+        sync: String,
+    },
+    #[error(
+        "the checkpoint manifest {path} is damaged: {problem}; move it aside and run `ldsync sync --full` to rebuild it"
+    )]
+    Damaged { path: PathBuf, problem: String },
+    #[error(
+        "the checkpoint snapshot {path} is damaged: {problem}; move the sync's state aside and run `ldsync sync --full` to rebuild it"
+    )]
+    DamagedSnapshot { path: PathBuf, problem: String },
+    #[error("cannot read the checkpoint snapshot {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error(
+        "the checkpoint was made with other settings ({changes}), so its keys say nothing about the segment now configured; \
+         run `ldsync sync --full` to reconcile against the segment's real membership, or restore the old settings"
+    )]
+    SettingsChanged { changes: String },
+}
+
+/// The settings that make a checkpoint valid: change one and the snapshot no longer describes the segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    pub project: String,
+    pub environment: String,
+    pub segment: String,
+    pub context_kind: String,
+    pub mode: Mode,
+}
+
+impl CheckpointSettings {
+    pub fn of(config: &Config, sync: &SyncConfig) -> Self {
+        CheckpointSettings {
+            project: config.launchdarkly.project.clone(),
+            environment: config.launchdarkly.environment.clone(),
+            segment: sync.segment.clone(),
+            context_kind: sync.context_kind.clone(),
+            mode: sync.mode,
+        }
+    }
+
+    /// A short stable hash of the settings.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for part in [
+            &self.project,
+            &self.environment,
+            &self.segment,
+            &self.context_kind,
+            &self.mode.to_string(),
+        ] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hasher.finalize().to_hex()[..16].to_string()
+    }
+
+    /// What differs between `self` (the checkpoint's) and `now`, as `field: old → new` pairs.
+    fn changes(&self, now: &CheckpointSettings) -> Vec<String> {
+        let mode = (self.mode.to_string(), now.mode.to_string());
+        [
+            ("project", (&self.project, &now.project)),
+            ("environment", (&self.environment, &now.environment)),
+            ("segment", (&self.segment, &now.segment)),
+            ("context_kind", (&self.context_kind, &now.context_kind)),
+            ("mode", (&mode.0, &mode.1)),
+        ]
+        .into_iter()
+        .filter(|(_, (was, is))| was != is)
+        .map(|(field, (was, is))| format!("{field}: {was} → {is}"))
+        .collect()
+    }
+}
+
+/// What a committed checkpoint says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub sync: String,
+    pub run_id: String,
+    pub committed_at: DateTime<Utc>,
+    pub key_count: u64,
+    /// `blake3:` and the hash of the keys in order, each preceded by its length.
+    pub content_hash: String,
+    /// The snapshot's file name, beside the manifest.
+    pub snapshot: String,
+    pub settings: CheckpointSettings,
+    pub fingerprint: String,
+}
+
+/// The checkpoint store on local disk.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    fn sync_dir(&self, sync: &str) -> PathBuf {
+        self.root.join(sync)
+    }
+
+    /// The sync's committed checkpoint, or `None` before its first commit. Only reads.
+    pub fn load(&self, sync: &str) -> Result<Option<Checkpoint>, StateError> {
+        let dir = self.sync_dir(sync);
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    action: "cannot read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| StateError::BadManifest {
+                path: path.clone(),
+                source,
+            })?;
+        check_manifest(&manifest, sync, &path)?;
+        Ok(Some(Checkpoint {
+            snapshot_path: dir.join(&manifest.snapshot),
+            manifest,
+        }))
+    }
+
+    /// Commits `keys` (sorted, distinct) as the sync's new checkpoint, atomically.
+    pub fn commit<'a>(
+        &self,
+        sync: &str,
+        run_id: &str,
+        settings: &CheckpointSettings,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Manifest, StateError> {
+        let dir = self.sync_dir(sync);
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            action: "cannot create",
+            path: dir.clone(),
+            source,
+        })?;
+        let snapshot = format!("snapshot-{run_id}.parquet");
+        let (key_count, content_hash) = write_snapshot(&dir, &snapshot, keys)?;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            sync: sync.to_string(),
+            run_id: run_id.to_string(),
+            committed_at: Utc::now(),
+            key_count,
+            content_hash,
+            snapshot: snapshot.clone(),
+            settings: settings.clone(),
+            fingerprint: settings.fingerprint(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
+        write_atomically(&dir, MANIFEST_FILE, |file| {
+            file.write_all(&json).map_err(|source| StateError::Io {
+                action: "cannot write",
+                path: dir.join(MANIFEST_FILE),
+                source,
+            })
+        })?;
+        sync_directory(&dir)?;
+        remove_stale_snapshots(&dir, &snapshot);
+        Ok(manifest)
+    }
+}
+
+fn check_manifest(manifest: &Manifest, sync: &str, path: &Path) -> Result<(), StateError> {
+    let damaged = |problem: String| StateError::Damaged {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(damaged(format!(
+            "it has format {}, this ldsync reads format {MANIFEST_FORMAT}",
+            manifest.format
+        )));
+    }
+    if manifest.sync != sync {
+        return Err(StateError::Foreign {
+            path: path.to_path_buf(),
+            owner: manifest.sync.clone(),
+            sync: sync.to_string(),
+        });
+    }
+    if manifest.fingerprint != manifest.settings.fingerprint() {
+        return Err(damaged(
+            "its fingerprint does not match its settings".into(),
+        ));
+    }
+    let plain_name = Path::new(&manifest.snapshot)
+        .file_name()
+        .map(|n| n == manifest.snapshot.as_str());
+    if plain_name != Some(true) || !manifest.snapshot.ends_with(".parquet") {
+        return Err(damaged(format!(
+            "it names the snapshot `{}`",
+            manifest.snapshot
+        )));
+    }
+    Ok(())
+}
+
+/// A committed checkpoint: its manifest and a way to stream its keys.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub manifest: Manifest,
+    snapshot_path: PathBuf,
+}
+
+impl Checkpoint {
+    /// Checks that this checkpoint was made for `now`'s settings.
+    pub fn check_settings(&self, now: &CheckpointSettings) -> Result<(), StateError> {
+        let changes = self.manifest.settings.changes(now);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        Err(StateError::SettingsChanged {
+            changes: changes.join(", "),
+        })
+    }
+
+    /// Streams the committed keys in order. The last item is an error if the keys do not match the manifest.
+    pub fn keys(&self) -> Result<SnapshotKeys, StateError> {
+        let path = &self.snapshot_path;
+        let file = File::open(path).map_err(|source| StateError::Io {
+            action: "cannot open",
+            path: path.clone(),
+            source,
+        })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
+            .map_err(|source| StateError::Parquet {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(SnapshotKeys {
+            reader,
+            path: path.clone(),
+            expected_count: self.manifest.key_count,
+            expected_hash: self.manifest.content_hash.clone(),
+            hash: ContentHasher::default(),
+            done: false,
+        })
+    }
+}
+
+/// The keys of a snapshot, batch by batch, checked against the manifest's count and hash at the end.
+pub struct SnapshotKeys {
+    reader: ParquetRecordBatchReader,
+    path: PathBuf,
+    expected_count: u64,
+    expected_hash: String,
+    hash: ContentHasher,
+    done: bool,
+}
+
+impl SnapshotKeys {
+    fn damaged(&self, problem: String) -> StateError {
+        StateError::DamagedSnapshot {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+
+    fn next_batch(&mut self) -> Option<Result<StringArray, StateError>> {
+        match self.reader.next() {
+            Some(Ok(batch)) => Some(self.keys_of(&batch)),
+            Some(Err(source)) => Some(Err(StateError::Parquet {
+                path: self.path.clone(),
+                source: source.into(),
+            })),
+            None => self.verify_end().err().map(Err),
+        }
+    }
+
+    fn keys_of(&mut self, batch: &RecordBatch) -> Result<StringArray, StateError> {
+        let column = batch.column(0);
+        if batch.num_columns() != 1
+            || column.data_type() != &DataType::Utf8
+            || column.null_count() > 0
+        {
+            return Err(self.damaged(format!(
+                "expected one non-null text column, found {}",
+                batch.schema()
+            )));
+        }
+        let keys = column.as_string::<i32>().clone();
+        keys.iter().flatten().for_each(|k| self.hash.add(k));
+        Ok(keys)
+    }
+
+    fn verify_end(&mut self) -> Result<(), StateError> {
+        let count = self.hash.count;
+        let hash = std::mem::take(&mut self.hash).finish();
+        if count != self.expected_count {
+            return Err(self.damaged(format!(
+                "it holds {count} keys, its manifest says {}",
+                self.expected_count
+            )));
+        }
+        if hash != self.expected_hash {
+            return Err(self.damaged("its content hash does not match its manifest".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for SnapshotKeys {
+    type Item = Result<StringArray, StateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.next_batch();
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        item
+    }
+}
+
+/// Hashes keys in order, each preceded by its length, in large chunks.
+#[derive(Default)]
+struct ContentHasher {
+    hasher: blake3::Hasher,
+    buffer: Vec<u8>,
+    count: u64,
+}
+
+impl ContentHasher {
+    const CHUNK: usize = 64 * 1024;
+
+    fn add(&mut self, key: &str) {
+        self.buffer
+            .extend_from_slice(&(key.len() as u64).to_le_bytes());
+        self.buffer.extend_from_slice(key.as_bytes());
+        self.count += 1;
+        if self.buffer.len() >= Self::CHUNK {
+            self.hasher.update(&self.buffer);
+            self.buffer.clear();
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.hasher.update(&self.buffer);
+        format!("blake3:{}", self.hasher.finalize().to_hex())
+    }
+}
+
+/// Writes the sorted keys as the snapshot file; returns their count and content hash.
+fn write_snapshot<'a>(
+    dir: &Path,
+    name: &str,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<(u64, String), StateError> {
+    let path = dir.join(name);
+    let mut hasher = ContentHasher::default();
+    write_atomically(dir, name, |file| {
+        write_parquet_keys(file, keys.into_iter().inspect(|k| hasher.add(k))).map_err(|source| {
+            StateError::Parquet {
+                path: path.clone(),
+                source,
+            }
+        })
+    })?;
+    let count = hasher.count;
+    Ok((count, hasher.finish()))
+}
+
+/// Writes keys as a Parquet file with one non-null `context_key` column.
+pub fn write_parquet_keys<'a, W: Write + Send>(
+    out: W,
+    keys: impl Iterator<Item = &'a str>,
+) -> Result<(), parquet::errors::ParquetError> {
+    const WRITE_BATCH_ROWS: usize = 64 * 1024;
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        KEY_COLUMN,
+        DataType::Utf8,
+        false,
+    )]));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
+    let mut keys = keys.peekable();
+    while keys.peek().is_some() {
+        let array = StringArray::from_iter_values(keys.by_ref().take(WRITE_BATCH_ROWS));
+        writer.write(&RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(array)],
+        )?)?;
+    }
+    writer.close()?;
+    Ok(())
+}
+
+/// Writes `name` in `dir` through a temporary file that is fsynced and renamed into place.
+fn write_atomically(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut File) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let target = dir.join(name);
+    let io = |action, source| StateError::Io {
+        action,
+        path: target.clone(),
+        source,
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)
+        .map_err(|e| io("cannot create a temporary file for", e))?;
+    write(temp.as_file_mut())?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| io("cannot flush", e))?;
+    temp.persist(&target)
+        .map_err(|e| io("cannot rename into place", e.error))?;
+    Ok(())
+}
+
+fn sync_directory(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StateError::Io {
+            action: "cannot flush",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Removes snapshots that no manifest names any more (left by earlier commits or by a crash before a commit).
+fn remove_stale_snapshots(dir: &Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snapshot-") && name.ends_with(".parquet") && name != current {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove an old snapshot");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> CheckpointSettings {
+        CheckpointSettings {
+            project: "p".into(),
+            environment: "production".into(),
+            segment: "seg".into(),
+            context_kind: "user".into(),
+            mode: Mode::Mirror,
+        }
+    }
+
+    fn read_all(checkpoint: &Checkpoint) -> Result<Vec<String>, StateError> {
+        let mut keys = Vec::new();
+        for batch in checkpoint.keys()? {
+            keys.extend(batch?.iter().map(|k| k.unwrap().to_string()));
+        }
+        Ok(keys)
+    }
+
+    #[test]
+    fn a_commit_round_trips_and_replaces_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        assert!(
+            store.load("s").unwrap().is_none(),
+            "no checkpoint before the first commit"
+        );
+
+        let many: Vec<String> = (0..150_000).map(|i| format!("k{i:07}")).collect();
+        let manifest = store
+            .commit("s", "run1", &settings(), many.iter().map(String::as_str))
+            .unwrap();
+        assert_eq!(manifest.key_count, 150_000);
+        let loaded = store.load("s").unwrap().unwrap();
+        assert_eq!(loaded.manifest, manifest);
+        assert_eq!(read_all(&loaded).unwrap(), many);
+
+        store.commit("s", "run2", &settings(), ["a", "b"]).unwrap();
+        let loaded = store.load("s").unwrap().unwrap();
+        assert_eq!(loaded.manifest.run_id, "run2");
+        assert_eq!(read_all(&loaded).unwrap(), ["a", "b"]);
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            files.len(),
+            2,
+            "only the manifest and the current snapshot remain: {files:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_key_set_is_a_real_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store
+            .commit("s", "run1", &settings(), std::iter::empty())
+            .unwrap();
+        let loaded = store.load("s").unwrap().unwrap();
+        assert_eq!(loaded.manifest.key_count, 0);
+        assert!(read_all(&loaded).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_changed_snapshot_fails_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let first = store.commit("s", "run1", &settings(), ["a", "b"]).unwrap();
+        // Swap in a snapshot with the same number of different keys, as a stray copy or bit rot would.
+        let other = LocalStore::new(dir.path().join("other"));
+        other.commit("s", "run1", &settings(), ["a", "c"]).unwrap();
+        std::fs::copy(
+            dir.path().join("other/s").join(&first.snapshot),
+            dir.path().join("s").join(&first.snapshot),
+        )
+        .unwrap();
+        let err = read_all(&store.load("s").unwrap().unwrap()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("its content hash does not match its manifest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn settings_changes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.commit("s", "run1", &settings(), ["a"]).unwrap();
+        let now = CheckpointSettings {
+            segment: "other".into(),
+            mode: Mode::Add,
+            ..settings()
+        };
+        let err = store
+            .load("s")
+            .unwrap()
+            .unwrap()
+            .check_settings(&now)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("(segment: seg → other, mode: mirror → add)"),
+            "{err}"
+        );
+        assert_ne!(now.fingerprint(), settings().fingerprint());
+    }
+
+    #[test]
+    fn a_tampered_fingerprint_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.commit("s", "run1", &settings(), ["a"]).unwrap();
+        let path = dir.path().join("s/manifest.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("\"segment\": \"seg\"", "\"segment\": \"edited\""),
+        )
+        .unwrap();
+        let err = store.load("s").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("its fingerprint does not match its settings"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! `ldsync validate`: every check that can be made without running a model in full or calling LaunchDarkly.
+
+use crate::config::{Config, SyncConfig};
+use crate::plan::{PlanError, Planner, SyncError};
+use crate::state::{CheckpointSettings, LocalStore};
+
+/// Checks one sync: its model file exists and prepares against the warehouse, its key column exists with a type
+/// that can be a context key, and its checkpoint (if any) is readable and was made with its current settings.
+/// Returns a one-line summary of what was checked.
+pub fn check_sync(
+    config: &Config,
+    planner: &Planner,
+    store: &LocalStore,
+    sync: &SyncConfig,
+) -> Result<String, SyncError> {
+    let model_path = config.model_path(sync);
+    let fail = |source: PlanError| SyncError {
+        sync: sync.name.clone(),
+        model: model_path.display().to_string(),
+        source,
+    };
+    let sql = std::fs::read_to_string(&model_path).map_err(|source| {
+        fail(PlanError::ModelFile {
+            path: model_path.clone(),
+            source,
+        })
+    })?;
+    let key = planner
+        .warehouse()
+        .key_column(&sql, &sync.key_column)
+        .map_err(|e| fail(e.into()))?;
+    let checkpoint = store.load(&sync.name).map_err(|e| fail(e.into()))?;
+    let checkpoint_text = match &checkpoint {
+        Some(c) => {
+            c.check_settings(&CheckpointSettings::of(config, sync))
+                .map_err(|e| fail(e.into()))?;
+            format!(
+                "checkpoint of run {} ({} keys)",
+                c.manifest.run_id, c.manifest.key_count
+            )
+        }
+        None => "no checkpoint yet".to_string(),
+    };
+    Ok(format!(
+        "sync `{}`: model {}, key column `{}` ({}{}), {} mode into segment `{}` ({}), {}",
+        sync.name,
+        model_path.display(),
+        key.name,
+        key.sql_type,
+        if key.cast_to_text {
+            ", read as text"
+        } else {
+            ""
+        },
+        sync.mode,
+        sync.segment,
+        sync.context_kind,
+        checkpoint_text
+    ))
+}

@@ -1,0 +1,309 @@
+//! The warehouse: where SQL models run, and how their key column comes back as a stream of Arrow arrays.
+//!
+//! A model is the text of one `SELECT` in `sql/<model>.sql`. ldsync wraps it to read only the key column, cast to
+//! text when the model returns integers or UUIDs, so no other column crosses into ldsync.
+
+use std::path::Path;
+
+use arrow::array::ArrayRef;
+
+use crate::config::WarehouseConfig;
+
+/// Why the warehouse could not run something.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("cannot open the DuckDB database {database}: {source}")]
+    Open {
+        database: String,
+        source: duckdb::Error,
+    },
+    #[error("warehouse.startup_sql[{index}] failed: {source}\n  the statement was: {sql}")]
+    Startup {
+        index: usize,
+        sql: String,
+        source: duckdb::Error,
+    },
+    #[error("the model's SQL failed in DuckDB: {0}")]
+    Model(duckdb::Error),
+    #[error(
+        "the model's result has no column `{column}` (its columns are: {}); return the key as `{column}` or set key_column",
+        available.join(", ")
+    )]
+    MissingKeyColumn {
+        column: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "the key column `{column}` is {sql_type}; a context key must be text, an integer or a UUID (cast it in the model)"
+    )]
+    KeyColumnType { column: String, sql_type: String },
+    #[error(
+        "this build of ldsync runs models on DuckDB only; set warehouse.kind to duckdb (PostgreSQL is not supported yet)"
+    )]
+    PostgresUnsupported,
+}
+
+/// One column of a model's result, as the warehouse describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub sql_type: String,
+}
+
+/// How the key column will be read: its real name in the result and whether it needs a cast to text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyColumn {
+    pub name: String,
+    pub sql_type: String,
+    pub cast_to_text: bool,
+}
+
+/// An open warehouse connection.
+pub enum Warehouse {
+    DuckDb(duckdb::Connection),
+}
+
+impl Warehouse {
+    /// Opens the configured warehouse and runs its start-up SQL. Relative file paths in that SQL (and in models)
+    /// resolve from `project_dir`, wherever ldsync is started from.
+    pub fn open(config: &WarehouseConfig, project_dir: &Path) -> Result<Warehouse, WarehouseError> {
+        match config {
+            WarehouseConfig::DuckDb {
+                database,
+                startup_sql,
+            } => open_duckdb(database.as_deref(), startup_sql, project_dir).map(Warehouse::DuckDb),
+            WarehouseConfig::Postgres { .. } => Err(WarehouseError::PostgresUnsupported),
+        }
+    }
+
+    /// The columns a model returns, found without running it.
+    pub fn describe(&self, model_sql: &str) -> Result<Vec<Column>, WarehouseError> {
+        let Warehouse::DuckDb(conn) = self;
+        let sql = format!(
+            "DESCRIBE SELECT * FROM ({}) AS ldsync_model",
+            trim_model(model_sql)
+        );
+        let mut stmt = conn.prepare(&sql).map_err(WarehouseError::Model)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(Column {
+                    name: row.get(0)?,
+                    sql_type: row.get(1)?,
+                })
+            })
+            .map_err(WarehouseError::Model)?;
+        rows.collect::<Result<_, _>>()
+            .map_err(WarehouseError::Model)
+    }
+
+    /// Finds the key column in a model's result and checks that its type can be a context key.
+    pub fn key_column(&self, model_sql: &str, wanted: &str) -> Result<KeyColumn, WarehouseError> {
+        let columns = self.describe(model_sql)?;
+        let column = columns
+            .iter()
+            .find(|c| c.name == wanted)
+            .or_else(|| columns.iter().find(|c| c.name.eq_ignore_ascii_case(wanted)))
+            .ok_or_else(|| WarehouseError::MissingKeyColumn {
+                column: wanted.to_string(),
+                available: columns.iter().map(|c| c.name.clone()).collect(),
+            })?;
+        let cast_to_text = match key_type_class(&column.sql_type) {
+            Some(KeyTypeClass::Text) => false,
+            Some(KeyTypeClass::Castable) => true,
+            None => {
+                return Err(WarehouseError::KeyColumnType {
+                    column: column.name.clone(),
+                    sql_type: column.sql_type.clone(),
+                });
+            }
+        };
+        Ok(KeyColumn {
+            name: column.name.clone(),
+            sql_type: column.sql_type.clone(),
+            cast_to_text,
+        })
+    }
+
+    /// Runs the model and hands the key column to `sink` one Arrow array at a time, as the warehouse produces
+    /// them; the whole result is never held by ldsync at once.
+    pub fn stream_keys<E: From<WarehouseError>>(
+        &self,
+        model_sql: &str,
+        key: &KeyColumn,
+        sink: impl FnMut(&ArrayRef) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let quoted = quote_identifier(&key.name);
+        let expr = if key.cast_to_text {
+            format!("CAST({quoted} AS VARCHAR)")
+        } else {
+            quoted
+        };
+        let sql = format!(
+            "SELECT {expr} AS context_key FROM ({}) AS ldsync_model",
+            trim_model(model_sql)
+        );
+        self.stream_column(&sql, sink)
+    }
+
+    /// Runs `sql` as it is and hands its first column to `sink` batch by batch.
+    pub fn stream_column<E: From<WarehouseError>>(
+        &self,
+        sql: &str,
+        mut sink: impl FnMut(&ArrayRef) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Warehouse::DuckDb(conn) = self;
+        let mut stmt = conn.prepare(sql).map_err(WarehouseError::Model)?;
+        let stream = stmt.stream_arrow([]).map_err(WarehouseError::Model)?;
+        for batch in stream {
+            let batch = batch.map_err(WarehouseError::Model)?;
+            sink(batch.column(0))?;
+        }
+        Ok(())
+    }
+}
+
+fn open_duckdb(
+    database: Option<&str>,
+    startup_sql: &[String],
+    project_dir: &Path,
+) -> Result<duckdb::Connection, WarehouseError> {
+    let conn = match database {
+        None => duckdb::Connection::open_in_memory(),
+        Some(path) => duckdb::Connection::open(project_dir.join(path)),
+    }
+    .map_err(|source| WarehouseError::Open {
+        database: database.unwrap_or(":memory:").to_string(),
+        source,
+    })?;
+    let project_dir = if project_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        project_dir
+    };
+    let search_path = project_dir
+        .canonicalize()
+        .unwrap_or_else(|_| project_dir.to_path_buf());
+    let set_search_path = format!(
+        "SET file_search_path = {}",
+        quote_literal(&search_path.to_string_lossy())
+    );
+    let statements =
+        std::iter::once(set_search_path.as_str()).chain(startup_sql.iter().map(String::as_str));
+    for (index, sql) in statements.enumerate() {
+        conn.execute_batch(sql)
+            .map_err(|source| WarehouseError::Startup {
+                // Index 0 is ldsync's own search-path statement; the user's statements count from 0.
+                index: index.saturating_sub(1),
+                sql: sql.to_string(),
+                source,
+            })?;
+    }
+    Ok(conn)
+}
+
+enum KeyTypeClass {
+    Text,
+    Castable,
+}
+
+fn key_type_class(sql_type: &str) -> Option<KeyTypeClass> {
+    let upper = sql_type.to_ascii_uppercase();
+    match upper.as_str() {
+        "VARCHAR" | "TEXT" | "STRING" => Some(KeyTypeClass::Text),
+        "TINYINT" | "SMALLINT" | "INTEGER" | "BIGINT" | "HUGEINT" | "UTINYINT" | "USMALLINT"
+        | "UINTEGER" | "UBIGINT" | "UHUGEINT" | "UUID" => Some(KeyTypeClass::Castable),
+        _ if upper.starts_with("VARCHAR(") => Some(KeyTypeClass::Text),
+        _ => None,
+    }
+}
+
+/// A model's SQL without the trailing semicolons and white space that would break wrapping it in a subquery.
+fn trim_model(sql: &str) -> &str {
+    sql.trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    fn memory() -> Warehouse {
+        let config = WarehouseConfig::DuckDb {
+            database: None,
+            startup_sql: vec!["CREATE TABLE t AS SELECT i AS id, 'k' || i AS name, i::DOUBLE * 1.5 AS score FROM range(5000) r(i)".into()],
+        };
+        Warehouse::open(&config, Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn key_column_is_found_and_typed() {
+        let wh = memory();
+        let text = wh
+            .key_column("SELECT name AS context_key FROM t;", "context_key")
+            .unwrap();
+        assert!(!text.cast_to_text);
+        let int = wh.key_column("SELECT id FROM t", "ID").unwrap();
+        assert_eq!(int.name, "id");
+        assert!(int.cast_to_text);
+        let err = wh.key_column("SELECT score FROM t", "score").unwrap_err();
+        assert!(err.to_string().contains("is DOUBLE"), "{err}");
+        let err = wh
+            .key_column("SELECT id, score FROM t", "context_key")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("its columns are: id, score"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_stream_in_batches_as_text() {
+        let wh = memory();
+        let key = wh.key_column("SELECT id FROM t", "id").unwrap();
+        let mut batches = 0;
+        let mut seen = Vec::new();
+        wh.stream_keys::<WarehouseError>("SELECT id FROM t ORDER BY id", &key, |array| {
+            batches += 1;
+            seen.extend(
+                array
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|k| k.unwrap().to_string()),
+            );
+            Ok(())
+        })
+        .unwrap();
+        assert!(batches > 1, "5000 rows come in more than one batch");
+        assert_eq!(seen.len(), 5000);
+        assert_eq!(seen[4999], "4999");
+    }
+
+    #[test]
+    fn sql_errors_carry_duckdb_text() {
+        let wh = memory();
+        let err = wh.describe("SELECT nope FROM t").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        let config = WarehouseConfig::DuckDb {
+            database: None,
+            startup_sql: vec![
+                "SELECT 1".into(),
+                "CREATE VIEW v AS SELECT * FROM missing_table".into(),
+            ],
+        };
+        let err = Warehouse::open(&config, Path::new(".")).err().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("warehouse.startup_sql[1] failed"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! connector.yaml mistakes are errors naming the field and its line, and `ldsync validate` checks models and
+//! checkpoints without changing anything.
+
+mod common;
+
+use common::*;
+use ldsync::config::{Config, Mode, Schedule, TokenSource};
+
+const GOOD: &str = "\
+version: 1
+warehouse:
+  kind: duckdb
+launchdarkly:
+  project: default
+  environment: production
+state:
+  kind: local
+syncs:
+  - name: pro-users
+    model: pro_users
+    segment: pro-users
+    mode: mirror
+";
+
+fn load(text: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("connector.yaml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).map_err(|e| e.to_string())
+}
+
+fn error_of(text: &str) -> String {
+    load(text).expect_err("the configuration should be refused")
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let config = load(GOOD).unwrap();
+    assert_eq!(config.launchdarkly.base_url, "https://app.launchdarkly.com");
+    assert_eq!(
+        config.launchdarkly.token,
+        TokenSource::Env("LD_ACCESS_TOKEN".into())
+    );
+    let sync = &config.syncs[0];
+    assert_eq!(
+        (
+            sync.context_kind.as_str(),
+            sync.key_column.as_str(),
+            sync.batch_size
+        ),
+        ("user", "context_key", 1500)
+    );
+    assert_eq!(sync.mode, Mode::Mirror);
+    assert_eq!(sync.gates.max_remove_percent, Some(10.0));
+    assert!(!sync.gates.allow_empty_model);
+    assert!(sync.schedule.is_none());
+}
+
+#[test]
+fn the_shipped_example_loads() {
+    let config = Config::load(&std::path::Path::new(REPO).join("connector.yaml")).unwrap();
+    assert_eq!(config.syncs.len(), 4);
+    assert!(matches!(config.syncs[1].schedule, Some(Schedule::Cron(_))));
+    assert!(
+        config
+            .syncs
+            .iter()
+            .any(|s| s.context_kind == "organization")
+    );
+}
+
+#[test]
+fn unknown_keys_name_the_field_and_line() {
+    let err = error_of(&GOOD.replace(
+        "    mode: mirror\n",
+        "    mode: mirror\n    batchsize: 10\n",
+    ));
+    assert!(err.contains("syncs[0]: unknown field `batchsize`"), "{err}");
+    assert!(err.contains("line 14"), "{err}");
+}
+
+#[test]
+fn missing_keys_name_the_field() {
+    let err = error_of(&GOOD.replace("    segment: pro-users\n", ""));
+    assert!(err.contains("syncs[0]: missing field `segment`"), "{err}");
+    assert!(err.contains("line 10"), "{err}");
+}
+
+#[test]
+fn wrong_types_and_bad_values_name_field_and_line() {
+    let err = error_of(&GOOD.replace(
+        "    mode: mirror\n",
+        "    mode: mirror\n    batch_size: 2000\n",
+    ));
+    assert!(
+        err.contains("syncs[0].batch_size: a batch holds 1 to 1500 target operations"),
+        "{err}"
+    );
+    assert!(err.contains("line 14 column 17"), "{err}");
+
+    let err = error_of(&GOOD.replace("mode: mirror", "mode: replace"));
+    assert!(
+        err.contains(
+            "syncs[0].mode: unknown variant `replace`, expected one of `add`, `remove`, `mirror`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("line 13"), "{err}");
+
+    let err = error_of(&GOOD.replace(
+        "    mode: mirror\n",
+        "    mode: mirror\n    gates:\n      max_remove_percent: 150\n",
+    ));
+    assert!(
+        err.contains("syncs[0].gates.max_remove_percent: a percentage from 0 to 100, got 150"),
+        "{err}"
+    );
+    assert!(err.contains("line 15"), "{err}");
+
+    let err = error_of(&GOOD.replace(
+        "    mode: mirror\n",
+        "    mode: mirror\n    schedule: every tuesday\n",
+    ));
+    assert!(
+        err.contains("syncs[0].schedule: cron expression `every tuesday` is invalid"),
+        "{err}"
+    );
+
+    let err = error_of(&GOOD.replace(
+        "    mode: mirror\n",
+        "    mode: mirror\n    context_kind: multi\n",
+    ));
+    assert!(err.contains("`multi` is reserved"), "{err}");
+
+    let err = error_of(&GOOD.replace(
+        "    mode: mirror\n",
+        "    mode: mirror\n    batch_size: lots\n",
+    ));
+    assert!(
+        err.contains("syncs[0].batch_size: invalid type: string \"lots\""),
+        "{err}"
+    );
+
+    let err = error_of(&GOOD.replace("version: 1", "version: 2"));
+    assert!(
+        err.contains("version: this ldsync reads configuration version 1, the file says 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_token_never_goes_in_the_file() {
+    let err = error_of(&GOOD.replace(
+        "  project: default\n",
+        "  project: default\n  token: api-123\n",
+    ));
+    assert!(
+        err.contains("launchdarkly: the access token never goes in connector.yaml"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("api-123"),
+        "the error must not repeat the token: {err}"
+    );
+}
+
+#[test]
+fn duplicate_sync_names_are_refused() {
+    let twice =
+        format!("{GOOD}  - name: pro-users\n    model: other\n    segment: other\n    mode: add\n");
+    let err = error_of(&twice);
+    assert!(
+        err.contains("the sync name `pro-users` is used by syncs[0] and syncs[1]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn interpolation_reads_the_environment_with_defaults() {
+    let text = GOOD.replace(
+        "  kind: local\n",
+        "  kind: local\n  directory: ${LDSYNC_TEST_UNSET_VARIABLE:-state/here}\n",
+    );
+    let config = load(&text).unwrap();
+    assert!(config.state_dir().ends_with("state/here"));
+    let err = error_of(&GOOD.replace(
+        "  kind: duckdb\n",
+        "  kind: duckdb\n  database: ${LDSYNC_TEST_UNSET_VARIABLE}/db.duckdb\n",
+    ));
+    assert!(
+        err.contains(
+            "warehouse.database: the environment variable LDSYNC_TEST_UNSET_VARIABLE is not set"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("line 4"), "{err}");
+}
+
+#[test]
+fn instances_and_base_urls() {
+    let eu = load(&GOOD.replace(
+        "  project: default\n",
+        "  instance: eu\n  project: default\n",
+    ))
+    .unwrap();
+    assert_eq!(eu.launchdarkly.base_url, "https://app.eu.launchdarkly.com");
+    let fed = load(&GOOD.replace(
+        "  project: default\n",
+        "  instance: federal\n  project: default\n",
+    ))
+    .unwrap();
+    assert_eq!(fed.launchdarkly.base_url, "https://app.launchdarkly.us");
+    let local = load(&GOOD.replace(
+        "  project: default\n",
+        "  base_url: http://127.0.0.1:8765/\n  project: default\n",
+    ))
+    .unwrap();
+    assert_eq!(local.launchdarkly.base_url, "http://127.0.0.1:8765");
+    let err = error_of(&GOOD.replace(
+        "  project: default\n",
+        "  instance: eu\n  base_url: http://x\n  project: default\n",
+    ));
+    assert!(
+        err.contains("either `instance` (us, eu, federal) or `base_url`, not both"),
+        "{err}"
+    );
+}
+
+#[test]
+fn postgres_warehouses_need_a_url() {
+    let err = error_of(&GOOD.replace("  kind: duckdb\n", "  kind: postgres\n"));
+    assert!(
+        err.contains("warehouse: a postgres warehouse needs `url`"),
+        "{err}"
+    );
+    let config = load(&GOOD.replace(
+        "  kind: duckdb\n",
+        "  kind: postgres\n  url: postgres://u:secret@h/db\n",
+    ))
+    .unwrap();
+    assert!(
+        !format!("{config:?}").contains("secret"),
+        "the URL's password never reaches Debug output"
+    );
+}
+
+#[test]
+fn validate_passes_on_the_example() {
+    let project = Project::example();
+    let out = project.ldsync("day1", &["validate"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with('✓')).count(),
+        4,
+        "{text}"
+    );
+    assert!(
+        text.contains("sync `enterprise-orgs`: model")
+            && text.contains("key column `context_key` (VARCHAR)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn validate_reports_each_broken_sync() {
+    let project = Project::example();
+    std::fs::remove_file(project.path("sql/dormant_users.sql")).unwrap();
+    project.write(
+        "sql/enterprise_accounts.sql",
+        "SELECT seats * 1.5 AS context_key FROM accounts",
+    );
+    project.write(
+        "sql/churned_beta_users.sql",
+        "SELECT account_id FROM accounts",
+    );
+    let out = project.ldsync("day1", &["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("✓ sync `pro-users`"), "{text}");
+    assert!(
+        text.contains("✗ sync `dormant-winback` (model ") && text.contains("cannot read the model"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the key column `context_key` is DECIMAL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("has no column `context_key` (its columns are: account_id)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn broken_startup_sql_names_the_statement() {
+    let project = Project::example();
+    project.edit_config(
+        "fixtures/${LDSYNC_EXAMPLE_DAY:-day1}/accounts.csv",
+        "fixtures/missing/accounts.csv",
+    );
+    let out = project.ldsync("day1", &["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warehouse.startup_sql[1] failed")
+            && err.contains("fixtures/missing/accounts.csv"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_exit_one_and_say_which_file() {
+    let project = Project::example();
+    project.edit_config("mode: add", "mode: append");
+    let out = project.ldsync("day1", &["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("connector.yaml: syncs[1].mode: unknown variant `append`"),
+        "{err}"
+    );
+}
