@@ -200,6 +200,10 @@ fn measure(repeat: usize, command: impl Fn() -> Command) -> Measurement {
 }
 
 /// Spawns `command`, waits for it with `wait4`, and returns whether it succeeded and its peak RSS in KiB.
+#[expect(
+    clippy::zombie_processes,
+    reason = "wait4 reaps the child, which std's wait cannot do while also returning its rusage"
+)]
 fn run_and_measure(mut command: Command) -> (bool, i64) {
     let child = command.spawn().expect("spawn a benchmark child");
     let mut status = 0;

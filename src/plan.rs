@@ -40,7 +40,7 @@ pub enum PlanError {
 pub struct SyncError {
     pub sync: String,
     pub model: String,
-    pub source: PlanError,
+    pub source: Box<PlanError>,
 }
 
 /// The last committed checkpoint a plan was made against.
@@ -188,7 +188,7 @@ impl<'a> Planner<'a> {
             .map_err(|source| SyncError {
                 sync: sync.name.clone(),
                 model: model_path.display().to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 

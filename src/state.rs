@@ -508,10 +508,12 @@ fn remove_stale_snapshots(dir: &Path, current: &str) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("snapshot-") && name.ends_with(".parquet") && name != current {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove an old snapshot");
-            }
+        if name.starts_with("snapshot-")
+            && name.ends_with(".parquet")
+            && name != current
+            && let Err(e) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!(path = %entry.path().display(), error = %e, "could not remove an old snapshot");
         }
     }
 }

@@ -17,7 +17,7 @@ pub fn check_sync(
     let fail = |source: PlanError| SyncError {
         sync: sync.name.clone(),
         model: model_path.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let sql = std::fs::read_to_string(&model_path).map_err(|source| {
         fail(PlanError::ModelFile {
