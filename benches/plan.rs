@@ -4,7 +4,8 @@
 //! Run: `cargo bench --bench plan` (options after `--`: `--sizes 1000000,10000000`, `--repeat 3`,
 //! `--dir PATH` for the generated data, default `$TMPDIR/ldsync-bench`).
 //!
-//! Each measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own:
+//! Each measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own (the
+//! data is generated in a child too: Linux counts the parent's resident memory at spawn in a child's peak):
 //! - `fetch`: the model's key column read into Arrow batches through the same query `plan` runs, nothing more;
 //! - `plan`: the real `ldsync plan --format json` end to end (open, model, keys, checkpoint, diff, report);
 //! - `except`: DuckDB's `EXCEPT` in both directions over the model and the previous key set, results into Arrow.
@@ -18,13 +19,20 @@ use ldsync::config::Config;
 use ldsync::state::{CheckpointSettings, LocalStore};
 use ldsync::warehouse::{Warehouse, WarehouseError};
 
+mod common;
+
+use common::{cores, memory_total, option, pass, run_and_measure};
+
 const SYNC: &str = "bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(phase) = option(&args, "--phase") {
         let dir = PathBuf::from(option(&args, "--dir").expect("--dir"));
-        run_phase(&phase, &dir);
+        match option(&args, "--keys") {
+            Some(n) => prepare(&dir, n.parse().expect("--keys takes a number")),
+            None => run_phase(&phase, &dir),
+        }
         return;
     }
     let sizes: Vec<u64> = option(&args, "--sizes")
@@ -45,7 +53,10 @@ fn main() {
     let mut verdicts = Vec::new();
     for n in sizes {
         let dir = root.join(n.to_string());
-        prepare(&dir, n);
+        // In a child, so that this process stays small: a child's peak RSS counts its parent's at spawn.
+        let mut generate = phase_command("prepare", &dir);
+        generate.args(["--keys", &n.to_string()]);
+        assert!(run_and_measure(generate).0, "generating the data failed");
         let fetch = measure(repeat, || phase_command("fetch", &dir));
         let plan = measure(repeat, || plan_command(&dir));
         let except = measure(repeat, || phase_command("except", &dir));
@@ -75,17 +86,6 @@ fn main() {
     for verdict in verdicts {
         println!("{verdict}");
     }
-}
-
-fn pass(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
-
-fn option(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
 }
 
 /// Generates, once per size, the model's CSV (`n` keys in random order), the previous key set (0.5% of the keys
@@ -121,8 +121,10 @@ fn prepare(dir: &Path, n: u64) {
 warehouse:
   kind: duckdb
   startup_sql:
-    - CREATE VIEW model AS SELECT * FROM read_csv('model.csv', header = true, types = {{'user_id': 'VARCHAR'}})
-    - CREATE VIEW previous AS SELECT * FROM read_csv('previous.csv', header = true, types = {{'user_id': 'VARCHAR'}})
+    - >-
+      CREATE VIEW model AS SELECT * FROM read_csv('model.csv', header = true, types = {{'user_id': 'VARCHAR'}})
+    - >-
+      CREATE VIEW previous AS SELECT * FROM read_csv('previous.csv', header = true, types = {{'user_id': 'VARCHAR'}})
 launchdarkly:
   project: bench
   environment: production
@@ -199,22 +201,6 @@ fn measure(repeat: usize, command: impl Fn() -> Command) -> Measurement {
     }
 }
 
-/// Spawns `command`, waits for it with `wait4`, and returns whether it succeeded and its peak RSS in KiB.
-#[expect(
-    clippy::zombie_processes,
-    reason = "wait4 reaps the child, which std's wait cannot do while also returning its rusage"
-)]
-fn run_and_measure(mut command: Command) -> (bool, i64) {
-    let child = command.spawn().expect("spawn a benchmark child");
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss)
-}
-
 fn phase_command(phase: &str, dir: &Path) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command.args(["--phase", phase, "--dir"]).arg(dir);
@@ -262,23 +248,4 @@ fn run_phase(phase: &str, dir: &Path) {
     }
     .unwrap();
     assert!(rows > 0, "the {phase} phase read no rows");
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn memory_total() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-        })
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .map_or_else(
-            || "unknown memory".into(),
-            |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
-        )
 }

@@ -4,15 +4,19 @@ use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use arrow::array::Array;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, TokenSource};
+use crate::history::RunOutcome;
+use crate::launchdarkly::Client;
+use crate::launchdarkly::token::AccessToken;
 use crate::plan::{PlanOutcome, Planner};
-use crate::report::{Format, PlanResult, overall_outcome, write_plan_report};
-use crate::state::LocalStore;
+use crate::report::{Format, PlanResult, overall_outcome, write_plan_report, write_sync_report};
+use crate::sync::{Engine, SyncOptions, SyncReport};
 
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
@@ -24,17 +28,19 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// plan --detailed-exitcode: at least one sync has changes to make, and no gate would stop it.
     pub const CHANGES: u8 = 3;
-    /// plan --detailed-exitcode: a removal gate would stop at least one sync before its first call.
+    /// plan --detailed-exitcode: a removal gate would stop at least one sync before its first call;
+    /// sync: a removal gate stopped at least one sync before its first call (and none failed).
     pub const GATE_STOPPED: u8 = 4;
 }
 
 const AFTER_HELP: &str = "\
 Exit codes:
   0  success (plan --detailed-exitcode: nothing to change)
-  1  error: configuration, model SQL, keys, warehouse or checkpoint
+  1  error: configuration, model SQL, keys, warehouse, checkpoint or LaunchDarkly
   2  the command line was wrong
   3  plan --detailed-exitcode: changes to make
-  4  plan --detailed-exitcode: a removal gate would stop a sync before any call
+  4  plan --detailed-exitcode: a removal gate would stop a sync before any call;
+     sync: a removal gate stopped a sync before any call (--override-gates lets it through)
 
 Logs go to standard error; reports go to standard output or --output.";
 
@@ -103,6 +109,34 @@ pub enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
     },
+    /// Apply each sync's plan to its LaunchDarkly segment: adds before removes, in batches of at most batch_size,
+    /// written to the sync's journal before they are sent. The checkpoint moves only when LaunchDarkly has
+    /// acknowledged every batch; a run that was interrupted is finished by the next one, without sending an
+    /// acknowledged batch again. A first run (no checkpoint) compares with the segment's real membership. Needs the
+    /// access token (launchdarkly.token_env or token_file).
+    Sync {
+        /// Syncs to run (default: all, one after another).
+        syncs: Vec<String>,
+        /// Compare with the segment's real membership instead of the checkpoint, and repair the segment: for
+        /// backfills, after changing a sync's settings, or when someone edited the segment by hand.
+        #[arg(long)]
+        full: bool,
+        /// Let this run remove what a removal gate would stop (gates.max_remove_percent, max_remove_count,
+        /// allow_empty_model).
+        #[arg(long)]
+        override_gates: bool,
+        /// How the summary on standard output looks.
+        #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
+        format: SyncFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncFormat {
+    /// A line per sync, then errors, gate stops and notes.
+    Table,
+    /// `{"syncs": [...]}` with every count.
+    Json,
 }
 
 /// Runs the parsed command line and returns the process's exit code.
@@ -144,6 +178,74 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
             *show,
             *detailed_exitcode,
         ),
+        Command::Sync {
+            syncs,
+            full,
+            override_gates,
+            format,
+        } => {
+            let options = SyncOptions {
+                full: *full,
+                override_gates: *override_gates,
+            };
+            let progress = cli.log_format == LogFormat::Text && std::io::stderr().is_terminal();
+            sync(&config, syncs, options, *format, progress)
+        }
+    }
+}
+
+/// How long one LaunchDarkly request may take before it counts as lost and is retried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn sync(
+    config: &Config,
+    names: &[String],
+    options: SyncOptions,
+    format: SyncFormat,
+    progress: bool,
+) -> anyhow::Result<u8> {
+    let syncs = config.select_syncs(names)?;
+    let token = AccessToken::read(&config.launchdarkly.token, &config.project_dir)?;
+    let client = Client::new(&config.launchdarkly, token, REQUEST_TIMEOUT)
+        .context("cannot set up the HTTP client")?;
+    let engine = Engine::new(config, client, progress)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let reports: Vec<SyncReport> = runtime.block_on(async {
+        let mut reports = Vec::new();
+        for sync in syncs {
+            let report = engine.run(sync, options).await;
+            match &report.error {
+                None => tracing::info!(
+                    sync = %report.sync,
+                    outcome = ?report.outcome,
+                    adds = report.adds,
+                    removes = report.removes,
+                    requests = report.calls.requests,
+                    seconds = report.duration_ms as f64 / 1000.0,
+                    "sync finished"
+                ),
+                Some(error) => tracing::error!(sync = %report.sync, "{error}"),
+            }
+            reports.push(report);
+        }
+        reports
+    });
+    let mut out = BufWriter::new(std::io::stdout());
+    write_sync_report(&reports, format, &mut out)?;
+    out.flush()?;
+    Ok(sync_exit_code(&reports))
+}
+
+fn sync_exit_code(reports: &[SyncReport]) -> u8 {
+    if reports.iter().any(|r| r.outcome == RunOutcome::Failed) {
+        exit::ERROR
+    } else if reports.iter().any(|r| r.outcome == RunOutcome::GateStopped) {
+        exit::GATE_STOPPED
+    } else {
+        exit::OK
     }
 }
 
@@ -217,10 +319,9 @@ fn write_report(
 fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
     let syncs = config.select_syncs(names)?;
     let planner = Planner::open(config)?;
-    let store = LocalStore::new(config.state_dir());
     let mut failures = 0;
     for sync in syncs {
-        match crate::validate::check_sync(config, &planner, &store, sync) {
+        match crate::validate::check_sync(config, &planner, sync) {
             Ok(summary) => println!("✓ {summary}"),
             Err(e) => {
                 failures += 1;

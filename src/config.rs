@@ -519,6 +519,18 @@ pub struct SyncConfig {
     pub invalid_keys: InvalidKeys,
     #[serde(default)]
     pub gates: RemovalGates,
+    /// Create the segment, of this type, when it does not exist yet; without it a missing segment is an error.
+    #[serde(default)]
+    pub create_segment: Option<SegmentKind>,
+}
+
+/// A standard segment (at most 15,000 targets) or a big one (unbounded, one context kind, Enterprise plans).
+/// LaunchDarkly never changes a segment's type after it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentKind {
+    Standard,
+    Big,
 }
 
 fn default_context_kind() -> String {

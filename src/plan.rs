@@ -3,14 +3,14 @@
 
 use std::path::PathBuf;
 
-use arrow::array::{Array, StringArray};
+use arrow::array::{Array, LargeStringArray, StringArray};
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
 use crate::config::{Config, Mode, SyncConfig};
 use crate::diff::{UnsortedCheckpoint, diff_sorted};
 use crate::keys::{KeyCollector, KeyError, KeySet, KeyStats};
-use crate::state::{CheckpointSettings, LocalStore, StateError};
+use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// A standard LaunchDarkly segment holds at most this many individual targets.
@@ -52,7 +52,7 @@ pub struct CheckpointInfo {
 }
 
 /// Whether a request adds or removes targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Add,
@@ -181,68 +181,54 @@ impl<'a> Planner<'a> {
         &self.warehouse
     }
 
-    /// Plans one sync.
+    /// Plans one sync against its committed checkpoint: what `ldsync plan` shows.
     pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
-        let model_path = self.config.model_path(sync);
-        self.plan_inner(sync, &model_path)
-            .map_err(|source| SyncError {
-                sync: sync.name.clone(),
-                model: model_path.display().to_string(),
-                source: Box::new(source),
-            })
+        let checkpoint = self.checkpoint(sync)?;
+        let model = self.model_keys(sync)?;
+        self.plan_against(sync, &model, Baseline::Checkpoint(checkpoint.as_ref()))
     }
 
-    fn plan_inner(
-        &self,
-        sync: &SyncConfig,
-        model_path: &std::path::Path,
-    ) -> Result<SyncPlan, PlanError> {
+    /// The sync's committed checkpoint, checked against its settings; `None` before its first commit.
+    pub fn checkpoint(&self, sync: &SyncConfig) -> Result<Option<Checkpoint>, SyncError> {
         let settings = CheckpointSettings::of(self.config, sync);
-        let checkpoint = self.store.load(&sync.name)?;
+        let checkpoint = self
+            .store
+            .load(&sync.name)
+            .map_err(|e| self.error(sync, e))?;
         if let Some(checkpoint) = &checkpoint {
-            checkpoint.check_settings(&settings)?;
+            checkpoint
+                .check_settings(&settings)
+                .map_err(|e| self.error(sync, e))?;
         }
-        let model_keys = self.read_model_keys(sync, model_path)?;
-        let diff = match &checkpoint {
-            Some(checkpoint) => diff_sorted::<PlanError>(
-                &model_keys.keys,
-                checkpoint.keys()?.map(|b| b.map_err(PlanError::from)),
-            )?,
-            None => diff_sorted::<PlanError>(&model_keys.keys, std::iter::empty())?,
-        };
-        let empty = StringArray::from(Vec::<&str>::new());
-        let (adds, removes) = match sync.mode {
-            Mode::Add => (diff.entered.clone(), empty),
-            Mode::Remove => (empty, diff.entered.clone()),
-            Mode::Mirror => (diff.entered.clone(), diff.left.clone()),
-        };
-        let members = checkpoint.as_ref().map_or(0, |c| c.manifest.key_count);
-        let mut plan = SyncPlan {
-            sync: sync.name.clone(),
-            mode: sync.mode,
-            segment: sync.segment.clone(),
-            context_kind: sync.context_kind.clone(),
-            model: model_path.display().to_string(),
-            gate_stops: gate_stops(sync, &model_keys.stats, members, removes.len() as u64),
-            requests: requests(adds.len(), removes.len(), sync.batch_size),
-            keys: model_keys.stats,
-            checkpoint: checkpoint.map(|c| CheckpointInfo {
-                run_id: c.manifest.run_id,
-                committed_at: c.manifest.committed_at,
-                key_count: c.manifest.key_count,
-            }),
-            entered: diff.entered.len() as u64,
-            left: diff.left.len() as u64,
-            adds,
-            removes,
-            notes: Vec::new(),
-        };
-        plan.notes = notes(&plan);
-        Ok(plan)
+        Ok(checkpoint)
     }
 
     /// Runs the sync's model and returns its sorted, distinct, valid keys.
-    pub fn read_model_keys(
+    pub fn model_keys(&self, sync: &SyncConfig) -> Result<KeySet, SyncError> {
+        self.read_model_keys(sync, &self.config.model_path(sync))
+            .map_err(|e| self.error(sync, e))
+    }
+
+    /// Plans one sync's model keys against a baseline.
+    pub fn plan_against(
+        &self,
+        sync: &SyncConfig,
+        model: &KeySet,
+        baseline: Baseline<'_>,
+    ) -> Result<SyncPlan, SyncError> {
+        plan_keys(sync, &self.config.model_path(sync), model, baseline)
+            .map_err(|e| self.error(sync, e))
+    }
+
+    fn error(&self, sync: &SyncConfig, source: impl Into<PlanError>) -> SyncError {
+        SyncError {
+            sync: sync.name.clone(),
+            model: self.config.model_path(sync).display().to_string(),
+            source: Box::new(source.into()),
+        }
+    }
+
+    fn read_model_keys(
         &self,
         sync: &SyncConfig,
         model_path: &std::path::Path,
@@ -259,6 +245,83 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// What a sync's model keys are compared with.
+#[derive(Clone, Copy)]
+pub enum Baseline<'a> {
+    /// The last committed checkpoint; `None` on a first run, which compares with nothing.
+    Checkpoint(Option<&'a Checkpoint>),
+    /// The segment's real membership of the sync's context kind, sorted and distinct (first runs and `--full`).
+    Membership(&'a StringArray),
+}
+
+fn plan_keys(
+    sync: &SyncConfig,
+    model_path: &std::path::Path,
+    model: &KeySet,
+    baseline: Baseline<'_>,
+) -> Result<SyncPlan, PlanError> {
+    let diff = match baseline {
+        Baseline::Checkpoint(Some(checkpoint)) => diff_sorted::<PlanError>(
+            &model.keys,
+            checkpoint.keys()?.map(|b| b.map_err(PlanError::from)),
+        )?,
+        Baseline::Checkpoint(None) => diff_sorted::<PlanError>(&model.keys, std::iter::empty())?,
+        Baseline::Membership(members) => {
+            diff_sorted::<PlanError>(&model.keys, std::iter::once(Ok(members.clone())))?
+        }
+    };
+    let empty = StringArray::from(Vec::<&str>::new());
+    let removes_in_remove_mode = match baseline {
+        // Every model key is in the segment or not: remove those that are.
+        Baseline::Membership(_) => in_both(&model.keys, &diff.entered)?,
+        // Keys that were in the model at the checkpoint were removed then.
+        Baseline::Checkpoint(_) => diff.entered.clone(),
+    };
+    let (adds, removes) = match sync.mode {
+        Mode::Add => (diff.entered.clone(), empty),
+        Mode::Remove => (empty, removes_in_remove_mode),
+        Mode::Mirror => (diff.entered.clone(), diff.left.clone()),
+    };
+    let members = match baseline {
+        Baseline::Checkpoint(_) if sync.mode == Mode::Remove => None,
+        Baseline::Checkpoint(checkpoint) => Some(checkpoint.map_or(0, |c| c.manifest.key_count)),
+        Baseline::Membership(members) => Some(members.len() as u64),
+    };
+    let mut plan = SyncPlan {
+        sync: sync.name.clone(),
+        mode: sync.mode,
+        segment: sync.segment.clone(),
+        context_kind: sync.context_kind.clone(),
+        model: model_path.display().to_string(),
+        gate_stops: gate_stops(sync, &model.stats, members, removes.len() as u64),
+        requests: requests(adds.len(), removes.len(), sync.batch_size),
+        keys: model.stats.clone(),
+        checkpoint: match baseline {
+            Baseline::Checkpoint(checkpoint) => checkpoint.map(|c| CheckpointInfo {
+                run_id: c.manifest.run_id.clone(),
+                committed_at: c.manifest.committed_at,
+                key_count: c.manifest.key_count,
+            }),
+            Baseline::Membership(_) => None,
+        },
+        entered: diff.entered.len() as u64,
+        left: diff.left.len() as u64,
+        adds,
+        removes,
+        notes: Vec::new(),
+    };
+    plan.notes = notes(&plan, baseline);
+    Ok(plan)
+}
+
+/// The model keys that are not in `not_in_segment`: the model keys the segment holds.
+fn in_both(
+    model: &LargeStringArray,
+    not_in_segment: &StringArray,
+) -> Result<StringArray, PlanError> {
+    Ok(diff_sorted::<PlanError>(model, std::iter::once(Ok(not_in_segment.clone())))?.entered)
+}
+
 /// The requests that carry `adds` then `removes`, in batches of at most `batch_size`.
 pub fn requests(adds: usize, removes: usize, batch_size: usize) -> Vec<PlannedRequest> {
     let batches = |action, total: usize| {
@@ -273,7 +336,14 @@ pub fn requests(adds: usize, removes: usize, batch_size: usize) -> Vec<PlannedRe
 }
 
 /// The removal gates the sync's settings say this run would trip.
-fn gate_stops(sync: &SyncConfig, keys: &KeyStats, members: u64, removes: u64) -> Vec<GateStop> {
+/// `members` is the segment's size when it is known: in remove mode a checkpoint holds the keys removed, not the
+/// segment's members, so `sync` checks the percent gate once it has read the segment.
+fn gate_stops(
+    sync: &SyncConfig,
+    keys: &KeyStats,
+    members: Option<u64>,
+    removes: u64,
+) -> Vec<GateStop> {
     let gates = &sync.gates;
     let mut stops = Vec::new();
     // Only a mirror run turns an empty model into removals; in add and remove mode it simply changes nothing.
@@ -288,29 +358,47 @@ fn gate_stops(sync: &SyncConfig, keys: &KeyStats, members: u64, removes: u64) ->
             max_remove_count: max,
         });
     }
-    if let Some(max) = gates.max_remove_percent
-        && removes > 0
-    {
-        let percent = if members == 0 {
-            100.0
-        } else {
-            removes as f64 * 100.0 / members as f64
-        };
-        if percent > max {
-            stops.push(GateStop::RemovePercent {
-                removes,
-                members,
-                percent,
-                max_remove_percent: max,
-            });
-        }
+    if let Some(members) = members {
+        stops.extend(percent_gate(sync, members, removes));
     }
     stops
 }
 
-fn notes(plan: &SyncPlan) -> Vec<String> {
+/// The `max_remove_percent` gate: removing more than that share of the segment's `members` stops the run. An empty
+/// segment has nothing to lose.
+pub fn percent_gate(sync: &SyncConfig, members: u64, removes: u64) -> Option<GateStop> {
+    let max = sync.gates.max_remove_percent?;
+    if removes == 0 || members == 0 {
+        return None;
+    }
+    let percent = removes as f64 * 100.0 / members as f64;
+    (percent > max).then_some(GateStop::RemovePercent {
+        removes,
+        members,
+        percent,
+        max_remove_percent: max,
+    })
+}
+
+fn notes(plan: &SyncPlan, baseline: Baseline<'_>) -> Vec<String> {
     let mut notes = Vec::new();
-    if plan.checkpoint.is_none() {
+    if plan.mode == Mode::Remove
+        && matches!(baseline, Baseline::Checkpoint(_))
+        && !plan.removes.is_empty()
+    {
+        notes.push(
+            "gates.max_remove_percent is a share of the segment's members, which `ldsync sync` reads before any \
+             change; this offline plan does not check it"
+                .to_string(),
+        );
+    }
+    if let Baseline::Membership(members) = baseline {
+        notes.push(format!(
+            "compared with the segment's real membership ({} {} targets), not with a checkpoint",
+            members.len(),
+            plan.context_kind
+        ));
+    } else if plan.checkpoint.is_none() {
         notes
             .push("first run: no checkpoint yet, so every model key counts as entered".to_string());
         if plan.mode == Mode::Mirror {

@@ -1,4 +1,5 @@
-//! Reports of plans: a table for people at a terminal, and JSON, CSV or Parquet carrying every key for tools.
+//! Reports of plans and sync runs: a table for people at a terminal, and JSON, CSV or Parquet carrying every key
+//! (or every count) for tools.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
+use crate::cli::SyncFormat;
 use crate::plan::{Action, PlanOutcome, SyncError, SyncPlan};
+use crate::sync::SyncReport;
 
 /// The result of planning one sync.
 pub type PlanResult = Result<SyncPlan, SyncError>;
@@ -314,4 +317,60 @@ fn describe_requests(plan: &SyncPlan) -> String {
         "{count} semantic-patch request{plural}: {}",
         parts.join(", then ")
     )
+}
+
+/// Writes the summary of sync runs: a table with a line per sync and then what went wrong, or JSON.
+pub fn write_sync_report(
+    reports: &[SyncReport],
+    format: SyncFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if format == SyncFormat::Json {
+        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "syncs": reports }))?;
+        return writeln!(out);
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "sync", "outcome", "added", "removed", "batches", "requests", "retries", "429s", "seconds",
+    ]);
+    for report in reports {
+        table.add_row(vec![
+            report.sync.clone(),
+            serde_json::to_value(report.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+                .unwrap_or_default(),
+            report.adds.to_string(),
+            report.removes.to_string(),
+            format!("{}/{}", report.batches_acknowledged, report.batches_planned),
+            report.calls.requests.to_string(),
+            report.calls.retries.to_string(),
+            report.calls.rate_limited.to_string(),
+            format!("{:.1}", report.duration_ms as f64 / 1000.0),
+        ]);
+    }
+    writeln!(out, "{table}")?;
+    for report in reports {
+        if let Some(run) = &report.resumed_run {
+            writeln!(
+                out,
+                "• {}: finished interrupted run {run} first",
+                report.sync
+            )?;
+        }
+        for stop in &report.gate_stops {
+            writeln!(
+                out,
+                "✗ {}: stopped before any change: {stop} (--override-gates lets this run through)",
+                report.sync
+            )?;
+        }
+        if let Some(error) = &report.error {
+            writeln!(out, "✗ {error}")?;
+        }
+        for note in &report.notes {
+            writeln!(out, "• {}: {note}", report.sync)?;
+        }
+    }
+    Ok(())
 }

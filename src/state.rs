@@ -5,6 +5,9 @@
 //! ```text
 //! <sync>/manifest.json            run id, time, key count, content hash, settings and their fingerprint
 //! <sync>/snapshot-<run>.parquet   the committed keys, sorted by byte order, one `context_key` column
+//! <sync>/journal.jsonl            the open run's batches and acknowledgements (see `journal`)
+//! <sync>/runs.jsonl               one record per sync run (see `history`)
+//! <sync>/lock                     held by the run under way
 //! ```
 //!
 //! A commit writes the snapshot to a temporary file, fsyncs and renames it, then does the same for the manifest,
@@ -33,6 +36,7 @@ use crate::config::{Config, Mode, SyncConfig};
 pub const MANIFEST_FORMAT: u32 = 1;
 
 const MANIFEST_FILE: &str = "manifest.json";
+const LOCK_FILE: &str = "lock";
 const KEY_COLUMN: &str = "context_key";
 const READ_BATCH_ROWS: usize = 64 * 1024;
 
@@ -68,6 +72,10 @@ pub enum StateError {
         "the checkpoint snapshot {path} is damaged: {problem}; move the sync's state aside and run `ldsync sync --full` to rebuild it"
     )]
     DamagedSnapshot { path: PathBuf, problem: String },
+    #[error(
+        "another ldsync run of sync `{sync}` holds {path}; runs of one sync never overlap, so wait for it to finish"
+    )]
+    Locked { sync: String, path: PathBuf },
     #[error("cannot read the checkpoint snapshot {path}: {source}")]
     Parquet {
         path: PathBuf,
@@ -119,7 +127,7 @@ impl CheckpointSettings {
     }
 
     /// What differs between `self` (the checkpoint's) and `now`, as `field: old → new` pairs.
-    fn changes(&self, now: &CheckpointSettings) -> Vec<String> {
+    pub fn changes(&self, now: &CheckpointSettings) -> Vec<String> {
         let mode = (self.mode.to_string(), now.mode.to_string());
         [
             ("project", (&self.project, &now.project)),
@@ -163,7 +171,8 @@ impl LocalStore {
         LocalStore { root: root.into() }
     }
 
-    fn sync_dir(&self, sync: &str) -> PathBuf {
+    /// Where the sync's checkpoint, journal and run history live.
+    pub fn sync_dir(&self, sync: &str) -> PathBuf {
         self.root.join(sync)
     }
 
@@ -171,16 +180,8 @@ impl LocalStore {
     pub fn load(&self, sync: &str) -> Result<Option<Checkpoint>, StateError> {
         let dir = self.sync_dir(sync);
         let path = dir.join(MANIFEST_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Io {
-                    action: "cannot read",
-                    path,
-                    source,
-                });
-            }
+        let Some(bytes) = read_if_present(&path)? else {
+            return Ok(None);
         };
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|source| StateError::BadManifest {
@@ -202,37 +203,114 @@ impl LocalStore {
         settings: &CheckpointSettings,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<Manifest, StateError> {
+        let prepared = self.prepare(sync, run_id, keys)?;
+        self.commit_prepared(sync, run_id, settings, &prepared)
+    }
+
+    /// Writes the snapshot a run will commit, before the run sends anything; nothing reads it until
+    /// [`LocalStore::commit_prepared`] names it in the manifest.
+    pub fn prepare<'a>(
+        &self,
+        sync: &str,
+        run_id: &str,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<PreparedSnapshot, StateError> {
+        let dir = self.create_sync_dir(sync)?;
+        let file = format!("snapshot-{run_id}.parquet");
+        let (key_count, content_hash) = write_snapshot(&dir, &file, keys)?;
+        sync_directory(&dir)?;
+        Ok(PreparedSnapshot {
+            file,
+            key_count,
+            content_hash,
+        })
+    }
+
+    /// Makes a prepared snapshot the sync's checkpoint: the manifest's rename is the commit point.
+    pub fn commit_prepared(
+        &self,
+        sync: &str,
+        run_id: &str,
+        settings: &CheckpointSettings,
+        prepared: &PreparedSnapshot,
+    ) -> Result<Manifest, StateError> {
+        let dir = self.sync_dir(sync);
+        let snapshot_path = dir.join(&prepared.file);
+        if !snapshot_path.is_file() {
+            return Err(StateError::DamagedSnapshot {
+                path: snapshot_path,
+                problem: "the run's prepared snapshot is missing".into(),
+            });
+        }
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            sync: sync.to_string(),
+            run_id: run_id.to_string(),
+            committed_at: Utc::now(),
+            key_count: prepared.key_count,
+            content_hash: prepared.content_hash.clone(),
+            snapshot: prepared.file.clone(),
+            settings: settings.clone(),
+            fingerprint: settings.fingerprint(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
+        write_file_atomically(&dir, MANIFEST_FILE, &json)?;
+        remove_stale_snapshots(&dir, &prepared.file);
+        Ok(manifest)
+    }
+
+    /// The sync's directory, created if needed.
+    pub fn create_sync_dir(&self, sync: &str) -> Result<PathBuf, StateError> {
         let dir = self.sync_dir(sync);
         std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
             action: "cannot create",
             path: dir.clone(),
             source,
         })?;
-        let snapshot = format!("snapshot-{run_id}.parquet");
-        let (key_count, content_hash) = write_snapshot(&dir, &snapshot, keys)?;
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT,
-            sync: sync.to_string(),
-            run_id: run_id.to_string(),
-            committed_at: Utc::now(),
-            key_count,
-            content_hash,
-            snapshot: snapshot.clone(),
-            settings: settings.clone(),
-            fingerprint: settings.fingerprint(),
-        };
-        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-        write_atomically(&dir, MANIFEST_FILE, |file| {
-            file.write_all(&json).map_err(|source| StateError::Io {
-                action: "cannot write",
-                path: dir.join(MANIFEST_FILE),
-                source,
-            })
-        })?;
-        sync_directory(&dir)?;
-        remove_stale_snapshots(&dir, &snapshot);
-        Ok(manifest)
+        Ok(dir)
     }
+
+    /// Takes the sync's run lock, so that two runs of one sync never overlap on this state directory.
+    pub fn lock(&self, sync: &str) -> Result<SyncLock, StateError> {
+        let path = self.create_sync_dir(sync)?.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StateError::Io {
+                action: "cannot open",
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(SyncLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+                sync: sync.to_string(),
+                path,
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(StateError::Io {
+                action: "cannot lock",
+                path,
+                source,
+            }),
+        }
+    }
+}
+
+/// A snapshot written for a run that has not committed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedSnapshot {
+    /// Its file name in the sync's directory.
+    pub file: String,
+    pub key_count: u64,
+    pub content_hash: String,
+}
+
+/// Held while a run of one sync is under way; the operating system releases it if the process dies.
+#[derive(Debug)]
+pub struct SyncLock {
+    _file: File,
 }
 
 fn check_manifest(manifest: &Manifest, sync: &str, path: &Path) -> Result<(), StateError> {
@@ -490,7 +568,36 @@ fn write_atomically(
     Ok(())
 }
 
-fn sync_directory(dir: &Path) -> Result<(), StateError> {
+/// The file's bytes, or `None` when it does not exist.
+pub(crate) fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            action: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes `bytes` as `name` in `dir` atomically and makes the rename durable.
+pub(crate) fn write_file_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), StateError> {
+    write_atomically(dir, name, |file| {
+        file.write_all(bytes).map_err(|source| StateError::Io {
+            action: "cannot write",
+            path: dir.join(name),
+            source,
+        })
+    })?;
+    sync_directory(dir)
+}
+
+pub(crate) fn sync_directory(dir: &Path) -> Result<(), StateError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| StateError::Io {

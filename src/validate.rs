@@ -2,7 +2,6 @@
 
 use crate::config::{Config, SyncConfig};
 use crate::plan::{PlanError, Planner, SyncError};
-use crate::state::{CheckpointSettings, LocalStore};
 
 /// Checks one sync: its model file exists and prepares against the warehouse, its key column exists with a type
 /// that can be a context key, and its checkpoint (if any) is readable and was made with its current settings.
@@ -10,7 +9,6 @@ use crate::state::{CheckpointSettings, LocalStore};
 pub fn check_sync(
     config: &Config,
     planner: &Planner,
-    store: &LocalStore,
     sync: &SyncConfig,
 ) -> Result<String, SyncError> {
     let model_path = config.model_path(sync);
@@ -29,16 +27,11 @@ pub fn check_sync(
         .warehouse()
         .key_column(&sql, &sync.key_column)
         .map_err(|e| fail(e.into()))?;
-    let checkpoint = store.load(&sync.name).map_err(|e| fail(e.into()))?;
-    let checkpoint_text = match &checkpoint {
-        Some(c) => {
-            c.check_settings(&CheckpointSettings::of(config, sync))
-                .map_err(|e| fail(e.into()))?;
-            format!(
-                "checkpoint of run {} ({} keys)",
-                c.manifest.run_id, c.manifest.key_count
-            )
-        }
+    let checkpoint_text = match planner.checkpoint(sync)? {
+        Some(c) => format!(
+            "checkpoint of run {} ({} keys)",
+            c.manifest.run_id, c.manifest.key_count
+        ),
         None => "no checkpoint yet".to_string(),
     };
     Ok(format!(

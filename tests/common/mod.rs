@@ -51,18 +51,24 @@ impl Project {
         std::fs::write(path, text).unwrap();
     }
 
-    /// Runs `ldsync --config <this project> ARGS` on fixture day `day`.
-    pub fn ldsync(&self, day: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ldsync"))
+    /// `ldsync --config <this project> ARGS` on fixture day `day`, ready to run.
+    pub fn command(&self, day: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ldsync"));
+        command
             .arg("--config")
             .arg(self.config_path())
             .args(args)
             .env("LDSYNC_EXAMPLE_DAY", day)
             .env_remove("LDSYNC_CONFIG")
             .env_remove("LDSYNC_LOG")
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap()
+            .env_remove("LD_ACCESS_TOKEN")
+            .current_dir(std::env::temp_dir());
+        command
+    }
+
+    /// Runs `ldsync --config <this project> ARGS` on fixture day `day`.
+    pub fn ldsync(&self, day: &str, args: &[&str]) -> Output {
+        self.command(day, args).output().unwrap()
     }
 
     /// Commits `keys` as the checkpoint of `sync`, with the sync's current settings.
@@ -145,6 +151,34 @@ pub fn expected_enterprise_orgs(day: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The keys the `dormant_users` model should return on `day`: inactive for 30 days before the latest activity.
+pub fn expected_dormant_users(day: &str) -> BTreeSet<String> {
+    let users = read_fixture(day, "users");
+    let date =
+        |u: &Row| chrono::NaiveDate::parse_from_str(u.get("last_active_date"), "%Y-%m-%d").unwrap();
+    let latest = users.iter().map(date).max().unwrap();
+    users
+        .iter()
+        .filter(|u| is_valid_key(u.get("user_id")) && date(u) < latest - chrono::Days::new(30))
+        .map(|u| u.get("user_id").to_string())
+        .collect()
+}
+
+/// The keys the `churned_beta_users` model should return on `day`: beta testers whose account churned.
+pub fn expected_churned_beta_users(day: &str) -> BTreeSet<String> {
+    let churned: BTreeSet<String> = read_fixture(day, "accounts")
+        .iter()
+        .filter(|a| a.get("churned") == "true")
+        .map(|a| a.get("account_id").to_string())
+        .collect();
+    read_fixture(day, "users")
+        .iter()
+        .filter(|u| u.get("beta_opt_in") == "true" && churned.contains(u.get("account_id")))
+        .filter(|u| is_valid_key(u.get("user_id")))
+        .map(|u| u.get("user_id").to_string())
+        .collect()
+}
+
 pub fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
@@ -155,13 +189,18 @@ pub fn json(output: &Output) -> serde_json::Value {
     })
 }
 
-pub fn strings(value: &serde_json::Value) -> BTreeSet<String> {
+/// A JSON list of strings, in order.
+pub fn string_list(value: &serde_json::Value) -> Vec<String> {
     value
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
+}
+
+pub fn strings(value: &serde_json::Value) -> BTreeSet<String> {
+    string_list(value).into_iter().collect()
 }
 
 pub fn stderr(output: &Output) -> String {

@@ -1,0 +1,178 @@
+//! The `sync` benchmark: how close `ldsync sync` comes to the throughput a LaunchDarkly rate limit allows.
+//!
+//! Run: `cargo bench --bench sync` (options after `--`: `--rate R` requests per 10-second window, default 20;
+//! `--windows W`, default 5; `--dir PATH` for the generated project, default `$TMPDIR/ldsync-bench-sync`).
+//!
+//! The emulator runs in this process with a limit of R requests per 10-second window and the rate-limit headers
+//! LaunchDarkly sends. A first, unlimited run fills a big segment; the measured run is a mirror run whose model
+//! lost part of those keys and gained new ones, sized so that its requests (one read of the segment, then the
+//! batches of 1,500) fill W windows exactly. It reports keys per second against the ceiling R × 1,500 / 10 s, both
+//! raw (keys over the run's wall time, start-up included) and window-aligned (keys over the whole windows the run
+//! occupied, which is what the limit really grants), the 429s met per window, the write requests against
+//! ceil(adds / 1,500) + ceil(removes / 1,500), and the run's peak resident memory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{cores, memory_total, option, pass, run_and_measure};
+use ldsync_emulator::{Emulator, EmulatorConfig, Faults, RateLimit, ThrottleHeaders};
+
+const WINDOW: Duration = Duration::from_secs(10);
+const BATCH: u64 = 1_500;
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let rate: u64 =
+        option(&args, "--rate").map_or(20, |r| r.parse().expect("--rate takes a number"));
+    let windows: u64 =
+        option(&args, "--windows").map_or(5, |w| w.parse().expect("--windows takes a number"));
+    let dir = option(&args, "--dir").map_or_else(
+        || std::env::temp_dir().join("ldsync-bench-sync"),
+        PathBuf::from,
+    );
+
+    // The measured run: one GET, then `adds` and `removes` in full batches, R × W requests in all.
+    let writes = rate * windows - 1;
+    let (add_batches, remove_batches) = (writes.div_ceil(2), writes / 2);
+    let (adds, removes, stay) = (add_batches * BATCH, remove_batches * BATCH, 10_000);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sql")).unwrap();
+    write_project(&dir);
+    // Day 1: `removes` keys that will leave and `stay` keys that stay; day 2: the stayers and `adds` newcomers.
+    write_keys(
+        &dir.join("day1.csv"),
+        (0..removes + stay).map(|i| format!("usr_old_{i:09}")),
+    );
+    write_keys(
+        &dir.join("day2.csv"),
+        (removes..removes + stay)
+            .map(|i| format!("usr_old_{i:09}"))
+            .chain((0..adds).map(|i| format!("usr_new_{i:09}"))),
+    );
+
+    let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
+    let (ok, _) = run_and_measure(sync_command(&dir, &emulator, "day1.csv", None));
+    assert!(ok, "the unlimited first run failed");
+    emulator.clear_requests();
+    emulator.set_faults(Faults {
+        rate_limit: Some(RateLimit {
+            requests_per_window: rate as u32,
+            window: WINDOW,
+            headers: ThrottleHeaders::Full,
+        }),
+        ..Faults::default()
+    });
+    let report = dir.join("report.json");
+    let started = Instant::now();
+    let (ok, peak_kib) = run_and_measure(sync_command(&dir, &emulator, "day2.csv", Some(&report)));
+    let elapsed = started.elapsed();
+    assert!(ok, "the measured run failed; see {}", report.display());
+
+    let requests = emulator.requests();
+    let limited = requests.iter().filter(|r| r.status == 429).count() as u64;
+    let written = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.status == 204)
+        .count() as u64;
+    let expected_writes = adds.div_ceil(BATCH) + removes.div_ceil(BATCH);
+    let keys = (adds + removes) as f64;
+    let ceiling = (rate * BATCH) as f64 / WINDOW.as_secs_f64();
+    let raw = keys / elapsed.as_secs_f64();
+    let windows_used = (elapsed.as_secs_f64() / WINDOW.as_secs_f64()).ceil();
+    let aligned = keys / (windows_used * WINDOW.as_secs_f64());
+
+    println!("machine: {} cores, {}", cores(), memory_total());
+    println!("limit: {rate} requests per 10-second window; ceiling {ceiling:.0} keys/s");
+    println!(
+        "run: {adds} adds, {removes} removes, {:.1} s over {windows_used} windows",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "keys/s raw:            {raw:>8.0} ({:.1}% of the ceiling)",
+        raw * 100.0 / ceiling
+    );
+    println!(
+        "keys/s window-aligned: {aligned:>8.0} ({:.1}% of the ceiling)",
+        aligned * 100.0 / ceiling
+    );
+    println!(
+        "429s: {limited} ({:.2} per window)",
+        limited as f64 / windows_used
+    );
+    println!(
+        "write requests: {written}, expected ceil(adds/1500) + ceil(removes/1500) = {expected_writes}"
+    );
+    println!("peak RSS: {:.1} MiB", peak_kib as f64 / 1024.0);
+    println!();
+    println!(
+        "throughput ≥ 90% of the ceiling: {}; ≤ 1 429 per window: {}; exact request count: {}",
+        pass(aligned >= 0.9 * ceiling),
+        pass(limited as f64 <= windows_used),
+        pass(written == expected_writes)
+    );
+}
+
+fn write_keys(path: &Path, keys: impl Iterator<Item = String>) {
+    let mut text = String::from("user_id\n");
+    for key in keys {
+        text.push_str(&key);
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn write_project(dir: &Path) {
+    std::fs::write(
+        dir.join("sql/audience.sql"),
+        "SELECT user_id AS context_key FROM audience\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("connector.yaml"),
+        "version: 1
+warehouse:
+  kind: duckdb
+  startup_sql:
+    - >-
+      CREATE VIEW audience AS SELECT * FROM read_csv('${BENCH_DAY}', header = true, types = {'user_id': 'VARCHAR'})
+launchdarkly:
+  base_url: ${BENCH_EMULATOR}
+  project: default
+  environment: production
+state:
+  kind: local
+  directory: state
+syncs:
+  - name: audience
+    model: audience
+    segment: audience
+    mode: mirror
+    create_segment: big
+    gates:
+      max_remove_percent: 100
+",
+    )
+    .unwrap();
+}
+
+fn sync_command(dir: &Path, emulator: &Emulator, day: &str, report: Option<&Path>) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ldsync"));
+    command
+        .arg("--config")
+        .arg(dir.join("connector.yaml"))
+        .args(["--log-level", "warn", "sync", "--format", "json"])
+        .env("BENCH_DAY", day)
+        .env("BENCH_EMULATOR", emulator.base_url())
+        .env("LD_ACCESS_TOKEN", "api-emulator-token");
+    match report {
+        Some(path) => command.stdout(std::fs::File::create(path).unwrap()),
+        None => command.stdout(std::process::Stdio::null()),
+    };
+    command
+}

@@ -1,0 +1,370 @@
+//! A strict in-memory stand-in for LaunchDarkly's segments API, on 127.0.0.1. ldsync's tests start it in-process
+//! ([`Emulator::start`]) and run the real `ldsync` binary against it; a person can start it by hand
+//! (`cargo run -p ldsync-emulator`) to try ldsync without an account.
+//!
+//! It is strict where LaunchDarkly is strict (tokens, `LD-API-Version`, the semantic-patch content type,
+//! `environmentKey`, 1,500 target operations a request, 15,000 targets in a standard segment, unknown instructions,
+//! a key both included and excluded), records every request, and can be told to misbehave ([`Faults`]): rate
+//! limits with each shape of 429, server errors, slow answers, and lost acknowledgements.
+//!
+//! Modules: [`segments`] (the data and the changes the API makes), [`faults`] (what to get wrong), `server` (HTTP).
+
+pub mod faults;
+pub mod segments;
+mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde_json::{Value, json};
+
+pub use faults::{Faults, RateLimit, ThrottleHeaders};
+use faults::{Window, epoch_ms};
+use segments::{ApiFailure, Segment};
+pub use server::serve;
+
+/// A token the emulator accepts, and the role actions it may perform.
+#[derive(Clone, Debug)]
+pub struct TokenGrant {
+    pub token: String,
+    /// `None`: every action; otherwise names such as `createSegment`, `updateIncluded`, `updateExcluded`,
+    /// `updateName`, `updateTags`, `deleteSegment`.
+    pub actions: Option<Vec<String>>,
+}
+
+/// What the emulator serves.
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    /// 0: any free port.
+    pub port: u16,
+    pub tokens: Vec<TokenGrant>,
+    /// Project keys and their environment keys.
+    pub projects: Vec<(String, Vec<String>)>,
+    pub faults: Faults,
+}
+
+/// The token a default emulator accepts, with every action.
+pub const DEFAULT_TOKEN: &str = "api-emulator-token";
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            port: 0,
+            tokens: vec![TokenGrant {
+                token: DEFAULT_TOKEN.into(),
+                actions: None,
+            }],
+            projects: vec![("default".into(), vec!["production".into(), "test".into()])],
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// A segment to put in place directly, bypassing the API and its limits.
+#[derive(Clone, Debug)]
+pub struct SegmentSeed {
+    pub key: String,
+    pub name: String,
+    pub unbounded: bool,
+    /// A big segment's context kind; ignored for standard segments.
+    pub context_kind: String,
+    /// Context kind and keys.
+    pub included: Vec<(String, Vec<String>)>,
+    pub excluded: Vec<(String, Vec<String>)>,
+}
+
+/// A request the emulator saw, and what it answered.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    pub query: Option<String>,
+    /// Verb and URL pattern, e.g. `PATCH /api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}`.
+    pub route: String,
+    /// The status answered; 0 when the connection was closed after applying the change.
+    pub status: u16,
+    pub body: Option<Value>,
+    /// Whether the request changed stored state.
+    pub applied: bool,
+    pub content_type: Option<String>,
+    pub api_version: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Everything the emulator holds.
+pub struct State {
+    tokens: Vec<TokenGrant>,
+    projects: Vec<(String, Vec<String>)>,
+    /// By (project, environment, key).
+    segments: BTreeMap<(String, String, String), Segment>,
+    requests: Vec<RecordedRequest>,
+    faults: Faults,
+    rng: fastrand::Rng,
+    window: Window,
+}
+
+/// The state, shared by the server's connections and the [`Emulator`] handle.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<State>>);
+
+impl Shared {
+    pub fn new(config: &EmulatorConfig) -> Shared {
+        Shared(Arc::new(Mutex::new(State {
+            tokens: config.tokens.clone(),
+            projects: config.projects.clone(),
+            segments: BTreeMap::new(),
+            requests: Vec::new(),
+            rng: fastrand::Rng::with_seed(config.faults.seed),
+            faults: config.faults.clone(),
+            window: Window::new(),
+        })))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.0.lock().expect("emulator state lock"))
+    }
+
+    fn record(&self, request: RecordedRequest) -> usize {
+        self.with(|s| {
+            s.requests.push(request);
+            s.requests.len() - 1
+        })
+    }
+
+    fn finish(&self, index: usize, status: u16, applied: bool) {
+        self.with(|s| {
+            if let Some(request) = s.requests.get_mut(index) {
+                request.status = status;
+                request.applied = applied;
+            }
+        });
+    }
+
+    fn environments(&self, project: &str) -> Result<Vec<String>, ApiFailure> {
+        self.with(|s| {
+            s.projects
+                .iter()
+                .find(|(p, _)| p == project)
+                .map(|(_, e)| e.clone())
+        })
+        .ok_or_else(|| ApiFailure::new(404, "not_found", format!("Unknown project `{project}`")))
+    }
+
+    fn check_environment(&self, project: &str, environment: &str) -> Result<(), ApiFailure> {
+        if self.environments(project)?.iter().any(|e| e == environment) {
+            Ok(())
+        } else {
+            Err(ApiFailure::new(
+                404,
+                "not_found",
+                format!("Unknown environment `{environment}`"),
+            ))
+        }
+    }
+
+    fn segment(&self, project: &str, environment: &str, key: &str) -> Result<Segment, ApiFailure> {
+        self.check_environment(project, environment)?;
+        self.with(|s| {
+            s.segments
+                .get(&segment_id(project, environment, key))
+                .cloned()
+        })
+        .ok_or_else(|| ApiFailure::new(404, "not_found", format!("Unknown segment `{key}`")))
+    }
+
+    fn insert_new(
+        &self,
+        project: &str,
+        environment: &str,
+        segment: Segment,
+    ) -> Result<(), ApiFailure> {
+        let id = segment_id(project, environment, &segment.key);
+        self.with(|s| {
+            if s.segments.contains_key(&id) {
+                return Err(ApiFailure::new(
+                    409,
+                    "conflict",
+                    format!("segment `{}` already exists", segment.key),
+                ));
+            }
+            s.segments.insert(id, segment);
+            Ok(())
+        })
+    }
+
+    /// Stores `next` in place of `current`, with a new version and time if anything changed; returns what is stored.
+    fn save(
+        &self,
+        project: &str,
+        environment: &str,
+        current: &Segment,
+        mut next: Segment,
+    ) -> Segment {
+        if !next.differs_from(current) {
+            return current.clone();
+        }
+        next.version = current.version + 1;
+        next.last_modified = epoch_ms();
+        let id = segment_id(project, environment, &next.key);
+        self.with(|s| s.segments.insert(id, next.clone()));
+        next
+    }
+
+    fn snapshot(&self) -> Value {
+        self.with(|s| {
+            let segments: BTreeMap<String, Value> = s
+                .segments
+                .iter()
+                .map(|((p, e, k), segment)| (format!("{p}/{e}/{k}"), segment.representation(p, e)))
+                .collect();
+            json!({"segments": segments, "route_counts": count_routes(&s.requests)})
+        })
+    }
+}
+
+/// How segments are filed: by project, environment and key.
+fn segment_id(project: &str, environment: &str, key: &str) -> (String, String, String) {
+    (
+        project.to_string(),
+        environment.to_string(),
+        key.to_string(),
+    )
+}
+
+fn count_routes(requests: &[RecordedRequest]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for request in requests {
+        *counts.entry(request.route.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// A running emulator on its own thread; dropping it stops the server.
+pub struct Emulator {
+    address: SocketAddr,
+    shared: Shared,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Emulator {
+    /// Starts serving on 127.0.0.1 and returns once it listens.
+    pub fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", config.port))?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let shared = Shared::new(&config);
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let server_state = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("ldsync-emulator".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("a listening socket");
+                    serve(listener, server_state, async {
+                        let _ = stop.await;
+                    })
+                    .await;
+                });
+            })?;
+        Ok(Emulator {
+            address,
+            shared,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, the value for `launchdarkly.base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Takes effect from the next request; starts a fresh rate-limit window.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.with(|s| {
+            s.rng = fastrand::Rng::with_seed(faults.seed);
+            s.faults = faults;
+            s.window = Window::new();
+        });
+    }
+
+    /// Creates or replaces a segment directly.
+    pub fn seed_segment(&self, project: &str, environment: &str, seed: SegmentSeed) {
+        let mut segment = Segment::new(
+            &seed.key,
+            &seed.name,
+            seed.unbounded,
+            &seed.context_kind,
+            epoch_ms(),
+        );
+        let targets = |lists: Vec<(String, Vec<String>)>| {
+            let mut targets = segments::Targets::new();
+            for (kind, keys) in lists.into_iter().filter(|(_, keys)| !keys.is_empty()) {
+                targets.entry(kind).or_default().extend(keys);
+            }
+            targets
+        };
+        segment.included = targets(seed.included);
+        segment.excluded = targets(seed.excluded);
+        let id = segment_id(project, environment, &seed.key);
+        self.shared.with(|s| s.segments.insert(id, segment));
+    }
+
+    /// The segment as a GET would return it.
+    pub fn segment(&self, project: &str, environment: &str, key: &str) -> Option<Value> {
+        self.shared.with(|s| {
+            s.segments
+                .get(&segment_id(project, environment, key))
+                .map(|seg| seg.representation(project, environment))
+        })
+    }
+
+    /// The included targets of `context_kind` (standard) or the included members (big).
+    pub fn included(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+        context_kind: &str,
+    ) -> BTreeSet<String> {
+        self.shared.with(|s| {
+            s.segments
+                .get(&segment_id(project, environment, key))
+                .and_then(|seg| seg.included.get(context_kind).cloned())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Every request seen, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.with(|s| s.requests.clone())
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.with(|s| s.requests.clear());
+    }
+
+    /// Requests seen per route.
+    pub fn route_counts(&self) -> BTreeMap<String, u64> {
+        self.shared.with(|s| count_routes(&s.requests))
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The HTTP side: each connection served by hyper with a kill switch (for lost acknowledgements), each request
+//! recorded, put through the configured faults, authenticated, version-checked and routed to the segment store.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::faults::{Admission, epoch_ms};
+use crate::segments::{ApiFailure, Segment};
+use crate::{RecordedRequest, Shared};
+
+const API: &str = "/api/v2/";
+const VERSIONS: [&str; 3] = ["20240415", "20220603", "beta"];
+
+/// Serves `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            () = &mut shutdown => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let kill = Arc::new(Notify::new());
+            let service = {
+                let kill = kill.clone();
+                service_fn(move |request| handle(shared.clone(), kill.clone(), request))
+            };
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // Dropping the connection closes the socket with no answer written.
+            tokio::select! {
+                _ = connection => {}
+                () = kill.notified() => {}
+            }
+        });
+    }
+}
+
+/// What a request asked for, once read.
+struct ApiRequest {
+    method: Method,
+    parts: Vec<String>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Option<Value>,
+    raw_body: Bytes,
+}
+
+/// What the handler decided.
+struct Answer {
+    status: StatusCode,
+    body: Option<Value>,
+    headers: Vec<(&'static str, String)>,
+    /// Whether stored state changed.
+    applied: bool,
+    /// A write whose answer may be lost.
+    write: bool,
+}
+
+impl Answer {
+    fn json(status: StatusCode, body: Value) -> Answer {
+        Answer {
+            status,
+            body: Some(body),
+            headers: vec![],
+            applied: false,
+            write: false,
+        }
+    }
+
+    fn failure(failure: ApiFailure) -> Answer {
+        let status =
+            StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Answer::json(status, error_body(failure.code, &failure.message))
+    }
+}
+
+async fn handle(
+    shared: Shared,
+    kill: Arc<Notify>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (head, body) = request.into_parts();
+    let raw_body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = head.uri.path().to_string();
+    if path == "/_emulator/state" {
+        return Ok(respond(Answer::json(StatusCode::OK, shared.snapshot())));
+    }
+    let request = ApiRequest {
+        method: head.method.clone(),
+        parts: path
+            .strip_prefix(API)
+            .unwrap_or("")
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+        query: head.uri.query().map(str::to_string),
+        body: serde_json::from_slice(&raw_body).ok(),
+        headers: head.headers,
+        raw_body,
+    };
+    let route = route_pattern(&request.method, &request.parts);
+    let index = shared.record(RecordedRequest {
+        method: request.method.to_string(),
+        path: path.clone(),
+        query: request.query.clone(),
+        route: route.clone(),
+        status: 0,
+        body: request.body.clone(),
+        applied: false,
+        content_type: header(&request.headers, "content-type"),
+        api_version: header(&request.headers, "ld-api-version"),
+        user_agent: header(&request.headers, "user-agent"),
+    });
+    let latency = shared.with(|s| s.faults.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let answer = if !path.starts_with(API) {
+        Answer::failure(ApiFailure::new(
+            404,
+            "not_found",
+            format!("no such resource `{path}`"),
+        ))
+    } else {
+        answer(&shared, &request, &route)
+    };
+    let dropped =
+        answer.write && answer.applied && shared.with(|s| s.rng.f64() < s.faults.drop_ack_rate);
+    shared.finish(
+        index,
+        if dropped { 0 } else { answer.status.as_u16() },
+        answer.applied,
+    );
+    if dropped {
+        kill.notify_one();
+        std::future::pending::<()>().await;
+    }
+    Ok(respond(answer))
+}
+
+/// Faults, then authentication, the version header, and the route.
+fn answer(shared: &Shared, request: &ApiRequest, route: &str) -> Answer {
+    let admission = shared.with(|s| {
+        s.faults
+            .rate_limit
+            .map(|limit| s.window.admit(&limit, route))
+    });
+    let rate_headers = match admission {
+        Some(Admission::Limited(headers)) => {
+            let mut answer = Answer::json(
+                StatusCode::TOO_MANY_REQUESTS,
+                error_body(
+                    "rate_limited",
+                    "You've exceeded the API rate limit. Try again later.",
+                ),
+            );
+            answer.headers = headers;
+            return answer;
+        }
+        Some(Admission::Admitted(headers)) => headers,
+        None => vec![],
+    };
+    if shared.with(|s| s.rng.f64() < s.faults.error_rate) {
+        return Answer::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_body(
+                "service_unavailable",
+                "The service is temporarily unavailable.",
+            ),
+        );
+    }
+    let mut answer =
+        match authorize(shared, request).and_then(|actions| routed(shared, request, actions)) {
+            Ok(answer) => answer,
+            Err(failure) => Answer::failure(failure),
+        };
+    answer.headers.extend(rate_headers);
+    answer
+}
+
+/// The token's allowed actions (`None`: all), or why the request is refused.
+fn authorize(
+    shared: &Shared,
+    request: &ApiRequest,
+) -> Result<Option<BTreeSet<String>>, ApiFailure> {
+    let unauthorized = |message: &str| ApiFailure::new(401, "unauthorized", message);
+    let token = header(&request.headers, "authorization")
+        .ok_or_else(|| unauthorized("no Authorization header: send an access token"))?;
+    if token.starts_with("Bearer ") || token.starts_with("bearer ") {
+        return Err(unauthorized(
+            "LaunchDarkly takes the bare access token in Authorization, without `Bearer`",
+        ));
+    }
+    let client_side_id = token.len() == 24 && token.chars().all(|c| c.is_ascii_hexdigit());
+    if token.starts_with("sdk-") || token.starts_with("mob-") || client_side_id {
+        return Err(unauthorized(
+            "SDK keys, mobile keys and client-side IDs cannot call the REST API; use an access token",
+        ));
+    }
+    let grant = shared.with(|s| s.tokens.iter().find(|t| t.token == token).cloned());
+    let grant = grant.ok_or_else(|| unauthorized("Invalid access token"))?;
+    let version = header(&request.headers, "ld-api-version").ok_or_else(|| {
+        ApiFailure::invalid(
+            "send the LD-API-Version header (this emulator is strict): LD-API-Version: 20240415",
+        )
+    })?;
+    if !VERSIONS.contains(&version.as_str()) {
+        return Err(ApiFailure::invalid(format!(
+            "unknown LD-API-Version `{version}`"
+        )));
+    }
+    Ok(grant.actions.map(|a| a.into_iter().collect()))
+}
+
+fn routed(
+    shared: &Shared,
+    request: &ApiRequest,
+    actions: Option<BTreeSet<String>>,
+) -> Result<Answer, ApiFailure> {
+    let parts: Vec<&str> = request.parts.iter().map(String::as_str).collect();
+    let allow = |needed: &BTreeSet<&'static str>| match &actions {
+        Some(allowed) => match needed.iter().find(|a| !allowed.contains(**a)) {
+            Some(missing) => Err(ApiFailure::new(
+                403,
+                "forbidden",
+                format!("the access token's role does not allow `{missing}`"),
+            )),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    };
+    let method = &request.method;
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["versions"]) => Ok(Answer::json(
+            StatusCode::OK,
+            json!({"currentVersion": 20240415, "latestVersion": 20240415,
+                   "validVersions": [20160426, 20191212, 20210729, 20220603, 20240415], "beta": false}),
+        )),
+        (&Method::GET, ["projects", p]) => {
+            shared.environments(p)?;
+            Ok(Answer::json(
+                StatusCode::OK,
+                json!({"_id": format!("project-{p}"), "key": p, "name": p, "tags": []}),
+            ))
+        }
+        (&Method::GET, ["projects", p, "environments", e]) => {
+            shared.check_environment(p, e)?;
+            Ok(Answer::json(
+                StatusCode::OK,
+                json!({"_id": format!("env-{e}"), "key": e, "name": e, "tags": []}),
+            ))
+        }
+        (&Method::GET, ["segments", p, e]) => {
+            shared.check_environment(p, e)?;
+            Ok(Answer::json(StatusCode::OK, list(shared, request, p, e)))
+        }
+        (&Method::POST, ["segments", p, e]) => {
+            shared.check_environment(p, e)?;
+            allow(&BTreeSet::from(["createSegment"]))?;
+            let segment = new_segment(request.body.as_ref())?;
+            let rep = segment.representation(p, e);
+            shared.insert_new(p, e, segment)?;
+            Ok(Answer {
+                applied: true,
+                write: true,
+                ..Answer::json(StatusCode::CREATED, rep)
+            })
+        }
+        (&Method::GET, ["segments", p, e, k]) => {
+            let segment = shared.segment(p, e, k)?;
+            Ok(Answer::json(StatusCode::OK, segment.representation(p, e)))
+        }
+        (&Method::DELETE, ["segments", p, e, k]) => {
+            shared.segment(p, e, k)?;
+            allow(&BTreeSet::from(["deleteSegment"]))?;
+            shared.with(|s| {
+                s.segments
+                    .remove(&(p.to_string(), e.to_string(), k.to_string()))
+            });
+            Ok(Answer {
+                status: StatusCode::NO_CONTENT,
+                body: None,
+                headers: vec![],
+                applied: true,
+                write: true,
+            })
+        }
+        (&Method::PATCH, ["segments", p, e, k]) => {
+            let segment = shared.segment(p, e, k)?;
+            let instructions = semantic_patch(request, e)?;
+            let (next, needed) = segment.patched(instructions)?;
+            allow(&needed)?;
+            let dry_run = request
+                .query
+                .as_deref()
+                .is_some_and(|q| q.split('&').any(|p| p == "dryRun=true"));
+            let saved = if dry_run {
+                segment.clone()
+            } else {
+                shared.save(p, e, &segment, next)
+            };
+            let applied = saved.differs_from(&segment) || saved.version != segment.version;
+            Ok(Answer {
+                applied,
+                write: !dry_run,
+                ..Answer::json(StatusCode::OK, saved.representation(p, e))
+            })
+        }
+        (&Method::POST, ["segments", p, e, k, "contexts" | "users"]) => {
+            let segment = shared.segment(p, e, k)?;
+            let body = request
+                .body
+                .as_ref()
+                .ok_or_else(|| ApiFailure::invalid("the body must be JSON"))?;
+            let (next, needed) = segment.with_members(body)?;
+            allow(&needed)?;
+            let saved = shared.save(p, e, &segment, next);
+            let applied = saved.version != segment.version;
+            Ok(Answer {
+                status: StatusCode::NO_CONTENT,
+                body: None,
+                headers: vec![],
+                applied,
+                write: true,
+            })
+        }
+        (&Method::GET, ["segments", p, e, k, "contexts" | "users", context]) => {
+            let segment = shared.segment(p, e, k)?;
+            let has = |t: &crate::segments::Targets| t.values().any(|keys| keys.contains(*context));
+            Ok(Answer::json(
+                StatusCode::OK,
+                json!({"userKey": context, "included": has(&segment.included), "excluded": has(&segment.excluded)}),
+            ))
+        }
+        _ if route_pattern(&Method::GET, &request.parts).ends_with("(unknown)") => {
+            Err(ApiFailure::new(404, "not_found", "no such resource"))
+        }
+        _ => Err(ApiFailure::new(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed here"),
+        )),
+    }
+}
+
+/// The instructions of a semantic patch, after LaunchDarkly's checks of its content type and environment.
+fn semantic_patch<'a>(
+    request: &'a ApiRequest,
+    environment: &str,
+) -> Result<&'a [Value], ApiFailure> {
+    let content_type = header(&request.headers, "content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let semantic = content_type
+        .split(';')
+        .skip(1)
+        .any(|param| param.trim().replace(' ', "") == "domain-model=launchdarkly.semanticpatch");
+    let body = request.body.as_ref().ok_or_else(|| {
+        ApiFailure::invalid(format!(
+            "the body is not JSON ({} bytes)",
+            request.raw_body.len()
+        ))
+    })?;
+    if !semantic {
+        return Err(ApiFailure::invalid(
+            "the body was read as a JSON patch and is not one; a semantic patch needs Content-Type: \
+             application/json; domain-model=launchdarkly.semanticpatch",
+        ));
+    }
+    match body["environmentKey"].as_str() {
+        None => {
+            return Err(ApiFailure::invalid(
+                "a segment's semantic patch needs `environmentKey` in the body",
+            ));
+        }
+        Some(key) if key != environment => {
+            return Err(ApiFailure::invalid(format!(
+                "`environmentKey` `{key}` is not the environment of the path, `{environment}`"
+            )));
+        }
+        Some(_) => {}
+    }
+    body["instructions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .ok_or_else(|| ApiFailure::invalid("a semantic patch needs an `instructions` list"))
+}
+
+fn new_segment(body: Option<&Value>) -> Result<Segment, ApiFailure> {
+    let body = body.ok_or_else(|| ApiFailure::invalid("the body must be JSON"))?;
+    let text = |field: &str| body[field].as_str().filter(|v| !v.is_empty());
+    let key = text("key").ok_or_else(|| ApiFailure::invalid("`key` is required"))?;
+    let name = text("name").ok_or_else(|| ApiFailure::invalid("`name` is required"))?;
+    let unbounded = body["unbounded"].as_bool().unwrap_or(false);
+    let mut segment = Segment::new(
+        key,
+        name,
+        unbounded,
+        text("unboundedContextKind").unwrap_or("user"),
+        epoch_ms(),
+    );
+    segment.description = text("description").map(str::to_string);
+    segment.tags = crate::segments::string_list(&body["tags"])
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok(segment)
+}
+
+/// The segment list, paginated (limit 20 by default) under API version 20240415, whole under older ones.
+fn list(shared: &Shared, request: &ApiRequest, project: &str, environment: &str) -> Value {
+    let items: Vec<Value> = shared.with(|s| {
+        s.segments
+            .iter()
+            .filter(|((p, e, _), _)| p == project && e == environment)
+            .map(|(_, segment)| segment.representation(project, environment))
+            .collect()
+    });
+    let total = items.len();
+    let paginated = header(&request.headers, "ld-api-version").as_deref() != Some("20220603");
+    if !paginated {
+        return json!({"items": items, "totalCount": total, "_links": {}});
+    }
+    let param = |name: &str| {
+        request
+            .query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|p| {
+                p.strip_prefix(name)?
+                    .strip_prefix('=')?
+                    .parse::<usize>()
+                    .ok()
+            })
+    };
+    let (limit, offset) = (
+        param("limit").unwrap_or(20).max(1),
+        param("offset").unwrap_or(0),
+    );
+    let page: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+    let base = format!("/api/v2/segments/{project}/{environment}");
+    let mut links = json!({"self": {"href": format!("{base}?limit={limit}&offset={offset}")}});
+    if offset + limit < total {
+        links["next"] = json!({"href": format!("{base}?limit={limit}&offset={}", offset + limit)});
+    }
+    json!({"items": page, "totalCount": total, "_links": links})
+}
+
+/// The route a request counts against: its verb and URL pattern.
+fn route_pattern(method: &Method, parts: &[String]) -> String {
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let pattern = match parts.as_slice() {
+        ["versions"] => "/api/v2/versions",
+        ["projects", _] => "/api/v2/projects/{projectKey}",
+        ["projects", _, "environments", _] => {
+            "/api/v2/projects/{projectKey}/environments/{environmentKey}"
+        }
+        ["segments", _, _] => "/api/v2/segments/{projectKey}/{environmentKey}",
+        ["segments", _, _, _] => "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}",
+        ["segments", _, _, _, "contexts"] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/contexts"
+        }
+        ["segments", _, _, _, "users"] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/users"
+        }
+        ["segments", _, _, _, "contexts", _] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/contexts/{contextKey}"
+        }
+        ["segments", _, _, _, "users", _] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/users/{userKey}"
+        }
+        _ => "(unknown)",
+    };
+    format!("{method} {pattern}")
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn error_body(code: &str, message: &str) -> Value {
+    json!({"code": code, "message": message, "id": format!("emulator-{:016x}", fastrand::u64(..))})
+}
+
+fn respond(answer: Answer) -> Response<Full<Bytes>> {
+    let body = answer
+        .body
+        .map(|b| Bytes::from(b.to_string()))
+        .unwrap_or_default();
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = answer.status;
+    if answer.status != StatusCode::NO_CONTENT {
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}

@@ -1,0 +1,119 @@
+//! Run history: one JSON line per sync run in `<sync>/runs.jsonl`, saying what the run did and how it ended, so an
+//! operator (or `ldsync run`'s status) can tell what happened without reading logs.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::launchdarkly::CallStats;
+
+const HISTORY_FILE: &str = "runs.jsonl";
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Every batch was acknowledged and the checkpoint committed.
+    Synced,
+    /// The model matched the checkpoint's effect: no write call was made.
+    NothingToChange,
+    /// A removal gate stopped the run before any call.
+    GateStopped,
+    /// The run failed; the checkpoint did not move.
+    Failed,
+}
+
+/// One sync run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub sync: String,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub outcome: RunOutcome,
+    /// The run of an earlier, interrupted journal this run finished first, if any.
+    pub resumed_run: Option<String>,
+    pub adds: u64,
+    pub removes: u64,
+    /// Batches acknowledged by LaunchDarkly in this run (resumed ones included).
+    pub batches_acknowledged: u64,
+    pub batches_planned: u64,
+    pub calls: CallStats,
+    pub error: Option<String>,
+}
+
+/// Appends `record` to the sync's history and flushes it to disk.
+pub fn append(dir: &Path, record: &RunRecord) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut line = serde_json::to_string(record).expect("run records always serialize");
+    line.push('\n');
+    let mut file = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join(HISTORY_FILE))?;
+    file.write_all(line.as_bytes())?;
+    file.sync_data()
+}
+
+/// The sync's run records, oldest first. A torn last line (a crash while appending) is left out.
+pub fn read(dir: &Path) -> std::io::Result<Vec<RunRecord>> {
+    let text = match std::fs::read_to_string(dir.join(HISTORY_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_append_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let record = |run_id: &str, outcome| RunRecord {
+            sync: "s".into(),
+            run_id: run_id.into(),
+            started_at: now,
+            finished_at: now,
+            duration_ms: 5,
+            outcome,
+            resumed_run: None,
+            adds: 3,
+            removes: 1,
+            batches_acknowledged: 2,
+            batches_planned: 2,
+            calls: CallStats {
+                requests: 3,
+                retries: 1,
+                ..CallStats::default()
+            },
+            error: None,
+        };
+        append(dir.path(), &record("r1", RunOutcome::Failed)).unwrap();
+        append(dir.path(), &record("r2", RunOutcome::Synced)).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(HISTORY_FILE))
+            .unwrap()
+            .write_all(b"{\"sync\":")
+            .unwrap();
+        let records = read(dir.path()).unwrap();
+        assert_eq!(
+            records,
+            [
+                record("r1", RunOutcome::Failed),
+                record("r2", RunOutcome::Synced)
+            ]
+        );
+    }
+}

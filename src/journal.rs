@@ -1,0 +1,347 @@
+//! The run journal: what a sync run is about to send, written durably before the first request, and each
+//! acknowledgement appended as it arrives. It is what makes a run crash-safe: a run killed at any moment leaves a
+//! journal from which the next run sends exactly the batches that were never acknowledged, then commits the
+//! checkpoint the journal names.
+//!
+//! `<sync>/journal.jsonl` holds one JSON record a line: the run's header first, then every batch, all written
+//! through a temporary file that is fsynced and renamed (so a journal is either whole or absent), then one `ack`
+//! line per acknowledged batch, each fsynced before the next batch is sent. A crash while appending can tear only
+//! the last line, which reads as a batch not yet acknowledged, and re-sending it is safe because LaunchDarkly
+//! applies target changes idempotently.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::launchdarkly::SegmentKind;
+use crate::plan::Action;
+use crate::state::{
+    CheckpointSettings, PreparedSnapshot, StateError, read_if_present, sync_directory,
+    write_file_atomically,
+};
+
+/// The journal format this build writes and reads.
+pub const JOURNAL_FORMAT: u32 = 1;
+const JOURNAL_FILE: &str = "journal.jsonl";
+
+/// Why a journal could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot append to the run journal {path}: {source}")]
+    Append {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the run journal {path} is damaged at line {line}: {problem}; move it aside and run `ldsync sync --full` to \
+         reconcile the segment"
+    )]
+    Damaged {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+}
+
+/// What the run is, and what it commits once every batch is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunHeader {
+    pub format: u32,
+    pub sync: String,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub settings: CheckpointSettings,
+    pub segment_kind: SegmentKind,
+    /// The snapshot written for this run, committed as the checkpoint at the end.
+    pub snapshot: PreparedSnapshot,
+    pub batch_count: usize,
+}
+
+/// One request's worth of target changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub index: usize,
+    pub action: Action,
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+enum Record {
+    Run(RunHeader),
+    Batch(Batch),
+    Ack { index: usize, at: DateTime<Utc> },
+}
+
+/// A journal on disk whose run has not committed yet.
+#[derive(Debug)]
+pub struct Journal {
+    pub header: RunHeader,
+    batches: Vec<Batch>,
+    acknowledged: BTreeSet<usize>,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Writes the run's journal, whole, before anything is sent.
+    pub fn create(
+        dir: &Path,
+        header: RunHeader,
+        batches: Vec<Batch>,
+    ) -> Result<Journal, JournalError> {
+        let mut text = line(&Record::Run(header.clone()));
+        for batch in &batches {
+            text.push_str(&line(&Record::Batch(batch.clone())));
+        }
+        write_file_atomically(dir, JOURNAL_FILE, text.as_bytes())?;
+        Ok(Journal {
+            header,
+            batches,
+            acknowledged: BTreeSet::new(),
+            path: dir.join(JOURNAL_FILE),
+        })
+    }
+
+    /// The open journal in `dir`, if a run left one.
+    pub fn open(dir: &Path, sync: &str) -> Result<Option<Journal>, JournalError> {
+        let path = dir.join(JOURNAL_FILE);
+        let Some(bytes) = read_if_present(&path)? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        parse(&text, &path, sync).map(Some)
+    }
+
+    /// The batches not acknowledged yet, in the order they are to be sent.
+    pub fn pending(&self) -> impl Iterator<Item = &Batch> {
+        self.batches
+            .iter()
+            .filter(|b| !self.acknowledged.contains(&b.index))
+    }
+
+    pub fn batch_count(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn acknowledged_count(&self) -> usize {
+        self.acknowledged.len()
+    }
+
+    /// Records, durably, that LaunchDarkly acknowledged batch `index`.
+    pub fn acknowledge(&mut self, index: usize) -> Result<(), JournalError> {
+        let append_error = |source| JournalError::Append {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = File::options()
+            .append(true)
+            .open(&self.path)
+            .map_err(append_error)?;
+        let record = line(&Record::Ack {
+            index,
+            at: Utc::now(),
+        });
+        file.write_all(record.as_bytes()).map_err(append_error)?;
+        file.sync_data().map_err(append_error)?;
+        self.acknowledged.insert(index);
+        Ok(())
+    }
+
+    /// Removes the journal once its run has committed.
+    pub fn close(self) -> Result<(), JournalError> {
+        std::fs::remove_file(&self.path).map_err(|source| StateError::Io {
+            action: "cannot remove",
+            path: self.path.clone(),
+            source,
+        })?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        Ok(sync_directory(dir)?)
+    }
+}
+
+fn line(record: &Record) -> String {
+    let mut text = serde_json::to_string(record).expect("journal records always serialize");
+    text.push('\n');
+    text
+}
+
+fn parse(text: &str, path: &Path, sync: &str) -> Result<Journal, JournalError> {
+    let damaged = |line: usize, problem: String| JournalError::Damaged {
+        path: path.to_path_buf(),
+        line,
+        problem,
+    };
+    // Only appends can tear a line, and only the last one: a final line without its newline never happened.
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    let mut records = complete
+        .lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str::<Record>(l).map_err(|e| damaged(i + 1, e.to_string())));
+    let header = match records.next().transpose()? {
+        Some(Record::Run(header)) => header,
+        _ => return Err(damaged(1, "it does not start with the run's header".into())),
+    };
+    if header.format != JOURNAL_FORMAT {
+        return Err(damaged(
+            1,
+            format!(
+                "format {}, this ldsync reads {JOURNAL_FORMAT}",
+                header.format
+            ),
+        ));
+    }
+    if header.sync != sync {
+        return Err(damaged(
+            1,
+            format!("it belongs to sync `{}`, not `{sync}`", header.sync),
+        ));
+    }
+    let mut batches = Vec::with_capacity(header.batch_count);
+    let mut acknowledged = BTreeSet::new();
+    for (i, record) in records.enumerate() {
+        let line_number = i + 2;
+        match record? {
+            Record::Batch(batch) if acknowledged.is_empty() && batch.index == batches.len() => {
+                batches.push(batch)
+            }
+            Record::Ack { index, .. } if index < header.batch_count => {
+                acknowledged.insert(index);
+            }
+            other => return Err(damaged(line_number, format!("unexpected record {other:?}"))),
+        }
+    }
+    if batches.len() != header.batch_count {
+        return Err(damaged(
+            complete.lines().count(),
+            format!(
+                "it lists {} batches, its header says {}",
+                batches.len(),
+                header.batch_count
+            ),
+        ));
+    }
+    Ok(Journal {
+        header,
+        batches,
+        acknowledged,
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+
+    fn header(batch_count: usize) -> RunHeader {
+        RunHeader {
+            format: JOURNAL_FORMAT,
+            sync: "pro-users".into(),
+            run_id: "r1".into(),
+            started_at: Utc::now(),
+            settings: CheckpointSettings {
+                project: "default".into(),
+                environment: "production".into(),
+                segment: "pro-users".into(),
+                context_kind: "user".into(),
+                mode: Mode::Mirror,
+            },
+            segment_kind: SegmentKind::Standard,
+            snapshot: PreparedSnapshot {
+                file: "snapshot-r1.parquet".into(),
+                key_count: 2,
+                content_hash: "blake3:00".into(),
+            },
+            batch_count,
+        }
+    }
+
+    fn batches() -> Vec<Batch> {
+        vec![
+            Batch {
+                index: 0,
+                action: Action::Add,
+                keys: vec!["a".into(), "b".into()],
+            },
+            Batch {
+                index: 1,
+                action: Action::Add,
+                keys: vec!["c".into()],
+            },
+            Batch {
+                index: 2,
+                action: Action::Remove,
+                keys: vec!["z".into()],
+            },
+        ]
+    }
+
+    fn pending(journal: &Journal) -> Vec<usize> {
+        journal.pending().map(|b| b.index).collect()
+    }
+
+    #[test]
+    fn acknowledgements_survive_a_reopen_and_only_unacknowledged_batches_stay_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::create(dir.path(), header(3), batches()).unwrap();
+        journal.acknowledge(1).unwrap();
+        let reopened = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        assert_eq!(reopened.header, journal.header);
+        assert_eq!(pending(&reopened), [0, 2]);
+        assert_eq!(reopened.pending().next().unwrap().keys, ["a", "b"]);
+        reopened.close().unwrap();
+        assert!(Journal::open(dir.path(), "pro-users").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_an_acknowledgement_that_never_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::create(dir.path(), header(3), batches()).unwrap();
+        journal.acknowledge(0).unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let mut file = File::options().append(true).open(&path).unwrap();
+        file.write_all(br#"{"record":"ack","index":1,"at":"2026-"#)
+            .unwrap();
+        let reopened = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        assert_eq!(pending(&reopened), [1, 2]);
+    }
+
+    #[test]
+    fn damage_and_foreign_journals_are_errors_that_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        Journal::create(dir.path(), header(3), batches()).unwrap();
+        let foreign = Journal::open(dir.path(), "other").unwrap_err().to_string();
+        assert!(
+            foreign.contains("line 1: it belongs to sync `pro-users`, not `other`"),
+            "{foreign}"
+        );
+        let path = dir.path().join(JOURNAL_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let without_batch: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("\"index\":1,"))
+            .collect();
+        std::fs::write(&path, without_batch.join("\n") + "\n").unwrap();
+        let missing = Journal::open(dir.path(), "pro-users")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("damaged at line 3: unexpected record"),
+            "{missing}"
+        );
+        std::fs::write(&path, "not json\n").unwrap();
+        let garbage = Journal::open(dir.path(), "pro-users")
+            .unwrap_err()
+            .to_string();
+        assert!(garbage.contains("damaged at line 1"), "{garbage}");
+    }
+}

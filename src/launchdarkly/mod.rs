@@ -1,0 +1,710 @@
+//! The LaunchDarkly REST client that syncs need: read a segment and its targets of one context kind, create a
+//! segment, and change its included targets (semantic patch for standard segments, `POST …/contexts` for big
+//! ones). Every call carries the bare token, `LD-API-Version` and a `User-Agent`; it is paced by [`pacing::Pacer`]
+//! and retried by [`pacing::RetrySchedule`] where retrying is safe (429, 5xx, 409, timeouts, lost connections),
+//! and every refusal becomes an [`ApiError`] that says what to fix.
+
+pub mod pacing;
+pub mod token;
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::LaunchDarklyConfig;
+use crate::plan::Action;
+use pacing::{Pacer, RetrySchedule, RetryWaits};
+use token::AccessToken;
+
+/// The API version ldsync is written against.
+pub const API_VERSION: &str = "20240415";
+/// The content type that makes a PATCH body a semantic patch.
+pub const SEMANTIC_PATCH: &str = "application/json; domain-model=launchdarkly.semanticpatch";
+
+pub use crate::config::SegmentKind;
+
+/// What ldsync needs to know of a segment before changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub kind: SegmentKind,
+    pub version: u64,
+    /// A big segment's only context kind.
+    pub big_context_kind: Option<String>,
+    /// The included targets of the sync's context kind. LaunchDarkly lists them for standard segments only.
+    pub members: Option<Vec<String>>,
+    /// How many contexts the segment includes (of the sync's kind for standard segments; all for big ones).
+    pub member_count: u64,
+    /// Every individual target of a standard segment, of all kinds, included or excluded: the 15,000 limit.
+    pub total_targets: u64,
+}
+
+/// Why a LaunchDarkly call failed. The messages say what to change; none carries the token.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "LaunchDarkly refused the access token (401: {message}): it is wrong or revoked, or it is an SDK key, mobile \
+         key or client-side ID, which cannot call the REST API; use a personal or service access token"
+    )]
+    Unauthorized { message: String },
+    #[error(
+        "the access token's role may not {action} on {target} (403: {message}); give the role the `{action}` action"
+    )]
+    Forbidden {
+        action: &'static str,
+        target: String,
+        message: String,
+    },
+    #[error(
+        "project `{project}` does not exist in this LaunchDarkly account (404); check launchdarkly.project in connector.yaml"
+    )]
+    UnknownProject { project: String },
+    #[error(
+        "environment `{environment}` does not exist in project `{project}` (404); check launchdarkly.environment in connector.yaml"
+    )]
+    UnknownEnvironment {
+        project: String,
+        environment: String,
+    },
+    #[error("LaunchDarkly rejected {what} ({status} {code}): {message}")]
+    Rejected {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{what}: gave up after {attempts} attempts; the last one failed with {last}")]
+    GaveUp {
+        what: String,
+        attempts: u64,
+        last: String,
+    },
+    #[error("{what}: LaunchDarkly's answer could not be read: {problem}")]
+    BadAnswer { what: String, problem: String },
+}
+
+impl CallStats {
+    /// What was done since `before` was taken.
+    pub fn since(&self, before: &CallStats) -> CallStats {
+        CallStats {
+            requests: self.requests - before.requests,
+            retries: self.retries - before.retries,
+            rate_limited: self.rate_limited - before.rate_limited,
+            server_errors: self.server_errors - before.server_errors,
+            transport_errors: self.transport_errors - before.transport_errors,
+            paced_ms: self.paced_ms - before.paced_ms,
+        }
+    }
+}
+
+/// Counts of what the client did, for run records and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallStats {
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    pub retries: u64,
+    /// 429 answers met.
+    pub rate_limited: u64,
+    /// 5xx and 409 answers met.
+    pub server_errors: u64,
+    /// Timeouts and dropped connections.
+    pub transport_errors: u64,
+    /// Time spent waiting for the rate-limit window to reset before sending.
+    pub paced_ms: u64,
+}
+
+/// One kind of call, for messages and for the role action a 403 is about.
+#[derive(Debug, Clone, Copy)]
+enum Call<'a> {
+    GetSegment(&'a str),
+    CreateSegment(&'a str),
+    ChangeTargets(&'a str, Action),
+    GetProject,
+    GetEnvironment,
+}
+
+impl Call<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Call::GetSegment(key) => format!("reading segment `{key}`"),
+            Call::CreateSegment(key) => format!("creating segment `{key}`"),
+            Call::ChangeTargets(key, Action::Add) => format!("adding targets to segment `{key}`"),
+            Call::ChangeTargets(key, Action::Remove) => {
+                format!("removing targets from segment `{key}`")
+            }
+            Call::GetProject => "reading the project".to_string(),
+            Call::GetEnvironment => "reading the environment".to_string(),
+        }
+    }
+
+    /// The custom-role action LaunchDarkly checks for this call.
+    fn role_action(&self) -> &'static str {
+        match self {
+            Call::CreateSegment(_) => "createSegment",
+            Call::ChangeTargets(..) => "updateIncluded",
+            Call::GetSegment(_) | Call::GetProject | Call::GetEnvironment => "viewProject",
+        }
+    }
+}
+
+/// The body of a successful answer.
+struct Answer {
+    body: String,
+}
+
+/// LaunchDarkly's error body.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A client for one project and environment.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    token: AccessToken,
+    project: String,
+    environment: String,
+    pacer: Pacer,
+    stats: Mutex<CallStats>,
+    retry_waits: RetryWaits,
+}
+
+impl Client {
+    /// A client for the configured instance, project and environment.
+    pub fn new(
+        config: &LaunchDarklyConfig,
+        token: AccessToken,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ldsync/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .build()?;
+        Ok(Client {
+            http,
+            base_url: config.base_url.clone(),
+            token,
+            project: config.project.clone(),
+            environment: config.environment.clone(),
+            pacer: Pacer::default(),
+            stats: Mutex::new(CallStats::default()),
+            retry_waits: RetryWaits::default(),
+        })
+    }
+
+    /// Sets the first waits before retries (tests and benchmarks shorten them).
+    pub fn with_retry_waits(mut self, waits: RetryWaits) -> Self {
+        self.retry_waits = waits;
+        self
+    }
+
+    pub fn token(&self) -> &AccessToken {
+        &self.token
+    }
+
+    /// What the client has done so far.
+    pub fn stats(&self) -> CallStats {
+        *self.stats.lock().expect("stats lock")
+    }
+
+    fn segments_url(&self) -> String {
+        format!(
+            "{}/api/v2/segments/{}/{}",
+            self.base_url, self.project, self.environment
+        )
+    }
+
+    /// The segment with its targets of `context_kind`, or `None` when the project and environment exist but the
+    /// segment does not.
+    pub async fn get_segment(
+        &self,
+        key: &str,
+        context_kind: &str,
+    ) -> Result<Option<Segment>, ApiError> {
+        let call = Call::GetSegment(key);
+        let url = format!("{}/{key}", self.segments_url());
+        match self.send(call, || self.request(Method::GET, &url)).await? {
+            Ok(answer) => parse_segment(&answer.body, context_kind)
+                .map(Some)
+                .map_err(|problem| bad_answer(call, problem)),
+            Err(Missing) => {
+                self.check_project_and_environment().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Creates the segment. An existing segment of that key (409, as after a lost acknowledgement) is fine.
+    pub async fn create_segment(
+        &self,
+        key: &str,
+        kind: SegmentKind,
+        context_kind: &str,
+        description: &str,
+    ) -> Result<(), ApiError> {
+        let mut body =
+            json!({"key": key, "name": key, "description": description, "tags": ["ldsync"]});
+        if kind == SegmentKind::Big {
+            body["unbounded"] = json!(true);
+            body["unboundedContextKind"] = json!(context_kind);
+        }
+        let url = self.segments_url();
+        let call = Call::CreateSegment(key);
+        self.send_conflict_ok(call, || self.request(Method::POST, &url).json(&body))
+            .await
+    }
+
+    /// Adds or removes included targets of one context kind, in one request.
+    pub async fn change_targets(
+        &self,
+        segment: &str,
+        kind: SegmentKind,
+        context_kind: &str,
+        action: Action,
+        keys: &[String],
+        comment: &str,
+    ) -> Result<(), ApiError> {
+        let call = Call::ChangeTargets(segment, action);
+        let url = format!("{}/{segment}", self.segments_url());
+        let result = match kind {
+            SegmentKind::Standard => {
+                let body = semantic_patch(&self.environment, context_kind, action, keys, comment);
+                self.send(call, || {
+                    self.request(Method::PATCH, &url)
+                        .header(CONTENT_TYPE, SEMANTIC_PATCH)
+                        .body(body.clone())
+                })
+                .await
+            }
+            SegmentKind::Big => {
+                let side = match action {
+                    Action::Add => "add",
+                    Action::Remove => "remove",
+                };
+                let body = json!({"included": {side: keys}}).to_string();
+                let url = format!("{url}/contexts");
+                self.send(call, || {
+                    self.request(Method::POST, &url)
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone())
+                })
+                .await
+            }
+        }?;
+        self.found(call, result).await.map(|_| ())
+    }
+
+    /// Turns a 404 into the error that names what is missing.
+    async fn found(
+        &self,
+        call: Call<'_>,
+        result: Result<Answer, Missing>,
+    ) -> Result<Answer, ApiError> {
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(Missing) => {
+                self.check_project_and_environment().await?;
+                let segment = match call {
+                    Call::GetSegment(key)
+                    | Call::CreateSegment(key)
+                    | Call::ChangeTargets(key, _) => key,
+                    Call::GetProject | Call::GetEnvironment => "",
+                };
+                Err(ApiError::Rejected {
+                    what: call.describe(),
+                    status: 404,
+                    code: "not_found".into(),
+                    message: format!(
+                        "segment `{segment}` does not exist in {}/{}; create it in LaunchDarkly, or set the sync's \
+                         create_segment to standard or big",
+                        self.project, self.environment
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn send_conflict_ok(
+        &self,
+        call: Call<'_>,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(), ApiError> {
+        match self.send_inner(call, build, true).await? {
+            Ok(_) => Ok(()),
+            Err(missing) => self.found(call, Err(missing)).await.map(|_| ()),
+        }
+    }
+
+    /// Says which of the project and environment does not exist, if either.
+    async fn check_project_and_environment(&self) -> Result<(), ApiError> {
+        let project_url = format!("{}/api/v2/projects/{}", self.base_url, self.project);
+        if self
+            .send(Call::GetProject, || self.request(Method::GET, &project_url))
+            .await?
+            .is_err()
+        {
+            return Err(ApiError::UnknownProject {
+                project: self.project.clone(),
+            });
+        }
+        let environment_url = format!("{project_url}/environments/{}", self.environment);
+        if self
+            .send(Call::GetEnvironment, || {
+                self.request(Method::GET, &environment_url)
+            })
+            .await?
+            .is_err()
+        {
+            return Err(ApiError::UnknownEnvironment {
+                project: self.project.clone(),
+                environment: self.environment.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .header(AUTHORIZATION, self.token.header())
+            .header("LD-API-Version", API_VERSION)
+    }
+
+    async fn send(
+        &self,
+        call: Call<'_>,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Result<Answer, Missing>, ApiError> {
+        self.send_inner(call, build, false).await
+    }
+
+    /// Sends until an answer is final: a success, a 404 (`Err(Missing)`), or an error that retrying cannot fix.
+    async fn send_inner(
+        &self,
+        call: Call<'_>,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        conflict_is_success: bool,
+    ) -> Result<Result<Answer, Missing>, ApiError> {
+        let mut schedule = RetrySchedule::new(self.retry_waits);
+        let mut attempts = 0;
+        loop {
+            self.pace().await;
+            attempts += 1;
+            self.count(|s| s.requests += 1);
+            let (failure, wait) = match build().send().await {
+                Ok(response) => {
+                    self.pacer.observe(response.headers());
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    match response.text().await {
+                        Ok(body) => match self.judge(
+                            call,
+                            status,
+                            &headers,
+                            body,
+                            conflict_is_success,
+                            &mut schedule,
+                        )? {
+                            Verdict::Final(result) => return Ok(result),
+                            Verdict::Retry { failure, wait } => (failure, wait),
+                        },
+                        Err(e) => {
+                            self.count(|s| s.transport_errors += 1);
+                            (
+                                format!("a broken answer ({})", self.token.scrub(&e.to_string())),
+                                schedule.after_failure(),
+                            )
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.count(|s| s.transport_errors += 1);
+                    let what = if e.is_timeout() {
+                        "a timeout"
+                    } else {
+                        "a lost connection"
+                    };
+                    (
+                        format!("{what} ({})", self.token.scrub(&error_chain(&e))),
+                        schedule.after_failure(),
+                    )
+                }
+            };
+            let Some(wait) = wait else {
+                return Err(ApiError::GaveUp {
+                    what: call.describe(),
+                    attempts,
+                    last: failure,
+                });
+            };
+            tracing::debug!(call = %call.describe(), %failure, wait_ms = wait.as_millis() as u64, "retrying");
+            self.count(|s| s.retries += 1);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Decides what an answer means.
+    fn judge(
+        &self,
+        call: Call<'_>,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: String,
+        conflict_is_success: bool,
+        schedule: &mut RetrySchedule,
+    ) -> Result<Verdict, ApiError> {
+        if status.is_success() || (conflict_is_success && status == StatusCode::CONFLICT) {
+            return Ok(Verdict::Final(Ok(Answer { body })));
+        }
+        let error: ErrorBody = serde_json::from_str(&body).unwrap_or_default();
+        let message = self.token.scrub(if error.message.is_empty() {
+            &body
+        } else {
+            &error.message
+        });
+        let failure = format!("{} {}", status.as_u16(), message.trim());
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                self.count(|s| s.rate_limited += 1);
+                let wait = schedule.after_rate_limit(headers, SystemTime::now());
+                Ok(Verdict::Retry { failure, wait })
+            }
+            StatusCode::CONFLICT => {
+                self.count(|s| s.server_errors += 1);
+                Ok(Verdict::Retry {
+                    failure,
+                    wait: schedule.after_failure(),
+                })
+            }
+            s if s.is_server_error() => {
+                self.count(|s| s.server_errors += 1);
+                Ok(Verdict::Retry {
+                    failure,
+                    wait: schedule.after_failure(),
+                })
+            }
+            StatusCode::NOT_FOUND => Ok(Verdict::Final(Err(Missing))),
+            StatusCode::UNAUTHORIZED => Err(ApiError::Unauthorized { message }),
+            StatusCode::FORBIDDEN => Err(ApiError::Forbidden {
+                action: call.role_action(),
+                target: format!("{}/{}", self.project, self.environment),
+                message,
+            }),
+            _ => Err(ApiError::Rejected {
+                what: call.describe(),
+                status: status.as_u16(),
+                code: if error.code.is_empty() {
+                    "error".into()
+                } else {
+                    error.code
+                },
+                message,
+            }),
+        }
+    }
+
+    async fn pace(&self) {
+        if let Some(wait) = self.pacer.wait_before_next(SystemTime::now()) {
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "rate-limit budget spent; waiting for the window to reset"
+            );
+            self.count(|s| s.paced_ms += wait.as_millis() as u64);
+            tokio::time::sleep(wait).await;
+            self.pacer.waited();
+        }
+    }
+
+    fn count(&self, update: impl FnOnce(&mut CallStats)) {
+        update(&mut self.stats.lock().expect("stats lock"));
+    }
+}
+
+/// A 404: the caller knows what was being looked for.
+#[derive(Debug)]
+struct Missing;
+
+enum Verdict {
+    Final(Result<Answer, Missing>),
+    Retry {
+        failure: String,
+        wait: Option<Duration>,
+    },
+}
+
+fn bad_answer(call: Call<'_>, problem: String) -> ApiError {
+    ApiError::BadAnswer {
+        what: call.describe(),
+        problem,
+    }
+}
+
+/// The error and its causes, which is where reqwest says what actually happened to the connection.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The semantic patch that adds or removes included targets of one context kind.
+pub fn semantic_patch(
+    environment: &str,
+    context_kind: &str,
+    action: Action,
+    keys: &[String],
+    comment: &str,
+) -> String {
+    let kind = match action {
+        Action::Add => "addIncludedTargets",
+        Action::Remove => "removeIncludedTargets",
+    };
+    json!({
+        "environmentKey": environment,
+        "comment": comment,
+        "instructions": [{"kind": kind, "contextKind": context_kind, "values": keys}],
+    })
+    .to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SegmentRep {
+    version: u64,
+    #[serde(default)]
+    unbounded: bool,
+    unbounded_context_kind: Option<String>,
+    #[serde(default)]
+    included: Vec<String>,
+    #[serde(default)]
+    excluded: Vec<String>,
+    #[serde(default)]
+    included_contexts: Vec<ContextTargets>,
+    #[serde(default)]
+    excluded_contexts: Vec<ContextTargets>,
+    #[serde(rename = "_unboundedMetadata")]
+    unbounded_metadata: Option<UnboundedMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContextTargets {
+    context_kind: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UnboundedMetadata {
+    #[serde(default)]
+    included_count: u64,
+}
+
+/// Reads a segment representation. User keys may sit in `included` or under `includedContexts`; both count.
+fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
+    let rep: SegmentRep = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    if rep.unbounded {
+        let member_count = rep.unbounded_metadata.map_or(0, |m| m.included_count);
+        return Ok(Segment {
+            kind: SegmentKind::Big,
+            version: rep.version,
+            big_context_kind: Some(rep.unbounded_context_kind.unwrap_or_else(|| "user".into())),
+            members: None,
+            member_count,
+            total_targets: member_count,
+        });
+    }
+    let of_kind = |lists: &[ContextTargets]| {
+        lists
+            .iter()
+            .filter(|c| c.context_kind == context_kind)
+            .flat_map(|c| c.values.iter().cloned())
+            .collect::<Vec<_>>()
+    };
+    let mut members = of_kind(&rep.included_contexts);
+    if context_kind == "user" {
+        members.extend(rep.included.iter().cloned());
+    }
+    members.sort_unstable();
+    members.dedup();
+    let listed =
+        |lists: &[ContextTargets]| lists.iter().map(|c| c.values.len() as u64).sum::<u64>();
+    let total_targets = (rep.included.len() + rep.excluded.len()) as u64
+        + listed(&rep.included_contexts)
+        + listed(&rep.excluded_contexts);
+    Ok(Segment {
+        kind: SegmentKind::Standard,
+        version: rep.version,
+        big_context_kind: None,
+        member_count: members.len() as u64,
+        members: Some(members),
+        total_targets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn standard_segments_give_the_included_targets_of_the_sync_kind() {
+        let body = r#"{"key":"s","version":3,"included":["u2","u1"],"excluded":["u9"],
+            "includedContexts":[{"contextKind":"user","values":["u3","u1"]},{"contextKind":"organization","values":["o1"]}],
+            "excludedContexts":[{"contextKind":"organization","values":["o7"]}],"unbounded":false}"#;
+        let users = parse_segment(body, "user").unwrap();
+        assert_eq!(users.kind, SegmentKind::Standard);
+        assert_eq!(
+            users.members.as_deref(),
+            Some(&["u1".to_string(), "u2".into(), "u3".into()][..])
+        );
+        assert_eq!(
+            (users.member_count, users.total_targets, users.version),
+            (3, 7, 3)
+        );
+        let orgs = parse_segment(body, "organization").unwrap();
+        assert_eq!(orgs.members, Some(vec!["o1".to_string()]));
+    }
+
+    #[test]
+    fn big_segments_give_counts_not_members() {
+        let body = r#"{"key":"b","version":1,"unbounded":true,"unboundedContextKind":"organization","included":[],
+            "_unboundedMetadata":{"includedCount":12,"excludedCount":0}}"#;
+        let big = parse_segment(body, "organization").unwrap();
+        assert_eq!(big.kind, SegmentKind::Big);
+        assert_eq!(big.members, None);
+        assert_eq!(big.member_count, 12);
+        assert_eq!(big.big_context_kind.as_deref(), Some("organization"));
+    }
+
+    #[test]
+    fn semantic_patches_name_the_environment_kind_and_keys() {
+        let body = semantic_patch(
+            "production",
+            "organization",
+            Action::Remove,
+            &["o1".into(), "o2".into()],
+            "c",
+        );
+        let value: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            value,
+            json!({"environmentKey": "production", "comment": "c", "instructions": [
+                {"kind": "removeIncludedTargets", "contextKind": "organization", "values": ["o1", "o2"]}]})
+        );
+    }
+}

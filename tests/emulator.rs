@@ -1,0 +1,318 @@
+//! The emulator is strict where LaunchDarkly is: these send it the requests ldsync never sends, and check each is
+//! refused the way LaunchDarkly refuses it, with nothing applied.
+
+use ldsync_emulator::{Emulator, EmulatorConfig, SegmentSeed};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SEMANTIC_PATCH: &str = "application/json; domain-model=launchdarkly.semanticpatch";
+const SEGMENT: &str = "/api/v2/segments/default/production/beta";
+
+fn emulator() -> Emulator {
+    let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
+    emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            key: "beta".into(),
+            name: "beta".into(),
+            unbounded: false,
+            context_kind: "user".into(),
+            included: vec![("user".into(), vec!["u1".into()])],
+            excluded: vec![("user".into(), vec!["x1".into()])],
+        },
+    );
+    emulator
+}
+
+/// Sends a request with the given headers (None leaves one out) and returns the status and JSON body.
+async fn send(
+    emulator: &Emulator,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    version: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request =
+        reqwest::Client::new().request(method, format!("{}{path}", emulator.base_url()));
+    for (name, value) in [
+        ("authorization", token),
+        ("ld-api-version", version),
+        ("content-type", content_type),
+    ] {
+        if let Some(value) = value {
+            request = request.header(name, value);
+        }
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn patch(instructions: Value) -> Value {
+    json!({"environmentKey": "production", "instructions": instructions})
+}
+
+fn add(values: Value) -> Value {
+    json!([{"kind": "addIncludedTargets", "contextKind": "user", "values": values}])
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn strict_refusals_name_the_problem_and_change_nothing() {
+    let emulator = emulator();
+    let token = Some("api-emulator-token");
+    let version = Some("20240415");
+    let cases: Vec<(Option<&str>, Option<&str>, Option<&str>, Value, u16, &str)> = vec![
+        (
+            None,
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(["u2"]))),
+            401,
+            "no Authorization header",
+        ),
+        (
+            Some("Bearer api-emulator-token"),
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(["u2"]))),
+            401,
+            "without `Bearer`",
+        ),
+        (
+            Some("sdk-12345678-aaaa"),
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(["u2"]))),
+            401,
+            "SDK keys",
+        ),
+        (
+            Some("0123456789abcdef01234567"),
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(["u2"]))),
+            401,
+            "client-side IDs",
+        ),
+        (
+            token,
+            None,
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(["u2"]))),
+            400,
+            "LD-API-Version",
+        ),
+        (
+            token,
+            version,
+            Some("application/json"),
+            patch(add(json!(["u2"]))),
+            400,
+            "read as a JSON patch",
+        ),
+        (
+            token,
+            version,
+            Some(SEMANTIC_PATCH),
+            json!({"instructions": add(json!(["u2"]))}),
+            400,
+            "needs `environmentKey`",
+        ),
+        (
+            token,
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(json!([{"kind": "addIncludedFoo", "values": ["u2"]}])),
+            400,
+            "unknown instruction kind `addIncludedFoo`",
+        ),
+        (
+            token,
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(["x1"]))),
+            400,
+            "both included and excluded",
+        ),
+        (
+            token,
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(
+                (0..1501).map(|i| format!("u{i}")).collect::<Vec<_>>()
+            ))),
+            400,
+            "batch limit of 1500",
+        ),
+        // A valid instruction and an invalid one: neither applies.
+        (
+            token,
+            version,
+            Some(SEMANTIC_PATCH),
+            patch(
+                json!([add(json!(["u2"]))[0], {"kind": "removeIncludedTargets", "contextKind": "user"}]),
+            ),
+            400,
+            "needs a non-empty `values`",
+        ),
+    ];
+    for (i, (auth, version, content_type, body, status, message)) in cases.into_iter().enumerate() {
+        let (got, answer) = send(
+            &emulator,
+            Method::PATCH,
+            SEGMENT,
+            auth,
+            version,
+            content_type,
+            Some(body),
+        )
+        .await;
+        assert_eq!(got, status, "case {i}: {answer}");
+        let text = answer["message"].as_str().unwrap_or_default();
+        assert!(
+            text.contains(message),
+            "case {i}: {message:?} not in {text:?}"
+        );
+        assert!(
+            answer["code"].is_string() && answer["id"].is_string(),
+            "case {i}: {answer}"
+        );
+    }
+    let segment = emulator.segment("default", "production", "beta").unwrap();
+    assert_eq!(
+        (segment["version"].clone(), segment["included"].clone()),
+        (json!(1), json!(["u1"]))
+    );
+    assert!(emulator.requests().iter().all(|r| !r.applied));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn semantic_patches_are_idempotent_and_a_standard_segment_stops_at_15000() {
+    let emulator = emulator();
+    let (token, version) = (Some("api-emulator-token"), Some("20240415"));
+    let (status, first) = send(
+        &emulator,
+        Method::PATCH,
+        SEGMENT,
+        token,
+        version,
+        Some(SEMANTIC_PATCH),
+        Some(patch(add(json!(["u2"])))),
+    )
+    .await;
+    assert_eq!((status, first["version"].clone()), (200, json!(2)));
+    let (status, again) = send(
+        &emulator,
+        Method::PATCH,
+        SEGMENT,
+        token,
+        version,
+        Some(SEMANTIC_PATCH),
+        Some(patch(add(json!(["u2"])))),
+    )
+    .await;
+    assert_eq!(
+        (status, again["version"].clone()),
+        (200, json!(2)),
+        "adding a present key changes nothing"
+    );
+    for chunk in 0..10 {
+        let keys: Vec<String> = (0..1500).map(|i| format!("bulk-{chunk}-{i}")).collect();
+        let (status, answer) = send(
+            &emulator,
+            Method::PATCH,
+            SEGMENT,
+            token,
+            version,
+            Some(SEMANTIC_PATCH),
+            Some(patch(add(json!(keys)))),
+        )
+        .await;
+        if chunk < 9 {
+            assert_eq!(status, 200, "{answer}");
+        } else {
+            assert_eq!(status, 400);
+            assert!(
+                answer["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("at most 15000, use a big segment"),
+                "{answer}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn lists_paginate_under_the_current_version_only() {
+    let emulator = emulator();
+    for i in 0..25 {
+        emulator.seed_segment(
+            "default",
+            "production",
+            SegmentSeed {
+                key: format!("s{i:02}"),
+                name: format!("s{i:02}"),
+                unbounded: false,
+                context_kind: "user".into(),
+                included: vec![],
+                excluded: vec![],
+            },
+        );
+    }
+    let token = Some("api-emulator-token");
+    let path = "/api/v2/segments/default/production";
+    let (_, page) = send(
+        &emulator,
+        Method::GET,
+        path,
+        token,
+        Some("20240415"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            page["items"].as_array().unwrap().len(),
+            page["totalCount"].clone()
+        ),
+        (20, json!(26))
+    );
+    assert_eq!(
+        page["_links"]["next"]["href"],
+        "/api/v2/segments/default/production?limit=20&offset=20"
+    );
+    let (_, whole) = send(
+        &emulator,
+        Method::GET,
+        path,
+        token,
+        Some("20220603"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(whole["items"].as_array().unwrap().len(), 26);
+    let (status, missing) = send(
+        &emulator,
+        Method::GET,
+        "/api/v2/segments/default/staging/beta",
+        token,
+        Some("20240415"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, missing["message"].clone()),
+        (404, json!("Unknown environment `staging`"))
+    );
+}

@@ -1,0 +1,158 @@
+//! The LaunchDarkly client against the emulator: how it waits out each shape of 429, how far it retries server
+//! errors, and that it never retries what retrying cannot fix.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ldsync::config::{LaunchDarklyConfig, SegmentKind, TokenSource};
+use ldsync::launchdarkly::pacing::{MAX_RETRIES, RetryWaits};
+use ldsync::launchdarkly::token::AccessToken;
+use ldsync::launchdarkly::{ApiError, Client};
+use ldsync::plan::Action;
+use ldsync_emulator::{Emulator, EmulatorConfig, Faults, RateLimit, SegmentSeed, ThrottleHeaders};
+
+fn connect(emulator: &Emulator, token: &str, environment: &str) -> Client {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let token = AccessToken::read(&TokenSource::File("token".into()), dir.path()).unwrap();
+    let config = LaunchDarklyConfig {
+        base_url: emulator.base_url(),
+        token: TokenSource::File("token".into()),
+        project: "default".into(),
+        environment: environment.into(),
+    };
+    Client::new(&config, token, Duration::from_secs(10))
+        .unwrap()
+        .with_retry_waits(RetryWaits {
+            failure: Duration::from_millis(20),
+            silent_rate_limit: Duration::from_millis(300),
+        })
+}
+
+fn emulator_with_segment() -> Emulator {
+    let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
+    emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            key: "beta".into(),
+            name: "beta".into(),
+            unbounded: false,
+            context_kind: "user".into(),
+            included: vec![],
+            excluded: vec![],
+        },
+    );
+    emulator
+}
+
+async fn add_to_beta(client: &Client, keys: &[String], comment: &str) -> Result<(), ApiError> {
+    client
+        .change_targets(
+            "beta",
+            SegmentKind::Standard,
+            "user",
+            Action::Add,
+            keys,
+            comment,
+        )
+        .await
+}
+
+fn keys(batch: usize) -> Vec<String> {
+    (0..2).map(|i| format!("usr_{batch}_{i}")).collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_shape_of_429_is_waited_out_and_every_batch_lands_once() {
+    for headers in [
+        ThrottleHeaders::RetryAfterOnly,
+        ThrottleHeaders::ResetOnly,
+        ThrottleHeaders::None,
+    ] {
+        let emulator = emulator_with_segment();
+        emulator.set_faults(Faults {
+            rate_limit: Some(RateLimit {
+                requests_per_window: 2,
+                window: Duration::from_secs(1),
+                headers,
+            }),
+            ..Faults::default()
+        });
+        let client = connect(&emulator, "api-emulator-token", "production");
+        for batch in 0..6 {
+            add_to_beta(&client, &keys(batch), &format!("batch {batch}"))
+                .await
+                .unwrap_or_else(|e| panic!("{headers:?}: {e}"));
+        }
+        let expected: BTreeSet<String> = (0..6).flat_map(keys).collect();
+        assert_eq!(
+            emulator.included("default", "production", "beta", "user"),
+            expected,
+            "{headers:?}"
+        );
+        let requests = emulator.requests();
+        let limited = requests.iter().filter(|r| r.status == 429).count() as u64;
+        assert!(limited > 0, "{headers:?}: the limit was met");
+        assert_eq!(client.stats().rate_limited, limited);
+        assert_eq!(
+            requests.iter().filter(|r| r.status == 200).count(),
+            6,
+            "each batch acknowledged once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn server_errors_are_retried_a_bounded_number_of_times() {
+    let emulator = emulator_with_segment();
+    emulator.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let client = connect(&emulator, "api-emulator-token", "production");
+    let error = add_to_beta(&client, &keys(0), "c").await.unwrap_err();
+    assert!(
+        matches!(error, ApiError::GaveUp { attempts, .. } if attempts == MAX_RETRIES as u64 + 1),
+        "{error}"
+    );
+    assert!(error.to_string().starts_with("adding targets to segment `beta`: gave up after 9 attempts; the last one failed with 503"), "{error}");
+    assert_eq!(emulator.requests().len(), MAX_RETRIES + 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn refusals_are_never_retried() {
+    let emulator = emulator_with_segment();
+    let client = connect(&emulator, "api-emulator-token", "production");
+    let too_many: Vec<String> = (0..1501).map(|i| format!("usr_{i}")).collect();
+    let error = add_to_beta(&client, &too_many, "c").await.unwrap_err();
+    assert!(
+        matches!(error, ApiError::Rejected { status: 400, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("1500"), "{error}");
+    assert_eq!(emulator.requests().len(), 1);
+
+    let wrong = connect(&emulator, "api-not-a-token", "production");
+    let error = wrong.get_segment("beta", "user").await.unwrap_err();
+    assert!(matches!(error, ApiError::Unauthorized { .. }), "{error}");
+    assert_eq!(emulator.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_missing_segment_is_none_and_a_missing_environment_is_named() {
+    let emulator = emulator_with_segment();
+    let client = connect(&emulator, "api-emulator-token", "production");
+    assert_eq!(client.get_segment("nope", "user").await.unwrap(), None);
+    let segment = client.get_segment("beta", "user").await.unwrap().unwrap();
+    assert_eq!(
+        (segment.kind, segment.member_count, segment.members),
+        (SegmentKind::Standard, 0, Some(vec![]))
+    );
+    let staging = connect(&emulator, "api-emulator-token", "staging");
+    let error = staging.get_segment("beta", "user").await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "environment `staging` does not exist in project `default` (404); check launchdarkly.environment in connector.yaml"
+    );
+}

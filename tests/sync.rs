@@ -1,0 +1,921 @@
+//! `ldsync sync` end to end: the real binary against the in-repo LaunchDarkly emulator, over the example's two
+//! fixture days. Every test checks what a user depends on: the segment's final membership, the exact requests
+//! LaunchDarkly saw, the checkpoint left on disk, and the error text.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+use ldsync::state::LocalStore;
+use ldsync_emulator::{
+    Emulator, EmulatorConfig, Faults, RateLimit, RecordedRequest, SegmentSeed, ThrottleHeaders,
+    TokenGrant,
+};
+use serde_json::Value;
+
+const TOKEN: &str = "api-emulator-token";
+const SEGMENTS: &str = "/api/v2/segments/default/production";
+
+/// The example project pointed at an emulator that holds its four segments.
+struct Setup {
+    project: Project,
+    emulator: Emulator,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup::with(EmulatorConfig::default())
+    }
+
+    fn with(config: EmulatorConfig) -> Setup {
+        let emulator = Emulator::start(config).unwrap();
+        let project = Project::example();
+        project.edit_config(
+            "instance: us ",
+            &format!("base_url: {} ", emulator.base_url()),
+        );
+        let setup = Setup { project, emulator };
+        for segment in [
+            "pro-users",
+            "winback-experiment",
+            "enterprise-orgs",
+            "beta-testers",
+        ] {
+            setup.seed(segment, &[]);
+        }
+        setup
+    }
+
+    fn seed(&self, key: &str, included: &[&str]) {
+        let kind = if key == "enterprise-orgs" {
+            "organization"
+        } else {
+            "user"
+        };
+        self.emulator.seed_segment(
+            "default",
+            "production",
+            SegmentSeed {
+                key: key.into(),
+                name: key.into(),
+                unbounded: false,
+                context_kind: kind.into(),
+                included: vec![(
+                    kind.into(),
+                    included.iter().map(|k| k.to_string()).collect(),
+                )],
+                excluded: vec![],
+            },
+        );
+    }
+
+    fn sync(&self, day: &str, args: &[&str]) -> Output {
+        self.sync_with_token(day, TOKEN, args)
+    }
+
+    fn sync_with_token(&self, day: &str, token: &str, args: &[&str]) -> Output {
+        let mut all = vec!["sync"];
+        all.extend_from_slice(args);
+        self.project
+            .command(day, &all)
+            .env("LD_ACCESS_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+
+    fn members(&self, segment: &str, kind: &str) -> BTreeSet<String> {
+        self.emulator
+            .included("default", "production", segment, kind)
+    }
+
+    fn checkpoint(&self, sync: &str) -> Option<BTreeSet<String>> {
+        checkpoint_keys(&self.project, sync)
+    }
+
+    fn manifest_bytes(&self, sync: &str) -> Option<Vec<u8>> {
+        std::fs::read(
+            self.project
+                .path(&format!(".ldsync/state/{sync}/manifest.json")),
+        )
+        .ok()
+    }
+}
+
+fn checkpoint_keys(project: &Project, sync: &str) -> Option<BTreeSet<String>> {
+    let config = project.config();
+    let checkpoint = LocalStore::new(config.state_dir()).load(sync).unwrap()?;
+    let mut keys = BTreeSet::new();
+    for batch in checkpoint.keys().unwrap() {
+        keys.extend(batch.unwrap().iter().flatten().map(str::to_string));
+    }
+    Some(keys)
+}
+
+fn ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// `(method, path, instruction kind, values)` of each request, the way a reviewer reads a request log.
+fn described(requests: &[RecordedRequest]) -> Vec<(String, String, String, Vec<String>)> {
+    requests
+        .iter()
+        .map(|r| {
+            let (kind, values) = match &r.body {
+                Some(body) if body.get("instructions").is_some() => {
+                    let instruction = &body["instructions"][0];
+                    (
+                        instruction["kind"].as_str().unwrap().to_string(),
+                        string_list(&instruction["values"]),
+                    )
+                }
+                Some(body) if body.get("included").is_some() => {
+                    let (side, keys) = body["included"].as_object().unwrap().iter().next().unwrap();
+                    (format!("included.{side}"), string_list(keys))
+                }
+                Some(body) => (body["key"].as_str().unwrap_or("?").to_string(), vec![]),
+                None => (String::new(), vec![]),
+            };
+            (r.method.clone(), r.path.clone(), kind, values)
+        })
+        .collect()
+}
+
+/// The requests a sync with changes makes: a GET of the segment, then its batches, adds first.
+fn expected_requests(
+    segment: &str,
+    adds: &BTreeSet<String>,
+    removes: &BTreeSet<String>,
+    batch_size: usize,
+) -> Vec<(String, String, String, Vec<String>)> {
+    let path = format!("{SEGMENTS}/{segment}");
+    let mut requests = vec![("GET".to_string(), path.clone(), String::new(), vec![])];
+    for (instruction, keys) in [
+        ("addIncludedTargets", adds),
+        ("removeIncludedTargets", removes),
+    ] {
+        let keys: Vec<String> = keys.iter().cloned().collect();
+        for chunk in keys.chunks(batch_size) {
+            requests.push((
+                "PATCH".to_string(),
+                path.clone(),
+                instruction.to_string(),
+                chunk.to_vec(),
+            ));
+        }
+    }
+    requests
+}
+
+fn difference(a: &BTreeSet<String>, b: &BTreeSet<String>) -> BTreeSet<String> {
+    a.difference(b).cloned().collect()
+}
+
+#[test]
+fn every_mode_syncs_two_days_exactly() {
+    let setup = Setup::new();
+    // pro-users (mirror) starts with part of day 1's audience and three keys that do not belong.
+    let pro1 = expected_pro_users("day1");
+    let stale = ["usr_stale_1", "usr_stale_2", "usr_stale_3"];
+    let seeded: Vec<&str> = pro1
+        .iter()
+        .take(200)
+        .map(String::as_str)
+        .chain(stale)
+        .collect();
+    setup.seed("pro-users", &seeded);
+    // beta-testers (remove) holds every user who opted into the beta on day 1.
+    let churned1 = expected_churned_beta_users("day1");
+    let beta_testers: BTreeSet<String> = read_fixture("day1", "users")
+        .iter()
+        .filter(|u| u.get("beta_opt_in") == "true" && !u.get("user_id").trim().is_empty())
+        .map(|u| u.get("user_id").to_string())
+        .collect();
+    assert!(beta_testers.len() > 100 && churned1.is_subset(&beta_testers));
+    setup.seed(
+        "beta-testers",
+        &beta_testers.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let out = setup.sync("day1", &[]);
+    ok(&out);
+    let orgs1 = expected_enterprise_orgs("day1");
+    let dormant1 = expected_dormant_users("day1");
+    assert_eq!(setup.members("pro-users", "user"), pro1);
+    assert_eq!(setup.members("winback-experiment", "user"), dormant1);
+    assert_eq!(setup.members("enterprise-orgs", "organization"), orgs1);
+    let stayers = difference(&beta_testers, &churned1);
+    assert_eq!(setup.members("beta-testers", "user"), stayers);
+
+    let seeded_set: BTreeSet<String> = seeded.iter().map(|s| s.to_string()).collect();
+    let none = BTreeSet::new();
+    let mut expected = expected_requests(
+        "pro-users",
+        &difference(&pro1, &seeded_set),
+        &stale.iter().map(|s| s.to_string()).collect(),
+        1500,
+    );
+    expected.extend(expected_requests(
+        "winback-experiment",
+        &dormant1,
+        &none,
+        1500,
+    ));
+    expected.extend(expected_requests("enterprise-orgs", &orgs1, &none, 500));
+    expected.extend(expected_requests("beta-testers", &none, &churned1, 1500));
+    assert_eq!(described(&setup.emulator.requests()), expected);
+    for request in setup
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+    {
+        assert_eq!(
+            request.content_type.as_deref(),
+            Some("application/json; domain-model=launchdarkly.semanticpatch")
+        );
+        assert_eq!(request.api_version.as_deref(), Some("20240415"));
+        assert!(
+            request
+                .user_agent
+                .as_deref()
+                .unwrap()
+                .starts_with("ldsync/")
+        );
+        let body = request.body.as_ref().unwrap();
+        assert_eq!(body["environmentKey"], "production");
+        assert!(
+            body["comment"]
+                .as_str()
+                .unwrap()
+                .starts_with("ldsync sync `"),
+            "{body}"
+        );
+    }
+    // Each checkpoint is the model's key set; for mirror syncs that is the segment itself.
+    assert_eq!(
+        setup.checkpoint("pro-users").unwrap(),
+        setup.members("pro-users", "user")
+    );
+    assert_eq!(setup.checkpoint("enterprise-orgs").unwrap(), orgs1);
+    assert_eq!(setup.checkpoint("churned-beta").unwrap(), churned1);
+
+    setup.emulator.clear_requests();
+    let out = setup.sync("day2", &[]);
+    ok(&out);
+    let (pro2, orgs2) = (expected_pro_users("day2"), expected_enterprise_orgs("day2"));
+    let (dormant2, churned2) = (
+        expected_dormant_users("day2"),
+        expected_churned_beta_users("day2"),
+    );
+    assert_eq!(setup.members("pro-users", "user"), pro2);
+    assert_eq!(setup.members("enterprise-orgs", "organization"), orgs2);
+    assert_eq!(
+        setup.members("winback-experiment", "user"),
+        dormant1.union(&dormant2).cloned().collect(),
+        "add mode never removes"
+    );
+    assert_eq!(
+        setup.members("beta-testers", "user"),
+        difference(&stayers, &churned2),
+        "remove mode removes newly churned testers"
+    );
+    let mut expected = expected_requests(
+        "pro-users",
+        &difference(&pro2, &pro1),
+        &difference(&pro1, &pro2),
+        1500,
+    );
+    let dormant_new = difference(&dormant2, &dormant1);
+    if !dormant_new.is_empty() {
+        expected.extend(expected_requests(
+            "winback-experiment",
+            &dormant_new,
+            &none,
+            1500,
+        ));
+    }
+    expected.extend(expected_requests(
+        "enterprise-orgs",
+        &difference(&orgs2, &orgs1),
+        &difference(&orgs1, &orgs2),
+        500,
+    ));
+    let churned_new = difference(&churned2, &churned1);
+    assert!(!churned_new.is_empty(), "testers churn on day 2");
+    expected.extend(expected_requests("beta-testers", &none, &churned_new, 1500));
+    assert_eq!(described(&setup.emulator.requests()), expected);
+    assert_eq!(setup.checkpoint("pro-users").unwrap(), pro2);
+    assert_eq!(setup.checkpoint("dormant-winback").unwrap(), dormant2);
+}
+
+#[test]
+fn a_run_with_nothing_to_change_makes_no_call_at_all() {
+    let setup = Setup::new();
+    ok(&setup.sync("day1", &[]));
+    let manifest = setup.manifest_bytes("pro-users").unwrap();
+    setup.emulator.clear_requests();
+    let out = setup.sync("day1", &["--format", "json"]);
+    ok(&out);
+    assert_eq!(
+        setup.emulator.requests().len(),
+        0,
+        "{:?}",
+        described(&setup.emulator.requests())
+    );
+    let report = json(&out);
+    for sync in report["syncs"].as_array().unwrap() {
+        assert_eq!(sync["outcome"], "nothing_to_change", "{sync}");
+        assert_eq!(sync["calls"]["requests"], 0);
+    }
+    assert_eq!(
+        setup.manifest_bytes("pro-users").unwrap(),
+        manifest,
+        "an unchanged model leaves the checkpoint alone"
+    );
+}
+
+#[test]
+fn full_reconciles_against_the_segments_real_membership() {
+    let setup = Setup::new();
+    ok(&setup.sync("day1", &["pro-users"]));
+    let pro1 = expected_pro_users("day1");
+    // Someone edits the segment by hand: one member removed, one stranger added.
+    let mut edited: Vec<String> = pro1.iter().skip(1).cloned().collect();
+    edited.push("usr_added_by_hand".into());
+    setup.seed(
+        "pro-users",
+        &edited.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    setup.emulator.clear_requests();
+    ok(&setup.sync("day1", &["pro-users"]));
+    assert_eq!(
+        setup.emulator.requests().len(),
+        0,
+        "the checkpoint says nothing changed"
+    );
+    let out = setup.sync("day1", &["pro-users", "--full"]);
+    ok(&out);
+    assert_eq!(setup.members("pro-users", "user"), pro1);
+    let first: BTreeSet<String> = pro1.iter().take(1).cloned().collect();
+    let stranger: BTreeSet<String> = ["usr_added_by_hand".to_string()].into();
+    assert_eq!(
+        described(&setup.emulator.requests()),
+        expected_requests("pro-users", &first, &stranger, 1500)
+    );
+}
+
+#[test]
+fn removal_gates_stop_before_any_call_unless_overridden() {
+    let setup = Setup::new();
+    ok(&setup.sync("day1", &["enterprise-orgs"]));
+    setup.project.edit_config(
+        "    batch_size: 500\n",
+        "    batch_size: 500\n    gates:\n      max_remove_count: 2\n",
+    );
+    let manifest = setup.manifest_bytes("enterprise-orgs").unwrap();
+    setup.emulator.clear_requests();
+    let out = setup.sync("day2", &["enterprise-orgs"]);
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "stopped before any change: it would remove 3 members, over gates.max_remove_count 2"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(setup.emulator.requests().is_empty());
+    assert_eq!(setup.manifest_bytes("enterprise-orgs").unwrap(), manifest);
+    ok(&setup.sync("day2", &["enterprise-orgs", "--override-gates"]));
+    assert_eq!(
+        setup.members("enterprise-orgs", "organization"),
+        expected_enterprise_orgs("day2")
+    );
+}
+
+#[test]
+fn big_segments_are_created_with_their_context_kind_and_fed_through_contexts() {
+    let emulator_config = EmulatorConfig::default();
+    let setup = Setup::with(emulator_config);
+    setup.project.edit_config(
+        "    segment: enterprise-orgs\n",
+        "    segment: enterprise-big\n",
+    );
+    setup.project.edit_config(
+        "    batch_size: 500\n    create_segment: standard\n",
+        "    batch_size: 500\n    create_segment: big\n",
+    );
+    let out = setup.sync("day1", &["enterprise-orgs"]);
+    ok(&out);
+    let orgs1 = expected_enterprise_orgs("day1");
+    let segment = setup
+        .emulator
+        .segment("default", "production", "enterprise-big")
+        .unwrap();
+    assert_eq!(segment["unbounded"], true);
+    assert_eq!(segment["unboundedContextKind"], "organization");
+    assert_eq!(setup.members("enterprise-big", "organization"), orgs1);
+    let requests = described(&setup.emulator.requests());
+    let mut expected = vec![
+        (
+            "GET".to_string(),
+            format!("{SEGMENTS}/enterprise-big"),
+            String::new(),
+            vec![],
+        ),
+        (
+            "GET".to_string(),
+            "/api/v2/projects/default".to_string(),
+            String::new(),
+            vec![],
+        ),
+        (
+            "GET".to_string(),
+            "/api/v2/projects/default/environments/production".to_string(),
+            String::new(),
+            vec![],
+        ),
+        (
+            "POST".to_string(),
+            SEGMENTS.to_string(),
+            "enterprise-big".to_string(),
+            vec![],
+        ),
+    ];
+    let keys: Vec<String> = orgs1.iter().cloned().collect();
+    for chunk in keys.chunks(500) {
+        expected.push((
+            "POST".into(),
+            format!("{SEGMENTS}/enterprise-big/contexts"),
+            "included.add".into(),
+            chunk.to_vec(),
+        ));
+    }
+    assert_eq!(requests, expected);
+
+    setup.emulator.clear_requests();
+    ok(&setup.sync("day2", &["enterprise-orgs"]));
+    let orgs2 = expected_enterprise_orgs("day2");
+    assert_eq!(setup.members("enterprise-big", "organization"), orgs2);
+    let removed: Vec<String> = difference(&orgs1, &orgs2).into_iter().collect();
+    assert!(described(&setup.emulator.requests()).contains(&(
+        "POST".into(),
+        format!("{SEGMENTS}/enterprise-big/contexts"),
+        "included.remove".into(),
+        removed
+    )));
+}
+
+#[test]
+fn a_first_mirror_run_never_assumes_a_big_segment_is_empty() {
+    let setup = Setup::new();
+    setup.emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            key: "enterprise-orgs".into(),
+            name: "enterprise-orgs".into(),
+            unbounded: true,
+            context_kind: "organization".into(),
+            included: vec![("organization".into(), vec!["acct_someone".into()])],
+            excluded: vec![],
+        },
+    );
+    let out = setup.sync("day1", &["enterprise-orgs"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "segment `enterprise-orgs` is a big segment that already includes 1 contexts, and LaunchDarkly cannot list"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(setup.emulator.requests().iter().all(|r| r.method == "GET"));
+    assert_eq!(setup.checkpoint("enterprise-orgs"), None);
+}
+
+/// Runs a sync that must fail, and checks its message, that no write reached LaunchDarkly, and that the
+/// checkpoint did not move.
+fn assert_fails_cleanly(setup: &Setup, token: &str, args: &[&str], message: &str) {
+    let manifest = setup.manifest_bytes("pro-users");
+    let before = setup.members("pro-users", "user");
+    setup.emulator.clear_requests();
+    let out = setup.sync_with_token("day2", token, args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(message),
+        "expected {message:?} in:\n{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(message),
+        "the summary repeats the error:\n{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        setup.manifest_bytes("pro-users"),
+        manifest,
+        "the checkpoint did not move"
+    );
+    assert_eq!(setup.members("pro-users", "user"), before);
+    assert!(
+        setup.emulator.requests().iter().all(|r| !r.applied),
+        "nothing was applied: {:?}",
+        described(&setup.emulator.requests())
+    );
+}
+
+#[test]
+fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
+    let mut config = EmulatorConfig::default();
+    config.tokens.push(TokenGrant {
+        token: "api-reader".into(),
+        actions: Some(vec![]),
+    });
+    let setup = Setup::with(config);
+    ok(&setup.sync("day1", &["pro-users"]));
+
+    assert_fails_cleanly(
+        &setup,
+        "api-wrong",
+        &["pro-users"],
+        "LaunchDarkly refused the access token (401",
+    );
+    assert_fails_cleanly(
+        &setup,
+        "sdk-0a1b2c3d-aaaa-bbbb-cccc-0123456789ab",
+        &["pro-users"],
+        "it is wrong or revoked, or it is an SDK key, mobile key or client-side ID",
+    );
+
+    setup
+        .project
+        .edit_config("environment: production", "environment: staging");
+    assert_fails_cleanly(
+        &setup,
+        TOKEN,
+        &["pro-users", "--full"],
+        "environment `staging` does not exist in project `default` (404)",
+    );
+    setup
+        .project
+        .edit_config("environment: staging", "environment: production");
+    setup
+        .project
+        .edit_config("project: default", "project: nope");
+    assert_fails_cleanly(
+        &setup,
+        TOKEN,
+        &["pro-users", "--full"],
+        "project `nope` does not exist in this LaunchDarkly account (404)",
+    );
+    setup
+        .project
+        .edit_config("project: nope", "project: default");
+
+    setup
+        .project
+        .edit_config("    segment: pro-users\n", "    segment: pro-users-v2\n");
+    setup.project.edit_config(
+        "    create_segment: standard   #",
+        "    # create_segment: standard   #",
+    );
+    assert_fails_cleanly(
+        &setup,
+        TOKEN,
+        &["pro-users", "--full"],
+        "segment `pro-users-v2` does not exist in default/production; create it in LaunchDarkly, or set the sync's create_segment",
+    );
+    setup
+        .project
+        .edit_config("    segment: pro-users-v2\n", "    segment: pro-users\n");
+    setup.project.edit_config(
+        "    # create_segment: standard   #",
+        "    create_segment: standard   #",
+    );
+
+    // A standard segment that the run would push past 15,000 targets: stopped before any write.
+    let crowd: Vec<String> = (0..14_990).map(|i| format!("usr_crowd_{i:05}")).collect();
+    let mut members: Vec<String> = expected_pro_users("day1").into_iter().collect();
+    members.extend(crowd);
+    setup.seed(
+        "pro-users",
+        &members.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_fails_cleanly(
+        &setup,
+        TOKEN,
+        &["pro-users"],
+        "is a standard segment, which holds at most 15000 targets",
+    );
+
+    // Refused at the first write: the journal stays, so the next run finishes this one once the role is fixed.
+    setup.seed(
+        "pro-users",
+        &expected_pro_users("day1")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_fails_cleanly(
+        &setup,
+        "api-reader",
+        &["pro-users"],
+        "the access token's role may not updateIncluded",
+    );
+    assert!(
+        setup
+            .project
+            .path(".ldsync/state/pro-users/journal.jsonl")
+            .exists()
+    );
+    ok(&setup.sync("day2", &["pro-users"]));
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day2")
+    );
+
+    let out = setup.project.ldsync("day2", &["sync", "pro-users"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the access token variable LD_ACCESS_TOKEN is not set"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_access_token_never_appears_in_output_logs_reports_or_state() {
+    const CANARY: &str = "api-canary-7f3e9c2a-never-print-me";
+    let mut config = EmulatorConfig::default();
+    config.tokens.push(TokenGrant {
+        token: CANARY.into(),
+        actions: None,
+    });
+    let setup = Setup::with(config);
+    let mut outputs = vec![
+        setup.sync_with_token("day1", CANARY, &["--log-level", "trace"]),
+        setup.sync_with_token(
+            "day2",
+            CANARY,
+            &[
+                "--log-format",
+                "json",
+                "--log-level",
+                "trace",
+                "--format",
+                "json",
+            ],
+        ),
+    ];
+    // The same canary, refused: the error path must not echo it either.
+    outputs.push(setup.sync_with_token(
+        "day2",
+        &format!("{CANARY}-revoked"),
+        &["--log-level", "trace", "--full"],
+    ));
+    for args in [&["plan"][..], &["validate"][..]] {
+        let mut command = setup.project.command("day2", args);
+        outputs.push(command.env("LD_ACCESS_TOKEN", CANARY).output().unwrap());
+    }
+    ok(&outputs[0]);
+    ok(&outputs[1]);
+    assert_eq!(outputs[2].status.code(), Some(1));
+    for out in &outputs {
+        assert!(
+            !stdout(out).contains("canary"),
+            "stdout shows the token:\n{}",
+            stdout(out)
+        );
+        assert!(
+            !stderr(out).contains("canary"),
+            "stderr shows the token:\n{}",
+            stderr(out)
+        );
+    }
+    let files = files_below(setup.project.dir.path());
+    assert!(files.iter().any(|f| f.ends_with("runs.jsonl")));
+    for file in files.iter().filter(|f| f.is_file()) {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            !bytes.windows(6).any(|w| w == b"canary"),
+            "{} holds the token",
+            file.display()
+        );
+    }
+}
+
+/// For each batch of each run (`run id`, `batch number`), the statuses LaunchDarkly answered, in order.
+fn answers_per_batch(requests: &[RecordedRequest]) -> BTreeMap<(String, String), Vec<u16>> {
+    let mut answers: BTreeMap<(String, String), Vec<u16>> = BTreeMap::new();
+    for request in requests.iter().filter(|r| r.method == "PATCH") {
+        let comment = request.body.as_ref().unwrap()["comment"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (run, batch) = comment.split_once(": ").unwrap();
+        answers
+            .entry((run.to_string(), batch.to_string()))
+            .or_default()
+            .push(request.status);
+    }
+    answers
+}
+
+fn small_batches(setup: &Setup, size: usize) {
+    setup.project.edit_config(
+        "    schedule: 4h\n",
+        &format!("    schedule: 4h\n    batch_size: {size}\n"),
+    );
+}
+
+#[test]
+fn runs_converge_through_server_errors_slow_answers_and_lost_acknowledgements() {
+    let setup = Setup::new();
+    small_batches(&setup, 100);
+    setup.emulator.set_faults(Faults {
+        error_rate: 0.2,
+        latency: Duration::from_millis(40),
+        drop_ack_rate: 0.2,
+        seed: 7,
+        ..Faults::default()
+    });
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+    ok(&out);
+    let pro1 = expected_pro_users("day1");
+    assert_eq!(setup.members("pro-users", "user"), pro1);
+    assert_eq!(setup.checkpoint("pro-users").unwrap(), pro1);
+    let requests = setup.emulator.requests();
+    let answers = answers_per_batch(&requests);
+    assert_eq!(answers.len(), pro1.len().div_ceil(100));
+    for (batch, statuses) in &answers {
+        // Retried only while no answer arrived (0: dropped after applying) or LaunchDarkly failed (503); once
+        // acknowledged, never sent again.
+        let (last, before) = statuses.split_last().unwrap();
+        assert_eq!(*last, 200, "{batch:?}: {statuses:?}");
+        assert!(
+            before.iter().all(|s| *s == 0 || *s == 503),
+            "{batch:?}: {statuses:?}"
+        );
+    }
+    let dropped = requests.iter().filter(|r| r.status == 0).count();
+    let failed = requests.iter().filter(|r| r.status == 503).count();
+    assert!(
+        dropped > 0 && failed > 0,
+        "both faults were exercised ({dropped} dropped, {failed} failed)"
+    );
+    let faults = dropped + failed;
+    let report = json(&out);
+    assert_eq!(
+        report["syncs"][0]["calls"]["retries"].as_u64().unwrap() as usize,
+        faults
+    );
+}
+
+#[test]
+fn rate_limits_are_met_with_pacing_and_waits_of_every_header_shape() {
+    for headers in [
+        ThrottleHeaders::Full,
+        ThrottleHeaders::RetryAfterOnly,
+        ThrottleHeaders::ResetOnly,
+    ] {
+        let setup = Setup::new();
+        small_batches(&setup, 300);
+        setup.emulator.set_faults(Faults {
+            rate_limit: Some(RateLimit {
+                requests_per_window: 3,
+                window: Duration::from_secs(1),
+                headers,
+            }),
+            ..Faults::default()
+        });
+        let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+        ok(&out);
+        let pro1 = expected_pro_users("day1");
+        assert_eq!(setup.members("pro-users", "user"), pro1, "{headers:?}");
+        let requests = setup.emulator.requests();
+        let limited = requests.iter().filter(|r| r.status == 429).count();
+        let report = json(&out);
+        assert_eq!(
+            report["syncs"][0]["calls"]["rate_limited"]
+                .as_u64()
+                .unwrap() as usize,
+            limited
+        );
+        if headers == ThrottleHeaders::Full {
+            assert_eq!(
+                limited, 0,
+                "with the budget in every answer, ldsync paces itself and meets no 429"
+            );
+        } else {
+            assert!(limited > 0, "{headers:?}: the limit was met");
+        }
+        for (batch, statuses) in answers_per_batch(&requests) {
+            let (last, before) = statuses.split_last().unwrap();
+            assert_eq!(*last, 200, "{batch:?}");
+            assert!(before.iter().all(|s| *s == 429), "{batch:?}: {statuses:?}");
+        }
+    }
+}
+
+/// The batches a killed run had recorded as acknowledged, read from its journal.
+fn acknowledged_in_journal(project: &Project) -> BTreeSet<(String, usize)> {
+    let Ok(text) = std::fs::read_to_string(project.path(".ldsync/state/pro-users/journal.jsonl"))
+    else {
+        return BTreeSet::new();
+    };
+    let mut run = String::new();
+    let mut acknowledged = BTreeSet::new();
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        match record["record"].as_str() {
+            Some("run") => run = record["run_id"].as_str().unwrap().to_string(),
+            Some("ack") => {
+                acknowledged.insert((run.clone(), record["index"].as_u64().unwrap() as usize));
+            }
+            _ => {}
+        }
+    }
+    acknowledged
+}
+
+#[test]
+fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
+    let setup = Setup::new();
+    small_batches(&setup, 40);
+    setup.emulator.set_faults(Faults {
+        latency: Duration::from_millis(15),
+        ..Faults::default()
+    });
+    let mut rng = fastrand::Rng::with_seed(20261124);
+    // (run id, batch index) acknowledged in a journal, and how many requests LaunchDarkly had seen by then.
+    let mut acknowledged: Vec<(BTreeSet<(String, usize)>, usize)> = Vec::new();
+    let mut kills = 0;
+    for round in 0..16 {
+        let day = if round < 8 { "day1" } else { "day2" };
+        let mut child = setup
+            .project
+            .command(day, &["sync", "pro-users"])
+            .env("LD_ACCESS_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(50..900)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        acknowledged.push((
+            acknowledged_in_journal(&setup.project),
+            setup.emulator.requests().len(),
+        ));
+    }
+    assert!(kills >= 8, "most runs were killed mid-way ({kills})");
+    ok(&setup.sync("day2", &["pro-users"]));
+    let pro2 = expected_pro_users("day2");
+    assert_eq!(setup.members("pro-users", "user"), pro2);
+    assert_eq!(
+        setup.checkpoint("pro-users").unwrap(),
+        pro2,
+        "the checkpoint equals the segment"
+    );
+    assert!(
+        !setup
+            .project
+            .path(".ldsync/state/pro-users/journal.jsonl")
+            .exists()
+    );
+    // No batch recorded as acknowledged was sent again after that.
+    let requests = setup.emulator.requests();
+    for (acked, seen) in acknowledged {
+        for request in requests[seen..].iter().filter(|r| r.method == "PATCH") {
+            let comment = request.body.as_ref().unwrap()["comment"].as_str().unwrap();
+            for (run, index) in &acked {
+                let resent = format!("run {run}: ");
+                let batch = format!(" batch {} of ", index + 1);
+                assert!(
+                    !(comment.contains(&resent) && comment.contains(&batch)),
+                    "acknowledged batch {index} of {run} was sent again: {comment}"
+                );
+            }
+        }
+    }
+}
