@@ -63,12 +63,22 @@ fn add(values: Value) -> Value {
     json!([{"kind": "addIncludedTargets", "contextKind": "user", "values": values}])
 }
 
+/// Token, API version, content type, body; then the status and a part of the message expected.
+type Case<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Value,
+    u16,
+    &'a str,
+);
+
 #[tokio::test(flavor = "current_thread")]
 async fn strict_refusals_name_the_problem_and_change_nothing() {
     let emulator = emulator();
     let token = Some("api-emulator-token");
     let version = Some("20240415");
-    let cases: Vec<(Option<&str>, Option<&str>, Option<&str>, Value, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             None,
             version,
