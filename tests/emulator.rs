@@ -14,12 +14,8 @@ fn emulator() -> Emulator {
         "default",
         "production",
         SegmentSeed {
-            key: "beta".into(),
-            name: "beta".into(),
-            unbounded: false,
-            context_kind: "user".into(),
-            included: vec![("user".into(), vec!["u1".into()])],
             excluded: vec![("user".into(), vec!["x1".into()])],
+            ..SegmentSeed::standard("beta", "user", &["u1"])
         },
     );
     emulator
@@ -53,6 +49,21 @@ async fn send(
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A semantic patch of the `beta` segment with the default token and version.
+async fn patch_beta(emulator: &Emulator, body: Value) -> (u16, Value) {
+    let token = Some("api-emulator-token");
+    send(
+        emulator,
+        Method::PATCH,
+        SEGMENT,
+        token,
+        Some("20240415"),
+        Some(SEMANTIC_PATCH),
+        Some(body),
+    )
+    .await
 }
 
 fn patch(instructions: Value) -> Value {
@@ -206,28 +217,9 @@ async fn strict_refusals_name_the_problem_and_change_nothing() {
 #[tokio::test(flavor = "current_thread")]
 async fn semantic_patches_are_idempotent_and_a_standard_segment_stops_at_15000() {
     let emulator = emulator();
-    let (token, version) = (Some("api-emulator-token"), Some("20240415"));
-    let (status, first) = send(
-        &emulator,
-        Method::PATCH,
-        SEGMENT,
-        token,
-        version,
-        Some(SEMANTIC_PATCH),
-        Some(patch(add(json!(["u2"])))),
-    )
-    .await;
+    let (status, first) = patch_beta(&emulator, patch(add(json!(["u2"])))).await;
     assert_eq!((status, first["version"].clone()), (200, json!(2)));
-    let (status, again) = send(
-        &emulator,
-        Method::PATCH,
-        SEGMENT,
-        token,
-        version,
-        Some(SEMANTIC_PATCH),
-        Some(patch(add(json!(["u2"])))),
-    )
-    .await;
+    let (status, again) = patch_beta(&emulator, patch(add(json!(["u2"])))).await;
     assert_eq!(
         (status, again["version"].clone()),
         (200, json!(2)),
@@ -235,16 +227,7 @@ async fn semantic_patches_are_idempotent_and_a_standard_segment_stops_at_15000()
     );
     for chunk in 0..10 {
         let keys: Vec<String> = (0..1500).map(|i| format!("bulk-{chunk}-{i}")).collect();
-        let (status, answer) = send(
-            &emulator,
-            Method::PATCH,
-            SEGMENT,
-            token,
-            version,
-            Some(SEMANTIC_PATCH),
-            Some(patch(add(json!(keys)))),
-        )
-        .await;
+        let (status, answer) = patch_beta(&emulator, patch(add(json!(keys)))).await;
         if chunk < 9 {
             assert_eq!(status, 200, "{answer}");
         } else {
@@ -264,17 +247,11 @@ async fn semantic_patches_are_idempotent_and_a_standard_segment_stops_at_15000()
 async fn lists_paginate_under_the_current_version_only() {
     let emulator = emulator();
     for i in 0..25 {
+        let key = format!("s{i:02}");
         emulator.seed_segment(
             "default",
             "production",
-            SegmentSeed {
-                key: format!("s{i:02}"),
-                name: format!("s{i:02}"),
-                unbounded: false,
-                context_kind: "user".into(),
-                included: vec![],
-                excluded: vec![],
-            },
+            SegmentSeed::standard(&key, "user", &[]),
         );
     }
     let token = Some("api-emulator-token");

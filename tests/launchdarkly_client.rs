@@ -34,14 +34,7 @@ fn emulator_with_segment() -> Emulator {
     emulator.seed_segment(
         "default",
         "production",
-        SegmentSeed {
-            key: "beta".into(),
-            name: "beta".into(),
-            unbounded: false,
-            context_kind: "user".into(),
-            included: vec![],
-            excluded: vec![],
-        },
+        SegmentSeed::standard("beta", "user", &[]),
     );
     emulator
 }

@@ -58,17 +58,7 @@ impl Setup {
         self.emulator.seed_segment(
             "default",
             "production",
-            SegmentSeed {
-                key: key.into(),
-                name: key.into(),
-                unbounded: false,
-                context_kind: kind.into(),
-                included: vec![(
-                    kind.into(),
-                    included.iter().map(|k| k.to_string()).collect(),
-                )],
-                excluded: vec![],
-            },
+            SegmentSeed::standard(key, kind, included),
         );
     }
 

@@ -75,6 +75,23 @@ pub struct SegmentSeed {
     pub excluded: Vec<(String, Vec<String>)>,
 }
 
+impl SegmentSeed {
+    /// A standard segment whose included targets of `context_kind` are `included`.
+    pub fn standard(key: &str, context_kind: &str, included: &[&str]) -> Self {
+        SegmentSeed {
+            key: key.into(),
+            name: key.into(),
+            unbounded: false,
+            context_kind: context_kind.into(),
+            included: vec![(
+                context_kind.into(),
+                included.iter().map(|k| k.to_string()).collect(),
+            )],
+            excluded: vec![],
+        }
+    }
+}
+
 /// A request the emulator saw, and what it answered.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
