@@ -15,7 +15,9 @@ use crate::history::RunOutcome;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
 use crate::plan::{PlanOutcome, Planner};
-use crate::report::{Format, PlanResult, overall_outcome, write_plan_report, write_sync_report};
+use crate::report::{
+    Format, PlanResult, SyncFormat, overall_outcome, write_plan_report, write_sync_report,
+};
 use crate::sync::{Engine, SyncOptions, SyncReport};
 
 /// Exit codes, documented in `--help` and the README.
@@ -129,14 +131,6 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
         format: SyncFormat,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SyncFormat {
-    /// A line per sync, then errors, gate stops and notes.
-    Table,
-    /// `{"syncs": [...]}` with every count.
-    Json,
 }
 
 /// Runs the parsed command line and returns the process's exit code.

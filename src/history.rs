@@ -26,6 +26,18 @@ pub enum RunOutcome {
     Failed,
 }
 
+impl RunOutcome {
+    /// The outcome as the run records spell it (`nothing_to_change`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Synced => "synced",
+            RunOutcome::NothingToChange => "nothing_to_change",
+            RunOutcome::GateStopped => "gate_stopped",
+            RunOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// One sync run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {

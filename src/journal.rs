@@ -125,6 +125,11 @@ impl Journal {
             .filter(|b| !self.acknowledged.contains(&b.index))
     }
 
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn batch_count(&self) -> usize {
         self.batches.len()
     }

@@ -11,7 +11,7 @@ use crate::config::{Config, Mode, SyncConfig};
 use crate::diff::{UnsortedCheckpoint, diff_sorted};
 use crate::keys::{KeyCollector, KeyError, KeySet, KeyStats};
 use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
-use crate::warehouse::{Warehouse, WarehouseError};
+use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
 
 /// A standard LaunchDarkly segment holds at most this many individual targets.
 pub const STANDARD_SEGMENT_MAX_TARGETS: u64 = 15_000;
@@ -57,6 +57,16 @@ pub struct CheckpointInfo {
 pub enum Action {
     Add,
     Remove,
+}
+
+impl Action {
+    /// `add` or `remove`, as reports, comments and LaunchDarkly's big-segment bodies spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Add => "add",
+            Action::Remove => "remove",
+        }
+    }
 }
 
 /// One API request a sync would make.
@@ -177,10 +187,6 @@ impl<'a> Planner<'a> {
         })
     }
 
-    pub fn warehouse(&self) -> &Warehouse {
-        &self.warehouse
-    }
-
     /// Plans one sync against its committed checkpoint: what `ldsync plan` shows.
     pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
         let checkpoint = self.checkpoint(sync)?;
@@ -205,8 +211,7 @@ impl<'a> Planner<'a> {
 
     /// Runs the sync's model and returns its sorted, distinct, valid keys.
     pub fn model_keys(&self, sync: &SyncConfig) -> Result<KeySet, SyncError> {
-        self.read_model_keys(sync, &self.config.model_path(sync))
-            .map_err(|e| self.error(sync, e))
+        self.read_model_keys(sync).map_err(|e| self.error(sync, e))
     }
 
     /// Plans one sync's model keys against a baseline.
@@ -220,7 +225,8 @@ impl<'a> Planner<'a> {
             .map_err(|e| self.error(sync, e))
     }
 
-    fn error(&self, sync: &SyncConfig, source: impl Into<PlanError>) -> SyncError {
+    /// A planning error about `sync`, naming its model.
+    pub(crate) fn error(&self, sync: &SyncConfig, source: impl Into<PlanError>) -> SyncError {
         SyncError {
             sync: sync.name.clone(),
             model: self.config.model_path(sync).display().to_string(),
@@ -228,16 +234,23 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn read_model_keys(
-        &self,
-        sync: &SyncConfig,
-        model_path: &std::path::Path,
-    ) -> Result<KeySet, PlanError> {
-        let sql = std::fs::read_to_string(model_path).map_err(|source| PlanError::ModelFile {
-            path: model_path.to_path_buf(),
+    /// The model's SQL and its key column, as the warehouse describes it.
+    pub fn prepare_model(&self, sync: &SyncConfig) -> Result<(String, KeyColumn), SyncError> {
+        self.read_model(sync).map_err(|e| self.error(sync, e))
+    }
+
+    fn read_model(&self, sync: &SyncConfig) -> Result<(String, KeyColumn), PlanError> {
+        let model_path = self.config.model_path(sync);
+        let sql = std::fs::read_to_string(&model_path).map_err(|source| PlanError::ModelFile {
+            path: model_path,
             source,
         })?;
         let key = self.warehouse.key_column(&sql, &sync.key_column)?;
+        Ok((sql, key))
+    }
+
+    fn read_model_keys(&self, sync: &SyncConfig) -> Result<KeySet, PlanError> {
+        let (sql, key) = self.read_model(sync)?;
         let mut collector = KeyCollector::new(sync.invalid_keys);
         self.warehouse
             .stream_keys::<PlanError>(&sql, &key, |array| Ok(collector.push(array)?))?;
@@ -271,16 +284,13 @@ fn plan_keys(
         }
     };
     let empty = StringArray::from(Vec::<&str>::new());
-    let removes_in_remove_mode = match baseline {
+    let (adds, removes) = match (sync.mode, baseline) {
+        (Mode::Add, _) => (diff.entered.clone(), empty),
         // Every model key is in the segment or not: remove those that are.
-        Baseline::Membership(_) => in_both(&model.keys, &diff.entered)?,
+        (Mode::Remove, Baseline::Membership(_)) => (empty, in_both(&model.keys, &diff.entered)?),
         // Keys that were in the model at the checkpoint were removed then.
-        Baseline::Checkpoint(_) => diff.entered.clone(),
-    };
-    let (adds, removes) = match sync.mode {
-        Mode::Add => (diff.entered.clone(), empty),
-        Mode::Remove => (empty, removes_in_remove_mode),
-        Mode::Mirror => (diff.entered.clone(), diff.left.clone()),
+        (Mode::Remove, Baseline::Checkpoint(_)) => (empty, diff.entered.clone()),
+        (Mode::Mirror, _) => (diff.entered.clone(), diff.left.clone()),
     };
     let members = match baseline {
         Baseline::Checkpoint(_) if sync.mode == Mode::Remove => None,

@@ -10,7 +10,6 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
-use crate::cli::SyncFormat;
 use crate::plan::{Action, PlanOutcome, SyncError, SyncPlan};
 use crate::sync::SyncReport;
 
@@ -28,6 +27,15 @@ pub enum Format {
     Csv,
     /// The same rows as CSV, as a Parquet file.
     Parquet,
+}
+
+/// How a sync summary is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncFormat {
+    /// A line per sync, then errors, gate stops and notes.
+    Table,
+    /// `{"syncs": [...]}` with every count.
+    Json,
 }
 
 /// Why a report could not be written.
@@ -150,8 +158,9 @@ fn changes_batch(plan: &SyncPlan) -> Result<RecordBatch, arrow::error::ArrowErro
             value, rows,
         )))
     };
-    let actions = std::iter::repeat_n("add", plan.adds.len())
-        .chain(std::iter::repeat_n("remove", plan.removes.len()));
+    let actions = std::iter::repeat_n(Action::Add.as_str(), plan.adds.len()).chain(
+        std::iter::repeat_n(Action::Remove.as_str(), plan.removes.len()),
+    );
     let keys = plan.adds.iter().chain(plan.removes.iter()).flatten();
     RecordBatch::try_new(
         changes_schema(),
@@ -289,7 +298,7 @@ fn describe_requests(plan: &SyncPlan) -> String {
     if count == 0 {
         return "none".to_string();
     }
-    let part = |action: Action, name: &str| {
+    let part = |action: Action| {
         let sizes: Vec<usize> = plan
             .requests
             .iter()
@@ -306,9 +315,9 @@ fn describe_requests(plan: &SyncPlan) -> String {
             n if first == last => format!("{n} × {first}"),
             n => format!("{} × {first} + {last}", n - 1),
         };
-        Some(format!("{name} {sizes} keys"))
+        Some(format!("{} {sizes} keys", action.as_str()))
     };
-    let parts: Vec<String> = [part(Action::Add, "add"), part(Action::Remove, "remove")]
+    let parts: Vec<String> = [part(Action::Add), part(Action::Remove)]
         .into_iter()
         .flatten()
         .collect();
@@ -336,10 +345,7 @@ pub fn write_sync_report(
     for report in reports {
         table.add_row(vec![
             report.sync.clone(),
-            serde_json::to_value(report.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
-                .unwrap_or_default(),
+            report.outcome.as_str().replace('_', " "),
             report.adds.to_string(),
             report.removes.to_string(),
             format!("{}/{}", report.batches_acknowledged, report.batches_planned),

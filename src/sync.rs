@@ -47,15 +47,6 @@ pub enum EngineError {
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error(
-        "segment `{segment}` does not exist in {project}/{environment}; create it in LaunchDarkly, or set the sync's \
-         create_segment to standard or big"
-    )]
-    SegmentMissing {
-        segment: String,
-        project: String,
-        environment: String,
-    },
-    #[error(
         "segment `{segment}` no longer exists, although checkpoint run {run_id} says it held {keys} targets; run \
          `ldsync sync --full` to rebuild it from the model"
     )]
@@ -272,12 +263,7 @@ impl<'a> Engine<'a> {
             let members = read.as_ref().map_or(0, |s| s.member_count);
             let removing = match read.as_ref().and_then(|s| s.members.as_deref()) {
                 // A standard segment lists its members: only those present are really removed.
-                Some(present) => plan
-                    .removes
-                    .iter()
-                    .flatten()
-                    .filter(|k| present.binary_search_by(|m| m.as_str().cmp(k)).is_ok())
-                    .count() as u64,
+                Some(members) => held(&plan.removes, members),
                 None => plan.removes.len() as u64,
             };
             plan.gate_stops
@@ -295,11 +281,8 @@ impl<'a> Engine<'a> {
             let unchanged = checkpoint.is_some() && plan.entered == 0 && plan.left == 0;
             if !unchanged {
                 // The model moved without anything to send (keys left in add mode, say): the checkpoint follows it.
-                let prepared =
-                    self.store
-                        .prepare(&sync.name, run_id, model.keys.iter().flatten())?;
                 self.store
-                    .commit_prepared(&sync.name, run_id, &settings, &prepared)?;
+                    .commit(&sync.name, run_id, &settings, model.keys.iter().flatten())?;
             }
             return Ok(RunOutcome::NothingToChange);
         }
@@ -336,11 +319,7 @@ impl<'a> Engine<'a> {
     ) -> Result<SegmentKind, EngineError> {
         let Some(segment) = segment else {
             let Some(kind) = sync.create_segment else {
-                return Err(EngineError::SegmentMissing {
-                    segment: sync.segment.clone(),
-                    project: self.config.launchdarkly.project.clone(),
-                    environment: self.config.launchdarkly.environment.clone(),
-                });
+                return Err(self.client.unknown_segment(&sync.segment).into());
             };
             if kind == SegmentKind::Standard {
                 check_standard_size(sync, plan.adds.len() as u64)?;
@@ -368,9 +347,8 @@ impl<'a> Engine<'a> {
             }
             SegmentKind::Standard => {
                 let members = segment.members.as_deref().unwrap_or_default();
-                let present = |key: &str| members.binary_search_by(|m| m.as_str().cmp(key)).is_ok();
-                let added = plan.adds.iter().flatten().filter(|k| !present(k)).count() as u64;
-                let removed = plan.removes.iter().flatten().filter(|k| present(k)).count() as u64;
+                let added = plan.adds.len() as u64 - held(&plan.adds, members);
+                let removed = held(&plan.removes, members);
                 check_standard_size(sync, segment.total_targets + added - removed)?;
             }
         }
@@ -422,12 +400,7 @@ impl<'a> Engine<'a> {
             return Err(EngineError::JournalSettings {
                 run_id: header.run_id,
                 changes: changes.join(", "),
-                path: self
-                    .store
-                    .sync_dir(&sync.name)
-                    .join("journal.jsonl")
-                    .display()
-                    .to_string(),
+                path: journal.path().display().to_string(),
             });
         }
         let total = journal.batch_count();
@@ -439,10 +412,7 @@ impl<'a> Engine<'a> {
                 "ldsync sync `{}` run {}: {} batch {} of {total}",
                 sync.name,
                 header.run_id,
-                match batch.action {
-                    Action::Add => "add",
-                    Action::Remove => "remove",
-                },
+                batch.action.as_str(),
                 batch.index + 1
             );
             let sent = self
@@ -510,6 +480,14 @@ fn membership(sync: &SyncConfig, segment: Option<&Segment>) -> Result<StringArra
     }
 }
 
+/// How many of `keys` the sorted `members` hold.
+fn held(keys: &StringArray, members: &[String]) -> u64 {
+    keys.iter()
+        .flatten()
+        .filter(|k| members.binary_search_by(|m| m.as_str().cmp(k)).is_ok())
+        .count() as u64
+}
+
 fn check_standard_size(sync: &SyncConfig, after: u64) -> Result<(), EngineError> {
     if after > STANDARD_SEGMENT_MAX_TARGETS {
         return Err(EngineError::StandardSegmentFull {
@@ -521,17 +499,24 @@ fn check_standard_size(sync: &SyncConfig, after: u64) -> Result<(), EngineError>
     Ok(())
 }
 
+/// `keys` in chunks of at most `batch_size`, each tagged with `action`.
+fn chunked(
+    action: Action,
+    keys: &StringArray,
+    batch_size: usize,
+) -> impl Iterator<Item = (Action, Vec<String>)> + '_ {
+    let mut keys = keys.iter().flatten().map(str::to_string);
+    std::iter::from_fn(move || {
+        let chunk: Vec<String> = keys.by_ref().take(batch_size).collect();
+        (!chunk.is_empty()).then_some((action, chunk))
+    })
+}
+
 /// The plan's adds, then its removes, in batches of at most `batch_size` keys.
 fn batches(plan: &SyncPlan, batch_size: usize) -> Vec<Batch> {
-    let chunks = |action: Action, keys: &StringArray| {
-        let keys: Vec<String> = keys.iter().flatten().map(str::to_string).collect();
-        keys.chunks(batch_size)
-            .map(|chunk| (action, chunk.to_vec()))
-            .collect::<Vec<_>>()
-    };
-    chunks(Action::Add, &plan.adds)
-        .into_iter()
-        .chain(chunks(Action::Remove, &plan.removes))
+    let adds = chunked(Action::Add, &plan.adds, batch_size);
+    let removes = chunked(Action::Remove, &plan.removes, batch_size);
+    adds.chain(removes)
         .enumerate()
         .map(|(index, (action, keys))| Batch {
             index,

@@ -1,7 +1,7 @@
 //! `ldsync validate`: every check that can be made without running a model in full or calling LaunchDarkly.
 
 use crate::config::{Config, SyncConfig};
-use crate::plan::{PlanError, Planner, SyncError};
+use crate::plan::{Planner, SyncError};
 
 /// Checks one sync: its model file exists and prepares against the warehouse, its key column exists with a type
 /// that can be a context key, and its checkpoint (if any) is readable and was made with its current settings.
@@ -12,21 +12,7 @@ pub fn check_sync(
     sync: &SyncConfig,
 ) -> Result<String, SyncError> {
     let model_path = config.model_path(sync);
-    let fail = |source: PlanError| SyncError {
-        sync: sync.name.clone(),
-        model: model_path.display().to_string(),
-        source: Box::new(source),
-    };
-    let sql = std::fs::read_to_string(&model_path).map_err(|source| {
-        fail(PlanError::ModelFile {
-            path: model_path.clone(),
-            source,
-        })
-    })?;
-    let key = planner
-        .warehouse()
-        .key_column(&sql, &sync.key_column)
-        .map_err(|e| fail(e.into()))?;
+    let (_, key) = planner.prepare_model(sync)?;
     let checkpoint_text = match planner.checkpoint(sync)? {
         Some(c) => format!(
             "checkpoint of run {} ({} keys)",

@@ -66,6 +66,12 @@ async fn patch_beta(emulator: &Emulator, body: Value) -> (u16, Value) {
     .await
 }
 
+/// A GET with the default token under API `version`.
+async fn get(emulator: &Emulator, path: &str, version: Option<&str>) -> (u16, Value) {
+    let token = Some("api-emulator-token");
+    send(emulator, Method::GET, path, token, version, None, None).await
+}
+
 fn patch(instructions: Value) -> Value {
     json!({"environmentKey": "production", "instructions": instructions})
 }
@@ -254,18 +260,8 @@ async fn lists_paginate_under_the_current_version_only() {
             SegmentSeed::standard(&key, "user", &[]),
         );
     }
-    let token = Some("api-emulator-token");
     let path = "/api/v2/segments/default/production";
-    let (_, page) = send(
-        &emulator,
-        Method::GET,
-        path,
-        token,
-        Some("20240415"),
-        None,
-        None,
-    )
-    .await;
+    let (_, page) = get(&emulator, path, Some("20240415")).await;
     assert_eq!(
         (
             page["items"].as_array().unwrap().len(),
@@ -277,25 +273,12 @@ async fn lists_paginate_under_the_current_version_only() {
         page["_links"]["next"]["href"],
         "/api/v2/segments/default/production?limit=20&offset=20"
     );
-    let (_, whole) = send(
-        &emulator,
-        Method::GET,
-        path,
-        token,
-        Some("20220603"),
-        None,
-        None,
-    )
-    .await;
+    let (_, whole) = get(&emulator, path, Some("20220603")).await;
     assert_eq!(whole["items"].as_array().unwrap().len(), 26);
-    let (status, missing) = send(
+    let (status, missing) = get(
         &emulator,
-        Method::GET,
         "/api/v2/segments/default/staging/beta",
-        token,
         Some("20240415"),
-        None,
-        None,
     )
     .await;
     assert_eq!(

@@ -23,6 +23,8 @@ use crate::{RecordedRequest, Shared};
 
 const API: &str = "/api/v2/";
 const VERSIONS: [&str; 3] = ["20240415", "20220603", "beta"];
+/// The pattern of a path no route matches: a 404, whatever the method.
+const UNKNOWN_ROUTE: &str = "(unknown)";
 
 /// Serves `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl Future<Output = ()>) {
@@ -191,11 +193,12 @@ fn answer(shared: &Shared, request: &ApiRequest, route: &str) -> Answer {
             ),
         );
     }
-    let mut answer =
-        match authorize(shared, request).and_then(|actions| routed(shared, request, actions)) {
-            Ok(answer) => answer,
-            Err(failure) => Answer::failure(failure),
-        };
+    let mut answer = match authorize(shared, request)
+        .and_then(|actions| routed(shared, request, route, actions))
+    {
+        Ok(answer) => answer,
+        Err(failure) => Answer::failure(failure),
+    };
     answer.headers.extend(rate_headers);
     answer
 }
@@ -237,6 +240,7 @@ fn authorize(
 fn routed(
     shared: &Shared,
     request: &ApiRequest,
+    route: &str,
     actions: Option<BTreeSet<String>>,
 ) -> Result<Answer, ApiFailure> {
     let parts: Vec<&str> = request.parts.iter().map(String::as_str).collect();
@@ -354,7 +358,7 @@ fn routed(
                 json!({"userKey": context, "included": has(&segment.included), "excluded": has(&segment.excluded)}),
             ))
         }
-        _ if route_pattern(&Method::GET, &request.parts).ends_with("(unknown)") => {
+        _ if route.ends_with(UNKNOWN_ROUTE) => {
             Err(ApiFailure::new(404, "not_found", "no such resource"))
         }
         _ => Err(ApiFailure::new(
@@ -492,7 +496,7 @@ fn route_pattern(method: &Method, parts: &[String]) -> String {
         ["segments", _, _, _, "users", _] => {
             "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/users/{userKey}"
         }
-        _ => "(unknown)",
+        _ => UNKNOWN_ROUTE,
     };
     format!("{method} {pattern}")
 }

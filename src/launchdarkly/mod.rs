@@ -69,6 +69,15 @@ pub enum ApiError {
         project: String,
         environment: String,
     },
+    #[error(
+        "segment `{segment}` does not exist in {project}/{environment}; create it in LaunchDarkly, or set the sync's \
+         create_segment to standard or big"
+    )]
+    UnknownSegment {
+        segment: String,
+        project: String,
+        environment: String,
+    },
     #[error("LaunchDarkly rejected {what} ({status} {code}): {message}")]
     Rejected {
         what: String,
@@ -259,7 +268,7 @@ impl Client {
         }
         let url = self.segments_url();
         let call = Call::CreateSegment(key);
-        self.send_conflict_ok(call, || self.request(Method::POST, &url).json(&body))
+        self.send_conflict_ok(call, key, || self.request(Method::POST, &url).json(&body))
             .await
     }
 
@@ -286,11 +295,7 @@ impl Client {
                 .await
             }
             SegmentKind::Big => {
-                let side = match action {
-                    Action::Add => "add",
-                    Action::Remove => "remove",
-                };
-                let body = json!({"included": {side: keys}}).to_string();
+                let body = json!({"included": {action.as_str(): keys}}).to_string();
                 let url = format!("{url}/contexts");
                 self.send(call, || {
                     self.request(Method::POST, &url)
@@ -300,48 +305,41 @@ impl Client {
                 .await
             }
         }?;
-        self.found(call, result).await.map(|_| ())
+        self.found(segment, result).await.map(|_| ())
     }
 
-    /// Turns a 404 into the error that names what is missing.
+    /// Turns a 404 about `segment` into the error that names what is missing.
     async fn found(
         &self,
-        call: Call<'_>,
+        segment: &str,
         result: Result<Answer, Missing>,
     ) -> Result<Answer, ApiError> {
         match result {
             Ok(answer) => Ok(answer),
             Err(Missing) => {
                 self.check_project_and_environment().await?;
-                let segment = match call {
-                    Call::GetSegment(key)
-                    | Call::CreateSegment(key)
-                    | Call::ChangeTargets(key, _) => key,
-                    Call::GetProject | Call::GetEnvironment => "",
-                };
-                Err(ApiError::Rejected {
-                    what: call.describe(),
-                    status: 404,
-                    code: "not_found".into(),
-                    message: format!(
-                        "segment `{segment}` does not exist in {}/{}; create it in LaunchDarkly, or set the sync's \
-                         create_segment to standard or big",
-                        self.project, self.environment
-                    ),
-                })
+                Err(self.unknown_segment(segment))
             }
+        }
+    }
+
+    /// The error for a segment that does not exist in this project and environment.
+    pub fn unknown_segment(&self, segment: &str) -> ApiError {
+        ApiError::UnknownSegment {
+            segment: segment.to_string(),
+            project: self.project.clone(),
+            environment: self.environment.clone(),
         }
     }
 
     async fn send_conflict_ok(
         &self,
         call: Call<'_>,
+        segment: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(), ApiError> {
-        match self.send_inner(call, build, true).await? {
-            Ok(_) => Ok(()),
-            Err(missing) => self.found(call, Err(missing)).await.map(|_| ()),
-        }
+        let result = self.send_inner(call, build, true).await?;
+        self.found(segment, result).await.map(|_| ())
     }
 
     /// Says which of the project and environment does not exist, if either.
