@@ -10,7 +10,7 @@ use anyhow::Context;
 use arrow::array::Array;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, TokenSource};
+use crate::config::{Config, SyncConfig, TokenSource};
 use crate::history::RunOutcome;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
@@ -110,6 +110,11 @@ pub enum Command {
         /// sync (1 stays error), so a scheduler can branch on the plan.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan what `sync --full` would do: read each segment from LaunchDarkly (needs the access token) and
+        /// compare the model with its real membership instead of the checkpoint, showing hand edits (drift) and
+        /// the model keys the segment holds as excluded targets. Still writes nothing.
+        #[arg(long)]
+        full: bool,
     },
     /// Apply each sync's plan to its LaunchDarkly segment: adds before removes, in batches of at most batch_size,
     /// written to the sync's journal before they are sent. The checkpoint moves only when LaunchDarkly has
@@ -164,13 +169,17 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
             output,
             show,
             detailed_exitcode,
+            full,
         } => plan(
             &config,
             syncs,
-            *format,
-            output.as_deref(),
-            *show,
-            *detailed_exitcode,
+            PlanOptions {
+                format: *format,
+                output: output.as_deref(),
+                show: *show,
+                detailed_exitcode: *detailed_exitcode,
+                full: *full,
+            },
         ),
         Command::Sync {
             syncs,
@@ -191,14 +200,11 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
 /// How long one LaunchDarkly request may take before it counts as lost and is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn sync(
+/// The sync engine, with a LaunchDarkly client holding the configured token, and a runtime to drive it.
+fn engine(
     config: &Config,
-    names: &[String],
-    options: SyncOptions,
-    format: SyncFormat,
     progress: bool,
-) -> anyhow::Result<u8> {
-    let syncs = config.select_syncs(names)?;
+) -> anyhow::Result<(Engine<'_>, tokio::runtime::Runtime)> {
     let token = AccessToken::read(&config.launchdarkly.token, &config.project_dir)?;
     let client = Client::new(&config.launchdarkly, token, REQUEST_TIMEOUT)
         .context("cannot set up the HTTP client")?;
@@ -207,6 +213,18 @@ fn sync(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    Ok((engine, runtime))
+}
+
+fn sync(
+    config: &Config,
+    names: &[String],
+    options: SyncOptions,
+    format: SyncFormat,
+    progress: bool,
+) -> anyhow::Result<u8> {
+    let syncs = config.select_syncs(names)?;
+    let (engine, runtime) = engine(config, progress)?;
     let reports: Vec<SyncReport> = runtime.block_on(async {
         let mut reports = Vec::new();
         for sync in syncs {
@@ -243,24 +261,32 @@ fn sync_exit_code(reports: &[SyncReport]) -> u8 {
     }
 }
 
-fn plan(
-    config: &Config,
-    names: &[String],
+/// How `ldsync plan` was asked to run.
+struct PlanOptions<'a> {
     format: Format,
-    output: Option<&Path>,
+    output: Option<&'a Path>,
     show: usize,
     detailed_exitcode: bool,
-) -> anyhow::Result<u8> {
-    if format == Format::Parquet && output.is_none() {
+    full: bool,
+}
+
+fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::Result<u8> {
+    if options.format == Format::Parquet && options.output.is_none() {
         anyhow::bail!("--format parquet writes a binary file: give it --output PATH");
     }
     let syncs = config.select_syncs(names)?;
-    let planner = Planner::open(config)?;
+    let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if options.full {
+        let (engine, runtime) = engine(config, false)?;
+        Box::new(move |sync| runtime.block_on(engine.plan_full(sync)))
+    } else {
+        let planner = Planner::open(config)?;
+        Box::new(move |sync| planner.plan(sync))
+    };
     let results: Vec<PlanResult> = syncs
         .iter()
         .map(|sync| {
             let started = std::time::Instant::now();
-            let result = planner.plan(sync);
+            let result = plan_one(sync);
             match &result {
                 Ok(p) => tracing::info!(
                     sync = %p.sync,
@@ -276,10 +302,10 @@ fn plan(
             result
         })
         .collect();
-    write_report(&results, format, output, show)?;
+    write_report(&results, options.format, options.output, options.show)?;
     Ok(match overall_outcome(&results) {
         None => exit::ERROR,
-        Some(_) if !detailed_exitcode => exit::OK,
+        Some(_) if !options.detailed_exitcode => exit::OK,
         Some(PlanOutcome::NoChanges) => exit::OK,
         Some(PlanOutcome::Changes) => exit::CHANGES,
         Some(PlanOutcome::GateStopped) => exit::GATE_STOPPED,

@@ -322,12 +322,23 @@ impl LaunchDarklyConfig {
 
 fn parse_base_url(url: &str) -> Result<String, String> {
     let trimmed = url.trim_end_matches('/');
-    let rest = trimmed
-        .strip_prefix("https://")
-        .or_else(|| trimmed.strip_prefix("http://"))
-        .ok_or_else(|| format!("`base_url` must start with https:// or http://, got `{url}`"))?;
+    let (secure, rest) = if let Some(rest) = trimmed.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = trimmed.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(format!(
+            "`base_url` must start with https:// or http://, got `{url}`"
+        ));
+    };
     if rest.is_empty() || rest.contains(char::is_whitespace) {
         return Err(format!("`base_url` `{url}` has no host"));
+    }
+    if !secure && !is_loopback(rest) {
+        return Err(format!(
+            "`base_url` `{url}` would send the access token in clear text; use https://, since http:// is \
+             accepted only for a loopback host such as the emulator on 127.0.0.1"
+        ));
     }
     if trimmed.ends_with("/api/v2") {
         return Err(format!(
@@ -335,6 +346,20 @@ fn parse_base_url(url: &str) -> Result<String, String> {
         ));
     }
     Ok(trimmed.to_string())
+}
+
+/// Whether the host of `authority_and_path` (`host[:port][/path]`) is this machine: `localhost`, 127.0.0.0/8 or
+/// `[::1]`.
+fn is_loopback(authority_and_path: &str) -> bool {
+    let authority = authority_and_path.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where checkpoints, journals and run history are kept.
@@ -524,6 +549,16 @@ pub struct SyncConfig {
     pub create_segment: Option<SegmentKind>,
 }
 
+impl SyncConfig {
+    /// Whether the two syncs would fight over one segment's targets: same segment and context kind, and one of them
+    /// removes keys (mirror or remove mode). Two add syncs only ever add, so they can share a segment.
+    pub fn conflicts_with(&self, other: &SyncConfig) -> bool {
+        self.segment == other.segment
+            && self.context_kind == other.context_kind
+            && (self.mode != Mode::Add || other.mode != Mode::Add)
+    }
+}
+
 /// A standard segment (at most 15,000 targets) or a big one (unbounded, one context kind, Enterprise plans).
 /// LaunchDarkly never changes a segment's type after it is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -692,6 +727,23 @@ impl<'de> Visitor<'de> for SyncsVisitor {
                     "the sync name `{}` is used by syncs[{j}] and syncs[{}]; names must be unique",
                     sync.name,
                     syncs.len()
+                )));
+            }
+            if let Some(other) = syncs.iter().find(|s| s.conflicts_with(&sync)) {
+                return Err(de::Error::custom(format!(
+                    "syncs `{}` ({}) and `{}` ({}) both write the `{}` targets of segment `{}`, and a {} sync \
+                     removes what the other adds; give each its own segment, or make both add syncs",
+                    other.name,
+                    other.mode,
+                    sync.name,
+                    sync.mode,
+                    sync.context_kind,
+                    sync.segment,
+                    if other.mode == Mode::Add {
+                        sync.mode
+                    } else {
+                        other.mode
+                    },
                 )));
             }
             syncs.push(sync);
@@ -895,6 +947,29 @@ mod tests {
             "http://127.0.0.1:8765"
         );
         assert!(parse_base_url("app.launchdarkly.com").is_err());
+        for loopback in [
+            "http://localhost:8765",
+            "http://127.0.0.2",
+            "http://[::1]:8765/",
+        ] {
+            assert!(parse_base_url(loopback).is_ok(), "{loopback}");
+        }
+        for remote in [
+            "http://app.launchdarkly.com",
+            "http://10.0.0.7:8765",
+            "http://127.0.0.1.example.com",
+        ] {
+            assert!(
+                parse_base_url(remote)
+                    .unwrap_err()
+                    .contains("would send the access token in clear text"),
+                "{remote}"
+            );
+        }
+        assert_eq!(
+            parse_base_url("https://ld.internal.example.com/").unwrap(),
+            "https://ld.internal.example.com"
+        );
         assert!(
             parse_base_url("https://app.launchdarkly.com/api/v2")
                 .unwrap_err()

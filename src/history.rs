@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::launchdarkly::CallStats;
+use crate::plan::{Drift, KeySample};
 
 const HISTORY_FILE: &str = "runs.jsonl";
 
@@ -54,6 +55,12 @@ pub struct RunRecord {
     /// Batches acknowledged by LaunchDarkly in this run (resumed ones included).
     pub batches_acknowledged: u64,
     pub batches_planned: u64,
+    /// Model keys left out because LaunchDarkly holds them as excluded targets.
+    #[serde(default)]
+    pub excluded: KeySample,
+    /// Hand edits found in the segment and repaired (mirror syncs of standard segments).
+    #[serde(default)]
+    pub drift: Option<Drift>,
     pub calls: CallStats,
     pub error: Option<String>,
 }
@@ -104,6 +111,8 @@ mod tests {
             removes: 1,
             batches_acknowledged: 2,
             batches_planned: 2,
+            excluded: KeySample::default(),
+            drift: None,
             calls: CallStats {
                 requests: 3,
                 retries: 1,

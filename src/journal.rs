@@ -7,7 +7,10 @@
 //! through a temporary file that is fsynced and renamed (so a journal is either whole or absent), then one `ack`
 //! line per acknowledged batch, each fsynced before the next batch is sent. A crash while appending can tear only
 //! the last line, which reads as a batch not yet acknowledged, and re-sending it is safe because LaunchDarkly
-//! applies target changes idempotently.
+//! applies target changes idempotently; the torn tail is cut off before anything else is appended.
+//!
+//! A batch LaunchDarkly refuses for good (400, 404, 422) gets a `refused` line: such a run is never resumed, since
+//! sending the same batch again would fail the same way. The next run abandons it and plans again.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -71,12 +74,22 @@ pub struct Batch {
     pub keys: Vec<String>,
 }
 
+/// LaunchDarkly's final refusal of one batch of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub index: usize,
+    pub at: DateTime<Utc>,
+    /// What LaunchDarkly said, token scrubbed.
+    pub reason: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 enum Record {
     Run(RunHeader),
     Batch(Batch),
     Ack { index: usize, at: DateTime<Utc> },
+    Refused(Refusal),
 }
 
 /// A journal on disk whose run has not committed yet.
@@ -85,6 +98,7 @@ pub struct Journal {
     pub header: RunHeader,
     batches: Vec<Batch>,
     acknowledged: BTreeSet<usize>,
+    refusal: Option<Refusal>,
     path: PathBuf,
 }
 
@@ -104,17 +118,31 @@ impl Journal {
             header,
             batches,
             acknowledged: BTreeSet::new(),
+            refusal: None,
             path: dir.join(JOURNAL_FILE),
         })
     }
 
-    /// The open journal in `dir`, if a run left one.
+    /// The open journal in `dir`, if a run left one. A torn last line (a crash or power loss in the middle of an
+    /// append) is cut off the file first, so that what is appended next starts on a line of its own.
     pub fn open(dir: &Path, sync: &str) -> Result<Option<Journal>, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let Some(bytes) = read_if_present(&path)? else {
             return Ok(None);
         };
-        let text = String::from_utf8_lossy(&bytes);
+        let whole = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1);
+        if whole < bytes.len() {
+            tracing::warn!(
+                journal = %path.display(),
+                torn_bytes = bytes.len() - whole,
+                "cutting a torn last line off the run journal"
+            );
+            truncate(&path, whole as u64)?;
+        }
+        let text = String::from_utf8_lossy(&bytes[..whole]);
         parse(&text, &path, sync).map(Some)
     }
 
@@ -138,8 +166,34 @@ impl Journal {
         self.acknowledged.len()
     }
 
+    /// LaunchDarkly's refusal of a batch of this run, if it refused one: the run must not be resumed.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.refusal.as_ref()
+    }
+
     /// Records, durably, that LaunchDarkly acknowledged batch `index`.
     pub fn acknowledge(&mut self, index: usize) -> Result<(), JournalError> {
+        self.append(&Record::Ack {
+            index,
+            at: Utc::now(),
+        })?;
+        self.acknowledged.insert(index);
+        Ok(())
+    }
+
+    /// Records, durably, that LaunchDarkly refused batch `index` for good, and why.
+    pub fn refuse(&mut self, index: usize, reason: &str) -> Result<(), JournalError> {
+        let refusal = Refusal {
+            index,
+            at: Utc::now(),
+            reason: reason.to_string(),
+        };
+        self.append(&Record::Refused(refusal.clone()))?;
+        self.refusal = Some(refusal);
+        Ok(())
+    }
+
+    fn append(&self, record: &Record) -> Result<(), JournalError> {
         let append_error = |source| JournalError::Append {
             path: self.path.clone(),
             source,
@@ -148,17 +202,12 @@ impl Journal {
             .append(true)
             .open(&self.path)
             .map_err(append_error)?;
-        let record = line(&Record::Ack {
-            index,
-            at: Utc::now(),
-        });
-        file.write_all(record.as_bytes()).map_err(append_error)?;
-        file.sync_data().map_err(append_error)?;
-        self.acknowledged.insert(index);
-        Ok(())
+        file.write_all(line(record).as_bytes())
+            .map_err(append_error)?;
+        file.sync_data().map_err(append_error)
     }
 
-    /// Removes the journal once its run has committed.
+    /// Removes the journal: its run committed, or it is abandoned (refused, or replaced by a `--full` run).
     pub fn close(self) -> Result<(), JournalError> {
         std::fs::remove_file(&self.path).map_err(|source| StateError::Io {
             action: "cannot remove",
@@ -168,6 +217,20 @@ impl Journal {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         Ok(sync_directory(dir)?)
     }
+}
+
+/// Cuts the file at `path` to its first `length` bytes, durably.
+fn truncate(path: &Path, length: u64) -> Result<(), JournalError> {
+    let append_error = |source| JournalError::Append {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::options()
+        .write(true)
+        .open(path)
+        .map_err(append_error)?;
+    file.set_len(length).map_err(append_error)?;
+    file.sync_all().map_err(append_error)
 }
 
 fn line(record: &Record) -> String {
@@ -182,11 +245,7 @@ fn parse(text: &str, path: &Path, sync: &str) -> Result<Journal, JournalError> {
         line,
         problem,
     };
-    // Only appends can tear a line, and only the last one: a final line without its newline never happened.
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..=end],
-        None => "",
-    };
+    let complete = text;
     let mut records = complete
         .lines()
         .enumerate()
@@ -212,14 +271,20 @@ fn parse(text: &str, path: &Path, sync: &str) -> Result<Journal, JournalError> {
     }
     let mut batches = Vec::with_capacity(header.batch_count);
     let mut acknowledged = BTreeSet::new();
+    let mut refusal = None;
     for (i, record) in records.enumerate() {
         let line_number = i + 2;
         match record? {
-            Record::Batch(batch) if acknowledged.is_empty() && batch.index == batches.len() => {
+            Record::Batch(batch)
+                if acknowledged.is_empty() && refusal.is_none() && batch.index == batches.len() =>
+            {
                 batches.push(batch)
             }
             Record::Ack { index, .. } if index < header.batch_count => {
                 acknowledged.insert(index);
+            }
+            Record::Refused(refused) if refused.index < header.batch_count => {
+                refusal = Some(refused);
             }
             other => return Err(damaged(line_number, format!("unexpected record {other:?}"))),
         }
@@ -238,6 +303,7 @@ fn parse(text: &str, path: &Path, sync: &str) -> Result<Journal, JournalError> {
         header,
         batches,
         acknowledged,
+        refusal,
         path: path.to_path_buf(),
     })
 }
@@ -318,6 +384,52 @@ mod tests {
             .unwrap();
         let reopened = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
         assert_eq!(pending(&reopened), [1, 2]);
+    }
+
+    #[test]
+    fn a_refusal_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::create(dir.path(), header(3), batches()).unwrap();
+        journal.acknowledge(0).unwrap();
+        assert_eq!(journal.refusal(), None);
+        journal
+            .refuse(1, "400 invalid_request: `b` is excluded")
+            .unwrap();
+        let reopened = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        let refusal = reopened.refusal().unwrap();
+        assert_eq!(
+            (refusal.index, refusal.reason.as_str()),
+            (1, "400 invalid_request: `b` is excluded")
+        );
+        assert_eq!(pending(&reopened), [1, 2]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_before_the_resumed_run_appends_and_a_third_run_reads_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Journal::create(dir.path(), header(3), batches()).unwrap();
+        first.acknowledge(0).unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let whole = std::fs::read(&path).unwrap();
+        let mut file = File::options().append(true).open(&path).unwrap();
+        file.write_all(br#"{"record":"ack","index":1,"at":"2026-"#)
+            .unwrap();
+        drop(file);
+
+        let mut resumed = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the torn tail is cut off"
+        );
+        resumed.acknowledge(1).unwrap();
+
+        let third = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        assert_eq!(pending(&third), [2]);
+        assert_eq!(third.acknowledged_count(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n'));
+        assert_eq!(text.lines().count(), 1 + 3 + 2, "header, batches, two acks");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
 use crate::config::{Config, Mode, SyncConfig};
-use crate::diff::{UnsortedCheckpoint, diff_sorted};
+use crate::diff::{KeyDiff, UnsortedCheckpoint, diff_sorted};
 use crate::keys::{KeyCollector, KeyError, KeySet, KeyStats};
 use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
@@ -32,6 +32,9 @@ pub enum PlanError {
     State(#[from] StateError),
     #[error(transparent)]
     Unsorted(#[from] UnsortedCheckpoint),
+    /// Reading the segment for a plan against its real membership (`plan --full`) failed.
+    #[error("{0}")]
+    LaunchDarkly(String),
 }
 
 /// A planning error with the sync and model it concerns.
@@ -121,6 +124,68 @@ impl std::fmt::Display for GateStop {
     }
 }
 
+/// How many keys, with the first few of them for messages and run records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct KeySample {
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+/// How many keys a run record or message names by value.
+const EXAMPLES: usize = 10;
+
+impl KeySample {
+    pub fn of<'k>(keys: impl IntoIterator<Item = &'k str>) -> KeySample {
+        let mut sample = KeySample::default();
+        for key in keys {
+            if sample.examples.len() < EXAMPLES {
+                sample.examples.push(key.to_string());
+            }
+            sample.count += 1;
+        }
+        sample
+    }
+}
+
+/// `3 (a, b, c)`, or `12 (a, b, … and 2 more)`.
+impl std::fmt::Display for KeySample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let more = self.count - self.examples.len() as u64;
+        write!(f, "{} ({}", self.count, self.examples.join(", "))?;
+        if more > 0 {
+            write!(f, " … and {more} more")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Changes made by hand in LaunchDarkly since the checkpoint, found by comparing the checkpoint with the segment's
+/// real membership (mirror syncs of standard segments, on every run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Drift {
+    /// Members the segment holds that the checkpoint does not.
+    pub added_by_hand: KeySample,
+    /// Checkpoint keys the segment no longer holds (keys LaunchDarkly holds as excluded aside).
+    pub removed_by_hand: KeySample,
+}
+
+impl Drift {
+    pub fn is_empty(&self) -> bool {
+        self.added_by_hand.count == 0 && self.removed_by_hand.count == 0
+    }
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the segment was edited by hand in LaunchDarkly since the checkpoint (members added: {}; members \
+             removed: {}); this run puts it back in step with the model",
+            self.added_by_hand, self.removed_by_hand
+        )
+    }
+}
+
 /// What a sync would do, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncPlan {
@@ -138,6 +203,12 @@ pub struct SyncPlan {
     pub adds: StringArray,
     #[serde(serialize_with = "key_list")]
     pub removes: StringArray,
+    /// Model keys the segment holds as excluded targets: LaunchDarkly refuses to include them, so they are left
+    /// out of the adds.
+    #[serde(serialize_with = "key_list")]
+    pub excluded: StringArray,
+    /// Hand edits found in the segment since the checkpoint, when the plan compared with its real membership.
+    pub drift: Option<Drift>,
     /// Adds first, then removes, each at most the sync's batch size.
     pub requests: Vec<PlannedRequest>,
     pub gate_stops: Vec<GateStop>,
@@ -155,6 +226,34 @@ pub enum PlanOutcome {
 }
 
 impl SyncPlan {
+    /// Leaves out of the adds the keys the segment holds as `excluded` (sorted) targets, and says so.
+    pub fn leave_out_excluded(&mut self, excluded: &[String], batch_size: usize) {
+        if excluded.is_empty() {
+            return;
+        }
+        let is_excluded = |key: &str| excluded.binary_search_by(|e| e.as_str().cmp(key)).is_ok();
+        let (left_out, kept): (Vec<&str>, Vec<&str>) =
+            self.adds.iter().flatten().partition(|key| is_excluded(key));
+        if left_out.is_empty() {
+            return;
+        }
+        let note = format!(
+            "{} model keys are excluded targets of segment `{}` in LaunchDarkly, which refuses to include them: \
+             they are not added: {}",
+            left_out.len(),
+            self.segment,
+            KeySample::of(left_out.iter().copied())
+        );
+        let (left_out, kept) = (
+            StringArray::from_iter_values(left_out),
+            StringArray::from_iter_values(kept),
+        );
+        self.notes.push(note);
+        self.excluded = left_out;
+        self.adds = kept;
+        self.requests = requests(self.adds.len(), self.removes.len(), batch_size);
+    }
+
     pub fn outcome(&self) -> PlanOutcome {
         if !self.gate_stops.is_empty() {
             PlanOutcome::GateStopped
@@ -191,7 +290,16 @@ impl<'a> Planner<'a> {
     pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
         let checkpoint = self.checkpoint(sync)?;
         let model = self.model_keys(sync)?;
-        self.plan_against(sync, &model, Baseline::Checkpoint(checkpoint.as_ref()))
+        let mut plan =
+            self.plan_against(sync, &model, Baseline::Checkpoint(checkpoint.as_ref()))?;
+        if plan.mode == Mode::Remove && !plan.removes.is_empty() {
+            plan.notes.push(
+                "gates.max_remove_percent is a share of the segment's members, which `ldsync sync` reads before \
+                 any change; this offline plan does not check it"
+                    .to_string(),
+            );
+        }
+        Ok(plan)
     }
 
     /// The sync's committed checkpoint, checked against its settings; `None` before its first commit.
@@ -223,6 +331,54 @@ impl<'a> Planner<'a> {
     ) -> Result<SyncPlan, SyncError> {
         plan_keys(sync, &self.config.model_path(sync), model, baseline)
             .map_err(|e| self.error(sync, e))
+    }
+
+    /// Whether the model's keys are exactly the checkpoint's.
+    pub fn matches_checkpoint(
+        &self,
+        sync: &SyncConfig,
+        model: &KeySet,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool, SyncError> {
+        if model.keys.len() as u64 != checkpoint.manifest.key_count {
+            return Ok(false);
+        }
+        let diff = self
+            .checkpoint_diff(&model.keys, checkpoint)
+            .map_err(|e| self.error(sync, e))?;
+        Ok(diff.entered.is_empty() && diff.left.is_empty())
+    }
+
+    /// What was changed by hand in the segment since the checkpoint: its real `members` (sorted) against the
+    /// checkpoint's keys, leaving aside keys it holds as `excluded` targets (never added, so never missing).
+    pub fn drift(
+        &self,
+        sync: &SyncConfig,
+        checkpoint: &Checkpoint,
+        members: &StringArray,
+        excluded: &[String],
+    ) -> Result<Drift, SyncError> {
+        let members = LargeStringArray::from_iter_values(members.iter().flatten());
+        let diff = self
+            .checkpoint_diff(&members, checkpoint)
+            .map_err(|e| self.error(sync, e))?;
+        let removed = diff
+            .left
+            .iter()
+            .flatten()
+            .filter(|key| excluded.binary_search_by(|e| e.as_str().cmp(key)).is_err());
+        Ok(Drift {
+            added_by_hand: KeySample::of(diff.entered.iter().flatten()),
+            removed_by_hand: KeySample::of(removed),
+        })
+    }
+
+    fn checkpoint_diff(
+        &self,
+        keys: &LargeStringArray,
+        checkpoint: &Checkpoint,
+    ) -> Result<KeyDiff, PlanError> {
+        diff_sorted::<PlanError>(keys, checkpoint.keys()?.map(|b| b.map_err(PlanError::from)))
     }
 
     /// A planning error about `sync`, naming its model.
@@ -318,6 +474,8 @@ fn plan_keys(
         left: diff.left.len() as u64,
         adds,
         removes,
+        excluded: StringArray::from(Vec::<&str>::new()),
+        drift: None,
         notes: Vec::new(),
     };
     plan.notes = notes(&plan, baseline);
@@ -392,16 +550,6 @@ pub fn percent_gate(sync: &SyncConfig, members: u64, removes: u64) -> Option<Gat
 
 fn notes(plan: &SyncPlan, baseline: Baseline<'_>) -> Vec<String> {
     let mut notes = Vec::new();
-    if plan.mode == Mode::Remove
-        && matches!(baseline, Baseline::Checkpoint(_))
-        && !plan.removes.is_empty()
-    {
-        notes.push(
-            "gates.max_remove_percent is a share of the segment's members, which `ldsync sync` reads before any \
-             change; this offline plan does not check it"
-                .to_string(),
-        );
-    }
     if let Baseline::Membership(members) = baseline {
         notes.push(format!(
             "compared with the segment's real membership ({} {} targets), not with a checkpoint",

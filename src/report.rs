@@ -262,8 +262,23 @@ fn write_sync_detail(plan: &SyncPlan, show: usize, out: &mut dyn Write) -> std::
         None => writeln!(out, "  checkpoint: none")?,
     }
     writeln!(out, "  entered {}, left {}", plan.entered, plan.left)?;
+    if let Some(drift) = plan.drift.as_ref().filter(|d| !d.is_empty()) {
+        writeln!(
+            out,
+            "  drift: members added by hand in LaunchDarkly: {}; removed: {}",
+            drift.added_by_hand, drift.removed_by_hand
+        )?;
+    }
     write_keys(out, "add", &plan.adds, show)?;
     write_keys(out, "remove", &plan.removes, show)?;
+    if !plan.excluded.is_empty() {
+        write_keys(
+            out,
+            "excluded in LaunchDarkly, not added",
+            &plan.excluded,
+            show,
+        )?;
+    }
     writeln!(out, "  requests: {}", describe_requests(plan))?;
     for stop in &plan.gate_stops {
         writeln!(out, "  STOP: a sync would stop before any call: {stop}")?;

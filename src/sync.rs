@@ -1,11 +1,12 @@
 //! `ldsync sync`: the engine that applies a sync's plan to its LaunchDarkly segment without ever losing,
 //! repeating or inventing a change.
 //!
-//! One run: take the sync's lock; finish any run a crash left in the journal; run the model; compare it with the
-//! checkpoint (or, on a first run or with `--full`, with the segment's real membership); stop at a removal gate
-//! before any call; check the segment's type and size; write the new snapshot and the journal of batches; send
-//! adds then removes, recording each acknowledgement; and commit the checkpoint only when every batch is
-//! acknowledged. Each run leaves a record in the sync's history.
+//! One run: take the sync's lock; settle the journal a crash or a refusal left (finish it, or abandon it and plan
+//! again); run the model; read the segment (every run, so a wrong token fails even when nothing changed); plan
+//! against the checkpoint or the segment's real membership, around the keys LaunchDarkly holds as excluded; stop
+//! at a removal gate before any change; check or create the segment; write the new snapshot and the journal of
+//! batches; send adds then removes, recording each acknowledgement; and commit the checkpoint only when every batch
+//! is acknowledged. Each run leaves a record in the sync's history.
 
 use std::time::Instant;
 
@@ -20,10 +21,10 @@ use crate::journal::{Batch, JOURNAL_FORMAT, Journal, JournalError, RunHeader};
 use crate::keys::KeySet;
 use crate::launchdarkly::{ApiError, CallStats, Client, Segment};
 use crate::plan::{
-    Action, Baseline, GateStop, Planner, STANDARD_SEGMENT_MAX_TARGETS, SyncError, SyncPlan,
-    percent_gate,
+    Action, Baseline, Drift, GateStop, KeySample, PlanError, Planner, STANDARD_SEGMENT_MAX_TARGETS,
+    SyncError, SyncPlan, percent_gate,
 };
-use crate::state::{CheckpointSettings, LocalStore, StateError};
+use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
 use crate::warehouse::WarehouseError;
 
 /// How a run may depart from the defaults, for this run only.
@@ -81,8 +82,18 @@ pub enum EngineError {
         max: u64,
     },
     #[error(
+        "segment `{segment}` was created by someone else while this run was creating it, as {found}, but this sync \
+         creates {wanted}; nothing was sent. Delete that segment in LaunchDarkly, or change the sync's \
+         create_segment or context_kind to match it"
+    )]
+    CreatedElsewhere {
+        segment: String,
+        wanted: String,
+        found: String,
+    },
+    #[error(
         "an unfinished run ({run_id}) of this sync was started with other settings ({changes}); restore them so that \
-         it can finish, or move {path} aside to abandon it and run `ldsync sync --full` to reconcile the segment"
+         it can finish, or run `ldsync sync --full` to abandon it and reconcile the segment with the model"
     )]
     JournalSettings {
         run_id: String,
@@ -98,6 +109,21 @@ pub enum EngineError {
         acknowledged: usize,
         total: usize,
         source: ApiError,
+    },
+    #[error(
+        "LaunchDarkly refused batch {batch} of {total} of run {run_id} ({action} {keys}): {source}; {acknowledged} \
+         batches were acknowledged and the checkpoint did not move. The refusal is recorded in the journal, so the \
+         next `ldsync sync` will not send this run again: it plans afresh from the checkpoint and the segment's \
+         real state"
+    )]
+    Refused {
+        run_id: String,
+        batch: usize,
+        total: usize,
+        action: &'static str,
+        keys: String,
+        acknowledged: usize,
+        source: Box<ApiError>,
     },
 }
 
@@ -115,6 +141,10 @@ pub struct SyncReport {
     pub batches_acknowledged: u64,
     pub calls: CallStats,
     pub duration_ms: u64,
+    /// Model keys left out because LaunchDarkly holds them as excluded targets.
+    pub excluded: KeySample,
+    /// Hand edits found in the segment and repaired by this run (mirror syncs of standard segments).
+    pub drift: Option<Drift>,
     pub gate_stops: Vec<String>,
     pub notes: Vec<String>,
     pub error: Option<String>,
@@ -128,8 +158,34 @@ struct Tally {
     removes: u64,
     batches_planned: u64,
     batches_acknowledged: u64,
+    excluded: KeySample,
+    drift: Option<Drift>,
     gate_stops: Vec<GateStop>,
     notes: Vec<String>,
+}
+
+impl Tally {
+    /// Takes what the run's plan says into the tally.
+    fn planned(&mut self, plan: &SyncPlan) {
+        self.adds = plan.adds.len() as u64;
+        self.removes = plan.removes.len() as u64;
+        self.excluded = KeySample::of(plan.excluded.iter().flatten());
+        self.drift = plan.drift.clone().filter(|d| !d.is_empty());
+        self.notes.extend(plan.notes.iter().cloned());
+        if let Some(drift) = &self.drift {
+            self.notes.push(drift.to_string());
+        }
+    }
+}
+
+/// A sync's plan for this run, with what it was made from.
+pub struct RunPlan {
+    pub plan: SyncPlan,
+    model: KeySet,
+    /// The segment as read at the start of the run; `None` when it does not exist yet.
+    segment: Option<Segment>,
+    /// Whether the model's keys equal the checkpoint's, so that a run with nothing to send leaves it be.
+    model_matches_checkpoint: bool,
 }
 
 /// Runs syncs of one configuration.
@@ -157,11 +213,8 @@ impl<'a> Engine<'a> {
     pub async fn run(&self, sync: &SyncConfig, options: SyncOptions) -> SyncReport {
         let started = Instant::now();
         let started_at = Utc::now();
-        let run_id = format!(
-            "{}-{:04x}",
-            started_at.format("%Y%m%dT%H%M%SZ"),
-            fastrand::u16(..)
-        );
+        // Time-ordered and unique: a run's snapshot never shares a name with the committed one.
+        let run_id = uuid::Uuid::now_v7().to_string();
         let calls_before = self.client.stats();
         let mut tally = Tally::default();
         let result = self.run_inner(sync, &run_id, options, &mut tally).await;
@@ -186,6 +239,8 @@ impl<'a> Engine<'a> {
             removes: tally.removes,
             batches_acknowledged: tally.batches_acknowledged,
             batches_planned: tally.batches_planned,
+            excluded: tally.excluded.clone(),
+            drift: tally.drift.clone(),
             calls: self.client.stats().since(&calls_before),
             error: error.clone(),
         };
@@ -203,6 +258,8 @@ impl<'a> Engine<'a> {
             batches_acknowledged: record.batches_acknowledged,
             calls: record.calls,
             duration_ms: record.duration_ms,
+            excluded: record.excluded,
+            drift: record.drift,
             gate_stops: tally.gate_stops.iter().map(ToString::to_string).collect(),
             notes: tally.notes,
             error,
@@ -218,95 +275,137 @@ impl<'a> Engine<'a> {
     ) -> Result<RunOutcome, EngineError> {
         let _lock = self.store.lock(&sync.name)?;
         let settings = CheckpointSettings::of(self.config, sync);
-        let dir = self.store.sync_dir(&sync.name);
-        if let Some(journal) = Journal::open(&dir, &sync.name)? {
-            tally.resumed_run = Some(journal.header.run_id.clone());
-            tracing::info!(sync = %sync.name, run = %journal.header.run_id, "finishing an interrupted run first");
-            self.finish(sync, journal, &settings, tally).await?;
-        }
-        let model = self.planner.model_keys(sync)?;
-        let checkpoint = if options.full {
-            None
-        } else {
-            self.planner.checkpoint(sync)?
-        };
-        let (mut plan, mut segment) = match &checkpoint {
-            Some(checkpoint) => {
-                let plan = self.planner.plan_against(
-                    sync,
-                    &model,
-                    Baseline::Checkpoint(Some(checkpoint)),
-                )?;
-                (plan, None)
-            }
-            None => {
-                let segment = self
-                    .client
-                    .get_segment(&sync.segment, &sync.context_kind)
-                    .await?;
-                let members = membership(sync, segment.as_ref())?;
-                let plan =
-                    self.planner
-                        .plan_against(sync, &model, Baseline::Membership(&members))?;
-                (plan, Some(segment))
-            }
-        };
-        tally.adds = plan.adds.len() as u64;
-        tally.removes = plan.removes.len() as u64;
-        tally.notes.clone_from(&plan.notes);
-        if sync.mode == Mode::Remove && !plan.removes.is_empty() && segment.is_none() {
-            // A remove-mode checkpoint holds the keys removed, not the segment's members: read its size.
-            let read = self
-                .client
-                .get_segment(&sync.segment, &sync.context_kind)
-                .await?;
-            let members = read.as_ref().map_or(0, |s| s.member_count);
-            let removing = match read.as_ref().and_then(|s| s.members.as_deref()) {
-                // A standard segment lists its members: only those present are really removed.
-                Some(members) => held(&plan.removes, members),
-                None => plan.removes.len() as u64,
-            };
-            plan.gate_stops
-                .extend(percent_gate(sync, members, removing));
-            segment = Some(read);
-        }
-        if !plan.gate_stops.is_empty() {
+        self.settle_journal(sync, &settings, options, tally).await?;
+        let run = self.plan_run(sync, options.full).await?;
+        tally.planned(&run.plan);
+        if !run.plan.gate_stops.is_empty() {
             if !options.override_gates {
-                tally.gate_stops.clone_from(&plan.gate_stops);
+                tally.gate_stops.clone_from(&run.plan.gate_stops);
                 return Ok(RunOutcome::GateStopped);
             }
             tracing::warn!(sync = %sync.name, "removal gates overridden for this run");
         }
-        if plan.adds.is_empty() && plan.removes.is_empty() {
-            let unchanged = checkpoint.is_some() && plan.entered == 0 && plan.left == 0;
-            if !unchanged {
+        if run.plan.adds.is_empty() && run.plan.removes.is_empty() {
+            if !run.model_matches_checkpoint {
                 // The model moved without anything to send (keys left in add mode, say): the checkpoint follows it.
-                self.store
-                    .commit(&sync.name, run_id, &settings, model.keys.iter().flatten())?;
+                self.store.commit(
+                    &sync.name,
+                    run_id,
+                    &settings,
+                    run.model.keys.iter().flatten(),
+                )?;
             }
             return Ok(RunOutcome::NothingToChange);
         }
-        let segment = match segment {
-            Some(segment) => segment,
-            None => {
-                self.client
-                    .get_segment(&sync.segment, &sync.context_kind)
-                    .await?
-            }
-        };
-        if segment.is_none()
-            && let Some(checkpoint) = &checkpoint
-        {
-            return Err(EngineError::SegmentDeleted {
-                segment: sync.segment.clone(),
-                run_id: checkpoint.manifest.run_id.clone(),
-                keys: checkpoint.manifest.key_count,
-            });
-        }
-        let kind = self.ready_segment(sync, segment, &plan, run_id).await?;
-        let journal = self.write_journal(sync, run_id, &settings, kind, &model, &plan)?;
+        let segment_kind = self
+            .ready_segment(sync, run.segment, &run.plan, run_id)
+            .await?;
+        let journal =
+            self.write_journal(sync, run_id, &settings, segment_kind, &run.model, &run.plan)?;
         self.finish(sync, journal, &settings, tally).await?;
         Ok(RunOutcome::Synced)
+    }
+
+    /// Deals with the journal an earlier run left: finishes it, or abandons it when LaunchDarkly refused one of
+    /// its batches (sending it again would fail the same way) or when this run is `--full` (it compares with the
+    /// segment's real membership, whatever that run had done).
+    async fn settle_journal(
+        &self,
+        sync: &SyncConfig,
+        settings: &CheckpointSettings,
+        options: SyncOptions,
+        tally: &mut Tally,
+    ) -> Result<(), EngineError> {
+        let Some(journal) = Journal::open(&self.store.sync_dir(&sync.name), &sync.name)? else {
+            return Ok(());
+        };
+        let run = journal.header.run_id.clone();
+        let abandoned = if options.full {
+            Some(format!(
+                "abandoned unfinished run {run}: --full compares with the segment's real membership instead"
+            ))
+        } else {
+            journal.refusal().map(|refusal| {
+                format!(
+                    "run {run} was refused by LaunchDarkly ({}); planned afresh from the checkpoint and the \
+                     segment's real state instead of sending it again",
+                    refusal.reason
+                )
+            })
+        };
+        if let Some(note) = abandoned {
+            tracing::warn!(sync = %sync.name, run = %run, "{note}");
+            tally.notes.push(note);
+            return Ok(journal.close()?);
+        }
+        tracing::info!(sync = %sync.name, run = %run, "finishing an interrupted run first");
+        tally.resumed_run = Some(run);
+        self.finish(sync, journal, settings, tally).await
+    }
+
+    /// Plans one sync against what LaunchDarkly really holds: reads the segment (which also confirms the token on
+    /// every run), then compares the model with the segment's membership (mirror syncs of standard segments, first
+    /// runs, `full`) or with the checkpoint, and leaves out keys the segment excludes. Sends nothing.
+    pub async fn plan_run(&self, sync: &SyncConfig, full: bool) -> Result<RunPlan, EngineError> {
+        let model = self.planner.model_keys(sync)?;
+        let segment = self
+            .client
+            .get_segment(&sync.segment, &sync.context_kind)
+            .await?;
+        let checkpoint = if full {
+            None
+        } else {
+            self.planner.checkpoint(sync)?
+        };
+        let members = StringArray::from_iter_values(
+            segment
+                .as_ref()
+                .and_then(|s| s.members.as_deref())
+                .unwrap_or_default(),
+        );
+        let baseline = baseline(sync, segment.as_ref(), checkpoint.as_ref(), &members)?;
+        let mut plan = self.planner.plan_against(sync, &model, baseline)?;
+        let mut model_matches_checkpoint = false;
+        if let Some(checkpoint) = &checkpoint {
+            model_matches_checkpoint = match baseline {
+                Baseline::Membership(_) => {
+                    self.planner.matches_checkpoint(sync, &model, checkpoint)?
+                }
+                Baseline::Checkpoint(_) => plan.entered == 0 && plan.left == 0,
+            };
+        }
+        if let Some(segment) = &segment {
+            plan.leave_out_excluded(&segment.excluded, sync.batch_size);
+            if let (Baseline::Membership(members), Some(checkpoint)) = (baseline, &checkpoint) {
+                plan.drift =
+                    Some(
+                        self.planner
+                            .drift(sync, checkpoint, members, &segment.excluded)?,
+                    );
+            }
+            if sync.mode == Mode::Remove && matches!(baseline, Baseline::Checkpoint(_)) {
+                plan.gate_stops
+                    .extend(remove_mode_percent_gate(sync, segment, &plan));
+            }
+        }
+        Ok(RunPlan {
+            plan,
+            model,
+            segment,
+            model_matches_checkpoint,
+        })
+    }
+
+    /// `ldsync plan --full`: the plan a `sync --full` would execute, against the segment's real membership.
+    pub async fn plan_full(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
+        match self.plan_run(sync, true).await {
+            Ok(run) => Ok(run.plan),
+            Err(EngineError::Plan(e)) => Err(e),
+            Err(e) => Err(self.planner.error(
+                sync,
+                PlanError::LaunchDarkly(self.client.token().scrub(&e.to_string())),
+            )),
+        }
     }
 
     /// Checks that the segment can take the plan, creating it if it is missing and the sync allows it.
@@ -317,22 +416,27 @@ impl<'a> Engine<'a> {
         plan: &SyncPlan,
         run_id: &str,
     ) -> Result<SegmentKind, EngineError> {
-        let Some(segment) = segment else {
-            let Some(kind) = sync.create_segment else {
-                return Err(self.client.unknown_segment(&sync.segment).into());
-            };
-            if kind == SegmentKind::Standard {
-                check_standard_size(sync, plan.adds.len() as u64)?;
+        let segment = match segment {
+            Some(segment) => segment,
+            None => {
+                let Some(kind) = sync.create_segment else {
+                    return Err(self.client.unknown_segment(&sync.segment).into());
+                };
+                if kind == SegmentKind::Standard {
+                    check_standard_size(sync, plan.adds.len() as u64)?;
+                }
+                let description = format!(
+                    "Kept in step with a warehouse model by ldsync (sync `{}`, run {run_id}).",
+                    sync.name
+                );
+                let created = self
+                    .client
+                    .create_segment(&sync.segment, kind, &sync.context_kind, &description)
+                    .await?;
+                check_created(sync, kind, &created)?;
+                tracing::info!(sync = %sync.name, segment = %sync.segment, ?kind, "created the segment");
+                created
             }
-            let description = format!(
-                "Kept in step with a warehouse model by ldsync (sync `{}`, run {run_id}).",
-                sync.name
-            );
-            self.client
-                .create_segment(&sync.segment, kind, &sync.context_kind, &description)
-                .await?;
-            tracing::info!(sync = %sync.name, segment = %sync.segment, ?kind, "created the segment");
-            return Ok(kind);
         };
         match segment.kind {
             SegmentKind::Big => {
@@ -386,7 +490,8 @@ impl<'a> Engine<'a> {
         )?)
     }
 
-    /// Sends the journal's unacknowledged batches, then commits its checkpoint and closes it.
+    /// Sends the journal's unacknowledged batches, then commits its checkpoint and closes it. A batch LaunchDarkly
+    /// refuses for good is recorded as refused, so that no later run sends it again.
     async fn finish(
         &self,
         sync: &SyncConfig,
@@ -428,11 +533,25 @@ impl<'a> Engine<'a> {
                 .await;
             if let Err(source) = sent {
                 progress.abandon();
-                return Err(EngineError::Interrupted {
+                let acknowledged = journal.acknowledged_count();
+                if !source.is_final_for_batch() {
+                    return Err(EngineError::Interrupted {
+                        run_id: header.run_id,
+                        acknowledged,
+                        total,
+                        source,
+                    });
+                }
+                let reason = self.client.token().scrub(&source.to_string());
+                journal.refuse(batch.index, &reason)?;
+                return Err(EngineError::Refused {
                     run_id: header.run_id,
-                    acknowledged: journal.acknowledged_count(),
+                    batch: batch.index + 1,
                     total,
-                    source,
+                    action: batch.action.as_str(),
+                    keys: KeySample::of(batch.keys.iter().map(String::as_str)).to_string(),
+                    acknowledged,
+                    source: Box::new(source),
                 });
             }
             journal.acknowledge(batch.index)?;
@@ -465,19 +584,83 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// The segment's members of the sync's context kind, as a baseline for a first run or `--full`.
-fn membership(sync: &SyncConfig, segment: Option<&Segment>) -> Result<StringArray, EngineError> {
-    match segment {
-        None => Ok(StringArray::from(Vec::<&str>::new())),
-        Some(segment) => match &segment.members {
-            Some(members) => Ok(StringArray::from_iter_values(members)),
-            None if segment.member_count == 0 => Ok(StringArray::from(Vec::<&str>::new())),
-            None => Err(EngineError::BigSegmentMembersUnknown {
+/// What a run compares the model with:
+/// - a standard segment's real membership in mirror mode (every run, so hand edits are repaired), and on a first
+///   run or `--full` in any mode;
+/// - the checkpoint otherwise;
+/// - nothing on a first add- or remove-mode run against a big segment that has members: LaunchDarkly cannot list
+///   them cheaply, and adding a member or removing a non-member changes nothing, so every model key is sent.
+///
+/// Only a mirror run needs a big segment's members; without a checkpoint it stops rather than guess them.
+fn baseline<'p>(
+    sync: &SyncConfig,
+    segment: Option<&Segment>,
+    checkpoint: Option<&'p Checkpoint>,
+    members: &'p StringArray,
+) -> Result<Baseline<'p>, EngineError> {
+    let Some(segment) = segment else {
+        return match checkpoint {
+            Some(checkpoint) => Err(EngineError::SegmentDeleted {
+                segment: sync.segment.clone(),
+                run_id: checkpoint.manifest.run_id.clone(),
+                keys: checkpoint.manifest.key_count,
+            }),
+            None => Ok(Baseline::Membership(members)),
+        };
+    };
+    let listed = segment.members.is_some();
+    Ok(match checkpoint {
+        _ if listed && sync.mode == Mode::Mirror => Baseline::Membership(members),
+        Some(checkpoint) => Baseline::Checkpoint(Some(checkpoint)),
+        None if listed || segment.member_count == 0 => Baseline::Membership(members),
+        None if sync.mode != Mode::Mirror => Baseline::Checkpoint(None),
+        None => {
+            return Err(EngineError::BigSegmentMembersUnknown {
                 segment: sync.segment.clone(),
                 count: segment.member_count,
-            }),
-        },
+            });
+        }
+    })
+}
+
+/// The `max_remove_percent` gate of a remove-mode run planned against its checkpoint, which holds the keys removed,
+/// not the segment's members: the segment's size comes from the read, and of a standard segment only the members
+/// it really holds count as removed.
+fn remove_mode_percent_gate(
+    sync: &SyncConfig,
+    segment: &Segment,
+    plan: &SyncPlan,
+) -> Option<GateStop> {
+    let removing = match segment.members.as_deref() {
+        Some(members) => held(&plan.removes, members),
+        None => plan.removes.len() as u64,
+    };
+    percent_gate(sync, segment.member_count, removing)
+}
+
+/// Checks that a segment this run asked to create (or found created by someone else) is what the sync creates.
+fn check_created(
+    sync: &SyncConfig,
+    wanted: SegmentKind,
+    segment: &Segment,
+) -> Result<(), EngineError> {
+    let describe = |kind: SegmentKind, context_kind: &str| match kind {
+        SegmentKind::Standard => "a standard segment".to_string(),
+        SegmentKind::Big => format!("a big segment of context kind `{context_kind}`"),
+    };
+    let found = describe(
+        segment.kind,
+        segment.big_context_kind.as_deref().unwrap_or_default(),
+    );
+    let wanted = describe(wanted, &sync.context_kind);
+    if found != wanted {
+        return Err(EngineError::CreatedElsewhere {
+            segment: sync.segment.clone(),
+            wanted,
+            found,
+        });
     }
+    Ok(())
 }
 
 /// How many of `keys` the sorted `members` hold.

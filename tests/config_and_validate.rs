@@ -176,6 +176,57 @@ fn duplicate_sync_names_are_refused() {
 }
 
 #[test]
+fn syncs_that_would_fight_over_a_segment_are_refused_naming_both() {
+    let second = |mode: &str, kind: &str| {
+        format!(
+            "{GOOD}  - name: vip-users\n    model: vip_users\n    segment: pro-users\n    context_kind: {kind}\n    \
+             mode: {mode}\n"
+        )
+    };
+    for mode in ["mirror", "remove", "add"] {
+        let err = error_of(&second(mode, "user"));
+        assert!(
+            err.contains(&format!(
+                "syncs `pro-users` (mirror) and `vip-users` ({mode}) both write the `user` targets of segment \
+                 `pro-users`, and a mirror sync removes what the other adds"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("syncs: syncs `pro-users`"), "{err}");
+    }
+    // Another context kind of the same segment is another set of targets.
+    load(&second("mirror", "organization")).unwrap();
+    // Two add syncs only ever add.
+    let adds = GOOD.replace("mode: mirror", "mode: add");
+    let both_add = format!(
+        "{adds}  - name: vip-users\n    model: vip_users\n    segment: pro-users\n    mode: add\n"
+    );
+    assert_eq!(load(&both_add).unwrap().syncs.len(), 2);
+}
+
+#[test]
+fn a_token_never_travels_in_clear_text_beyond_this_machine() {
+    let with_url = |url: &str| {
+        GOOD.replace(
+            "  project: default\n",
+            &format!("  base_url: {url}\n  project: default\n"),
+        )
+    };
+    let err = error_of(&with_url("http://ld.example.com"));
+    assert!(
+        err.contains(
+            "launchdarkly: `base_url` `http://ld.example.com` would send the access token in clear text; use \
+             https://"
+        ),
+        "{err}"
+    );
+    for loopback in ["http://localhost:8765", "http://[::1]:8765"] {
+        load(&with_url(loopback)).unwrap();
+    }
+    load(&with_url("https://ld.example.com")).unwrap();
+}
+
+#[test]
 fn interpolation_reads_the_environment_with_defaults() {
     let text = GOOD.replace(
         "  kind: local\n",

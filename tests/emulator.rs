@@ -90,6 +90,23 @@ type Case<'a> = (
     &'a str,
 );
 
+/// Method, path, content type, body; then the status and a part of the message expected.
+type RouteCase<'a> = (Method, String, Option<&'a str>, Value, u16, &'a str);
+
+/// Checks that case `i` was answered `status` with LaunchDarkly's error body, its message holding `message`.
+fn assert_refused(i: usize, (got, answer): (u16, &Value), status: u16, message: &str) {
+    assert_eq!(got, status, "case {i}: {answer}");
+    let text = answer["message"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(message),
+        "case {i}: {message:?} not in {text:?}"
+    );
+    assert!(
+        answer["code"].is_string() && answer["id"].is_string(),
+        "case {i}: {answer}"
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn strict_refusals_name_the_problem_and_change_nothing() {
     let emulator = emulator();
@@ -201,16 +218,7 @@ async fn strict_refusals_name_the_problem_and_change_nothing() {
             Some(body),
         )
         .await;
-        assert_eq!(got, status, "case {i}: {answer}");
-        let text = answer["message"].as_str().unwrap_or_default();
-        assert!(
-            text.contains(message),
-            "case {i}: {message:?} not in {text:?}"
-        );
-        assert!(
-            answer["code"].is_string() && answer["id"].is_string(),
-            "case {i}: {answer}"
-        );
+        assert_refused(i, (got, &answer), status, message);
     }
     let segment = emulator.segment("default", "production", "beta").unwrap();
     assert_eq!(
@@ -285,4 +293,163 @@ async fn lists_paginate_under_the_current_version_only() {
         (status, missing["message"].clone()),
         (404, json!("Unknown environment `staging`"))
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_route_checks_its_content_type_context_kinds_and_segment_type() {
+    let emulator = emulator();
+    emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            unbounded: true,
+            context_kind: "organization".into(),
+            ..SegmentSeed::standard("big", "organization", &[])
+        },
+    );
+    let token = Some("api-emulator-token");
+    let version = Some("20240415");
+    let segments = "/api/v2/segments/default/production";
+    let new_segment = json!({"key": "fresh", "name": "fresh"});
+    let members = json!({"included": {"add": ["o1"]}});
+    let cases: Vec<RouteCase> = vec![
+        (
+            Method::POST,
+            segments.to_string(),
+            None,
+            new_segment.clone(),
+            400,
+            "Content-Type: application/json",
+        ),
+        (
+            Method::POST,
+            segments.to_string(),
+            Some("text/plain"),
+            new_segment.clone(),
+            400,
+            "not `text/plain`",
+        ),
+        (
+            Method::POST,
+            segments.to_string(),
+            Some("application/json"),
+            json!({"key": "b2", "name": "b2", "unbounded": true, "unboundedContextKind": "planet"}),
+            400,
+            "unknown context kind `planet`",
+        ),
+        (
+            Method::POST,
+            format!("{segments}/big/contexts"),
+            None,
+            members.clone(),
+            400,
+            "Content-Type: application/json",
+        ),
+        (
+            Method::POST,
+            format!("{SEGMENT}/contexts"),
+            Some("application/json"),
+            members.clone(),
+            400,
+            "is not a big segment",
+        ),
+        (
+            Method::PATCH,
+            format!("{segments}/big"),
+            Some(SEMANTIC_PATCH),
+            patch(add(json!(["u2"]))),
+            400,
+            "does not apply to big segment `big`",
+        ),
+        (
+            Method::PATCH,
+            SEGMENT.to_string(),
+            Some(SEMANTIC_PATCH),
+            patch(
+                json!([{"kind": "addIncludedTargets", "contextKind": "planet", "values": ["p1"]}]),
+            ),
+            400,
+            "unknown context kind `planet`",
+        ),
+    ];
+    for (i, (method, path, content_type, body, status, message)) in cases.into_iter().enumerate() {
+        let (got, answer) = send(
+            &emulator,
+            method,
+            &path,
+            token,
+            version,
+            content_type,
+            Some(body),
+        )
+        .await;
+        assert_refused(i, (got, &answer), status, message);
+    }
+    assert!(emulator.requests().iter().all(|r| !r.applied));
+    assert!(emulator.segment("default", "production", "fresh").is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unknown_token_is_echoed_so_clients_must_scrub_it() {
+    let emulator = emulator();
+    let (status, answer) = send(
+        &emulator,
+        Method::GET,
+        SEGMENT,
+        Some("api-not-a-real-token"),
+        Some("20240415"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        answer["message"],
+        "Invalid access token `api-not-a-real-token`"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn role_denials_and_duplicate_creates_answer_with_the_configured_status() {
+    for (denial, duplicate) in [(403, 409), (401, 400)] {
+        let mut config = EmulatorConfig {
+            role_denial_status: denial,
+            duplicate_status: duplicate,
+            ..EmulatorConfig::default()
+        };
+        config.tokens.push(ldsync_emulator::TokenGrant {
+            token: "api-reader".into(),
+            actions: Some(vec![]),
+        });
+        let emulator = ldsync_emulator::Emulator::start(config).unwrap();
+        emulator.seed_segment(
+            "default",
+            "production",
+            SegmentSeed::standard("beta", "user", &[]),
+        );
+        for (token, status, message) in [
+            ("api-reader", denial, "does not allow `createSegment`"),
+            (
+                "api-emulator-token",
+                duplicate,
+                "segment with key `beta` already exists",
+            ),
+        ] {
+            let (got, answer) = send(
+                &emulator,
+                Method::POST,
+                "/api/v2/segments/default/production",
+                Some(token),
+                Some("20240415"),
+                Some("application/json"),
+                Some(json!({"key": "beta", "name": "beta"})),
+            )
+            .await;
+            assert_eq!(got, status, "{token}: {answer}");
+            assert!(
+                answer["message"].as_str().unwrap().contains(message),
+                "{token}: {answer}"
+            );
+        }
+    }
 }

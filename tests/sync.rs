@@ -5,169 +5,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::emulated::*;
 use common::*;
-use ldsync::state::LocalStore;
 use ldsync_emulator::{
-    Emulator, EmulatorConfig, Faults, RateLimit, RecordedRequest, SegmentSeed, ThrottleHeaders,
-    TokenGrant,
+    EmulatorConfig, Faults, RateLimit, RecordedRequest, SegmentSeed, ThrottleHeaders, TokenGrant,
 };
 use serde_json::Value;
-
-const TOKEN: &str = "api-emulator-token";
-const SEGMENTS: &str = "/api/v2/segments/default/production";
-
-/// The example project pointed at an emulator that holds its four segments.
-struct Setup {
-    project: Project,
-    emulator: Emulator,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        Setup::with(EmulatorConfig::default())
-    }
-
-    fn with(config: EmulatorConfig) -> Setup {
-        let emulator = Emulator::start(config).unwrap();
-        let project = Project::example();
-        project.edit_config(
-            "instance: us ",
-            &format!("base_url: {} ", emulator.base_url()),
-        );
-        let setup = Setup { project, emulator };
-        for segment in [
-            "pro-users",
-            "winback-experiment",
-            "enterprise-orgs",
-            "beta-testers",
-        ] {
-            setup.seed(segment, &[]);
-        }
-        setup
-    }
-
-    fn seed(&self, key: &str, included: &[&str]) {
-        let kind = if key == "enterprise-orgs" {
-            "organization"
-        } else {
-            "user"
-        };
-        self.emulator.seed_segment(
-            "default",
-            "production",
-            SegmentSeed::standard(key, kind, included),
-        );
-    }
-
-    fn sync(&self, day: &str, args: &[&str]) -> Output {
-        self.sync_with_token(day, TOKEN, args)
-    }
-
-    fn sync_with_token(&self, day: &str, token: &str, args: &[&str]) -> Output {
-        let mut all = vec!["sync"];
-        all.extend_from_slice(args);
-        self.project
-            .command(day, &all)
-            .env("LD_ACCESS_TOKEN", token)
-            .output()
-            .unwrap()
-    }
-
-    fn members(&self, segment: &str, kind: &str) -> BTreeSet<String> {
-        self.emulator
-            .included("default", "production", segment, kind)
-    }
-
-    fn checkpoint(&self, sync: &str) -> Option<BTreeSet<String>> {
-        checkpoint_keys(&self.project, sync)
-    }
-
-    fn manifest_bytes(&self, sync: &str) -> Option<Vec<u8>> {
-        std::fs::read(
-            self.project
-                .path(&format!(".ldsync/state/{sync}/manifest.json")),
-        )
-        .ok()
-    }
-}
-
-fn checkpoint_keys(project: &Project, sync: &str) -> Option<BTreeSet<String>> {
-    let config = project.config();
-    let checkpoint = LocalStore::new(config.state_dir()).load(sync).unwrap()?;
-    let mut keys = BTreeSet::new();
-    for batch in checkpoint.keys().unwrap() {
-        keys.extend(batch.unwrap().iter().flatten().map(str::to_string));
-    }
-    Some(keys)
-}
-
-fn ok(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
-/// `(method, path, instruction kind, values)` of each request, the way a reviewer reads a request log.
-fn described(requests: &[RecordedRequest]) -> Vec<(String, String, String, Vec<String>)> {
-    requests
-        .iter()
-        .map(|r| {
-            let (kind, values) = match &r.body {
-                Some(body) if body.get("instructions").is_some() => {
-                    let instruction = &body["instructions"][0];
-                    (
-                        instruction["kind"].as_str().unwrap().to_string(),
-                        string_list(&instruction["values"]),
-                    )
-                }
-                Some(body) if body.get("included").is_some() => {
-                    let (side, keys) = body["included"].as_object().unwrap().iter().next().unwrap();
-                    (format!("included.{side}"), string_list(keys))
-                }
-                Some(body) => (body["key"].as_str().unwrap_or("?").to_string(), vec![]),
-                None => (String::new(), vec![]),
-            };
-            (r.method.clone(), r.path.clone(), kind, values)
-        })
-        .collect()
-}
-
-/// The requests a sync with changes makes: a GET of the segment, then its batches, adds first.
-fn expected_requests(
-    segment: &str,
-    adds: &BTreeSet<String>,
-    removes: &BTreeSet<String>,
-    batch_size: usize,
-) -> Vec<(String, String, String, Vec<String>)> {
-    let path = format!("{SEGMENTS}/{segment}");
-    let mut requests = vec![("GET".to_string(), path.clone(), String::new(), vec![])];
-    for (instruction, keys) in [
-        ("addIncludedTargets", adds),
-        ("removeIncludedTargets", removes),
-    ] {
-        let keys: Vec<String> = keys.iter().cloned().collect();
-        for chunk in keys.chunks(batch_size) {
-            requests.push((
-                "PATCH".to_string(),
-                path.clone(),
-                instruction.to_string(),
-                chunk.to_vec(),
-            ));
-        }
-    }
-    requests
-}
-
-fn difference(a: &BTreeSet<String>, b: &BTreeSet<String>) -> BTreeSet<String> {
-    a.difference(b).cloned().collect()
-}
 
 #[test]
 fn every_mode_syncs_two_days_exactly() {
@@ -284,15 +129,13 @@ fn every_mode_syncs_two_days_exactly() {
         &difference(&pro1, &pro2),
         1500,
     );
-    let dormant_new = difference(&dormant2, &dormant1);
-    if !dormant_new.is_empty() {
-        expected.extend(expected_requests(
-            "winback-experiment",
-            &dormant_new,
-            &none,
-            1500,
-        ));
-    }
+    // Every run reads its segment, even one with nothing to send.
+    expected.extend(expected_requests(
+        "winback-experiment",
+        &difference(&dormant2, &dormant1),
+        &none,
+        1500,
+    ));
     expected.extend(expected_requests(
         "enterprise-orgs",
         &difference(&orgs2, &orgs1),
@@ -308,23 +151,28 @@ fn every_mode_syncs_two_days_exactly() {
 }
 
 #[test]
-fn a_run_with_nothing_to_change_makes_no_call_at_all() {
+fn a_run_with_nothing_to_change_reads_each_segment_once_and_writes_nothing() {
     let setup = Setup::new();
     ok(&setup.sync("day1", &[]));
     let manifest = setup.manifest_bytes("pro-users").unwrap();
     setup.emulator.clear_requests();
     let out = setup.sync("day1", &["--format", "json"]);
     ok(&out);
-    assert_eq!(
-        setup.emulator.requests().len(),
-        0,
-        "{:?}",
-        described(&setup.emulator.requests())
-    );
+    let none = BTreeSet::new();
+    let reads: Vec<_> = [
+        "pro-users",
+        "winback-experiment",
+        "enterprise-orgs",
+        "beta-testers",
+    ]
+    .into_iter()
+    .flat_map(|segment| expected_requests(segment, &none, &none, 1500))
+    .collect();
+    assert_eq!(described(&setup.emulator.requests()), reads);
     let report = json(&out);
     for sync in report["syncs"].as_array().unwrap() {
         assert_eq!(sync["outcome"], "nothing_to_change", "{sync}");
-        assert_eq!(sync["calls"]["requests"], 0);
+        assert_eq!(sync["calls"]["requests"], 1);
     }
     assert_eq!(
         setup.manifest_bytes("pro-users").unwrap(),
@@ -334,10 +182,11 @@ fn a_run_with_nothing_to_change_makes_no_call_at_all() {
 }
 
 #[test]
-fn full_reconciles_against_the_segments_real_membership() {
+fn hand_edits_to_a_mirrored_standard_segment_are_repaired_by_the_next_run_and_reported_as_drift() {
     let setup = Setup::new();
     ok(&setup.sync("day1", &["pro-users"]));
     let pro1 = expected_pro_users("day1");
+    let manifest = setup.manifest_bytes("pro-users").unwrap();
     // Someone edits the segment by hand: one member removed, one stranger added.
     let mut edited: Vec<String> = pro1.iter().skip(1).cloned().collect();
     edited.push("usr_added_by_hand".into());
@@ -346,13 +195,7 @@ fn full_reconciles_against_the_segments_real_membership() {
         &edited.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     setup.emulator.clear_requests();
-    ok(&setup.sync("day1", &["pro-users"]));
-    assert_eq!(
-        setup.emulator.requests().len(),
-        0,
-        "the checkpoint says nothing changed"
-    );
-    let out = setup.sync("day1", &["pro-users", "--full"]);
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
     ok(&out);
     assert_eq!(setup.members("pro-users", "user"), pro1);
     let first: BTreeSet<String> = pro1.iter().take(1).cloned().collect();
@@ -361,6 +204,55 @@ fn full_reconciles_against_the_segments_real_membership() {
         described(&setup.emulator.requests()),
         expected_requests("pro-users", &first, &stranger, 1500)
     );
+    let report = &json(&out)["syncs"][0];
+    assert_eq!(report["outcome"], "synced");
+    assert_eq!(
+        report["drift"],
+        serde_json::json!({
+            "added_by_hand": {"count": 1, "examples": ["usr_added_by_hand"]},
+            "removed_by_hand": {"count": 1, "examples": [pro1.iter().next().unwrap()]},
+        })
+    );
+    let history =
+        std::fs::read_to_string(setup.project.path(".ldsync/state/pro-users/runs.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+    assert_eq!(last["drift"], report["drift"]);
+    assert_ne!(setup.manifest_bytes("pro-users").unwrap(), manifest);
+    assert_eq!(
+        setup.checkpoint("pro-users").unwrap(),
+        pro1,
+        "the run's checkpoint holds the same model keys"
+    );
+    // In step again: the next run reads the segment and finds nothing to do.
+    setup.emulator.clear_requests();
+    ok(&setup.sync("day1", &["pro-users"]));
+    let none = BTreeSet::new();
+    assert_eq!(
+        described(&setup.emulator.requests()),
+        expected_requests("pro-users", &none, &none, 1500)
+    );
+}
+
+#[test]
+fn hand_edits_are_repaired_within_the_removal_gates() {
+    let setup = Setup::new();
+    ok(&setup.sync("day1", &["pro-users"]));
+    let pro1 = expected_pro_users("day1");
+    // 600 strangers added by hand: removing them all is over gates.max_remove_count 500.
+    let strangers: Vec<String> = (0..600).map(|i| format!("usr_hand_{i:03}")).collect();
+    let edited: Vec<&str> = pro1.iter().chain(&strangers).map(String::as_str).collect();
+    setup.seed("pro-users", &edited);
+    setup.emulator.clear_requests();
+    let out = setup.sync("day1", &["pro-users"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("it would remove 600 members, over gates.max_remove_count 500"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(only_reads(&setup));
+    ok(&setup.sync("day1", &["pro-users", "--override-gates"]));
+    assert_eq!(setup.members("pro-users", "user"), pro1);
 }
 
 #[test]
@@ -382,7 +274,7 @@ fn removal_gates_stop_before_any_call_unless_overridden() {
         "{}",
         stdout(&out)
     );
-    assert!(setup.emulator.requests().is_empty());
+    assert!(only_reads(&setup), "only the segment was read");
     assert_eq!(setup.manifest_bytes("enterprise-orgs").unwrap(), manifest);
     ok(&setup.sync("day2", &["enterprise-orgs", "--override-gates"]));
     assert_eq!(
@@ -464,34 +356,6 @@ fn big_segments_are_created_with_their_context_kind_and_fed_through_contexts() {
     )));
 }
 
-#[test]
-fn a_first_mirror_run_never_assumes_a_big_segment_is_empty() {
-    let setup = Setup::new();
-    setup.emulator.seed_segment(
-        "default",
-        "production",
-        SegmentSeed {
-            key: "enterprise-orgs".into(),
-            name: "enterprise-orgs".into(),
-            unbounded: true,
-            context_kind: "organization".into(),
-            included: vec![("organization".into(), vec!["acct_someone".into()])],
-            excluded: vec![],
-        },
-    );
-    let out = setup.sync("day1", &["enterprise-orgs"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(
-            "segment `enterprise-orgs` is a big segment that already includes 1 contexts, and LaunchDarkly cannot list"
-        ),
-        "{}",
-        stderr(&out)
-    );
-    assert!(setup.emulator.requests().iter().all(|r| r.method == "GET"));
-    assert_eq!(setup.checkpoint("enterprise-orgs"), None);
-}
-
 /// Runs a sync that must fail, and checks its message, that no write reached LaunchDarkly, and that the
 /// checkpoint did not move.
 fn assert_fails_cleanly(setup: &Setup, token: &str, args: &[&str], message: &str) {
@@ -531,19 +395,14 @@ fn assert_fails_cleanly(setup: &Setup, token: &str, args: &[&str], message: &str
 
 #[test]
 fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
-    let mut config = EmulatorConfig::default();
-    config.tokens.push(TokenGrant {
-        token: "api-reader".into(),
-        actions: Some(vec![]),
-    });
-    let setup = Setup::with(config);
+    let setup = Setup::with_reader(EmulatorConfig::default());
     ok(&setup.sync("day1", &["pro-users"]));
 
     assert_fails_cleanly(
         &setup,
         "api-wrong",
         &["pro-users"],
-        "LaunchDarkly refused the access token (401",
+        "LaunchDarkly refused the access token while reading segment `pro-users` (401",
     );
     assert_fails_cleanly(
         &setup,
@@ -598,13 +457,16 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         "    create_segment: standard   #",
     );
 
-    // A standard segment that the run would push past 15,000 targets: stopped before any write.
-    let crowd: Vec<String> = (0..14_990).map(|i| format!("usr_crowd_{i:05}")).collect();
-    let mut members: Vec<String> = expected_pro_users("day1").into_iter().collect();
-    members.extend(crowd);
-    setup.seed(
-        "pro-users",
-        &members.iter().map(String::as_str).collect::<Vec<_>>(),
+    // A standard segment that the run would push past 15,000 targets (of every kind): stopped before any write.
+    let crowd: Vec<String> = (0..14_990).map(|i| format!("dev_crowd_{i:05}")).collect();
+    let members: Vec<String> = expected_pro_users("day1").into_iter().collect();
+    setup.emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            included: vec![("user".into(), members), ("device".into(), crowd)],
+            ..SegmentSeed::standard("pro-users", "user", &[])
+        },
     );
     assert_fails_cleanly(
         &setup,
@@ -623,7 +485,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
     );
     assert_fails_cleanly(
         &setup,
-        "api-reader",
+        READER,
         &["pro-users"],
         "the access token's role may not updateIncluded",
     );
@@ -724,13 +586,6 @@ fn answers_per_batch(requests: &[RecordedRequest]) -> BTreeMap<(String, String),
             .push(request.status);
     }
     answers
-}
-
-fn small_batches(setup: &Setup, size: usize) {
-    setup.project.edit_config(
-        "    schedule: 4h\n",
-        &format!("    schedule: 4h\n    batch_size: {size}\n"),
-    );
 }
 
 #[test]
@@ -848,16 +703,29 @@ fn acknowledged_in_journal(project: &Project) -> BTreeSet<(String, usize)> {
 #[test]
 fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
     let setup = Setup::new();
-    small_batches(&setup, 40);
+    small_batches(&setup, 20);
     setup.emulator.set_faults(Faults {
         latency: Duration::from_millis(15),
         ..Faults::default()
     });
-    let mut rng = fastrand::Rng::with_seed(20261124);
+    let applied_patches = || {
+        setup
+            .emulator
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.applied)
+            .count()
+    };
+    // A fixed seed: a failure replays with the same kill points.
+    const SEED: u64 = 20261124;
+    let mut rng = fastrand::Rng::with_seed(SEED);
     // (run id, batch index) acknowledged in a journal, and how many requests LaunchDarkly had seen by then.
     let mut acknowledged: Vec<(BTreeSet<(String, usize)>, usize)> = Vec::new();
     let mut kills = 0;
+    // Kills that landed after at least one batch of the run was acknowledged: the interesting ones.
+    let mut kills_mid_send = 0;
     for round in 0..16 {
+        let before = acknowledged_in_journal(&setup.project);
         let day = if round < 8 { "day1" } else { "day2" };
         let mut child = setup
             .project
@@ -867,18 +735,49 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.u64(50..900)));
-        if child.try_wait().unwrap().is_none() {
+        // A quarter of the kills land at a random moment of the first 300 ms (the model, the read, the journal
+        // being written); the others once LaunchDarkly has applied 1 to 4 more batches, up to 15 ms later (before
+        // or after the acknowledgement reached ldsync).
+        let sent_before = applied_patches();
+        let target = if rng.u8(0..4) == 0 {
+            Err(Duration::from_millis(rng.u64(0..300)))
+        } else {
+            Ok(rng.usize(1..=4))
+        };
+        let started = Instant::now();
+        let killed = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            let due = match target {
+                Err(moment) => started.elapsed() >= moment,
+                Ok(batches) => applied_patches() - sent_before >= batches,
+            };
+            if due {
+                std::thread::sleep(Duration::from_millis(rng.u64(0..15)));
+                break child.try_wait().unwrap().is_none();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if killed {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
         }
         child.wait().unwrap();
-        acknowledged.push((
-            acknowledged_in_journal(&setup.project),
-            setup.emulator.requests().len(),
-        ));
+        let after = acknowledged_in_journal(&setup.project);
+        if killed && !after.is_subset(&before) {
+            kills_mid_send += 1;
+        }
+        acknowledged.push((after, setup.emulator.requests().len()));
     }
-    assert!(kills >= 8, "most runs were killed mid-way ({kills})");
+    assert!(
+        kills >= 8,
+        "seed {SEED}: most runs were killed mid-way ({kills})"
+    );
+    assert!(
+        kills_mid_send * 2 > kills,
+        "seed {SEED}: most kills came after a batch was acknowledged ({kills_mid_send} of {kills})"
+    );
     ok(&setup.sync("day2", &["pro-users"]));
     let pro2 = expected_pro_users("day2");
     assert_eq!(setup.members("pro-users", "user"), pro2);

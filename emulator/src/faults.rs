@@ -1,7 +1,8 @@
 //! The ways the emulator can be told to misbehave like LaunchDarkly does: a rate limit per 10-second window with
-//! each shape of 429, server errors at a rate, slow answers, and changes applied whose answer never arrives.
+//! each shape of 429, server errors at a rate, slow answers, changes applied whose answer never arrives, writes
+//! lost to a concurrent change (409), a clock that disagrees with the client's, and keys refused for good.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What to get wrong, and how often.
@@ -15,6 +16,15 @@ pub struct Faults {
     /// The share of successful writes (segment creation, semantic patch, `POST …/contexts`) that are applied and
     /// then have their connection closed without an answer: a lost acknowledgement.
     pub drop_ack_rate: f64,
+    /// The share of writes answered 409 `optimistic_locking_error` without being applied, as when another writer
+    /// changed the segment at the same moment.
+    pub conflict_rate: f64,
+    /// How far the emulator's clock is from the real one, in milliseconds (negative: behind). Its `Date` header
+    /// and `X-Ratelimit-Reset` both follow it, as a LaunchDarkly whose clock disagrees with the client's would.
+    pub clock_skew_ms: i64,
+    /// Target keys refused with 400 whenever a write would include them, as LaunchDarkly refuses a key that a
+    /// concurrent edit has just excluded.
+    pub refused_keys: BTreeSet<String>,
     /// Seeds the choices, so that a fault sequence is reproducible.
     pub seed: u64,
 }

@@ -2,10 +2,12 @@
 //! ([`Emulator::start`]) and run the real `ldsync` binary against it; a person can start it by hand
 //! (`cargo run -p ldsync-emulator`) to try ldsync without an account.
 //!
-//! It is strict where LaunchDarkly is strict (tokens, `LD-API-Version`, the semantic-patch content type,
-//! `environmentKey`, 1,500 target operations a request, 15,000 targets in a standard segment, unknown instructions,
-//! a key both included and excluded), records every request, and can be told to misbehave ([`Faults`]): rate
-//! limits with each shape of 429, server errors, slow answers, and lost acknowledgements.
+//! It is strict where LaunchDarkly is strict (tokens, `LD-API-Version`, the content type of every body, the
+//! semantic-patch content type, `environmentKey`, 1,500 target operations a request, 15,000 targets in a standard
+//! segment, unknown instructions and context kinds, a key both included and excluded, target instructions on big
+//! segments and `POST …/contexts` on standard ones), records every request, and can be told to misbehave
+//! ([`Faults`]): rate limits with each shape of 429, server errors, slow answers, lost acknowledgements, 409
+//! optimistic-locking conflicts, a skewed clock, keys refused for good, and a racing segment creator.
 //!
 //! Modules: [`segments`] (the data and the changes the API makes), [`faults`] (what to get wrong), `server` (HTTP).
 
@@ -42,6 +44,13 @@ pub struct EmulatorConfig {
     pub tokens: Vec<TokenGrant>,
     /// Project keys and their environment keys.
     pub projects: Vec<(String, Vec<String>)>,
+    /// The context kinds every project knows; targets of any other kind are refused.
+    pub context_kinds: Vec<String>,
+    /// The status of a create whose key is taken. LaunchDarkly's is unconfirmed: 409 (the default) or 400.
+    pub duplicate_status: u16,
+    /// The status of a call the token's role does not allow: 403 (the default) or 401, both allowed by the API's
+    /// documentation.
+    pub role_denial_status: u16,
     pub faults: Faults,
 }
 
@@ -57,6 +66,11 @@ impl Default for EmulatorConfig {
                 actions: None,
             }],
             projects: vec![("default".into(), vec!["production".into(), "test".into()])],
+            context_kinds: ["user", "organization", "device"]
+                .map(String::from)
+                .to_vec(),
+            duplicate_status: 409,
+            role_denial_status: 403,
             faults: Faults::default(),
         }
     }
@@ -115,8 +129,13 @@ pub struct RecordedRequest {
 pub struct State {
     tokens: Vec<TokenGrant>,
     projects: Vec<(String, Vec<String>)>,
+    context_kinds: BTreeSet<String>,
+    duplicate_status: u16,
+    role_denial_status: u16,
     /// By (project, environment, key).
     segments: BTreeMap<(String, String, String), Segment>,
+    /// Segments another writer creates just before a create of the same key arrives: a creation race.
+    created_elsewhere: BTreeMap<(String, String, String), Segment>,
     requests: Vec<RecordedRequest>,
     faults: Faults,
     rng: fastrand::Rng,
@@ -132,7 +151,11 @@ impl Shared {
         Shared(Arc::new(Mutex::new(State {
             tokens: config.tokens.clone(),
             projects: config.projects.clone(),
+            context_kinds: config.context_kinds.iter().cloned().collect(),
+            duplicate_status: config.duplicate_status,
+            role_denial_status: config.role_denial_status,
             segments: BTreeMap::new(),
+            created_elsewhere: BTreeMap::new(),
             requests: Vec::new(),
             rng: fastrand::Rng::with_seed(config.faults.seed),
             faults: config.faults.clone(),
@@ -200,16 +223,33 @@ impl Shared {
     ) -> Result<(), ApiFailure> {
         let id = segment_id(project, environment, &segment.key);
         self.with(|s| {
+            if let Some(racer) = s.created_elsewhere.remove(&id) {
+                s.segments.insert(id.clone(), racer);
+            }
             if s.segments.contains_key(&id) {
+                let (status, code) = match s.duplicate_status {
+                    409 => (409, "conflict"),
+                    other => (other, "invalid_request"),
+                };
                 return Err(ApiFailure::new(
-                    409,
-                    "conflict",
-                    format!("segment `{}` already exists", segment.key),
+                    status,
+                    code,
+                    format!("segment with key `{}` already exists", segment.key),
                 ));
             }
             s.segments.insert(id, segment);
             Ok(())
         })
+    }
+
+    /// Refuses targets of a context kind the project does not know.
+    fn check_context_kind(&self, context_kind: &str) -> Result<(), ApiFailure> {
+        if self.with(|s| s.context_kinds.contains(context_kind)) {
+            return Ok(());
+        }
+        Err(ApiFailure::invalid(format!(
+            "unknown context kind `{context_kind}`: create it in the project before targeting it"
+        )))
     }
 
     /// Stores `next` in place of `current`, with a new version and time if anything changed; returns what is stored.
@@ -240,6 +280,27 @@ impl Shared {
             json!({"segments": segments, "route_counts": count_routes(&s.requests)})
         })
     }
+}
+
+/// The segment a seed describes.
+fn segment_of(seed: SegmentSeed) -> Segment {
+    let mut segment = Segment::new(
+        &seed.key,
+        &seed.name,
+        seed.unbounded,
+        &seed.context_kind,
+        epoch_ms(),
+    );
+    let targets = |lists: Vec<(String, Vec<String>)>| {
+        let mut targets = segments::Targets::new();
+        for (kind, keys) in lists.into_iter().filter(|(_, keys)| !keys.is_empty()) {
+            targets.entry(kind).or_default().extend(keys);
+        }
+        targets
+    };
+    segment.included = targets(seed.included);
+    segment.excluded = targets(seed.excluded);
+    segment
 }
 
 /// How segments are filed: by project, environment and key.
@@ -315,24 +376,18 @@ impl Emulator {
 
     /// Creates or replaces a segment directly.
     pub fn seed_segment(&self, project: &str, environment: &str, seed: SegmentSeed) {
-        let mut segment = Segment::new(
-            &seed.key,
-            &seed.name,
-            seed.unbounded,
-            &seed.context_kind,
-            epoch_ms(),
-        );
-        let targets = |lists: Vec<(String, Vec<String>)>| {
-            let mut targets = segments::Targets::new();
-            for (kind, keys) in lists.into_iter().filter(|(_, keys)| !keys.is_empty()) {
-                targets.entry(kind).or_default().extend(keys);
-            }
-            targets
-        };
-        segment.included = targets(seed.included);
-        segment.excluded = targets(seed.excluded);
-        let id = segment_id(project, environment, &seed.key);
+        let segment = segment_of(seed);
+        let id = segment_id(project, environment, &segment.key);
         self.shared.with(|s| s.segments.insert(id, segment));
+    }
+
+    /// Makes another writer create `seed` just before the next create of its key arrives, so that the create finds
+    /// the key taken: the race of two clients creating one segment.
+    pub fn create_before_next_create(&self, project: &str, environment: &str, seed: SegmentSeed) {
+        let segment = segment_of(seed);
+        let id = segment_id(project, environment, &segment.key);
+        self.shared
+            .with(|s| s.created_elsewhere.insert(id, segment));
     }
 
     /// The segment as a GET would return it.

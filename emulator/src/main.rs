@@ -39,6 +39,13 @@ struct Args {
     /// The share of successful writes applied and then left unanswered, the connection closed (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     drop_ack_rate: f64,
+    /// The share of segment writes answered 409 optimistic_locking_error, unapplied (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    conflict_rate: f64,
+    /// Run the emulator's clock (its Date and X-Ratelimit-Reset headers) this many milliseconds ahead, or behind
+    /// when negative.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_skew_ms: i64,
     /// Seeds the fault choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -85,8 +92,12 @@ async fn main() -> std::io::Result<()> {
             error_rate: args.error_rate,
             latency: Duration::from_millis(args.latency_ms),
             drop_ack_rate: args.drop_ack_rate,
+            conflict_rate: args.conflict_rate,
+            clock_skew_ms: args.clock_skew_ms,
             seed: args.seed,
+            ..Faults::default()
         },
+        ..EmulatorConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     println!(

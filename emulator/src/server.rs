@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use std::time::{Duration, UNIX_EPOCH};
+
+use hyper::header::{CONTENT_TYPE, DATE, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -106,7 +108,7 @@ async fn handle(
         .unwrap_or_default();
     let path = head.uri.path().to_string();
     if path == "/_emulator/state" {
-        return Ok(respond(Answer::json(StatusCode::OK, shared.snapshot())));
+        return Ok(respond(Answer::json(StatusCode::OK, shared.snapshot()), 0));
     }
     let request = ApiRequest {
         method: head.method.clone(),
@@ -159,7 +161,8 @@ async fn handle(
         kill.notify_one();
         std::future::pending::<()>().await;
     }
-    Ok(respond(answer))
+    let skew_ms = shared.with(|s| s.faults.clock_skew_ms);
+    Ok(respond(answer, skew_ms))
 }
 
 /// Faults, then authentication, the version header, and the route.
@@ -193,6 +196,20 @@ fn answer(shared: &Shared, request: &ApiRequest, route: &str) -> Answer {
             ),
         );
     }
+    let writes = matches!(
+        request.method,
+        Method::PATCH | Method::POST | Method::DELETE
+    ) && request.parts.first().is_some_and(|p| p == "segments")
+        && request.parts.len() >= 4;
+    if writes && shared.with(|s| s.rng.f64() < s.faults.conflict_rate) {
+        return Answer::json(
+            StatusCode::CONFLICT,
+            error_body(
+                "optimistic_locking_error",
+                "The segment was changed by another request at the same time; try again.",
+            ),
+        );
+    }
     let mut answer = match authorize(shared, request)
         .and_then(|actions| routed(shared, request, route, actions))
     {
@@ -223,7 +240,8 @@ fn authorize(
         ));
     }
     let grant = shared.with(|s| s.tokens.iter().find(|t| t.token == token).cloned());
-    let grant = grant.ok_or_else(|| unauthorized("Invalid access token"))?;
+    // LaunchDarkly's own message is terser; this one repeats the token, so that clients prove they scrub it.
+    let grant = grant.ok_or_else(|| unauthorized(&format!("Invalid access token `{token}`")))?;
     let version = header(&request.headers, "ld-api-version").ok_or_else(|| {
         ApiFailure::invalid(
             "send the LD-API-Version header (this emulator is strict): LD-API-Version: 20240415",
@@ -244,18 +262,26 @@ fn routed(
     actions: Option<BTreeSet<String>>,
 ) -> Result<Answer, ApiFailure> {
     let parts: Vec<&str> = request.parts.iter().map(String::as_str).collect();
+    let method = &request.method;
+    let denial_status = shared.with(|s| s.role_denial_status);
     let allow = |needed: &BTreeSet<&'static str>| match &actions {
         Some(allowed) => match needed.iter().find(|a| !allowed.contains(**a)) {
             Some(missing) => Err(ApiFailure::new(
-                403,
-                "forbidden",
+                denial_status,
+                if denial_status == 401 {
+                    "unauthorized"
+                } else {
+                    "forbidden"
+                },
                 format!("the access token's role does not allow `{missing}`"),
             )),
             None => Ok(()),
         },
         None => Ok(()),
     };
-    let method = &request.method;
+    if matches!(method, &Method::POST | &Method::PUT) {
+        json_body(request)?;
+    }
     match (method, parts.as_slice()) {
         (&Method::GET, ["versions"]) => Ok(Answer::json(
             StatusCode::OK,
@@ -284,6 +310,9 @@ fn routed(
             shared.check_environment(p, e)?;
             allow(&BTreeSet::from(["createSegment"]))?;
             let segment = new_segment(request.body.as_ref())?;
+            if segment.unbounded {
+                shared.check_context_kind(&segment.unbounded_context_kind)?;
+            }
             let rep = segment.representation(p, e);
             shared.insert_new(p, e, segment)?;
             Ok(Answer {
@@ -314,6 +343,18 @@ fn routed(
         (&Method::PATCH, ["segments", p, e, k]) => {
             let segment = shared.segment(p, e, k)?;
             let instructions = semantic_patch(request, e)?;
+            for kind in instructions
+                .iter()
+                .filter_map(|i| i["contextKind"].as_str())
+            {
+                shared.check_context_kind(kind)?;
+            }
+            let adds = instructions.iter().filter(|i| {
+                i["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("addIncluded"))
+            });
+            refuse_keys(shared, adds.map(|i| &i["values"]))?;
             let (next, needed) = segment.patched(instructions)?;
             allow(&needed)?;
             let dry_run = request
@@ -338,6 +379,7 @@ fn routed(
                 .body
                 .as_ref()
                 .ok_or_else(|| ApiFailure::invalid("the body must be JSON"))?;
+            refuse_keys(shared, [&body["included"]["add"]])?;
             let (next, needed) = segment.with_members(body)?;
             allow(&needed)?;
             let saved = shared.save(p, e, &segment, next);
@@ -410,6 +452,38 @@ fn semantic_patch<'a>(
         .as_array()
         .map(Vec::as_slice)
         .ok_or_else(|| ApiFailure::invalid("a semantic patch needs an `instructions` list"))
+}
+
+/// A POST or PUT must say it carries JSON, as LaunchDarkly's API requires.
+fn json_body(request: &ApiRequest) -> Result<(), ApiFailure> {
+    let content_type = header(&request.headers, "content-type").unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    Err(ApiFailure::invalid(format!(
+        "the body must be sent as Content-Type: application/json, not `{content_type}`"
+    )))
+}
+
+/// Refuses a write that would include one of the keys the faults say LaunchDarkly refuses.
+fn refuse_keys<'a>(
+    shared: &Shared,
+    lists: impl IntoIterator<Item = &'a Value>,
+) -> Result<(), ApiFailure> {
+    let refused = shared.with(|s| s.faults.refused_keys.clone());
+    let key = lists
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|key| refused.contains(*key));
+    match key {
+        Some(key) => Err(ApiFailure::invalid(format!(
+            "context key `{key}` cannot be included: it was excluded from the segment by another change"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn new_segment(body: Option<&Value>) -> Result<Segment, ApiFailure> {
@@ -512,7 +586,8 @@ fn error_body(code: &str, message: &str) -> Value {
     json!({"code": code, "message": message, "id": format!("emulator-{:016x}", fastrand::u64(..))})
 }
 
-fn respond(answer: Answer) -> Response<Full<Bytes>> {
+/// The HTTP response, its `Date` and `X-Ratelimit-Reset` on the emulator's clock, `skew_ms` off the real one.
+fn respond(answer: Answer, skew_ms: i64) -> Response<Full<Bytes>> {
     let body = answer
         .body
         .map(|b| Bytes::from(b.to_string()))
@@ -524,7 +599,17 @@ fn respond(answer: Answer) -> Response<Full<Bytes>> {
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
+    let server_now = UNIX_EPOCH + Duration::from_millis(epoch_ms().saturating_add_signed(skew_ms));
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(server_now)) {
+        response.headers_mut().insert(DATE, date);
+    }
     for (name, value) in answer.headers {
+        let value = match (name, value.parse::<u64>()) {
+            ("x-ratelimit-reset", Ok(reset_ms)) => {
+                reset_ms.saturating_add_signed(skew_ms).to_string()
+            }
+            _ => value,
+        };
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, value);
         }

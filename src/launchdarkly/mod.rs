@@ -36,6 +36,9 @@ pub struct Segment {
     pub big_context_kind: Option<String>,
     /// The included targets of the sync's context kind. LaunchDarkly lists them for standard segments only.
     pub members: Option<Vec<String>>,
+    /// The excluded targets of the sync's context kind, sorted (standard segments; empty for big ones).
+    /// LaunchDarkly refuses to include a key it holds as excluded.
+    pub excluded: Vec<String>,
     /// How many contexts the segment includes (of the sync's kind for standard segments; all for big ones).
     pub member_count: u64,
     /// Every individual target of a standard segment, of all kinds, included or excluded: the 15,000 limit.
@@ -46,10 +49,15 @@ pub struct Segment {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(
-        "LaunchDarkly refused the access token (401: {message}): it is wrong or revoked, or it is an SDK key, mobile \
-         key or client-side ID, which cannot call the REST API; use a personal or service access token"
+        "LaunchDarkly refused the access token while {what} (401: {message}): it is wrong or revoked, or it is an \
+         SDK key, mobile key or client-side ID, which cannot call the REST API (use a personal or service access \
+         token), or its role may not `{action}`"
     )]
-    Unauthorized { message: String },
+    Unauthorized {
+        what: String,
+        action: &'static str,
+        message: String,
+    },
     #[error(
         "the access token's role may not {action} on {target} (403: {message}); give the role the `{action}` action"
     )]
@@ -93,6 +101,18 @@ pub enum ApiError {
     },
     #[error("{what}: LaunchDarkly's answer could not be read: {problem}")]
     BadAnswer { what: String, problem: String },
+}
+
+impl ApiError {
+    /// Whether LaunchDarkly refused a change for good, so that sending the same batch again would fail the same
+    /// way: a request it rejected (400, 405, 422), or a segment that is gone. A wrong token or a missing role
+    /// action is not: once fixed, the same batch goes through.
+    pub fn is_final_for_batch(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Rejected { .. } | ApiError::UnknownSegment { .. }
+        )
+    }
 }
 
 impl CallStats {
@@ -245,21 +265,23 @@ impl Client {
             Ok(answer) => parse_segment(&answer.body, context_kind)
                 .map(Some)
                 .map_err(|problem| bad_answer(call, problem)),
-            Err(Missing) => {
+            Err(_) => {
                 self.check_project_and_environment().await?;
                 Ok(None)
             }
         }
     }
 
-    /// Creates the segment. An existing segment of that key (409, as after a lost acknowledgement) is fine.
+    /// Creates the segment and returns it as LaunchDarkly holds it. When the key is already taken (someone else
+    /// created it first, or an earlier attempt whose answer was lost did) the segment is read back instead, so the
+    /// caller checks what really exists, whatever its type and context kind.
     pub async fn create_segment(
         &self,
         key: &str,
         kind: SegmentKind,
         context_kind: &str,
         description: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Segment, ApiError> {
         let mut body =
             json!({"key": key, "name": key, "description": description, "tags": ["ldsync"]});
         if kind == SegmentKind::Big {
@@ -268,8 +290,23 @@ impl Client {
         }
         let url = self.segments_url();
         let call = Call::CreateSegment(key);
-        self.send_conflict_ok(call, key, || self.request(Method::POST, &url).json(&body))
-            .await
+        match self
+            .send(call, || self.request(Method::POST, &url).json(&body))
+            .await?
+        {
+            Ok(answer) => parse_segment(&answer.body, context_kind)
+                .map_err(|problem| bad_answer(call, problem)),
+            Err(NotDone::AlreadyExists) => {
+                tracing::info!(segment = %key, "the segment already exists; reading it back");
+                self.get_segment(key, context_kind)
+                    .await?
+                    .ok_or_else(|| self.unknown_segment(key))
+            }
+            Err(NotDone::Missing) => {
+                self.check_project_and_environment().await?;
+                Err(self.unknown_segment(key))
+            }
+        }
     }
 
     /// Adds or removes included targets of one context kind, in one request.
@@ -312,11 +349,11 @@ impl Client {
     async fn found(
         &self,
         segment: &str,
-        result: Result<Answer, Missing>,
+        result: Result<Answer, NotDone>,
     ) -> Result<Answer, ApiError> {
         match result {
             Ok(answer) => Ok(answer),
-            Err(Missing) => {
+            Err(_) => {
                 self.check_project_and_environment().await?;
                 Err(self.unknown_segment(segment))
             }
@@ -330,16 +367,6 @@ impl Client {
             project: self.project.clone(),
             environment: self.environment.clone(),
         }
-    }
-
-    async fn send_conflict_ok(
-        &self,
-        call: Call<'_>,
-        segment: &str,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<(), ApiError> {
-        let result = self.send_inner(call, build, true).await?;
-        self.found(segment, result).await.map(|_| ())
     }
 
     /// Says which of the project and environment does not exist, if either.
@@ -377,21 +404,13 @@ impl Client {
             .header("LD-API-Version", API_VERSION)
     }
 
+    /// Sends until an answer is final: a success, a 404 or an existing segment (`Err(NotDone)`), or an error that
+    /// retrying cannot fix.
     async fn send(
         &self,
         call: Call<'_>,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<Result<Answer, Missing>, ApiError> {
-        self.send_inner(call, build, false).await
-    }
-
-    /// Sends until an answer is final: a success, a 404 (`Err(Missing)`), or an error that retrying cannot fix.
-    async fn send_inner(
-        &self,
-        call: Call<'_>,
-        build: impl Fn() -> reqwest::RequestBuilder,
-        conflict_is_success: bool,
-    ) -> Result<Result<Answer, Missing>, ApiError> {
+    ) -> Result<Result<Answer, NotDone>, ApiError> {
         let mut schedule = RetrySchedule::new(self.retry_waits);
         let mut attempts = 0;
         loop {
@@ -400,21 +419,16 @@ impl Client {
             self.count(|s| s.requests += 1);
             let (failure, wait) = match build().send().await {
                 Ok(response) => {
-                    self.pacer.observe(response.headers());
+                    self.pacer.observe(response.headers(), SystemTime::now());
                     let status = response.status();
                     let headers = response.headers().clone();
                     match response.text().await {
-                        Ok(body) => match self.judge(
-                            call,
-                            status,
-                            &headers,
-                            body,
-                            conflict_is_success,
-                            &mut schedule,
-                        )? {
-                            Verdict::Final(result) => return Ok(result),
-                            Verdict::Retry { failure, wait } => (failure, wait),
-                        },
+                        Ok(body) => {
+                            match self.judge(call, status, &headers, body, &mut schedule)? {
+                                Verdict::Final(result) => return Ok(result),
+                                Verdict::Retry { failure, wait } => (failure, wait),
+                            }
+                        }
                         Err(e) => {
                             self.count(|s| s.transport_errors += 1);
                             (
@@ -457,10 +471,9 @@ impl Client {
         status: StatusCode,
         headers: &HeaderMap,
         body: String,
-        conflict_is_success: bool,
         schedule: &mut RetrySchedule,
     ) -> Result<Verdict, ApiError> {
-        if status.is_success() || (conflict_is_success && status == StatusCode::CONFLICT) {
+        if status.is_success() {
             return Ok(Verdict::Final(Ok(Answer { body })));
         }
         let error: ErrorBody = serde_json::from_str(&body).unwrap_or_default();
@@ -469,6 +482,9 @@ impl Client {
         } else {
             &error.message
         });
+        if matches!(call, Call::CreateSegment(_)) && is_duplicate(status, &message) {
+            return Ok(Verdict::Final(Err(NotDone::AlreadyExists)));
+        }
         let failure = format!("{} {}", status.as_u16(), message.trim());
         match status {
             StatusCode::TOO_MANY_REQUESTS => {
@@ -490,8 +506,12 @@ impl Client {
                     wait: schedule.after_failure(),
                 })
             }
-            StatusCode::NOT_FOUND => Ok(Verdict::Final(Err(Missing))),
-            StatusCode::UNAUTHORIZED => Err(ApiError::Unauthorized { message }),
+            StatusCode::NOT_FOUND => Ok(Verdict::Final(Err(NotDone::Missing))),
+            StatusCode::UNAUTHORIZED => Err(ApiError::Unauthorized {
+                what: call.describe(),
+                action: call.role_action(),
+                message,
+            }),
             StatusCode::FORBIDDEN => Err(ApiError::Forbidden {
                 action: call.role_action(),
                 target: format!("{}/{}", self.project, self.environment),
@@ -527,12 +547,27 @@ impl Client {
     }
 }
 
-/// A 404: the caller knows what was being looked for.
+/// A final answer that did not do what was asked, and that the caller knows how to read.
 #[derive(Debug)]
-struct Missing;
+enum NotDone {
+    /// 404: the caller knows what was being looked for.
+    Missing,
+    /// A create answered 409, or 400 saying the key is taken: someone else created the segment first (or an
+    /// earlier attempt did, whose answer was lost).
+    AlreadyExists,
+}
+
+/// Whether a refused create says the key is already taken. LaunchDarkly's status for that is unconfirmed: 409, or
+/// 400 with a message saying so.
+fn is_duplicate(status: StatusCode, message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    status == StatusCode::CONFLICT
+        || (status == StatusCode::BAD_REQUEST
+            && (message.contains("already exist") || message.contains("already in use")))
+}
 
 enum Verdict {
-    Final(Result<Answer, Missing>),
+    Final(Result<Answer, NotDone>),
     Retry {
         failure: String,
         wait: Option<Duration>,
@@ -622,6 +657,7 @@ fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
             version: rep.version,
             big_context_kind: Some(rep.unbounded_context_kind.unwrap_or_else(|| "user".into())),
             members: None,
+            excluded: Vec::new(),
             member_count,
             total_targets: member_count,
         });
@@ -633,12 +669,17 @@ fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
             .flat_map(|c| c.values.iter().cloned())
             .collect::<Vec<_>>()
     };
-    let mut members = of_kind(&rep.included_contexts);
-    if context_kind == "user" {
-        members.extend(rep.included.iter().cloned());
-    }
-    members.sort_unstable();
-    members.dedup();
+    let targets_of_kind = |contexts: &[ContextTargets], users: &[String]| {
+        let mut keys = of_kind(contexts);
+        if context_kind == "user" {
+            keys.extend(users.iter().cloned());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    };
+    let members = targets_of_kind(&rep.included_contexts, &rep.included);
+    let excluded = targets_of_kind(&rep.excluded_contexts, &rep.excluded);
     let listed =
         |lists: &[ContextTargets]| lists.iter().map(|c| c.values.len() as u64).sum::<u64>();
     let total_targets = (rep.included.len() + rep.excluded.len()) as u64
@@ -650,6 +691,7 @@ fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
         big_context_kind: None,
         member_count: members.len() as u64,
         members: Some(members),
+        excluded,
         total_targets,
     })
 }
@@ -674,8 +716,10 @@ mod tests {
             (users.member_count, users.total_targets, users.version),
             (3, 7, 3)
         );
+        assert_eq!(users.excluded, ["u9"]);
         let orgs = parse_segment(body, "organization").unwrap();
         assert_eq!(orgs.members, Some(vec!["o1".to_string()]));
+        assert_eq!(orgs.excluded, ["o7"]);
     }
 
     #[test]

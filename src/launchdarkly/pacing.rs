@@ -3,6 +3,10 @@
 //! `X-Ratelimit-Route-Remaining`) and when the window resets (`X-Ratelimit-Reset`, epoch milliseconds). The
 //! [`Pacer`] waits for the reset once the budget is spent, so a lone sync meets no 429 at all; the
 //! [`RetrySchedule`] says how long to wait before trying a failed request again, and when to give up.
+//!
+//! A reset is an instant on LaunchDarkly's clock, so it is read against the answer's `Date` header (the server's
+//! own "now") whenever there is one: a local clock that runs an hour fast or slow would otherwise wait an hour, or
+//! not at all, and burn its retries.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,8 +15,14 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use reqwest::header::HeaderMap;
 
 /// The longest a pacer or a `X-Ratelimit-Reset` header may make ldsync wait: a reset further away than a couple of
-/// windows means the clocks disagree, and waiting one window is the safe reading.
+/// windows is not a window reset, whatever the clocks say.
 const MAX_RESET_WAIT: Duration = Duration::from_secs(20);
+/// The shortest wait after a 429 that names a reset: the header's millisecond is read against a `Date` of whole
+/// seconds, and a reset that has already passed must not turn into a burst of retries.
+const MIN_RESET_WAIT: Duration = Duration::from_millis(500);
+/// The longest ldsync honours a `Retry-After`: beyond it, a run is better off failing and trying again on its next
+/// schedule than sleeping for hours.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// What LaunchDarkly's windows last, and the wait for a 429 that says nothing.
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -31,15 +41,15 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// Reads the rate-limit headers of an answer.
-    pub fn observe(&self, headers: &HeaderMap) {
+    /// Reads the rate-limit headers of an answer received at `received` (local clock).
+    pub fn observe(&self, headers: &HeaderMap, received: SystemTime) {
         let global = header_u64(headers, "x-ratelimit-global-remaining");
         let route = header_u64(headers, "x-ratelimit-route-remaining");
         let remaining = match (global, route) {
             (Some(g), Some(r)) => Some(g.min(r)),
             (g, r) => g.or(r),
         };
-        let reset_at = header_u64(headers, "x-ratelimit-reset").map(epoch_ms);
+        let reset_at = local_reset(headers, received);
         *self.budget.lock().expect("pacer lock") = Budget {
             remaining,
             reset_at,
@@ -120,19 +130,33 @@ impl RetrySchedule {
 
     /// The wait after a 429: `Retry-After` seconds if given, else until `X-Ratelimit-Reset`, else 10 s growing
     /// exponentially, each with jitter; `None` when the retries are used up.
+    /// `now` is when the 429 arrived, on the local clock; a reset is read against the answer's `Date`.
     pub fn after_rate_limit(&mut self, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         self.rate_limited += 1;
         if self.rate_limited > MAX_RETRIES {
             return None;
         }
         if let Some(seconds) = header_u64(headers, "retry-after") {
-            return Some(Duration::from_secs(seconds) + small_jitter());
+            let asked = Duration::from_secs(seconds);
+            if asked > MAX_RETRY_AFTER {
+                tracing::warn!(
+                    retry_after_s = seconds,
+                    waiting_s = MAX_RETRY_AFTER.as_secs(),
+                    "LaunchDarkly asked for a longer wait than ldsync honours; waiting the cap instead"
+                );
+            } else {
+                tracing::info!(
+                    retry_after_s = seconds,
+                    "rate limited; waiting as LaunchDarkly asked"
+                );
+            }
+            return Some(asked.min(MAX_RETRY_AFTER) + small_jitter());
         }
-        if let Some(reset_at) = header_u64(headers, "x-ratelimit-reset").map(epoch_ms) {
+        if let Some(reset_at) = local_reset(headers, now) {
             let wait = reset_at
                 .duration_since(now)
                 .unwrap_or_default()
-                .min(MAX_RESET_WAIT);
+                .clamp(MIN_RESET_WAIT, MAX_RESET_WAIT);
             return Some(wait + small_jitter());
         }
         self.silent_rate_limits.next()
@@ -152,6 +176,23 @@ fn doubling(first: Duration, max: Duration) -> ExponentialBackoff {
 /// Up to a quarter second, so that clients waiting for the same reset do not all arrive at once.
 fn small_jitter() -> Duration {
     Duration::from_millis(fastrand::u64(10..250))
+}
+
+/// When the window resets, on the local clock, for an answer received at `received`: `X-Ratelimit-Reset` is read
+/// against the answer's `Date` when it has one, and taken as it is (same clocks) when it does not.
+fn local_reset(headers: &HeaderMap, received: SystemTime) -> Option<SystemTime> {
+    let reset = epoch_ms(header_u64(headers, "x-ratelimit-reset")?);
+    let Some(server_now) = server_date(headers) else {
+        return Some(reset);
+    };
+    Some(received + reset.duration_since(server_now).unwrap_or_default())
+}
+
+/// The answer's `Date` header: the server's clock, to the second.
+fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
+    let text = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let date = chrono::DateTime::parse_from_rfc2822(text).ok()?;
+    Some(SystemTime::from(date))
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -183,17 +224,23 @@ mod tests {
         let now = SystemTime::now();
         let pacer = Pacer::default();
         let reset = ms(now + Duration::from_secs(4));
-        pacer.observe(&headers(&[
-            ("x-ratelimit-global-remaining", "7".into()),
-            ("x-ratelimit-route-remaining", "1".into()),
-            ("x-ratelimit-reset", reset.to_string()),
-        ]));
+        pacer.observe(
+            &headers(&[
+                ("x-ratelimit-global-remaining", "7".into()),
+                ("x-ratelimit-route-remaining", "1".into()),
+                ("x-ratelimit-reset", reset.to_string()),
+            ]),
+            now,
+        );
         assert_eq!(pacer.wait_before_next(now), None);
-        pacer.observe(&headers(&[
-            ("x-ratelimit-global-remaining", "6".into()),
-            ("x-ratelimit-route-remaining", "0".into()),
-            ("x-ratelimit-reset", reset.to_string()),
-        ]));
+        pacer.observe(
+            &headers(&[
+                ("x-ratelimit-global-remaining", "6".into()),
+                ("x-ratelimit-route-remaining", "0".into()),
+                ("x-ratelimit-reset", reset.to_string()),
+            ]),
+            now,
+        );
         let wait = pacer.wait_before_next(now).unwrap();
         assert!(
             wait >= Duration::from_millis(3_990) && wait < Duration::from_millis(4_300),
@@ -202,24 +249,87 @@ mod tests {
         pacer.waited();
         assert_eq!(pacer.wait_before_next(now), None);
         // Answers without headers leave nothing to pace by.
-        pacer.observe(&HeaderMap::new());
+        pacer.observe(&HeaderMap::new(), now);
         assert_eq!(pacer.wait_before_next(now), None);
     }
 
     #[test]
-    fn a_reset_far_in_the_future_is_read_as_clock_skew() {
+    fn a_reset_far_in_the_future_is_capped() {
         let now = SystemTime::now();
         let pacer = Pacer::default();
-        pacer.observe(&headers(&[
-            ("x-ratelimit-global-remaining", "0".into()),
-            (
-                "x-ratelimit-reset",
-                ms(now + Duration::from_secs(3600)).to_string(),
-            ),
-        ]));
+        pacer.observe(
+            &headers(&[
+                ("x-ratelimit-global-remaining", "0".into()),
+                (
+                    "x-ratelimit-reset",
+                    ms(now + Duration::from_secs(3600)).to_string(),
+                ),
+            ]),
+            now,
+        );
         assert!(
             pacer.wait_before_next(now).unwrap() <= MAX_RESET_WAIT + Duration::from_millis(250)
         );
+    }
+
+    /// A server whose clock is `skew` ahead of ours, answering at our `now` with a window that resets in 3 s.
+    fn skewed_reset(now: SystemTime, skew: Duration, ahead: bool) -> HeaderMap {
+        let server_now = if ahead { now + skew } else { now - skew };
+        headers(&[
+            ("x-ratelimit-global-remaining", "0".into()),
+            (
+                "x-ratelimit-reset",
+                ms(server_now + Duration::from_secs(3)).to_string(),
+            ),
+            ("date", httpdate(server_now)),
+        ])
+    }
+
+    fn httpdate(t: SystemTime) -> String {
+        chrono::DateTime::<chrono::Utc>::from(t)
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string()
+    }
+
+    #[test]
+    fn resets_are_read_against_the_servers_clock_whichever_way_it_is_skewed() {
+        // Whole seconds, as an HTTP date carries them.
+        let now = UNIX_EPOCH + Duration::from_secs(ms(SystemTime::now()) / 1000);
+        let hour = Duration::from_secs(3600);
+        for ahead in [true, false] {
+            let answer = skewed_reset(now, hour, ahead);
+            let pacer = Pacer::default();
+            pacer.observe(&answer, now);
+            let paced = pacer.wait_before_next(now).unwrap();
+            let retried = RetrySchedule::default()
+                .after_rate_limit(&answer, now)
+                .unwrap();
+            for wait in [paced, retried] {
+                assert!(
+                    wait >= Duration::from_secs(3) && wait < Duration::from_millis(3_300),
+                    "server {} an hour: waited {wait:?}",
+                    if ahead { "ahead" } else { "behind" }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_reset_already_past_waits_the_floor_and_a_long_retry_after_the_cap() {
+        let now = SystemTime::now();
+        let past = headers(&[(
+            "x-ratelimit-reset",
+            ms(now - Duration::from_secs(5)).to_string(),
+        )]);
+        let wait = RetrySchedule::default()
+            .after_rate_limit(&past, now)
+            .unwrap();
+        assert!(wait >= MIN_RESET_WAIT && wait < MIN_RESET_WAIT + Duration::from_millis(250));
+        let long = headers(&[("retry-after", "86400".into())]);
+        let wait = RetrySchedule::default()
+            .after_rate_limit(&long, now)
+            .unwrap();
+        assert!(wait >= MAX_RETRY_AFTER && wait < MAX_RETRY_AFTER + Duration::from_millis(250));
     }
 
     #[test]

@@ -1,0 +1,588 @@
+//! Syncs that never wedge: what a run does when LaunchDarkly holds keys as excluded, refuses a batch for good,
+//! keeps its clock elsewhere, races ldsync to create a segment, or has been edited by hand; and what it does with a
+//! wrong token when nothing changed. Each test runs the real binary against the emulator and checks the segment,
+//! the requests LaunchDarkly saw, the journal and checkpoint on disk, and the message.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::emulated::*;
+use common::*;
+use ldsync_emulator::{EmulatorConfig, Faults, RateLimit, SegmentSeed, ThrottleHeaders};
+use serde_json::Value;
+
+fn journal_path(setup: &Setup, sync: &str) -> std::path::PathBuf {
+    setup
+        .project
+        .path(&format!(".ldsync/state/{sync}/journal.jsonl"))
+}
+
+fn last_run_record(setup: &Setup, sync: &str) -> Value {
+    let history = std::fs::read_to_string(
+        setup
+            .project
+            .path(&format!(".ldsync/state/{sync}/runs.jsonl")),
+    )
+    .unwrap();
+    serde_json::from_str(history.lines().last().unwrap()).unwrap()
+}
+
+/// Every key any `addIncludedTargets` request carried.
+fn keys_added(setup: &Setup) -> BTreeSet<String> {
+    described(&setup.emulator.requests())
+        .into_iter()
+        .filter(|(_, _, instruction, _)| instruction == "addIncludedTargets")
+        .flat_map(|(_, _, _, keys)| keys)
+        .collect()
+}
+
+fn keys(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|k| k.to_string()).collect()
+}
+
+#[test]
+fn keys_excluded_in_launchdarkly_are_planned_around_never_sent_and_named() {
+    let setup = Setup::new();
+    let pro1 = expected_pro_users("day1");
+    let excluded: Vec<String> = pro1.iter().step_by(300).take(3).cloned().collect();
+    setup.emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            excluded: vec![("user".into(), excluded.clone())],
+            ..SegmentSeed::standard("pro-users", "user", &[])
+        },
+    );
+
+    // plan --full reads the segment and shows what sync would leave out.
+    let plan = setup
+        .project
+        .command("day1", &["plan", "pro-users", "--full", "--format", "json"])
+        .env("LD_ACCESS_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    ok(&plan);
+    let planned = &json(&plan)["syncs"][0];
+    assert_eq!(string_list(&planned["excluded"]), excluded);
+    assert_eq!(
+        strings(&planned["adds"]),
+        difference(&pro1, &excluded.iter().cloned().collect())
+    );
+
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+    ok(&out);
+    let wanted = difference(&pro1, &excluded.iter().cloned().collect());
+    assert_eq!(setup.members("pro-users", "user"), wanted);
+    assert!(keys_added(&setup).is_disjoint(&excluded.iter().cloned().collect()));
+    let report = &json(&out)["syncs"][0];
+    let named = serde_json::json!({"count": 3, "examples": excluded});
+    assert_eq!(report["excluded"], named);
+    assert_eq!(last_run_record(&setup, "pro-users")["excluded"], named);
+    let table = setup.sync("day1", &["pro-users"]);
+    ok(&table);
+    assert!(
+        stdout(&table).contains(&format!(
+            "3 model keys are excluded targets of segment `pro-users` in LaunchDarkly, which refuses to include \
+             them: they are not added: 3 ({})",
+            excluded.join(", ")
+        )),
+        "{}",
+        stdout(&table)
+    );
+}
+
+/// The example with pro-users sent in batches of 100 keys, and LaunchDarkly refusing `refused` for good.
+fn refusing(refused: &str) -> Setup {
+    let setup = Setup::new();
+    small_batches(&setup, 100);
+    setup.emulator.set_faults(Faults {
+        refused_keys: keys(&[refused]),
+        ..Faults::default()
+    });
+    setup
+}
+
+/// Leaves `key` out of the pro_users model, as a user would once the refusal named it.
+fn correct_model(setup: &Setup, key: &str) {
+    let sql = std::fs::read_to_string(setup.project.path("sql/pro_users.sql")).unwrap();
+    setup.project.write(
+        "sql/pro_users.sql",
+        &format!("{sql}\n  AND user_id <> '{key}'\n"),
+    );
+}
+
+#[test]
+fn a_refused_batch_ends_the_run_and_the_next_run_plans_afresh_instead_of_replaying_it() {
+    let pro1 = expected_pro_users("day1");
+    let sorted: Vec<String> = pro1.iter().cloned().collect();
+    let refused = sorted[150].clone();
+    for full in [false, true] {
+        let setup = refusing(&refused);
+        let out = setup.sync("day1", &["pro-users"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let total = pro1.len().div_ceil(100);
+        for expected in [
+            format!("LaunchDarkly refused batch 2 of {total} of run "),
+            format!("(add 100 ({}", sorted[100]),
+            format!("context key `{refused}` cannot be included"),
+            "1 batches were acknowledged and the checkpoint did not move".to_string(),
+            "the next `ldsync sync` will not send this run again: it plans afresh from the checkpoint and the \
+             segment's real state"
+                .to_string(),
+        ] {
+            assert!(stderr(&out).contains(&expected), "{expected:?} in {}", stderr(&out));
+        }
+        let journal = std::fs::read_to_string(journal_path(&setup, "pro-users")).unwrap();
+        let refusal: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            (refusal["record"].as_str(), refusal["index"].as_u64()),
+            (Some("refused"), Some(1))
+        );
+        assert_eq!(setup.manifest_bytes("pro-users"), None, "no checkpoint yet");
+        let first_batch: BTreeSet<String> = sorted[..100].iter().cloned().collect();
+        assert_eq!(setup.members("pro-users", "user"), first_batch);
+
+        // The model is corrected; LaunchDarkly still refuses the key. The refused run is not replayed.
+        correct_model(&setup, &refused);
+        setup.emulator.clear_requests();
+        let args: &[&str] = if full {
+            &["pro-users", "--full", "--format", "json"]
+        } else {
+            &["pro-users", "--format", "json"]
+        };
+        let out = setup.sync("day1", args);
+        ok(&out);
+        let wanted = difference(&pro1, &keys(&[&refused]));
+        assert_eq!(setup.members("pro-users", "user"), wanted);
+        assert_eq!(setup.checkpoint("pro-users").unwrap(), wanted);
+        assert!(!journal_path(&setup, "pro-users").exists());
+        assert_eq!(
+            keys_added(&setup),
+            difference(&wanted, &first_batch),
+            "planned against the segment's real state: the acknowledged batch is not sent again"
+        );
+        let notes = json(&out)["syncs"][0]["notes"].to_string();
+        let expected = if full {
+            "--full compares with the segment's real membership instead"
+        } else {
+            "was refused by LaunchDarkly"
+        };
+        assert!(notes.contains(expected), "{notes}");
+    }
+}
+
+#[test]
+fn full_abandons_an_unfinished_run_whose_settings_changed() {
+    let setup = Setup::with_reader(EmulatorConfig::default());
+    // Refused by the role: a journal stays, to be finished once the role is fixed.
+    let out = setup.sync_with_token("day1", READER, &["pro-users"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(journal_path(&setup, "pro-users").exists());
+    setup
+        .project
+        .edit_config("    segment: pro-users\n", "    segment: paid-users\n");
+    let out = setup.sync("day1", &["pro-users"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "was started with other settings (segment: pro-users → paid-users); restore them so that it can \
+             finish, or run `ldsync sync --full` to abandon it"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    ok(&setup.sync("day1", &["pro-users", "--full"]));
+    assert!(!journal_path(&setup, "pro-users").exists());
+    assert_eq!(
+        setup.members("paid-users", "user"),
+        expected_pro_users("day1")
+    );
+}
+
+/// Syncs pro-users in batches of 100 against a LaunchDarkly whose clock is `skew_ms` off, which allows two
+/// requests per 2-second window and says only when the window resets.
+fn sync_against_a_skewed_clock(skew_ms: i64) -> (std::process::Output, Duration, usize) {
+    let setup = Setup::new();
+    small_batches(&setup, 300);
+    setup.emulator.set_faults(Faults {
+        rate_limit: Some(RateLimit {
+            requests_per_window: 2,
+            window: Duration::from_secs(2),
+            headers: ThrottleHeaders::ResetOnly,
+        }),
+        clock_skew_ms: skew_ms,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+    let took = started.elapsed();
+    ok(&out);
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day1")
+    );
+    (out, took, answered(&setup, 429))
+}
+
+#[test]
+fn rate_limit_resets_are_read_on_launchdarklys_clock_however_far_ours_is() {
+    let hour = 3_600_000;
+    for skew_ms in [-hour, hour] {
+        let (out, took, limited) = sync_against_a_skewed_clock(skew_ms);
+        let requests = json(&out)["syncs"][0]["calls"]["requests"]
+            .as_u64()
+            .unwrap();
+        // A GET and the batches, two a window: the run needs a few windows, and each 429 costs at most one
+        // reset's wait, not an hour (ahead) nor a burst of retries (behind).
+        assert!(
+            took < Duration::from_secs(30),
+            "skew {skew_ms} ms: {requests} requests took {took:?}"
+        );
+        assert!(
+            limited as u64 <= requests / 2 + 1,
+            "skew {skew_ms} ms: {limited} 429s for {requests} requests"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_token_fails_even_a_run_with_nothing_to_change() {
+    let setup = Setup::new();
+    ok(&setup.sync("day1", &["dormant-winback"]));
+    setup.emulator.clear_requests();
+    for (token, message) in [
+        (
+            "api-revoked",
+            "LaunchDarkly refused the access token while reading segment `winback-experiment` (401",
+        ),
+        ("Bearer api-emulator-token", "without `Bearer`"),
+        (
+            "sdk-0a1b2c3d-aaaa-bbbb-cccc-0123456789ab",
+            "SDK keys, mobile keys and client-side IDs cannot call",
+        ),
+    ] {
+        let out = setup.sync_with_token("day1", token, &["dormant-winback"]);
+        assert_eq!(out.status.code(), Some(1), "{token}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{token}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("use a personal or service access token"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        setup
+            .emulator
+            .requests()
+            .iter()
+            .all(|r| r.method == "GET" && r.status == 401)
+    );
+}
+
+/// A big segment `enterprise-orgs` that already holds one organization ldsync never saw.
+fn big_segment_with_a_member(setup: &Setup) {
+    setup.emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            key: "enterprise-orgs".into(),
+            name: "enterprise-orgs".into(),
+            unbounded: true,
+            context_kind: "organization".into(),
+            included: vec![("organization".into(), vec!["acct_someone".into()])],
+            excluded: vec![],
+        },
+    );
+}
+
+#[test]
+fn first_add_and_remove_runs_proceed_against_a_big_segment_that_has_members() {
+    let orgs1 = expected_enterprise_orgs("day1");
+    for (mode, expected) in [
+        (
+            "add",
+            orgs1.union(&keys(&["acct_someone"])).cloned().collect(),
+        ),
+        ("remove", keys(&["acct_someone"])),
+    ] {
+        let setup = Setup::new();
+        big_segment_with_a_member(&setup);
+        setup.project.edit_config(
+            "    context_kind: organization\n    mode: mirror\n",
+            &format!("    context_kind: organization\n    mode: {mode}\n"),
+        );
+        if mode == "remove" {
+            // Every model key is a member to take out: seed them, so the removal is visible.
+            let mut members: Vec<String> = orgs1.iter().cloned().collect();
+            members.push("acct_someone".into());
+            setup.emulator.seed_segment(
+                "default",
+                "production",
+                SegmentSeed {
+                    key: "enterprise-orgs".into(),
+                    name: "enterprise-orgs".into(),
+                    unbounded: true,
+                    context_kind: "organization".into(),
+                    included: vec![("organization".into(), members)],
+                    excluded: vec![],
+                },
+            );
+        }
+        // Emptying the segment of the model's keys is over the default max_remove_percent.
+        let out = setup.sync("day1", &["enterprise-orgs", "--override-gates"]);
+        ok(&out);
+        assert_eq!(
+            setup.members("enterprise-orgs", "organization"),
+            expected,
+            "{mode}"
+        );
+        assert_eq!(setup.checkpoint("enterprise-orgs").unwrap(), orgs1);
+    }
+    // Mirror still refuses to guess the members it would have to remove.
+    let setup = Setup::new();
+    big_segment_with_a_member(&setup);
+    let out = setup.sync("day1", &["enterprise-orgs"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is a big segment that already includes 1 contexts"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// pro-users pointed at a new segment `pro-users-v2` that someone else creates, as `racer`, just before ldsync's
+/// create arrives, which LaunchDarkly answers with `duplicate_status`.
+fn racing(duplicate_status: u16, racer: SegmentSeed) -> Setup {
+    let setup = Setup::with(EmulatorConfig {
+        duplicate_status,
+        ..EmulatorConfig::default()
+    });
+    setup
+        .project
+        .edit_config("    segment: pro-users\n", "    segment: pro-users-v2\n");
+    setup
+        .emulator
+        .create_before_next_create("default", "production", racer);
+    setup
+}
+
+#[test]
+fn a_segment_created_by_someone_else_first_is_read_back_and_checked() {
+    for duplicate_status in [409, 400] {
+        // The racer made what the sync would make: the run carries on into it.
+        let setup = racing(
+            duplicate_status,
+            SegmentSeed::standard("pro-users-v2", "user", &["usr_racer"]),
+        );
+        ok(&setup.sync("day1", &["pro-users"]));
+        let mut expected = expected_pro_users("day1");
+        expected.insert("usr_racer".into());
+        assert_eq!(
+            setup.members("pro-users-v2", "user"),
+            expected,
+            "{duplicate_status}: a first run's plan was made before the racer's member existed"
+        );
+        let creates: Vec<u16> = setup
+            .emulator
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(creates, [duplicate_status]);
+
+        // The racer made a big segment: the run stops, naming both.
+        let setup = racing(
+            duplicate_status,
+            SegmentSeed {
+                unbounded: true,
+                context_kind: "device".into(),
+                ..SegmentSeed::standard("pro-users-v2", "device", &[])
+            },
+        );
+        let out = setup.sync("day1", &["pro-users"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains(
+                "segment `pro-users-v2` was created by someone else while this run was creating it, as a big \
+                 segment of context kind `device`, but this sync creates a standard segment; nothing was sent"
+            ),
+            "{duplicate_status}: {}",
+            stderr(&out)
+        );
+        assert!(
+            setup
+                .emulator
+                .requests()
+                .iter()
+                .all(|r| r.method != "PATCH")
+        );
+        assert_eq!(setup.manifest_bytes("pro-users"), None);
+    }
+}
+
+#[test]
+fn run_ids_are_time_ordered_uuid_v7() {
+    let setup = Setup::new();
+    for day in ["day1", "day1", "day2"] {
+        ok(&setup.sync(day, &["pro-users"]));
+    }
+    let history =
+        std::fs::read_to_string(setup.project.path(".ldsync/state/pro-users/runs.jsonl")).unwrap();
+    let ids: Vec<String> = history
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{id}"
+        );
+        assert!(parts[2].starts_with('7'), "version 7: {id}");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, ids, "unique, and sorted as the runs happened");
+}
+
+/// Gates of each kind, in plan and in sync, for the mirror sync (pro-users) and the remove sync (churned-beta).
+#[test]
+fn removal_gates_fire_in_plan_and_sync_in_mirror_and_remove_mode() {
+    let setup = Setup::new();
+    // beta-testers holds every beta tester, so churned testers really are members to remove.
+    let testers: BTreeSet<String> = read_fixture("day2", "users")
+        .iter()
+        .filter(|u| u.get("beta_opt_in") == "true" && !u.get("user_id").trim().is_empty())
+        .map(|u| u.get("user_id").to_string())
+        .collect();
+    setup.seed(
+        "beta-testers",
+        &testers.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    ok(&setup.sync("day1", &["pro-users"]));
+    let pro_removed = difference(&expected_pro_users("day1"), &expected_pro_users("day2")).len();
+    let churned = expected_churned_beta_users("day2").len();
+    assert!(pro_removed > 1 && churned > 1, "{pro_removed} {churned}");
+    setup.project.edit_config(
+        "    gates:\n      max_remove_percent: 5\n      max_remove_count: 500\n",
+        "    gates:\n      max_remove_percent: 0.01\n",
+    );
+    setup.project.edit_config(
+        "    mode: remove\n",
+        "    mode: remove\n    gates:\n      max_remove_count: 1\n",
+    );
+    let cases = [
+        (
+            "pro-users",
+            "day2",
+            format!("it would remove {pro_removed} of "),
+        ),
+        (
+            "churned-beta",
+            "day2",
+            format!("it would remove {churned} members, over gates.max_remove_count 1"),
+        ),
+    ];
+    for (sync, day, message) in &cases {
+        let plan = setup
+            .project
+            .ldsync(day, &["plan", sync, "--detailed-exitcode"]);
+        assert_eq!(
+            plan.status.code(),
+            Some(4),
+            "plan {sync}: {}",
+            stdout(&plan)
+        );
+        assert!(
+            stdout(&plan).contains(message.as_str()),
+            "plan {sync}: {}",
+            stdout(&plan)
+        );
+        let manifest = setup.manifest_bytes(sync);
+        setup.emulator.clear_requests();
+        let out = setup.sync(day, &[sync]);
+        assert_eq!(out.status.code(), Some(4), "sync {sync}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains(message.as_str()),
+            "sync {sync}: {}",
+            stdout(&out)
+        );
+        assert!(only_reads(&setup));
+        assert_eq!(setup.manifest_bytes(sync), manifest);
+    }
+    // The remove sync's percent gate is a share of the segment's members, which only sync can read.
+    setup.project.edit_config(
+        "    gates:\n      max_remove_count: 1\n",
+        "    gates:\n      max_remove_percent: 0.1\n",
+    );
+    let out = setup.sync("day2", &["churned-beta"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "it would remove {churned} of {} members",
+            testers.len()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    ok(&setup.sync("day2", &["churned-beta", "--override-gates"]));
+    assert_eq!(
+        setup.members("beta-testers", "user"),
+        difference(&testers, &expected_churned_beta_users("day2"))
+    );
+}
+
+#[test]
+fn optimistic_locking_conflicts_are_retried_until_the_segment_is_exact() {
+    let setup = Setup::new();
+    small_batches(&setup, 100);
+    setup.emulator.set_faults(Faults {
+        conflict_rate: 0.3,
+        seed: 11,
+        ..Faults::default()
+    });
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+    ok(&out);
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day1")
+    );
+    let conflicts = answered(&setup, 409) as u64;
+    assert!(conflicts > 0);
+    assert_eq!(
+        json(&out)["syncs"][0]["calls"]["server_errors"].as_u64(),
+        Some(conflicts)
+    );
+}
+
+#[test]
+fn a_role_denial_answered_401_names_the_role_action_too() {
+    let setup = Setup::with_reader(EmulatorConfig {
+        role_denial_status: 401,
+        ..EmulatorConfig::default()
+    });
+    let out = setup.sync_with_token("day1", READER, &["pro-users"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "LaunchDarkly refused the access token while adding targets to segment `pro-users` (401"
+        ) && stderr(&out).contains("or its role may not `updateIncluded`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        journal_path(&setup, "pro-users").exists(),
+        "kept, to finish once the role is fixed"
+    );
+}
