@@ -11,6 +11,7 @@ use arrow::array::Array;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, SyncConfig, TokenSource};
+use crate::daemon::{self, DaemonOptions, Stopped};
 use crate::history::RunOutcome;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
@@ -18,7 +19,10 @@ use crate::plan::{PlanOutcome, Planner};
 use crate::report::{
     Format, PlanResult, SyncFormat, overall_outcome, write_plan_report, write_sync_report,
 };
+use crate::shutdown;
+use crate::status;
 use crate::sync::{Engine, SyncOptions, SyncReport};
+use crate::warehouse::Warehouse;
 
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
@@ -28,21 +32,25 @@ pub mod exit {
     pub const ERROR: u8 = 1;
     /// The command line itself was wrong (clap's own code).
     pub const USAGE: u8 = 2;
-    /// plan --detailed-exitcode: at least one sync has changes to make, and no gate would stop it.
+    /// --detailed-exitcode: plan: at least one sync has changes to make, and no gate would stop it;
+    /// sync: at least one sync sent changes, and none failed or was stopped by a gate.
     pub const CHANGES: u8 = 3;
     /// plan --detailed-exitcode: a removal gate would stop at least one sync before its first call;
     /// sync: a removal gate stopped at least one sync before its first call (and none failed).
     pub const GATE_STOPPED: u8 = 4;
+    /// sync: a signal stopped a run, whose journal the next run finishes; run: a second signal stopped it at once.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  success (plan --detailed-exitcode: nothing to change)
-  1  error: configuration, model SQL, keys, warehouse, checkpoint or LaunchDarkly
-  2  the command line was wrong
-  3  plan --detailed-exitcode: changes to make
-  4  plan --detailed-exitcode: a removal gate would stop a sync before any call;
-     sync: a removal gate stopped a sync before any call (--override-gates lets it through)
+  0    success (with --detailed-exitcode: nothing to change); run: stopped cleanly by SIGINT or SIGTERM
+  1    error: configuration, model SQL, keys, warehouse, checkpoint or LaunchDarkly
+  2    the command line was wrong
+  3    --detailed-exitcode: plan: changes to make; sync: changes were sent
+  4    plan --detailed-exitcode: a removal gate would stop a sync before any call;
+       sync: a removal gate stopped a sync before any call (--override-gates lets it through)
+  130  sync: a signal stopped a run (the next run finishes it); run: a second signal stopped it at once
 
 Logs go to standard error; reports go to standard output or --output.";
 
@@ -135,6 +143,44 @@ pub enum Command {
         /// How the summary on standard output looks.
         #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
         format: SyncFormat,
+        /// Exit 0 when there was nothing to change, 3 when changes were sent, 4 when a removal gate stopped a
+        /// sync (1 stays failure), so a scheduler can tell a quiet run from a busy one.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Run every scheduled sync on its schedule (an interval such as 15m, or a cron expression in a time zone)
+    /// until SIGINT or SIGTERM. A sync never overlaps itself, and ticks missed during a long run or downtime give
+    /// one run, not one per tick; a failing sync is tried again with backoff while the others go on. The first
+    /// signal lets each run finish its request in flight and leaves its journal for the next start (exit 0); a
+    /// second stops at once (exit 130).
+    Run {
+        /// Syncs to run (default: every sync with a schedule).
+        syncs: Vec<String>,
+        /// Serve Prometheus metrics on this address (for example 127.0.0.1:9464), at GET /metrics.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// The wait before trying a failed sync again; it doubles with each failure in a row, up to an hour, and
+        /// the sync's next scheduled time comes first if it is sooner.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        failure_backoff: Duration,
+    },
+    /// Show each sync's last run (outcome, counts, requests, 429s, duration), its checkpoint, any unfinished run,
+    /// and when ldsync run runs it next. Reads the state store only.
+    Status {
+        /// Syncs to show (default: all).
+        syncs: Vec<String>,
+        #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
+        format: SyncFormat,
+    },
+    /// Show past runs, oldest first, from the state store.
+    History {
+        /// Syncs whose runs to show (default: all).
+        syncs: Vec<String>,
+        /// Show at most this many runs, the most recent.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
+        format: SyncFormat,
     },
 }
 
@@ -179,6 +225,7 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
                 show: *show,
                 detailed_exitcode: *detailed_exitcode,
                 full: *full,
+                progress: show_progress(cli),
             },
         ),
         Command::Sync {
@@ -186,34 +233,61 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
             full,
             override_gates,
             format,
+            detailed_exitcode,
         } => {
             let options = SyncOptions {
                 full: *full,
                 override_gates: *override_gates,
             };
-            let progress = cli.log_format == LogFormat::Text && std::io::stderr().is_terminal();
-            sync(&config, syncs, options, *format, progress)
+            let reports = sync(&config, syncs, options, *format, show_progress(cli))?;
+            Ok(sync_exit_code(&reports, *detailed_exitcode))
         }
+        Command::Run {
+            syncs,
+            metrics_addr,
+            failure_backoff,
+        } => {
+            let options = DaemonOptions {
+                failure_backoff: *failure_backoff,
+                metrics_addr: *metrics_addr,
+                request_timeout: REQUEST_TIMEOUT,
+            };
+            let syncs = config.select_syncs(syncs)?;
+            let shutdown = shutdown::listen().context("cannot listen for signals")?;
+            Ok(match daemon::run(&config, &syncs, &options, shutdown)? {
+                Stopped::Cleanly => exit::OK,
+                Stopped::AtOnce => exit::INTERRUPTED,
+            })
+        }
+        Command::Status { syncs, format } => status(&config, syncs, *format),
+        Command::History {
+            syncs,
+            limit,
+            format,
+        } => history(&config, syncs, *limit, *format),
     }
+}
+
+/// Progress bars go to standard error when a person is watching it.
+fn show_progress(cli: &Cli) -> bool {
+    cli.log_format == LogFormat::Text && std::io::stderr().is_terminal()
 }
 
 /// How long one LaunchDarkly request may take before it counts as lost and is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The sync engine, with a LaunchDarkly client holding the configured token, and a runtime to drive it.
-fn engine(
-    config: &Config,
-    progress: bool,
-) -> anyhow::Result<(Engine<'_>, tokio::runtime::Runtime)> {
+/// A LaunchDarkly client holding the configured token.
+fn client(config: &Config) -> anyhow::Result<Client> {
     let token = AccessToken::read(&config.launchdarkly.token, &config.project_dir)?;
-    let client = Client::new(&config.launchdarkly, token, REQUEST_TIMEOUT)
-        .context("cannot set up the HTTP client")?;
-    let engine = Engine::new(config, client, progress)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    Client::new(&config.launchdarkly, token, REQUEST_TIMEOUT)
+        .context("cannot set up the HTTP client")
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    Ok((engine, runtime))
+        .context("cannot start the async runtime")
 }
 
 fn sync(
@@ -222,25 +296,24 @@ fn sync(
     options: SyncOptions,
     format: SyncFormat,
     progress: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Vec<SyncReport>> {
     let syncs = config.select_syncs(names)?;
-    let (engine, runtime) = engine(config, progress)?;
+    let client = client(config)?;
+    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let shutdown = shutdown::listen().context("cannot listen for signals")?;
+    let engine = Engine::new(config, &warehouse, client)
+        .with_progress(progress)
+        .with_shutdown(shutdown.clone());
+    let runtime = runtime()?;
     let reports: Vec<SyncReport> = runtime.block_on(async {
         let mut reports = Vec::new();
         for sync in syncs {
-            let report = engine.run(sync, options).await;
-            match &report.error {
-                None => tracing::info!(
-                    sync = %report.sync,
-                    outcome = ?report.outcome,
-                    adds = report.adds,
-                    removes = report.removes,
-                    requests = report.calls.requests,
-                    seconds = report.duration_ms as f64 / 1000.0,
-                    "sync finished"
-                ),
-                Some(error) => tracing::error!(sync = %report.sync, "{error}"),
+            if shutdown.requested() {
+                tracing::warn!(sync = %sync.name, "not started: ldsync is stopping");
+                continue;
             }
+            let report = engine.run(sync, options).await;
+            report.log();
             reports.push(report);
         }
         reports
@@ -248,17 +321,49 @@ fn sync(
     let mut out = BufWriter::new(std::io::stdout());
     write_sync_report(&reports, format, &mut out)?;
     out.flush()?;
-    Ok(sync_exit_code(&reports))
+    Ok(reports)
 }
 
-fn sync_exit_code(reports: &[SyncReport]) -> u8 {
-    if reports.iter().any(|r| r.outcome == RunOutcome::Failed) {
+fn sync_exit_code(reports: &[SyncReport], detailed: bool) -> u8 {
+    let any = |outcome| reports.iter().any(|r| r.outcome == outcome);
+    if any(RunOutcome::Failed) {
         exit::ERROR
-    } else if reports.iter().any(|r| r.outcome == RunOutcome::GateStopped) {
+    } else if any(RunOutcome::Interrupted) {
+        exit::INTERRUPTED
+    } else if any(RunOutcome::GateStopped) {
         exit::GATE_STOPPED
+    } else if detailed && any(RunOutcome::Synced) {
+        exit::CHANGES
     } else {
         exit::OK
     }
+}
+
+fn status(config: &Config, names: &[String], format: SyncFormat) -> anyhow::Result<u8> {
+    let now = chrono::Utc::now();
+    let statuses = config
+        .select_syncs(names)?
+        .into_iter()
+        .map(|sync| status::status_of(config, sync, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = BufWriter::new(std::io::stdout());
+    status::write_status(&statuses, now, format, &mut out)?;
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn history(
+    config: &Config,
+    names: &[String],
+    limit: usize,
+    format: SyncFormat,
+) -> anyhow::Result<u8> {
+    let syncs = config.select_syncs(names)?;
+    let runs = status::history_of(config, &syncs, limit)?;
+    let mut out = BufWriter::new(std::io::stdout());
+    status::write_history(&runs, format, &mut out)?;
+    out.flush()?;
+    Ok(exit::OK)
 }
 
 /// How `ldsync plan` was asked to run.
@@ -268,18 +373,29 @@ struct PlanOptions<'a> {
     show: usize,
     detailed_exitcode: bool,
     full: bool,
+    progress: bool,
 }
 
 fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::Result<u8> {
-    if options.format == Format::Parquet && options.output.is_none() {
+    let PlanOptions {
+        format,
+        output,
+        show,
+        detailed_exitcode,
+        full,
+        progress,
+    } = options;
+    if format == Format::Parquet && output.is_none() {
         anyhow::bail!("--format parquet writes a binary file: give it --output PATH");
     }
     let syncs = config.select_syncs(names)?;
-    let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if options.full {
-        let (engine, runtime) = engine(config, false)?;
+    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full {
+        let engine = Engine::new(config, &warehouse, client(config)?).with_progress(progress);
+        let runtime = runtime()?;
         Box::new(move |sync| runtime.block_on(engine.plan_full(sync)))
     } else {
-        let planner = Planner::open(config)?;
+        let planner = Planner::new(config, &warehouse).with_progress(progress);
         Box::new(move |sync| planner.plan(sync))
     };
     let results: Vec<PlanResult> = syncs
@@ -302,10 +418,10 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
             result
         })
         .collect();
-    write_report(&results, options.format, options.output, options.show)?;
+    write_report(&results, format, output, show)?;
     Ok(match overall_outcome(&results) {
         None => exit::ERROR,
-        Some(_) if !options.detailed_exitcode => exit::OK,
+        Some(_) if !detailed_exitcode => exit::OK,
         Some(PlanOutcome::NoChanges) => exit::OK,
         Some(PlanOutcome::Changes) => exit::CHANGES,
         Some(PlanOutcome::GateStopped) => exit::GATE_STOPPED,
@@ -338,7 +454,8 @@ fn write_report(
 
 fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
     let syncs = config.select_syncs(names)?;
-    let planner = Planner::open(config)?;
+    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let planner = Planner::new(config, &warehouse);
     let mut failures = 0;
     for sync in syncs {
         match crate::validate::check_sync(config, &planner, sync) {

@@ -7,10 +7,11 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+
+use crate::schedule::Schedule;
 
 /// The schema version this build of ldsync reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -435,43 +436,6 @@ pub enum InvalidKeys {
     Fail,
     /// The row is left out, counted, and reported with examples.
     Skip,
-}
-
-/// When a sync runs under `ldsync run`.
-#[derive(Debug, Clone)]
-pub enum Schedule {
-    /// Every so often, for example `15m` or `4h`.
-    Every(Duration),
-    /// A cron expression (five fields, or six with seconds), evaluated in UTC.
-    Cron(String),
-}
-
-impl<'de> Deserialize<'de> for Schedule {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_str(
-            deserializer,
-            "a schedule such as 4h or a cron expression",
-            parse_schedule,
-        )
-    }
-}
-
-fn parse_schedule(text: &str) -> Result<Schedule, String> {
-    let text = text.trim();
-    if !text.contains(' ') {
-        let every = humantime::parse_duration(text).map_err(|e| {
-            format!("`{text}` is neither an interval such as 15m or 4h ({e}) nor a cron expression")
-        })?;
-        if every < Duration::from_secs(1) {
-            return Err(format!("interval `{text}` is shorter than one second"));
-        }
-        return Ok(Schedule::Every(every));
-    }
-    croner::Cron::new(text)
-        .with_seconds_optional()
-        .parse()
-        .map_err(|e| format!("cron expression `{text}` is invalid: {e}"))?;
-    Ok(Schedule::Cron(text.to_string()))
 }
 
 /// Limits on what one run may remove; a run over any of them stops before its first call.
@@ -916,28 +880,6 @@ mod tests {
         assert!(err.contains("without a closing"), "{err}");
         let err = interpolate("${a b}", lookup).unwrap_err();
         assert!(err.contains("not a variable reference"), "{err}");
-    }
-
-    #[test]
-    fn schedules_are_intervals_or_cron() {
-        assert!(
-            matches!(parse_schedule("4h"), Ok(Schedule::Every(d)) if d == Duration::from_secs(4 * 3600))
-        );
-        assert!(matches!(
-            parse_schedule("*/15 * * * *"),
-            Ok(Schedule::Cron(_))
-        ));
-        assert!(
-            parse_schedule("every day")
-                .unwrap_err()
-                .contains("cron expression")
-        );
-        assert!(parse_schedule("4 parsecs").is_err());
-        assert!(
-            parse_schedule("4x")
-                .unwrap_err()
-                .contains("neither an interval")
-        );
     }
 
     #[test]

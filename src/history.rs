@@ -25,6 +25,8 @@ pub enum RunOutcome {
     GateStopped,
     /// The run failed; the checkpoint did not move.
     Failed,
+    /// A shutdown signal stopped the run; the checkpoint did not move, and the next run finishes its journal.
+    Interrupted,
 }
 
 impl RunOutcome {
@@ -35,7 +37,22 @@ impl RunOutcome {
             RunOutcome::NothingToChange => "nothing_to_change",
             RunOutcome::GateStopped => "gate_stopped",
             RunOutcome::Failed => "failed",
+            RunOutcome::Interrupted => "interrupted",
         }
+    }
+
+    /// Every outcome, for metrics that show a zero before the first run of each.
+    pub const ALL: [RunOutcome; 5] = [
+        RunOutcome::Synced,
+        RunOutcome::NothingToChange,
+        RunOutcome::GateStopped,
+        RunOutcome::Failed,
+        RunOutcome::Interrupted,
+    ];
+
+    /// Whether the run did what it was asked (a gate stop is the sync protecting itself, not a success).
+    pub fn succeeded(self) -> bool {
+        matches!(self, RunOutcome::Synced | RunOutcome::NothingToChange)
     }
 }
 

@@ -123,6 +123,11 @@ impl Journal {
         })
     }
 
+    /// Whether a run left a journal in `dir` (without reading it).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(JOURNAL_FILE).try_exists().unwrap_or(false)
+    }
+
     /// The open journal in `dir`, if a run left one. A torn last line (a crash or power loss in the middle of an
     /// append) is cut off the file first, so that what is appended next starts on a line of its own.
     pub fn open(dir: &Path, sync: &str) -> Result<Option<Journal>, JournalError> {

@@ -4,19 +4,26 @@
 //! streams its key column as Arrow arrays; [`keys`] checks, sorts and de-duplicates them; [`state`] keeps the
 //! committed checkpoint; [`diff`] merges the two sorted sets; [`plan`] turns the difference into requests and
 //! checks the removal gates; [`report`] shows the result. [`sync`] applies a plan through the [`launchdarkly`]
-//! client, writing each run's batches to its [`journal`] first and its outcome to the run [`history`]; [`cli`] is the
-//! command line over all of it.
+//! client, writing each run's batches to its [`journal`] first and its outcome to the run [`history`]. [`daemon`] runs
+//! syncs on their [`schedule`] until a [`shutdown`] signal, serving [`metrics`]; [`status`] reads what runs did;
+//! [`cli`] is the command line over all of it.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod diff;
 pub mod history;
 pub mod journal;
 pub mod keys;
 pub mod launchdarkly;
+pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod report;
+pub mod schedule;
+pub mod shutdown;
 pub mod state;
+pub mod status;
 pub mod sync;
 pub mod validate;
 pub mod warehouse;

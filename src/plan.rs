@@ -10,6 +10,7 @@ use serde::{Serialize, Serializer};
 use crate::config::{Config, Mode, SyncConfig};
 use crate::diff::{KeyDiff, UnsortedCheckpoint, diff_sorted};
 use crate::keys::{KeyCollector, KeyError, KeySet, KeyStats};
+use crate::progress;
 use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
 
@@ -52,6 +53,16 @@ pub struct CheckpointInfo {
     pub run_id: String,
     pub committed_at: DateTime<Utc>,
     pub key_count: u64,
+}
+
+impl CheckpointInfo {
+    pub fn of(checkpoint: &Checkpoint) -> Self {
+        CheckpointInfo {
+            run_id: checkpoint.manifest.run_id.clone(),
+            committed_at: checkpoint.manifest.committed_at,
+            key_count: checkpoint.manifest.key_count,
+        }
+    }
 }
 
 /// Whether a request adds or removes targets.
@@ -272,18 +283,26 @@ fn key_list<S: Serializer>(keys: &StringArray, serializer: S) -> Result<S::Ok, S
 /// Plans syncs of one configuration against its warehouse and checkpoint store.
 pub struct Planner<'a> {
     config: &'a Config,
-    warehouse: Warehouse,
+    warehouse: &'a Warehouse,
     store: LocalStore,
+    progress: bool,
 }
 
 impl<'a> Planner<'a> {
-    /// Opens the configured warehouse (running its start-up SQL) and checkpoint store.
-    pub fn open(config: &'a Config) -> Result<Self, WarehouseError> {
-        Ok(Planner {
+    /// Plans against an open warehouse and the configured checkpoint store.
+    pub fn new(config: &'a Config, warehouse: &'a Warehouse) -> Self {
+        Planner {
             config,
-            warehouse: Warehouse::open(&config.warehouse, &config.project_dir)?,
+            warehouse,
             store: LocalStore::new(config.state_dir()),
-        })
+            progress: false,
+        }
+    }
+
+    /// Shows the rows fetched so far on standard error while a model runs.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Plans one sync against its committed checkpoint: what `ldsync plan` shows.
@@ -408,8 +427,13 @@ impl<'a> Planner<'a> {
     fn read_model_keys(&self, sync: &SyncConfig) -> Result<KeySet, PlanError> {
         let (sql, key) = self.read_model(sync)?;
         let mut collector = KeyCollector::new(sync.invalid_keys);
+        let fetched = progress::fetch_spinner(&sync.name, self.progress);
         self.warehouse
-            .stream_keys::<PlanError>(&sql, &key, |array| Ok(collector.push(array)?))?;
+            .stream_keys::<PlanError>(&sql, &key, |array| {
+                fetched.inc(array.len() as u64);
+                Ok(collector.push(array)?)
+            })?;
+        fetched.finish_and_clear();
         Ok(collector.finish())
     }
 }
@@ -463,11 +487,7 @@ fn plan_keys(
         requests: requests(adds.len(), removes.len(), sync.batch_size),
         keys: model.stats.clone(),
         checkpoint: match baseline {
-            Baseline::Checkpoint(checkpoint) => checkpoint.map(|c| CheckpointInfo {
-                run_id: c.manifest.run_id.clone(),
-                committed_at: c.manifest.committed_at,
-                key_count: c.manifest.key_count,
-            }),
+            Baseline::Checkpoint(checkpoint) => checkpoint.map(CheckpointInfo::of),
             Baseline::Membership(_) => None,
         },
         entered: diff.entered.len() as u64,

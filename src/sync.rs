@@ -11,8 +11,7 @@
 use std::time::Instant;
 
 use arrow::array::{Array, StringArray};
-use chrono::Utc;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Mode, SegmentKind, SyncConfig};
@@ -24,8 +23,10 @@ use crate::plan::{
     Action, Baseline, Drift, GateStop, KeySample, PlanError, Planner, STANDARD_SEGMENT_MAX_TARGETS,
     SyncError, SyncPlan, percent_gate,
 };
+use crate::progress;
+use crate::shutdown::{Shutdown, Stage};
 use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
-use crate::warehouse::WarehouseError;
+use crate::warehouse::Warehouse;
 
 /// How a run may depart from the defaults, for this run only.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,7 +105,7 @@ pub enum EngineError {
         "{source}; {acknowledged} of {total} batches of run {run_id} were acknowledged and the checkpoint did not \
          move: the next `ldsync sync` sends the rest first"
     )]
-    Interrupted {
+    FailedPartway {
         run_id: String,
         acknowledged: usize,
         total: usize,
@@ -125,6 +126,34 @@ pub enum EngineError {
         acknowledged: usize,
         source: Box<ApiError>,
     },
+    #[error("stopped by a shutdown signal before sending anything; the checkpoint did not move")]
+    StoppedBeforeSending,
+    #[error(
+        "stopped by a shutdown signal after {acknowledged} of {total} batches of run {run_id} were acknowledged; the \
+         checkpoint did not move: the next run sends the rest first"
+    )]
+    Stopped {
+        run_id: String,
+        acknowledged: usize,
+        total: usize,
+    },
+    #[error(
+        "stopped at once by a second shutdown signal; the checkpoint did not move, and batches not yet acknowledged \
+         stay in the journal for the next run"
+    )]
+    StoppedAtOnce,
+}
+
+impl EngineError {
+    /// The outcome a run that failed with this error records.
+    fn outcome(&self) -> RunOutcome {
+        match self {
+            EngineError::StoppedBeforeSending
+            | EngineError::Stopped { .. }
+            | EngineError::StoppedAtOnce => RunOutcome::Interrupted,
+            _ => RunOutcome::Failed,
+        }
+    }
 }
 
 /// What one sync run did, as the command prints it.
@@ -133,6 +162,8 @@ pub struct SyncReport {
     pub sync: String,
     pub run_id: String,
     pub outcome: RunOutcome,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
     /// An interrupted run this run finished first.
     pub resumed_run: Option<String>,
     pub adds: u64,
@@ -148,6 +179,26 @@ pub struct SyncReport {
     pub gate_stops: Vec<String>,
     pub notes: Vec<String>,
     pub error: Option<String>,
+}
+
+impl SyncReport {
+    /// Logs how the run ended.
+    pub fn log(&self) {
+        match &self.error {
+            None => tracing::info!(
+                sync = %self.sync,
+                outcome = self.outcome.as_str(),
+                adds = self.adds,
+                removes = self.removes,
+                requests = self.calls.requests,
+                seconds = self.duration_ms as f64 / 1000.0,
+                "sync finished"
+            ),
+            Some(error) => {
+                tracing::error!(sync = %self.sync, outcome = self.outcome.as_str(), "{error}")
+            }
+        }
+    }
 }
 
 /// What a run counts as it goes, whatever way it ends.
@@ -195,18 +246,33 @@ pub struct Engine<'a> {
     store: LocalStore,
     client: Client,
     progress: bool,
+    shutdown: Shutdown,
 }
 
 impl<'a> Engine<'a> {
-    /// Opens the warehouse and the checkpoint store; `progress` draws a progress bar on standard error.
-    pub fn new(config: &'a Config, client: Client, progress: bool) -> Result<Self, WarehouseError> {
-        Ok(Engine {
+    /// Syncs models of an open warehouse through `client`, with the configured checkpoint store.
+    pub fn new(config: &'a Config, warehouse: &'a Warehouse, client: Client) -> Self {
+        Engine {
             config,
-            planner: Planner::open(config)?,
+            planner: Planner::new(config, warehouse),
             store: LocalStore::new(config.state_dir()),
             client,
-            progress,
-        })
+            progress: false,
+            shutdown: Shutdown::never(),
+        }
+    }
+
+    /// Draws a progress bar on standard error while batches are sent.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self.planner = self.planner.with_progress(progress);
+        self
+    }
+
+    /// Stops runs when `shutdown` says so: after the request in flight at the first signal, at once at the second.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Runs one sync and records the run in its history.
@@ -217,14 +283,15 @@ impl<'a> Engine<'a> {
         let run_id = uuid::Uuid::now_v7().to_string();
         let calls_before = self.client.stats();
         let mut tally = Tally::default();
-        let result = self.run_inner(sync, &run_id, options, &mut tally).await;
+        // Dropping the run at an await point is safe: every write to the journal and the store happens between them.
+        let result = tokio::select! {
+            result = self.run_inner(sync, &run_id, options, &mut tally) => result,
+            () = self.shutdown.reached(Stage::StopNow) => Err(EngineError::StoppedAtOnce),
+        };
         let (outcome, error) = match result {
             Ok(outcome) => (outcome, None),
             Err(EngineError::Plan(e)) => (RunOutcome::Failed, Some(e.to_string())),
-            Err(e) => (
-                RunOutcome::Failed,
-                Some(format!("sync `{}`: {e}", sync.name)),
-            ),
+            Err(e) => (e.outcome(), Some(format!("sync `{}`: {e}", sync.name))),
         };
         let error = error.map(|e| self.client.token().scrub(&e));
         let record = RunRecord {
@@ -251,6 +318,8 @@ impl<'a> Engine<'a> {
             sync: record.sync,
             run_id,
             outcome,
+            started_at,
+            finished_at: record.finished_at,
             resumed_run: record.resumed_run,
             adds: record.adds,
             removes: record.removes,
@@ -296,6 +365,9 @@ impl<'a> Engine<'a> {
                 )?;
             }
             return Ok(RunOutcome::NothingToChange);
+        }
+        if self.shutdown.requested() {
+            return Err(EngineError::StoppedBeforeSending);
         }
         let segment_kind = self
             .ready_segment(sync, run.segment, &run.plan, run_id)
@@ -511,8 +583,17 @@ impl<'a> Engine<'a> {
         let total = journal.batch_count();
         let pending: Vec<Batch> = journal.pending().cloned().collect();
         tally.batches_planned += pending.len() as u64;
-        let progress = self.progress_bar(sync, &pending);
+        let keys = pending.iter().map(|b| b.keys.len() as u64).sum();
+        let progress = progress::send_bar(&sync.name, keys, self.progress);
         for batch in pending {
+            if self.shutdown.requested() {
+                progress.abandon();
+                return Err(EngineError::Stopped {
+                    run_id: header.run_id,
+                    acknowledged: journal.acknowledged_count(),
+                    total,
+                });
+            }
             let comment = format!(
                 "ldsync sync `{}` run {}: {} batch {} of {total}",
                 sync.name,
@@ -535,7 +616,7 @@ impl<'a> Engine<'a> {
                 progress.abandon();
                 let acknowledged = journal.acknowledged_count();
                 if !source.is_final_for_batch() {
-                    return Err(EngineError::Interrupted {
+                    return Err(EngineError::FailedPartway {
                         run_id: header.run_id,
                         acknowledged,
                         total,
@@ -564,23 +645,6 @@ impl<'a> Engine<'a> {
         journal.close()?;
         tracing::info!(sync = %sync.name, run = %header.run_id, batches = total, "committed the checkpoint");
         Ok(())
-    }
-
-    fn progress_bar(&self, sync: &SyncConfig, pending: &[Batch]) -> ProgressBar {
-        let keys = pending.iter().map(|b| b.keys.len() as u64).sum();
-        if !self.progress || pending.is_empty() {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::with_draw_target(Some(keys), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} keys, {per_sec}, eta {eta}",
-            )
-            .expect("a valid progress template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(sync.name.clone());
-        bar
     }
 }
 

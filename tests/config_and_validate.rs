@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use ldsync::config::{Config, Mode, Schedule, TokenSource};
+use ldsync::config::{Config, Mode, TokenSource};
+use ldsync::schedule::Schedule;
 
 const GOOD: &str = "\
 version: 1
@@ -60,7 +61,10 @@ fn defaults_fill_what_is_left_out() {
 fn the_shipped_example_loads() {
     let config = Config::load(&std::path::Path::new(REPO).join("connector.yaml")).unwrap();
     assert_eq!(config.syncs.len(), 4);
-    assert!(matches!(config.syncs[1].schedule, Some(Schedule::Cron(_))));
+    assert!(matches!(
+        config.syncs[1].schedule,
+        Some(Schedule::Cron { .. })
+    ));
     assert!(
         config
             .syncs
@@ -377,4 +381,34 @@ fn config_errors_exit_one_and_say_which_file() {
         err.contains("connector.yaml: syncs[1].mode: unknown variant `append`"),
         "{err}"
     );
+}
+
+#[test]
+fn schedules_in_a_time_zone_are_checked_where_they_are_written() {
+    let zoned = |schedule: &str| {
+        GOOD.replace(
+            "    mode: mirror\n",
+            &format!("    mode: mirror\n    schedule: {schedule}\n"),
+        )
+    };
+    let config = load(&zoned("{cron: \"0 6 * * 1-5\", time_zone: Europe/Berlin}")).unwrap();
+    assert_eq!(
+        config.syncs[0].schedule.as_ref().unwrap().to_string(),
+        "cron 0 6 * * 1-5 (Europe/Berlin)"
+    );
+    let err = error_of(&zoned("{cron: \"0 6 * * *\", time_zone: Europe/Atlantis}"));
+    assert!(
+        err.contains(
+            "syncs[0].schedule: time_zone `Europe/Atlantis` is not an IANA time zone name"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("line 14"), "{err}");
+    let err = error_of(&zoned("{cron: \"0 25 * * *\", time_zone: UTC}"));
+    assert!(
+        err.contains("cron expression `0 25 * * *` is invalid"),
+        "{err}"
+    );
+    let err = error_of(&zoned("{every: 4h}"));
+    assert!(err.contains("unknown field `every`"), "{err}");
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::emulated::*;
@@ -678,28 +679,6 @@ fn rate_limits_are_met_with_pacing_and_waits_of_every_header_shape() {
 }
 
 /// The batches a killed run had recorded as acknowledged, read from its journal.
-fn acknowledged_in_journal(project: &Project) -> BTreeSet<(String, usize)> {
-    let Ok(text) = std::fs::read_to_string(project.path(".ldsync/state/pro-users/journal.jsonl"))
-    else {
-        return BTreeSet::new();
-    };
-    let mut run = String::new();
-    let mut acknowledged = BTreeSet::new();
-    for line in text.lines() {
-        let Ok(record) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        match record["record"].as_str() {
-            Some("run") => run = record["run_id"].as_str().unwrap().to_string(),
-            Some("ack") => {
-                acknowledged.insert((run.clone(), record["index"].as_u64().unwrap() as usize));
-            }
-            _ => {}
-        }
-    }
-    acknowledged
-}
-
 #[test]
 fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
     let setup = Setup::new();
@@ -795,16 +774,23 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
     // No batch recorded as acknowledged was sent again after that.
     let requests = setup.emulator.requests();
     for (acked, seen) in acknowledged {
-        for request in requests[seen..].iter().filter(|r| r.method == "PATCH") {
-            let comment = request.body.as_ref().unwrap()["comment"].as_str().unwrap();
-            for (run, index) in &acked {
-                let resent = format!("run {run}: ");
-                let batch = format!(" batch {} of ", index + 1);
-                assert!(
-                    !(comment.contains(&resent) && comment.contains(&batch)),
-                    "acknowledged batch {index} of {run} was sent again: {comment}"
-                );
-            }
-        }
+        assert_not_resent(&requests[seen..], &acked);
     }
+}
+
+#[test]
+fn detailed_exit_codes_tell_a_run_that_sent_changes_from_a_quiet_one() {
+    let setup = Setup::new();
+    let code = |out: &Output| out.status.code();
+    let busy = setup.sync("day1", &["pro-users", "--detailed-exitcode"]);
+    assert_eq!(code(&busy), Some(3), "{}", stderr(&busy));
+    let quiet = setup.sync("day1", &["pro-users", "--detailed-exitcode"]);
+    assert_eq!(code(&quiet), Some(0), "{}", stderr(&quiet));
+    // Without the flag a run that sent changes is plain success.
+    let busy = setup.sync("day2", &["pro-users"]);
+    assert_eq!(code(&busy), Some(0), "{}", stderr(&busy));
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day2")
+    );
 }

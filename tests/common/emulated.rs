@@ -6,6 +6,7 @@ use std::process::Output;
 
 use ldsync::state::LocalStore;
 use ldsync_emulator::{Emulator, EmulatorConfig, RecordedRequest, SegmentSeed, TokenGrant};
+use serde_json::Value;
 
 use super::*;
 
@@ -194,4 +195,42 @@ pub fn answered(setup: &Setup, status: u16) -> usize {
 /// Whether LaunchDarkly saw only reads: nothing was created or changed.
 pub fn only_reads(setup: &Setup) -> bool {
     setup.emulator.requests().iter().all(|r| r.method == "GET")
+}
+
+/// The batches a run of pro-users recorded as acknowledged in its journal: (run id, batch index).
+pub fn acknowledged_in_journal(project: &Project) -> BTreeSet<(String, usize)> {
+    let Ok(text) = std::fs::read_to_string(project.path(".ldsync/state/pro-users/journal.jsonl"))
+    else {
+        return BTreeSet::new();
+    };
+    let mut run = String::new();
+    let mut acknowledged = BTreeSet::new();
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        match record["record"].as_str() {
+            Some("run") => run = record["run_id"].as_str().unwrap().to_string(),
+            Some("ack") => {
+                acknowledged.insert((run.clone(), record["index"].as_u64().unwrap() as usize));
+            }
+            _ => {}
+        }
+    }
+    acknowledged
+}
+
+/// Fails if any PATCH in `requests` carries a batch that `acknowledged` (run id, batch index) says was acknowledged.
+pub fn assert_not_resent(requests: &[RecordedRequest], acknowledged: &BTreeSet<(String, usize)>) {
+    for request in requests.iter().filter(|r| r.method == "PATCH") {
+        let comment = request.body.as_ref().unwrap()["comment"].as_str().unwrap();
+        for (run, index) in acknowledged {
+            let resent = format!("run {run}: ");
+            let batch = format!(" batch {} of ", index + 1);
+            assert!(
+                !(comment.contains(&resent) && comment.contains(&batch)),
+                "acknowledged batch {index} of {run} was sent again: {comment}"
+            );
+        }
+    }
 }

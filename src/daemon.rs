@@ -1,0 +1,209 @@
+//! `ldsync run`: runs every scheduled sync on its schedule until a shutdown signal.
+//!
+//! Each sync has a loop of its own: wait until it is due, run it, work out when it is next due from the start of
+//! that run. A sync never overlaps itself (its loop runs one run at a time, and the state store's lock keeps other
+//! processes out), and ticks missed while a run went on or while ldsync was down give one run, not one per tick.
+//! A failed run is tried again after a backoff that doubles with each failure, never later than the next scheduled
+//! time, and the other syncs go on. The loops share one thread and one warehouse connection: a model query holds
+//! the thread while it runs, and the LaunchDarkly calls and waits of different syncs interleave.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::config::{Config, SyncConfig};
+use crate::history::RunOutcome;
+use crate::journal::Journal;
+use crate::launchdarkly::Client;
+use crate::launchdarkly::token::AccessToken;
+use crate::metrics::{self, Metrics};
+use crate::schedule::Schedule;
+use crate::shutdown::{Shutdown, Stage};
+use crate::state::LocalStore;
+use crate::status::{last_success, runs_of};
+use crate::sync::{Engine, SyncOptions};
+use crate::warehouse::Warehouse;
+
+/// The longest wait between tries of a failing sync (its schedule may bring the next try sooner).
+const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// How `ldsync run` runs.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The wait after a sync's first failure; it doubles with each failure in a row, up to an hour.
+    pub failure_backoff: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long one LaunchDarkly request may take.
+    pub request_timeout: Duration,
+}
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// After the first signal: runs in flight finished their current request.
+    Cleanly,
+    /// After the second signal: runs in flight were dropped at once (their journals are intact).
+    AtOnce,
+}
+
+/// Runs `syncs` on their schedules until `shutdown`. Syncs without a schedule are left out, with a warning.
+pub fn run(
+    config: &Config,
+    syncs: &[&SyncConfig],
+    options: &DaemonOptions,
+    shutdown: Shutdown,
+) -> anyhow::Result<Stopped> {
+    let scheduled = scheduled_syncs(syncs)?;
+    let token = AccessToken::read(&config.launchdarkly.token, &config.project_dir)?;
+    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let store = LocalStore::new(config.state_dir());
+    let metrics = Arc::new(Metrics::new(scheduled.iter().map(|(s, _)| s.name.as_str())));
+    let mut loops = Vec::new();
+    for &(sync, schedule) in &scheduled {
+        let runs = runs_of(&store, &sync.name)?;
+        if let Some(at) = last_success(&runs) {
+            metrics.succeeded_at(&sync.name, at);
+        }
+        let client = Client::new(&config.launchdarkly, token.clone(), options.request_timeout)
+            .context("cannot set up the HTTP client")?;
+        let engine = Engine::new(config, &warehouse, client).with_shutdown(shutdown.clone());
+        let scheduler = SyncLoop {
+            sync,
+            schedule,
+            engine,
+            metrics: &metrics,
+            shutdown: &shutdown,
+            failure_backoff: options.failure_backoff,
+        };
+        let unfinished = Journal::exists(&store.sync_dir(&sync.name));
+        loops.push(scheduler.run(runs.last().map(|r| r.started_at), unfinished));
+    }
+    if let Some(addr) = options.metrics_addr {
+        let bound = metrics::serve(addr, metrics.clone())
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
+    }
+    tracing::info!(syncs = scheduled.len(), "ldsync run started");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(futures_util::future::join_all(loops));
+    Ok(match shutdown.stage() {
+        Stage::StopNow => Stopped::AtOnce,
+        _ => Stopped::Cleanly,
+    })
+}
+
+/// The syncs that have a schedule; an error if none has.
+fn scheduled_syncs<'c>(
+    syncs: &[&'c SyncConfig],
+) -> anyhow::Result<Vec<(&'c SyncConfig, &'c Schedule)>> {
+    let mut scheduled = Vec::new();
+    for sync in syncs {
+        match &sync.schedule {
+            Some(schedule) => scheduled.push((*sync, schedule)),
+            None => tracing::warn!(
+                sync = %sync.name,
+                "the sync has no schedule, so ldsync run leaves it out (run it with ldsync sync, or give it a schedule)"
+            ),
+        }
+    }
+    if scheduled.is_empty() {
+        anyhow::bail!(
+            "none of the selected syncs has a schedule: give them one in connector.yaml (schedule: 4h, or a cron \
+             expression), or run them once with ldsync sync"
+        );
+    }
+    Ok(scheduled)
+}
+
+/// The wait before trying a sync again after `failures` failures in a row.
+fn backoff(first: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    first
+        .saturating_mul(1 << doublings)
+        .min(MAX_FAILURE_BACKOFF)
+}
+
+/// One sync's schedule, run after run.
+struct SyncLoop<'a> {
+    sync: &'a SyncConfig,
+    schedule: &'a Schedule,
+    engine: Engine<'a>,
+    metrics: &'a Metrics,
+    shutdown: &'a Shutdown,
+    failure_backoff: Duration,
+}
+
+impl SyncLoop<'_> {
+    /// Runs the sync on its schedule; `unfinished` (a journal an interrupted run left) makes the first run due at
+    /// once, so that the interrupted run is finished without waiting for the next tick.
+    async fn run(self, mut last_start: Option<DateTime<Utc>>, unfinished: bool) {
+        let mut failures = 0;
+        let mut retry_at: Option<DateTime<Utc>> = None;
+        if unfinished {
+            tracing::info!(sync = %self.sync.name, "an interrupted run is waiting in the journal: finishing it now");
+            retry_at = Some(Utc::now());
+        }
+        loop {
+            let now = Utc::now();
+            let scheduled = self.schedule.next_due(last_start, now);
+            let due = retry_at.map_or(scheduled, |retry| retry.min(scheduled));
+            if due > now {
+                tracing::info!(sync = %self.sync.name, next_run = %due.to_rfc3339(), "waiting for the next run");
+            }
+            let wait = (due - now).to_std().unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.reached(Stage::Stopping) => return,
+            }
+            if self.shutdown.requested() {
+                return;
+            }
+            let report = self.engine.run(self.sync, SyncOptions::default()).await;
+            report.log();
+            self.metrics.record(&report);
+            last_start = Some(report.started_at);
+            match report.outcome {
+                RunOutcome::Interrupted => return,
+                RunOutcome::Failed => {
+                    failures += 1;
+                    let wait = backoff(self.failure_backoff, failures);
+                    retry_at = TimeDelta::from_std(wait)
+                        .ok()
+                        .and_then(|wait| report.finished_at.checked_add_signed(wait));
+                    tracing::warn!(
+                        sync = %self.sync.name,
+                        failures,
+                        "the run failed; trying again in {} at the latest",
+                        humantime::format_duration(wait)
+                    );
+                }
+                _ => {
+                    failures = 0;
+                    retry_at = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_an_hour() {
+        let first = Duration::from_secs(30);
+        assert_eq!(backoff(first, 1), Duration::from_secs(30));
+        assert_eq!(backoff(first, 2), Duration::from_secs(60));
+        assert_eq!(backoff(first, 4), Duration::from_secs(240));
+        assert_eq!(backoff(first, 9), MAX_FAILURE_BACKOFF);
+        assert_eq!(backoff(first, 1000), MAX_FAILURE_BACKOFF);
+    }
+}
