@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -151,8 +152,19 @@ pub enum WarehouseConfig {
         startup_sql: Vec<String>,
     },
     /// A PostgreSQL server (or one that speaks its protocol).
-    Postgres { url: String },
+    Postgres {
+        url: String,
+        /// How long one model query may run before PostgreSQL cancels it.
+        statement_timeout: Duration,
+        /// How many connections ldsync may hold open to it.
+        pool_size: u32,
+    },
 }
+
+/// A model query's default limit on PostgreSQL.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The default number of connections ldsync keeps to PostgreSQL.
+pub const DEFAULT_POOL_SIZE: u32 = 2;
 
 impl fmt::Debug for WarehouseConfig {
     // A PostgreSQL URL may carry a password: it is never printed.
@@ -166,9 +178,15 @@ impl fmt::Debug for WarehouseConfig {
                 .field("database", database)
                 .field("startup_sql", startup_sql)
                 .finish(),
-            WarehouseConfig::Postgres { .. } => f
+            WarehouseConfig::Postgres {
+                statement_timeout,
+                pool_size,
+                ..
+            } => f
                 .debug_struct("Postgres")
                 .field("url", &"<redacted>")
+                .field("statement_timeout", statement_timeout)
+                .field("pool_size", pool_size)
                 .finish(),
         }
     }
@@ -182,6 +200,8 @@ struct RawWarehouse {
     #[serde(default)]
     startup_sql: Vec<Interpolated>,
     url: Option<Interpolated>,
+    statement_timeout: Option<Interpolated>,
+    pool_size: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +221,9 @@ impl WarehouseConfig {
     fn from_raw(raw: RawWarehouse) -> Result<Self, String> {
         match raw.kind {
             WarehouseKind::DuckDb => {
+                if raw.statement_timeout.is_some() || raw.pool_size.is_some() {
+                    return Err("`statement_timeout` and `pool_size` are for kind postgres".into());
+                }
                 if raw.url.is_some() {
                     return Err(
                         "`url` is for kind postgres; a duckdb warehouse takes `database` \
@@ -222,7 +245,24 @@ impl WarehouseConfig {
                 let url = raw
                     .url
                     .ok_or("a postgres warehouse needs `url`, for example url: ${DATABASE_URL}")?;
-                Ok(WarehouseConfig::Postgres { url: url.0 })
+                let statement_timeout = match raw.statement_timeout {
+                    None => DEFAULT_STATEMENT_TIMEOUT,
+                    Some(text) => humantime::parse_duration(&text.0).map_err(|e| {
+                        format!(
+                            "`statement_timeout` takes a duration such as 30s or 10m, got `{}`: {e}",
+                            text.0
+                        )
+                    })?,
+                };
+                let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+                if pool_size == 0 {
+                    return Err("`pool_size` must be at least 1".into());
+                }
+                Ok(WarehouseConfig::Postgres {
+                    url: url.0,
+                    statement_timeout,
+                    pool_size,
+                })
             }
         }
     }

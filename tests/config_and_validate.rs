@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
-use ldsync::config::{Config, Mode, TokenSource};
+use ldsync::config::{Config, Mode, TokenSource, WarehouseConfig};
 use ldsync::schedule::Schedule;
 
 const GOOD: &str = "\
@@ -296,6 +298,38 @@ fn postgres_warehouses_need_a_url() {
     assert!(
         !format!("{config:?}").contains("secret"),
         "the URL's password never reaches Debug output"
+    );
+    match config.warehouse {
+        WarehouseConfig::Postgres {
+            statement_timeout,
+            pool_size,
+            ..
+        } => assert_eq!(
+            (statement_timeout, pool_size),
+            (Duration::from_secs(1800), 2),
+            "the defaults"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let tuned = load(&GOOD.replace(
+        "  kind: duckdb\n",
+        "  kind: postgres\n  url: postgres://h/db\n  statement_timeout: 90s\n  pool_size: 4\n",
+    ))
+    .unwrap();
+    assert!(matches!(
+        tuned.warehouse,
+        WarehouseConfig::Postgres { statement_timeout, pool_size: 4, .. }
+            if statement_timeout == Duration::from_secs(90)
+    ));
+    let err = error_of(&GOOD.replace(
+        "  kind: duckdb\n",
+        "  kind: postgres\n  url: postgres://h/db\n  statement_timeout: soon\n",
+    ));
+    assert!(
+        err.contains(
+            "warehouse: `statement_timeout` takes a duration such as 30s or 10m, got `soon`"
+        ),
+        "{err}"
     );
 }
 

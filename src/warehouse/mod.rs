@@ -1,7 +1,10 @@
 //! The warehouse: where SQL models run, and how their key column comes back as a stream of Arrow arrays.
 //!
 //! A model is the text of one `SELECT` in `sql/<model>.sql`. ldsync wraps it to read only the key column, cast to
-//! text when the model returns integers or UUIDs, so no other column crosses into ldsync.
+//! text when the model returns integers or UUIDs, so no other column crosses into ldsync. Embedded DuckDB runs
+//! here; PostgreSQL in [`postgres`].
+
+pub mod postgres;
 
 use std::path::Path;
 
@@ -37,10 +40,28 @@ pub enum WarehouseError {
         "the key column `{column}` is {sql_type}; a context key must be text, an integer or a UUID (cast it in the model)"
     )]
     KeyColumnType { column: String, sql_type: String },
+    #[error("warehouse.url is not a PostgreSQL URL: {0}")]
+    PostgresUrl(String),
     #[error(
-        "this build of ldsync runs models on DuckDB only; set warehouse.kind to duckdb (PostgreSQL is not supported yet)"
+        "cannot connect to PostgreSQL at {target}: {message}; check warehouse.url, and that the server is up and \
+         accepts this user"
     )]
-    PostgresUnsupported,
+    PostgresConnect { target: String, message: String },
+    #[error("the model's SQL failed in PostgreSQL: {message}{}", match position {
+        Some((line, column)) => format!(" (line {line}, column {column} of the model)"),
+        None => String::new(),
+    })]
+    PostgresModel {
+        message: String,
+        position: Option<(usize, usize)>,
+    },
+    #[error(
+        "the connection to PostgreSQL was lost while the model ran ({0}); nothing of its partial result was used, \
+         so running it again is safe"
+    )]
+    PostgresLost(String),
+    #[error("PostgreSQL's COPY output could not be read: {0}")]
+    PostgresCopy(String),
 }
 
 /// One column of a model's result, as the warehouse describes it.
@@ -61,6 +82,7 @@ pub struct KeyColumn {
 /// An open warehouse connection.
 pub enum Warehouse {
     DuckDb(duckdb::Connection),
+    Postgres(postgres::Postgres),
 }
 
 impl Warehouse {
@@ -72,13 +94,21 @@ impl Warehouse {
                 database,
                 startup_sql,
             } => open_duckdb(database.as_deref(), startup_sql, project_dir).map(Warehouse::DuckDb),
-            WarehouseConfig::Postgres { .. } => Err(WarehouseError::PostgresUnsupported),
+            WarehouseConfig::Postgres {
+                url,
+                statement_timeout,
+                pool_size,
+            } => postgres::Postgres::connect(url, *statement_timeout, *pool_size)
+                .map(Warehouse::Postgres),
         }
     }
 
     /// The columns a model returns, found without running it.
     pub fn describe(&self, model_sql: &str) -> Result<Vec<Column>, WarehouseError> {
-        let Warehouse::DuckDb(conn) = self;
+        let conn = match self {
+            Warehouse::DuckDb(conn) => conn,
+            Warehouse::Postgres(postgres) => return postgres.describe(model_sql),
+        };
         let sql = format!(
             "DESCRIBE SELECT * FROM ({}) AS ldsync_model",
             trim_model(model_sql)
@@ -134,7 +164,7 @@ impl Warehouse {
     ) -> Result<(), E> {
         let quoted = quote_identifier(&key.name);
         let expr = if key.cast_to_text {
-            format!("CAST({quoted} AS VARCHAR)")
+            format!("CAST({quoted} AS TEXT)")
         } else {
             quoted
         };
@@ -151,7 +181,10 @@ impl Warehouse {
         sql: &str,
         mut sink: impl FnMut(&ArrayRef) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Warehouse::DuckDb(conn) = self;
+        let conn = match self {
+            Warehouse::DuckDb(conn) => conn,
+            Warehouse::Postgres(postgres) => return postgres.stream_column(sql, sink),
+        };
         let mut stmt = conn.prepare(sql).map_err(WarehouseError::Model)?;
         let stream = stmt.stream_arrow([]).map_err(WarehouseError::Model)?;
         for batch in stream {
@@ -206,12 +239,17 @@ enum KeyTypeClass {
     Castable,
 }
 
+/// Whether a column of `sql_type` (as DuckDB or PostgreSQL names it) can hold context keys.
 fn key_type_class(sql_type: &str) -> Option<KeyTypeClass> {
     let upper = sql_type.to_ascii_uppercase();
     match upper.as_str() {
         "VARCHAR" | "TEXT" | "STRING" => Some(KeyTypeClass::Text),
         "TINYINT" | "SMALLINT" | "INTEGER" | "BIGINT" | "HUGEINT" | "UTINYINT" | "USMALLINT"
         | "UINTEGER" | "UBIGINT" | "UHUGEINT" | "UUID" => Some(KeyTypeClass::Castable),
+        // PostgreSQL's names.
+        "BPCHAR" | "NAME" | "CITEXT" | "INT2" | "INT4" | "INT8" | "CHAR" => {
+            Some(KeyTypeClass::Castable)
+        }
         _ if upper.starts_with("VARCHAR(") => Some(KeyTypeClass::Text),
         _ => None,
     }

@@ -1,0 +1,281 @@
+//! Models on the real PostgreSQL: keys of every accepted type stream out as text, NULLs and odd characters intact,
+//! across many batches; a broken model names the sync, the file, PostgreSQL's message and where in the model it
+//! failed; a connection dropped mid-stream is an error, never a short result. Each test works in a schema of its
+//! own, so the tests run in parallel.
+//!
+//! They need `DATABASE_URL` (for example `postgres://postgres@127.0.0.1:5432/test`); `.ci/run` sets it. Without it
+//! they are skipped, except under `CI=true`, where they must run.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+use common::*;
+use ldsync::config::WarehouseConfig;
+use ldsync::warehouse::{Warehouse, WarehouseError};
+use sqlx::{AssertSqlSafe, Executor};
+
+/// The database the tests use, or `None` (skip) when none is configured outside CI.
+fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("CI=true: the PostgreSQL tests must run; set DATABASE_URL")
+        }
+        Err(_) => {
+            eprintln!("DATABASE_URL is not set: skipping the PostgreSQL tests");
+            None
+        }
+    }
+}
+
+/// A schema of the test's own, dropped when the test ends.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    fn new(url: &str, test: &str, setup_sql: &str) -> Schema {
+        let name = format!("ldsync_{test}_{}", std::process::id());
+        let schema = Schema {
+            url: url.to_string(),
+            name,
+        };
+        schema.execute(&format!(
+            "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}; SET search_path TO {0}; {setup_sql}",
+            schema.name
+        ));
+        schema
+    }
+
+    fn execute(&self, sql: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            pool.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+    }
+
+    fn warehouse(&self) -> Warehouse {
+        let config = WarehouseConfig::Postgres {
+            url: self.url.clone(),
+            statement_timeout: Duration::from_secs(60),
+            pool_size: 2,
+        };
+        Warehouse::open(&config, Path::new(".")).unwrap()
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        self.execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+/// The example project with its warehouse pointed at PostgreSQL and one sync whose model is `model_sql`.
+fn project_on(url: &str, model_sql: &str) -> Project {
+    let project = Project::example();
+    project.write(
+        "connector.yaml",
+        &format!(
+            "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\n  statement_timeout: 1m\nlaunchdarkly:\n  \
+             project: default\n  environment: production\nstate:\n  kind: local\nsyncs:\n  - name: pg-users\n    \
+             model: pg_users\n    segment: pg-users\n    mode: mirror\n    invalid_keys: skip\n"
+        ),
+    );
+    project.write("sql/pg_users.sql", model_sql);
+    project
+}
+
+#[test]
+fn keys_of_every_accepted_type_stream_as_text_with_nulls_counted() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(
+        &url,
+        "types",
+        "CREATE TABLE people (t text, v varchar(40), u uuid, i int4, b int8);
+         INSERT INTO people SELECT 'user-' || g, 'v-' || g, md5(g::text)::uuid, g, g * 10000000000
+           FROM generate_series(1, 200000) g;
+         INSERT INTO people VALUES (NULL, NULL, NULL, NULL, NULL),
+           (E'tab\\there', E'back\\\\slash', NULL, -7, 0), (E'new\\nline', '', NULL, NULL, NULL);",
+    );
+    let warehouse = schema.warehouse();
+    for (column, sql_type) in [
+        ("t", "TEXT"),
+        ("v", "VARCHAR"),
+        ("u", "UUID"),
+        ("i", "INT4"),
+        ("b", "INT8"),
+    ] {
+        let model = format!("SELECT {column} FROM {}.people", schema.name);
+        let key = warehouse.key_column(&model, column).unwrap();
+        assert_eq!(key.sql_type, sql_type);
+        let mut values = Vec::new();
+        let mut batches = 0;
+        warehouse
+            .stream_keys::<WarehouseError>(&model, &key, |array| {
+                batches += 1;
+                values.extend(
+                    array
+                        .as_string::<i32>()
+                        .iter()
+                        .map(|v| v.map(str::to_string)),
+                );
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(values.len(), 200_003, "{column}");
+        assert!(batches >= 3, "{column}: 200,003 rows in batches of 65,536");
+        let nulls = values.iter().filter(|v| v.is_none()).count();
+        let expected_nulls = match column {
+            "t" | "v" => 1,
+            "i" | "b" => 2,
+            _ => 3,
+        };
+        assert_eq!(nulls, expected_nulls, "{column}");
+        match column {
+            "t" => {
+                let set: BTreeSet<&str> = values.iter().flatten().map(String::as_str).collect();
+                assert!(
+                    set.contains("user-200000")
+                        && set.contains("tab\there")
+                        && set.contains("new\nline")
+                );
+            }
+            "v" => assert!(values.iter().flatten().any(|v| v == "back\\slash")),
+            "u" => assert!(values.iter().flatten().all(|v| v.len() == 36)),
+            "i" => assert!(values.iter().flatten().any(|v| v == "-7")),
+            _ => assert!(values.iter().flatten().any(|v| v == "2000000000000000")),
+        }
+    }
+    let err = warehouse
+        .key_column(
+            &format!("SELECT 1.5::float8 AS score FROM {}.people", schema.name),
+            "score",
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("is FLOAT8"), "{err}");
+}
+
+#[test]
+fn plan_runs_a_model_on_postgres_end_to_end() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(
+        &url,
+        "plan",
+        "CREATE TABLE accounts (id int8, plan text);
+         INSERT INTO accounts SELECT g, CASE WHEN g % 3 = 0 THEN 'pro' ELSE 'free' END FROM generate_series(1, 3000) g;
+         INSERT INTO accounts VALUES (NULL, 'pro'), (3, 'pro');",
+    );
+    let project = project_on(
+        &url,
+        &format!(
+            "-- paid accounts\nSELECT id AS context_key\nFROM {}.accounts\nWHERE plan = 'pro'\n",
+            schema.name
+        ),
+    );
+    let out = project.ldsync("day1", &["plan", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = &json(&out)["syncs"][0];
+    let expected: BTreeSet<String> = (1..=3000)
+        .filter(|i| i % 3 == 0)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(strings(&plan["adds"]), expected);
+    assert_eq!(plan["keys"]["rows"], 1002);
+    assert_eq!(plan["keys"]["duplicates"], 1);
+    assert_eq!(plan["keys"]["rejected"]["null"], 1);
+}
+
+#[test]
+fn a_broken_model_names_the_sync_the_file_and_where_postgres_stopped() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "broken", "CREATE TABLE accounts (id int8);");
+    let project = project_on(
+        &url,
+        &format!(
+            "SELECT id AS context_key\nFROM {}.accounts\nWHERE nope > 1\n",
+            schema.name
+        ),
+    );
+    let out = project.ldsync("day1", &["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out) + &stderr(&out);
+    for expected in [
+        "sync `pg-users`",
+        "pg_users.sql",
+        "the model's SQL failed in PostgreSQL: column \"nope\" does not exist (line 3, column 7 of the model)",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("postgres://"),
+        "the URL stays out of messages:\n{text}"
+    );
+}
+
+#[test]
+fn a_connection_dropped_mid_stream_is_an_error_not_a_short_result() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "dropped", "");
+    let warehouse = schema.warehouse();
+    let killer = schema.warehouse();
+    let model = "SELECT 'ldsync_drop_test_' || g AS k FROM generate_series(1, 5000000) g";
+    let key = warehouse.key_column(model, "k").unwrap();
+    let mut rows = 0;
+    let mut terminated = 0;
+    let result = warehouse.stream_keys::<WarehouseError>(model, &key, |array| {
+        if rows == 0 {
+            let terminate = "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+                             WHERE query LIKE 'COPY (SELECT %ldsync_drop_test_%' AND pid <> pg_backend_pid()";
+            killer
+                .stream_column::<WarehouseError>(terminate, |killed| {
+                    terminated += killed.len();
+                    assert_eq!(killed.as_string::<i32>().value(0), "true");
+                    Ok(())
+                })
+                .unwrap();
+        }
+        rows += array.len();
+        Ok(())
+    });
+    assert_eq!(
+        terminated, 1,
+        "the streaming backend was found and terminated"
+    );
+    let err = result.expect_err("a dropped connection must fail the read");
+    assert!(rows < 5_000_000, "the read was cut short ({rows} rows)");
+    assert!(
+        err.to_string()
+            .starts_with("the connection to PostgreSQL was lost while the model ran")
+            && err.to_string().ends_with("so running it again is safe"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_url_or_an_unreachable_server_is_a_clear_error() {
+    let Some(url) = database_url() else { return };
+    let wrong_database = format!("{}_missing_db", url.trim_end_matches('/'));
+    let config = WarehouseConfig::Postgres {
+        url: wrong_database,
+        statement_timeout: Duration::from_secs(5),
+        pool_size: 1,
+    };
+    let err = Warehouse::open(&config, Path::new("."))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("cannot connect to PostgreSQL at "), "{err}");
+    assert!(err.contains("_missing_db"), "{err}");
+}
