@@ -103,7 +103,14 @@ impl Config {
     /// The directory of the local checkpoint store, resolved against the project directory.
     pub fn state_dir(&self) -> PathBuf {
         match &self.state {
-            StateConfig::Local { directory } => self.project_dir.join(directory),
+            StateConfig::Local { directory, .. } => self.project_dir.join(directory),
+        }
+    }
+
+    /// How long a run waits for another run of the same sync (`state.lock_wait`).
+    pub fn lock_wait(&self) -> Duration {
+        match &self.state {
+            StateConfig::Local { lock_wait, .. } => *lock_wait,
         }
     }
 }
@@ -407,7 +414,11 @@ fn is_loopback(authority_and_path: &str) -> bool {
 #[derive(Debug, Clone)]
 pub enum StateConfig {
     /// One directory per sync under `directory` (relative to the project directory).
-    Local { directory: PathBuf },
+    Local {
+        directory: PathBuf,
+        /// How long a run waits for another run of the same sync to finish before it stops (0: not at all).
+        lock_wait: Duration,
+    },
 }
 
 #[derive(Deserialize)]
@@ -415,6 +426,7 @@ pub enum StateConfig {
 struct RawState {
     kind: StateKind,
     directory: Option<Interpolated>,
+    lock_wait: Option<Interpolated>,
 }
 
 #[derive(Deserialize)]
@@ -440,6 +452,15 @@ impl StateConfig {
                     raw.directory
                         .map_or_else(|| DEFAULT_STATE_DIR.to_string(), |d| d.0),
                 ),
+                lock_wait: match raw.lock_wait {
+                    None => Duration::ZERO,
+                    Some(text) => humantime::parse_duration(&text.0).map_err(|e| {
+                        format!(
+                            "`lock_wait` takes a duration such as 0s or 5m, got `{}`: {e}",
+                            text.0
+                        )
+                    })?,
+                },
             }),
         }
     }

@@ -73,9 +73,19 @@ pub enum StateError {
     )]
     DamagedSnapshot { path: PathBuf, problem: String },
     #[error(
-        "another ldsync run of sync `{sync}` holds {path}; runs of one sync never overlap, so wait for it to finish"
+        "another run of sync `{sync}` is under way ({holder}); runs of one sync never overlap, so this one stops \
+         without changing anything{}", if waited.is_zero() {
+            " (set state.lock_wait to wait for it instead)".to_string()
+        } else {
+            format!(" after waiting {} (state.lock_wait)", humantime::format_duration(*waited))
+        }
     )]
-    Locked { sync: String, path: PathBuf },
+    Locked {
+        sync: String,
+        /// Who holds the lock, as the holder wrote it in the lock file.
+        holder: String,
+        waited: std::time::Duration,
+    },
     #[error("cannot read the checkpoint snapshot {path}: {source}")]
     Parquet {
         path: PathBuf,
@@ -270,32 +280,58 @@ impl LocalStore {
         Ok(dir)
     }
 
-    /// Takes the sync's run lock, so that two runs of one sync never overlap on this state directory.
-    pub fn lock(&self, sync: &str) -> Result<SyncLock, StateError> {
+    /// Takes the sync's run lock, so that two runs of one sync never overlap on this state directory, and writes
+    /// who holds it into the lock file. `Ok(None)` when another run holds it; [`LocalStore::holder`] says who.
+    pub fn try_lock(&self, sync: &str, run_id: &str) -> Result<Option<SyncLock>, StateError> {
         let path = self.create_sync_dir(sync)?.join(LOCK_FILE);
-        let file = File::options()
+        let io = |action: &'static str| {
+            let path = path.clone();
+            move |source| StateError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut file = File::options()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
-            .map_err(|source| StateError::Io {
-                action: "cannot open",
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(io("cannot open"))?;
         match file.try_lock() {
-            Ok(()) => Ok(SyncLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
-                sync: sync.to_string(),
-                path,
-            }),
-            Err(std::fs::TryLockError::Error(source)) => Err(StateError::Io {
-                action: "cannot lock",
-                path,
-                source,
-            }),
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(source)) => return Err(io("cannot lock")(source)),
         }
+        let holder = format!(
+            "run {run_id}, process {} on {}, since {}",
+            std::process::id(),
+            host_name(),
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        file.set_len(0).map_err(io("cannot write"))?;
+        file.write_all(holder.as_bytes())
+            .map_err(io("cannot write"))?;
+        Ok(Some(SyncLock { _file: file }))
     }
+
+    /// Who holds the sync's run lock, as the holder wrote it.
+    pub fn holder(&self, sync: &str) -> String {
+        std::fs::read_to_string(self.sync_dir(sync).join(LOCK_FILE))
+            .ok()
+            .filter(|text| !text.trim().is_empty())
+            .unwrap_or_else(|| "a process that has not said who it is".to_string())
+    }
+}
+
+/// This machine's name, for lock holders: the kernel's hostname, or `this host`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "this host".to_string())
 }
 
 /// A snapshot written for a run that has not committed yet.

@@ -25,8 +25,11 @@ use crate::plan::{
 };
 use crate::progress;
 use crate::shutdown::{Shutdown, Stage};
-use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
+use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError, SyncLock};
 use crate::warehouse::Warehouse;
+
+/// How often a run waiting for another run of its sync tries the lock again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a run may depart from the defaults, for this run only.
 #[derive(Debug, Clone, Copy, Default)]
@@ -342,7 +345,7 @@ impl<'a> Engine<'a> {
         options: SyncOptions,
         tally: &mut Tally,
     ) -> Result<RunOutcome, EngineError> {
-        let _lock = self.store.lock(&sync.name)?;
+        let _lock = self.lock(sync, run_id).await?;
         let settings = CheckpointSettings::of(self.config, sync);
         self.settle_journal(sync, &settings, options, tally).await?;
         let run = self.plan_run(sync, options.full).await?;
@@ -376,6 +379,27 @@ impl<'a> Engine<'a> {
             self.write_journal(sync, run_id, &settings, segment_kind, &run.model, &run.plan)?;
         self.finish(sync, journal, &settings, tally).await?;
         Ok(RunOutcome::Synced)
+    }
+
+    /// Takes the sync's run lock, waiting up to `state.lock_wait` for a run under way (without holding up other
+    /// syncs of the same process, which share its thread), then stops naming the holder.
+    async fn lock(&self, sync: &SyncConfig, run_id: &str) -> Result<SyncLock, EngineError> {
+        let wait = self.config.lock_wait();
+        let started = Instant::now();
+        loop {
+            if let Some(lock) = self.store.try_lock(&sync.name, run_id)? {
+                return Ok(lock);
+            }
+            if started.elapsed() >= wait {
+                return Err(StateError::Locked {
+                    sync: sync.name.clone(),
+                    holder: self.store.holder(&sync.name),
+                    waited: wait,
+                }
+                .into());
+            }
+            tokio::time::sleep(LOCK_POLL.min(wait - started.elapsed())).await;
+        }
     }
 
     /// Deals with the journal an earlier run left: finishes it, or abandons it when LaunchDarkly refused one of

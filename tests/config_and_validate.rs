@@ -284,6 +284,19 @@ fn instances_and_base_urls() {
 }
 
 #[test]
+fn a_run_waits_for_another_of_its_sync_only_as_long_as_configured() {
+    assert_eq!(load(GOOD).unwrap().lock_wait(), Duration::ZERO);
+    let waiting =
+        load(&GOOD.replace("  kind: local\n", "  kind: local\n  lock_wait: 5m\n")).unwrap();
+    assert_eq!(waiting.lock_wait(), Duration::from_secs(300));
+    let err = error_of(&GOOD.replace("  kind: local\n", "  kind: local\n  lock_wait: a while\n"));
+    assert!(
+        err.contains("state: `lock_wait` takes a duration such as 0s or 5m, got `a while`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn postgres_warehouses_need_a_url() {
     let err = error_of(&GOOD.replace("  kind: duckdb\n", "  kind: postgres\n"));
     assert!(

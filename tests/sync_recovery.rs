@@ -586,3 +586,59 @@ fn a_role_denial_answered_401_names_the_role_action_too() {
         "kept, to finish once the role is fixed"
     );
 }
+
+#[test]
+fn runs_of_one_sync_never_overlap_a_second_stops_naming_the_first_or_waits_for_it() {
+    let setup = Setup::new();
+    small_batches(&setup, 200);
+    setup.emulator.set_faults(Faults {
+        latency: Duration::from_millis(250),
+        ..Faults::default()
+    });
+    let first = setup
+        .project
+        .command("day1", &["sync", "pro-users", "--format", "json"])
+        .env("LD_ACCESS_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = setup.project.path(".ldsync/state/pro-users/lock");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|holder| holder.starts_with("run ")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first run took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let holder = format!("process {} on ", first.id());
+
+    // No wait configured: the second run stops at once, naming the first, and sends nothing.
+    let out = setup.sync("day1", &["pro-users"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("another run of sync `pro-users` is under way (run ")
+            && stderr(&out).contains(&holder)
+            && stderr(&out).contains("set state.lock_wait to wait for it instead"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(last_run_record(&setup, "pro-users")["calls"]["requests"], 0);
+
+    // With state.lock_wait, the next one waits for the first to finish, then finds nothing left to do.
+    setup.project.edit_config(
+        "  directory: .ldsync/state\n",
+        "  directory: .ldsync/state\n  lock_wait: 60s\n",
+    );
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+    let first = first.wait_with_output().unwrap();
+    ok(&first);
+    ok(&out);
+    assert_eq!(json(&first)["syncs"][0]["outcome"], "synced");
+    assert_eq!(json(&out)["syncs"][0]["outcome"], "nothing_to_change");
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day1")
+    );
+}
