@@ -2,7 +2,11 @@
 //! `EXCEPT`, at 1M and 10M keys whose checkpoint differs by 1%.
 //!
 //! Run: `cargo bench --bench plan` (options after `--`: `--sizes 1000000,10000000`, `--repeat 3`,
-//! `--dir PATH` for the generated data, default `$TMPDIR/ldsync-bench`).
+//! `--dir PATH` for the generated data, default `$TMPDIR/ldsync-bench`, and `--warehouse postgres` to run the model
+//! on the PostgreSQL of `DATABASE_URL` instead of embedded DuckDB).
+//!
+//! On PostgreSQL, `except` is PostgreSQL's own two-way `EXCEPT`, and a `copy` phase adds the anchor for the fetch:
+//! `psql -c "COPY (model) TO STDOUT"` into /dev/null.
 //!
 //! Each measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own (the
 //! data is generated in a child too: Linux counts the parent's resident memory at spawn in a child's peak):
@@ -30,7 +34,11 @@ fn main() {
     if let Some(phase) = option(&args, "--phase") {
         let dir = PathBuf::from(option(&args, "--dir").expect("--dir"));
         match option(&args, "--keys") {
-            Some(n) => prepare(&dir, n.parse().expect("--keys takes a number")),
+            Some(n) => prepare(
+                &dir,
+                n.parse().expect("--keys takes a number"),
+                option(&args, "--warehouse").is_some(),
+            ),
             None => run_phase(&phase, &dir),
         }
         return;
@@ -42,10 +50,21 @@ fn main() {
         .collect();
     let repeat: usize =
         option(&args, "--repeat").map_or(3, |r| r.parse().expect("--repeat takes a number"));
+    let postgres = match option(&args, "--warehouse").as_deref() {
+        None | Some("duckdb") => false,
+        Some("postgres") => true,
+        Some(other) => panic!("--warehouse takes duckdb or postgres, not {other}"),
+    };
     let root = option(&args, "--dir")
-        .map_or_else(|| std::env::temp_dir().join("ldsync-bench"), PathBuf::from);
+        .map_or_else(|| std::env::temp_dir().join("ldsync-bench"), PathBuf::from)
+        .join(if postgres { "postgres" } else { "duckdb" });
 
-    println!("machine: {} cores, {}", cores(), memory_total());
+    println!(
+        "machine: {} cores, {}; warehouse: {}",
+        cores(),
+        memory_total(),
+        if postgres { "PostgreSQL" } else { "DuckDB" }
+    );
     println!(
         "{:>10}  {:<8} {:>9} {:>9} {:>9}  {:>12}",
         "keys", "phase", "median s", "min s", "vs fetch", "peak RSS MiB"
@@ -56,11 +75,24 @@ fn main() {
         // In a child, so that this process stays small: a child's peak RSS counts its parent's at spawn.
         let mut generate = phase_command("prepare", &dir);
         generate.args(["--keys", &n.to_string()]);
+        if postgres {
+            generate.args(["--warehouse", "postgres"]);
+        }
         assert!(run_and_measure(generate).0, "generating the data failed");
         let fetch = measure(repeat, || phase_command("fetch", &dir));
         let plan = measure(repeat, || plan_command(&dir));
         let except = measure(repeat, || phase_command("except", &dir));
-        for (name, m) in [("fetch", &fetch), ("plan", &plan), ("except", &except)] {
+        let mut phases = vec![("fetch", &fetch), ("plan", &plan), ("except", &except)];
+        let copy = postgres.then(|| measure(repeat, || copy_command(&dir)));
+        if let Some(copy) = &copy {
+            phases.push(("copy", copy));
+            let ratio = fetch.median / copy.median;
+            verdicts.push(format!(
+                "{n} keys: fetch/copy = {ratio:.2}× (target ≤ 2.0×, i.e. at least half of COPY's throughput: {})",
+                pass(ratio <= 2.0)
+            ));
+        }
+        for (name, m) in phases {
             println!(
                 "{n:>10}  {name:<8} {:>9.3} {:>9.3} {:>8.2}× {:>12.1}",
                 m.median,
@@ -90,7 +122,8 @@ fn main() {
 
 /// Generates, once per size, the model's CSV (`n` keys in random order), the previous key set (0.5% of the keys
 /// missing, 0.5% extra: a 1% difference) as CSV, a connector.yaml, and the checkpoint committed from that set.
-fn prepare(dir: &Path, n: u64) {
+/// With `postgres`, both CSVs are loaded into tables of a schema `ldsync_bench_<n>` and the model reads from there.
+fn prepare(dir: &Path, n: u64, postgres: bool) {
     let done = dir.join("ready");
     if done.exists() {
         return;
@@ -109,23 +142,32 @@ fn prepare(dir: &Path, n: u64) {
     ))
     .unwrap();
     std::fs::create_dir_all(dir.join("sql")).unwrap();
+    let schema = postgres.then(|| load_into_postgres(dir, n));
+    let tables = schema.as_ref().map_or(String::new(), |s| format!("{s}."));
     std::fs::write(
         dir.join("sql/bench_model.sql"),
-        "SELECT user_id AS context_key FROM model\n",
+        format!("SELECT user_id AS context_key FROM {tables}model\n"),
     )
     .unwrap();
+    let warehouse = if postgres {
+        format!("  kind: postgres\n  url: {}\n", database_url())
+    } else {
+        "  kind: duckdb
+  startup_sql:
+    - >-
+      CREATE VIEW model AS SELECT * FROM read_csv('model.csv', header = true, types = {'user_id': 'VARCHAR'})
+    - >-
+      CREATE VIEW previous AS SELECT * FROM read_csv('previous.csv', header = true, types = {'user_id': 'VARCHAR'})
+"
+        .to_string()
+    };
+    std::fs::write(dir.join("tables"), &tables).unwrap();
     std::fs::write(
         dir.join("connector.yaml"),
         format!(
             "version: 1
 warehouse:
-  kind: duckdb
-  startup_sql:
-    - >-
-      CREATE VIEW model AS SELECT * FROM read_csv('model.csv', header = true, types = {{'user_id': 'VARCHAR'}})
-    - >-
-      CREATE VIEW previous AS SELECT * FROM read_csv('previous.csv', header = true, types = {{'user_id': 'VARCHAR'}})
-launchdarkly:
+{warehouse}launchdarkly:
   project: bench
   environment: production
 state:
@@ -224,6 +266,54 @@ fn plan_command(dir: &Path) -> Command {
     command
 }
 
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "--warehouse postgres needs DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/test",
+    )
+}
+
+/// Loads the model and previous CSVs into tables of a fresh schema; returns the schema's name.
+fn load_into_postgres(dir: &Path, n: u64) -> String {
+    let schema = format!("ldsync_bench_{n}");
+    let dir = dir.canonicalize().unwrap();
+    let sql = format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.model (user_id text, plan_tier int);
+         CREATE TABLE {schema}.previous (user_id text);
+         \\copy {schema}.model FROM '{dir}/model.csv' CSV HEADER
+         \\copy {schema}.previous FROM '{dir}/previous.csv' CSV HEADER
+         ANALYZE {schema}.model; ANALYZE {schema}.previous;",
+        dir = dir.display()
+    );
+    let status = Command::new("psql")
+        .args([&database_url(), "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut psql| {
+            use std::io::Write;
+            psql.stdin.take().unwrap().write_all(sql.as_bytes())?;
+            psql.wait()
+        })
+        .expect("psql runs");
+    assert!(status.success(), "loading the CSVs into PostgreSQL failed");
+    schema
+}
+
+/// `psql` copying the model's key column to standard output, which goes to /dev/null: the fetch's anchor.
+fn copy_command(dir: &Path) -> Command {
+    let tables = std::fs::read_to_string(dir.join("tables")).unwrap();
+    let mut command = Command::new("psql");
+    command
+        .args([
+            &database_url(),
+            "-q",
+            "-c",
+            &format!("COPY (SELECT user_id FROM {tables}model) TO STDOUT"),
+        ])
+        .stdout(std::process::Stdio::null());
+    command
+}
+
 fn run_phase(phase: &str, dir: &Path) {
     let config = Config::load(&dir.join("connector.yaml")).unwrap();
     let warehouse = Warehouse::open(&config.warehouse, &config.project_dir).unwrap();
@@ -238,12 +328,17 @@ fn run_phase(phase: &str, dir: &Path) {
             let key = warehouse.key_column(&sql, "context_key").unwrap();
             warehouse.stream_keys(&sql, &key, &mut count)
         }
-        "except" => warehouse.stream_column(
-            "SELECT user_id FROM (SELECT user_id FROM model EXCEPT SELECT user_id FROM previous)
-             UNION ALL
-             SELECT user_id FROM (SELECT user_id FROM previous EXCEPT SELECT user_id FROM model)",
-            &mut count,
-        ),
+        "except" => {
+            let t = std::fs::read_to_string(dir.join("tables")).unwrap();
+            warehouse.stream_column(
+                &format!(
+                    "SELECT user_id FROM (SELECT user_id FROM {t}model EXCEPT SELECT user_id FROM {t}previous) AS e
+                     UNION ALL
+                     SELECT user_id FROM (SELECT user_id FROM {t}previous EXCEPT SELECT user_id FROM {t}model) AS l"
+                ),
+                &mut count,
+            )
+        }
         other => panic!("unknown phase {other}"),
     }
     .unwrap();

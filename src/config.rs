@@ -280,6 +280,8 @@ impl WarehouseConfig {
 pub struct LaunchDarklyConfig {
     /// Root of the REST API, without `/api/v2`.
     pub base_url: String,
+    /// Root of the events host (the metric import API): the instance's, or `events_base_url`, or `base_url`.
+    pub events_base_url: String,
     pub token: TokenSource,
     pub project: String,
     pub environment: String,
@@ -299,6 +301,7 @@ pub enum TokenSource {
 struct RawLaunchDarkly {
     instance: Option<Instance>,
     base_url: Option<Interpolated>,
+    events_base_url: Option<Interpolated>,
     token_env: Option<EnvVarName>,
     token_file: Option<Interpolated>,
     token: Option<IgnoredAny>,
@@ -323,6 +326,15 @@ impl Instance {
             Instance::Federal => "https://app.launchdarkly.us",
         }
     }
+
+    /// The instance's events host, where the metric import API lives.
+    fn events_base_url(self) -> &'static str {
+        match self {
+            Instance::Us => "https://events.launchdarkly.com",
+            Instance::Eu => "https://events.eu.launchdarkly.com",
+            Instance::Federal => "https://events.launchdarkly.us",
+        }
+    }
 }
 
 /// The environment variable read for the token when the configuration names none.
@@ -341,15 +353,29 @@ impl LaunchDarklyConfig {
                         variable named by `token_env` (default LD_ACCESS_TOKEN) or a file named by `token_file`"
                 .into());
         }
-        let base_url = match (raw.instance, raw.base_url) {
+        let (base_url, instance_events) = match (raw.instance, raw.base_url) {
             (Some(_), Some(_)) => {
                 return Err(
                     "give either `instance` (us, eu, federal) or `base_url`, not both".into(),
                 );
             }
-            (Some(instance), None) => instance.base_url().to_string(),
-            (None, Some(url)) => parse_base_url(&url.0)?,
-            (None, None) => Instance::Us.base_url().to_string(),
+            (Some(instance), None) => (
+                instance.base_url().to_string(),
+                Some(instance.events_base_url()),
+            ),
+            (None, Some(url)) => (parse_base_url(&url.0)?, None),
+            (None, None) => (
+                Instance::Us.base_url().to_string(),
+                Some(Instance::Us.events_base_url()),
+            ),
+        };
+        let events_base_url = match (raw.events_base_url, instance_events) {
+            (Some(url), _) => {
+                parse_base_url(&url.0).map_err(|e| e.replace("`base_url`", "`events_base_url`"))?
+            }
+            // A base URL of one's own (the emulator, a proxy) serves the import API too unless told otherwise.
+            (None, None) => base_url.clone(),
+            (None, Some(events)) => events.to_string(),
         };
         let token = match (raw.token_env, raw.token_file) {
             (Some(_), Some(_)) => {
@@ -361,6 +387,7 @@ impl LaunchDarklyConfig {
         };
         Ok(LaunchDarklyConfig {
             base_url,
+            events_base_url,
             token,
             project: raw.project.0,
             environment: raw.environment.0,

@@ -267,12 +267,38 @@ fn instances_and_base_urls() {
     ))
     .unwrap();
     assert_eq!(fed.launchdarkly.base_url, "https://app.launchdarkly.us");
+    assert_eq!(
+        (
+            eu.launchdarkly.events_base_url.as_str(),
+            fed.launchdarkly.events_base_url.as_str(),
+            load(GOOD).unwrap().launchdarkly.events_base_url.as_str()
+        ),
+        (
+            "https://events.eu.launchdarkly.com",
+            "https://events.launchdarkly.us",
+            "https://events.launchdarkly.com"
+        ),
+        "the metric import API follows the instance"
+    );
+    let proxied = load(&GOOD.replace(
+        "  project: default\n",
+        "  base_url: https://ld.example.com\n  events_base_url: https://events.example.com/\n  project: default\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        proxied.launchdarkly.events_base_url,
+        "https://events.example.com"
+    );
     let local = load(&GOOD.replace(
         "  project: default\n",
         "  base_url: http://127.0.0.1:8765/\n  project: default\n",
     ))
     .unwrap();
     assert_eq!(local.launchdarkly.base_url, "http://127.0.0.1:8765");
+    assert_eq!(
+        local.launchdarkly.events_base_url, "http://127.0.0.1:8765",
+        "a base URL of one's own serves the import API too"
+    );
     let err = error_of(&GOOD.replace(
         "  project: default\n",
         "  instance: eu\n  base_url: http://x\n  project: default\n",

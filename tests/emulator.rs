@@ -453,3 +453,42 @@ async fn role_denials_and_duplicate_creates_answer_with_the_configured_status() 
         }
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_metric_import_api_checks_its_headers_and_events() {
+    let emulator = emulator();
+    let path = "/v2/event-data-import/default/production";
+    let event = json!([{"kind": "custom", "key": "order", "creationDate": 1_700_000_000_000u64,
+                        "contextKeys": {"user": "u1"}}]);
+    let import = |schema: Option<&'static str>, body: Value| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{path}", emulator.base_url()))
+            .header("authorization", "api-emulator-token")
+            .header("content-type", "application/json")
+            .header("user-agent", "MetricImport-test-int/1")
+            .body(body.to_string());
+        if let Some(schema) = schema {
+            request = request.header("x-launchdarkly-event-schema", schema);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, answer) = import(None, event.clone()).await;
+    assert_refused(0, (status, &answer), 400, "X-LaunchDarkly-Event-Schema: 4");
+    let (status, answer) = import(Some("4"), json!([{"kind": "custom", "key": "order"}])).await;
+    assert_refused(1, (status, &answer), 400, "events[0]: `creationDate`");
+    assert!(emulator.events("default", "production").is_empty());
+    let (status, _) = import(Some("4"), event.clone()).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        emulator.events("default", "production"),
+        event.as_array().unwrap().clone()
+    );
+}

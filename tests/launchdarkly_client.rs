@@ -17,6 +17,7 @@ fn connect(emulator: &Emulator, token: &str, environment: &str) -> Client {
     let token = AccessToken::read(&TokenSource::File("token".into()), dir.path()).unwrap();
     let config = LaunchDarklyConfig {
         base_url: emulator.base_url(),
+        events_base_url: emulator.base_url(),
         token: TokenSource::File("token".into()),
         project: "default".into(),
         environment: environment.into(),
@@ -148,4 +149,81 @@ async fn a_missing_segment_is_none_and_a_missing_environment_is_named() {
         error.to_string(),
         "environment `staging` does not exist in project `default` (404); check launchdarkly.environment in connector.yaml"
     );
+}
+
+/// A batch of `n` custom events numbered from `first`, as the JSON array the import API takes.
+fn events(first: u64, n: u64) -> Vec<u8> {
+    let events: Vec<serde_json::Value> = (first..first + n)
+        .map(|i| {
+            serde_json::json!({"kind": "custom", "key": "order-completed", "creationDate": 1_764_000_000_000u64 + i,
+                               "contextKeys": {"user": format!("usr_{i}")}, "metricValue": i as f64 / 2.0})
+        })
+        .collect();
+    serde_json::to_vec(&events).unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn event_batches_are_imported_once_even_when_their_answer_is_lost() {
+    let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
+    // Every other answer is lost after the batch was stored: the client sends it again, with the same payload ID.
+    emulator.set_faults(Faults {
+        drop_ack_rate: 0.5,
+        seed: 3,
+        ..Faults::default()
+    });
+    let client = connect(&emulator, "api-emulator-token", "production");
+    let batches: Vec<Vec<u8>> = (0..6).map(|b| events(b * 100, 100)).collect();
+    for batch in &batches {
+        client.import_events(batch).await.unwrap();
+    }
+    let imported = emulator.events("default", "production");
+    let sent: Vec<serde_json::Value> = batches
+        .iter()
+        .flat_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).unwrap())
+        .collect();
+    assert_eq!(imported, sent, "every event once, in order");
+    let requests = emulator.requests();
+    let lost = requests.iter().filter(|r| r.status == 0).count();
+    assert!(lost > 0, "answers were lost and batches sent again");
+    assert_eq!(requests.len(), batches.len() + lost);
+    for request in &requests {
+        assert_eq!(
+            request.route,
+            "POST /v2/event-data-import/{projectKey}/{environmentKey}"
+        );
+        assert_eq!(request.content_type.as_deref(), Some("application/json"));
+        assert!(
+            request
+                .user_agent
+                .as_deref()
+                .is_some_and(|agent| agent.starts_with("MetricImport-ldsync-int/")),
+            "{:?}",
+            request.user_agent
+        );
+    }
+    // The ID is the batch's: the same bytes, the same ID; other bytes, another.
+    let id = ldsync::launchdarkly::payload_id(&batches[0]);
+    assert_eq!(id, ldsync::launchdarkly::payload_id(&batches[0]));
+    assert_ne!(id, ldsync::launchdarkly::payload_id(&batches[1]));
+    assert_eq!(id.len(), 36);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_import_without_the_role_action_names_it() {
+    let emulator = Emulator::start(EmulatorConfig {
+        tokens: vec![ldsync_emulator::TokenGrant {
+            token: "api-segments-only".into(),
+            actions: Some(vec!["updateIncluded".into()]),
+        }],
+        ..EmulatorConfig::default()
+    })
+    .unwrap();
+    let client = connect(&emulator, "api-segments-only", "production");
+    let err = client.import_events(&events(0, 3)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the access token's role may not importEventData"),
+        "{err}"
+    );
+    assert!(emulator.events("default", "production").is_empty());
 }

@@ -7,10 +7,12 @@
 //! segment, unknown instructions and context kinds, a key both included and excluded, target instructions on big
 //! segments and `POST …/contexts` on standard ones), records every request, and can be told to misbehave
 //! ([`Faults`]): rate limits with each shape of 429, server errors, slow answers, lost acknowledgements, 409
-//! optimistic-locking conflicts, a skewed clock, keys refused for good, and a racing segment creator.
+//! optimistic-locking conflicts, a skewed clock, keys refused for good, and a racing segment creator. It also
+//! takes metric events on the import API ([`events`]), de-duplicating batches by payload ID.
 //!
 //! Modules: [`segments`] (the data and the changes the API makes), [`faults`] (what to get wrong), `server` (HTTP).
 
+pub mod events;
 pub mod faults;
 pub mod segments;
 mod server;
@@ -136,6 +138,10 @@ pub struct State {
     segments: BTreeMap<(String, String, String), Segment>,
     /// Segments another writer creates just before a create of the same key arrives: a creation race.
     created_elsewhere: BTreeMap<(String, String, String), Segment>,
+    /// Custom events imported, by (project, environment), in arrival order.
+    events: BTreeMap<(String, String), Vec<Value>>,
+    /// `X-LaunchDarkly-Payload-ID`s already imported: a batch sent again is recognised and not stored twice.
+    payloads: BTreeSet<String>,
     requests: Vec<RecordedRequest>,
     faults: Faults,
     rng: fastrand::Rng,
@@ -156,6 +162,8 @@ impl Shared {
             role_denial_status: config.role_denial_status,
             segments: BTreeMap::new(),
             created_elsewhere: BTreeMap::new(),
+            events: BTreeMap::new(),
+            payloads: BTreeSet::new(),
             requests: Vec::new(),
             rng: fastrand::Rng::with_seed(config.faults.seed),
             faults: config.faults.clone(),
@@ -239,6 +247,28 @@ impl Shared {
             }
             s.segments.insert(id, segment);
             Ok(())
+        })
+    }
+
+    /// Stores a batch of imported events, unless its payload ID was imported before; returns whether it stored it.
+    fn import(
+        &self,
+        project: &str,
+        environment: &str,
+        payload: Option<String>,
+        events: Vec<Value>,
+    ) -> bool {
+        self.with(|s| {
+            if let Some(payload) = payload
+                && !s.payloads.insert(payload)
+            {
+                return false;
+            }
+            s.events
+                .entry((project.to_string(), environment.to_string()))
+                .or_default()
+                .extend(events);
+            true
         })
     }
 
@@ -411,6 +441,16 @@ impl Emulator {
             s.segments
                 .get(&segment_id(project, environment, key))
                 .and_then(|seg| seg.included.get(context_kind).cloned())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The custom events imported into `project`/`environment`, in arrival order (each batch once).
+    pub fn events(&self, project: &str, environment: &str) -> Vec<Value> {
+        self.shared.with(|s| {
+            s.events
+                .get(&(project.to_string(), environment.to_string()))
+                .cloned()
                 .unwrap_or_default()
         })
     }

@@ -24,6 +24,8 @@ use crate::segments::{ApiFailure, Segment};
 use crate::{RecordedRequest, Shared};
 
 const API: &str = "/api/v2/";
+/// LaunchDarkly's metric import API lives on the events host, outside `/api/v2`.
+const EVENTS: &str = "/v2/event-data-import/";
 const VERSIONS: [&str; 3] = ["20240415", "20220603", "beta"];
 /// The pattern of a path no route matches: a 404, whatever the method.
 const UNKNOWN_ROUTE: &str = "(unknown)";
@@ -112,13 +114,20 @@ async fn handle(
     }
     let request = ApiRequest {
         method: head.method.clone(),
-        parts: path
-            .strip_prefix(API)
-            .unwrap_or("")
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect(),
+        parts: match path.strip_prefix(EVENTS) {
+            Some(rest) => std::iter::once("event-data-import")
+                .chain(rest.split('/'))
+                .collect(),
+            None => path
+                .strip_prefix(API)
+                .unwrap_or("")
+                .split('/')
+                .collect::<Vec<_>>(),
+        }
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect(),
         query: head.uri.query().map(str::to_string),
         body: serde_json::from_slice(&raw_body).ok(),
         headers: head.headers,
@@ -141,7 +150,7 @@ async fn handle(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let answer = if !path.starts_with(API) {
+    let answer = if !path.starts_with(API) && !path.starts_with(EVENTS) {
         Answer::failure(ApiFailure::new(
             404,
             "not_found",
@@ -210,9 +219,15 @@ fn answer(shared: &Shared, request: &ApiRequest, route: &str) -> Answer {
             ),
         );
     }
-    let mut answer = match authorize(shared, request)
-        .and_then(|actions| routed(shared, request, route, actions))
-    {
+    let imports_events = request
+        .parts
+        .first()
+        .is_some_and(|p| p == "event-data-import");
+    let authorized = authorize(shared, request, !imports_events);
+    let mut answer = match authorized.and_then(|actions| match imports_events {
+        true => import_events(shared, request, actions),
+        false => routed(shared, request, route, actions),
+    }) {
         Ok(answer) => answer,
         Err(failure) => Answer::failure(failure),
     };
@@ -220,10 +235,12 @@ fn answer(shared: &Shared, request: &ApiRequest, route: &str) -> Answer {
     answer
 }
 
-/// The token's allowed actions (`None`: all), or why the request is refused.
+/// The token's allowed actions (`None`: all), or why the request is refused. The REST API also needs
+/// `LD-API-Version` (`rest`); the metric import API does not.
 fn authorize(
     shared: &Shared,
     request: &ApiRequest,
+    rest: bool,
 ) -> Result<Option<BTreeSet<String>>, ApiFailure> {
     let unauthorized = |message: &str| ApiFailure::new(401, "unauthorized", message);
     let token = header(&request.headers, "authorization")
@@ -242,6 +259,10 @@ fn authorize(
     let grant = shared.with(|s| s.tokens.iter().find(|t| t.token == token).cloned());
     // LaunchDarkly's own message is terser; this one repeats the token, so that clients prove they scrub it.
     let grant = grant.ok_or_else(|| unauthorized(&format!("Invalid access token `{token}`")))?;
+    let actions = grant.actions.map(|a| a.into_iter().collect());
+    if !rest {
+        return Ok(actions);
+    }
     let version = header(&request.headers, "ld-api-version").ok_or_else(|| {
         ApiFailure::invalid(
             "send the LD-API-Version header (this emulator is strict): LD-API-Version: 20240415",
@@ -252,7 +273,7 @@ fn authorize(
             "unknown LD-API-Version `{version}`"
         )));
     }
-    Ok(grant.actions.map(|a| a.into_iter().collect()))
+    Ok(actions)
 }
 
 fn routed(
@@ -263,22 +284,7 @@ fn routed(
 ) -> Result<Answer, ApiFailure> {
     let parts: Vec<&str> = request.parts.iter().map(String::as_str).collect();
     let method = &request.method;
-    let denial_status = shared.with(|s| s.role_denial_status);
-    let allow = |needed: &BTreeSet<&'static str>| match &actions {
-        Some(allowed) => match needed.iter().find(|a| !allowed.contains(**a)) {
-            Some(missing) => Err(ApiFailure::new(
-                denial_status,
-                if denial_status == 401 {
-                    "unauthorized"
-                } else {
-                    "forbidden"
-                },
-                format!("the access token's role does not allow `{missing}`"),
-            )),
-            None => Ok(()),
-        },
-        None => Ok(()),
-    };
+    let allow = |needed: &BTreeSet<&'static str>| allow(shared, actions.as_ref(), needed);
     if matches!(method, &Method::POST | &Method::PUT) {
         json_body(request)?;
     }
@@ -409,6 +415,78 @@ fn routed(
             format!("{method} is not allowed here"),
         )),
     }
+}
+
+/// Refuses a call whose token's role (`allowed`, `None`: every action) lacks one of the `needed` actions, with
+/// the configured status.
+fn allow(
+    shared: &Shared,
+    allowed: Option<&BTreeSet<String>>,
+    needed: &BTreeSet<&'static str>,
+) -> Result<(), ApiFailure> {
+    let Some(missing) = allowed.and_then(|allowed| needed.iter().find(|a| !allowed.contains(**a)))
+    else {
+        return Ok(());
+    };
+    let status = shared.with(|s| s.role_denial_status);
+    Err(ApiFailure::new(
+        status,
+        if status == 401 {
+            "unauthorized"
+        } else {
+            "forbidden"
+        },
+        format!("the access token's role does not allow `{missing}`"),
+    ))
+}
+
+/// `POST /v2/event-data-import/{project}/{environment}`: checks the headers and every event the way the metric
+/// import API does, and stores the batch once per `X-LaunchDarkly-Payload-ID`.
+fn import_events(
+    shared: &Shared,
+    request: &ApiRequest,
+    actions: Option<BTreeSet<String>>,
+) -> Result<Answer, ApiFailure> {
+    let ["event-data-import", project, environment] =
+        request.parts.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    else {
+        return Err(ApiFailure::new(404, "not_found", "no such resource"));
+    };
+    if request.method != Method::POST {
+        return Err(ApiFailure::new(
+            405,
+            "method_not_allowed",
+            "POST events here",
+        ));
+    }
+    shared.check_environment(project, environment)?;
+    allow(
+        shared,
+        actions.as_ref(),
+        &BTreeSet::from(["importEventData"]),
+    )?;
+    if header(&request.headers, "x-launchdarkly-event-schema").as_deref() != Some("4") {
+        return Err(ApiFailure::invalid("send X-LaunchDarkly-Event-Schema: 4"));
+    }
+    if header(&request.headers, "user-agent").is_none_or(|agent| agent.is_empty()) {
+        return Err(ApiFailure::invalid(
+            "send a User-Agent naming the integration",
+        ));
+    }
+    json_body(request)?;
+    let events = crate::events::parse_batch(
+        &request.raw_body,
+        header(&request.headers, "content-encoding"),
+    )?;
+    let payload = header(&request.headers, "x-launchdarkly-payload-id");
+    let applied = shared.import(project, environment, payload, events);
+    Ok(Answer {
+        status: StatusCode::ACCEPTED,
+        body: None,
+        headers: vec![],
+        applied,
+        write: true,
+    })
 }
 
 /// The instructions of a semantic patch, after LaunchDarkly's checks of its content type and environment.
@@ -570,6 +648,7 @@ fn route_pattern(method: &Method, parts: &[String]) -> String {
         ["segments", _, _, _, "users", _] => {
             "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/users/{userKey}"
         }
+        ["event-data-import", _, _] => "/v2/event-data-import/{projectKey}/{environmentKey}",
         _ => UNKNOWN_ROUTE,
     };
     format!("{method} {pattern}")
@@ -588,13 +667,14 @@ fn error_body(code: &str, message: &str) -> Value {
 
 /// The HTTP response, its `Date` and `X-Ratelimit-Reset` on the emulator's clock, `skew_ms` off the real one.
 fn respond(answer: Answer, skew_ms: i64) -> Response<Full<Bytes>> {
+    let has_body = answer.body.is_some();
     let body = answer
         .body
         .map(|b| Bytes::from(b.to_string()))
         .unwrap_or_default();
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = answer.status;
-    if answer.status != StatusCode::NO_CONTENT {
+    if has_body {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
