@@ -568,7 +568,7 @@ impl<'a> Engine<'a> {
         let snapshot = self
             .store
             .prepare(&sync.name, run_id, model.keys.iter().flatten())?;
-        let batches = batches(plan, sync.batch_size);
+        let batches = batches(plan);
         let header = RunHeader {
             format: JOURNAL_FORMAT,
             sync: sync.name.clone(),
@@ -770,29 +770,23 @@ fn check_standard_size(sync: &SyncConfig, after: u64) -> Result<(), EngineError>
     Ok(())
 }
 
-/// `keys` in chunks of at most `batch_size`, each tagged with `action`.
-fn chunked(
-    action: Action,
-    keys: &StringArray,
-    batch_size: usize,
-) -> impl Iterator<Item = (Action, Vec<String>)> + '_ {
-    let mut keys = keys.iter().flatten().map(str::to_string);
-    std::iter::from_fn(move || {
-        let chunk: Vec<String> = keys.by_ref().take(batch_size).collect();
-        (!chunk.is_empty()).then_some((action, chunk))
-    })
-}
-
-/// The plan's adds, then its removes, in batches of at most `batch_size` keys.
-fn batches(plan: &SyncPlan, batch_size: usize) -> Vec<Batch> {
-    let adds = chunked(Action::Add, &plan.adds, batch_size);
-    let removes = chunked(Action::Remove, &plan.removes, batch_size);
-    adds.chain(removes)
+/// The plan's requests, each with its keys, in order: `sync` sends exactly the requests `plan` prints.
+fn batches(plan: &SyncPlan) -> Vec<Batch> {
+    let mut adds = plan.adds.iter().flatten();
+    let mut removes = plan.removes.iter().flatten();
+    plan.requests
+        .iter()
         .enumerate()
-        .map(|(index, (action, keys))| Batch {
-            index,
-            action,
-            keys,
+        .map(|(index, request)| {
+            let keys = match request.action {
+                Action::Add => &mut adds,
+                Action::Remove => &mut removes,
+            };
+            Batch {
+                index,
+                action: request.action,
+                keys: keys.take(request.keys).map(str::to_string).collect(),
+            }
         })
         .collect()
 }

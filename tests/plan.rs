@@ -499,3 +499,41 @@ fn without_detailed_exitcode_a_plan_with_changes_exits_zero() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(stdout(&out).contains("▸ pro-users (mirror → segment pro-users, context kind user)"));
 }
+
+/// A checkpoint written by an earlier ldsync (`fixtures/checkpoints/v1`, committed by a real `ldsync sync` of the
+/// example's day 1) must always load: a new release may change how checkpoints are written, never strand old ones.
+#[test]
+fn a_checkpoint_written_by_an_earlier_release_still_loads_and_plans() {
+    let project = Project::example();
+    let state = project.path(".ldsync/state/pro-users");
+    std::fs::create_dir_all(&state).unwrap();
+    let fixture = project.path("fixtures/checkpoints/v1/pro-users");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), state.join(entry.file_name())).unwrap();
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("manifest.json")).unwrap()).unwrap();
+    for (day, entered, left) in [
+        ("day1", BTreeSet::new(), BTreeSet::new()),
+        (
+            "day2",
+            expected_pro_users("day2")
+                .difference(&expected_pro_users("day1"))
+                .cloned()
+                .collect(),
+            expected_pro_users("day1")
+                .difference(&expected_pro_users("day2"))
+                .cloned()
+                .collect(),
+        ),
+    ] {
+        let out = project.ldsync(day, &["plan", "pro-users", "--format", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let plan = sync(&json(&out), "pro-users").clone();
+        assert_eq!(plan["checkpoint"]["run_id"], manifest["run_id"], "{day}");
+        assert_eq!(plan["checkpoint"]["key_count"], 2169);
+        assert_eq!(strings(&plan["adds"]), entered, "{day}");
+        assert_eq!(strings(&plan["removes"]), left, "{day}");
+    }
+}
