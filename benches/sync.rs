@@ -10,6 +10,10 @@
 //! raw (keys over the run's wall time, start-up included) and window-aligned (keys over the whole windows the run
 //! occupied, which is what the limit really grants), the 429s met per window, the write requests against
 //! ceil(adds / 1,500) + ceil(removes / 1,500), and the run's peak resident memory.
+//!
+//! `cargo bench --bench sync -- --first-sync N` measures something else: a first sync of an N-key model into a new
+//! big segment of the emulator, with no rate limit (the time and peak memory of ldsync itself; the target at 10M
+//! keys is a peak of at most 512 MiB).
 
 mod common;
 
@@ -36,6 +40,10 @@ fn main() {
         || std::env::temp_dir().join("ldsync-bench-sync"),
         PathBuf::from,
     );
+    if let Some(keys) = option(&args, "--first-sync") {
+        first_sync(&dir, keys.parse().expect("--first-sync takes a number of keys"));
+        return;
+    }
 
     // The measured run: one GET, then `adds` and `removes` in full batches, R × W requests in all.
     let writes = rate * windows - 1;
@@ -116,6 +124,32 @@ fn main() {
         pass(limited as f64 <= windows_used),
         pass(written == expected_writes)
     );
+}
+
+/// A first sync of `n` keys into a new big segment, unlimited: its wall time and peak resident memory.
+fn first_sync(dir: &Path, n: u64) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("sql")).unwrap();
+    write_project(dir);
+    write_keys(&dir.join("first.csv"), (0..n).map(|i| format!("usr_{i:012}")));
+    let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
+    let report = dir.join("report.json");
+    let started = Instant::now();
+    let (ok, peak_kib) = run_and_measure(sync_command(dir, &emulator, "first.csv", Some(&report)));
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(ok, "the first sync failed; see {}", report.display());
+    let members = emulator.included("default", "production", "audience", "user").len() as u64;
+    assert_eq!(members, n, "the big segment holds every model key");
+    let peak_mib = peak_kib as f64 / 1024.0;
+    println!("machine: {} cores, {}", cores(), memory_total());
+    println!(
+        "first sync of {n} keys into a new big segment: {elapsed:.1} s ({:.0} keys/s), {} requests, peak RSS {peak_mib:.1} MiB",
+        n as f64 / elapsed,
+        emulator.requests().len()
+    );
+    if n >= 10_000_000 {
+        println!("peak RSS ≤ 512 MiB at 10M keys: {}", pass(peak_mib <= 512.0));
+    }
 }
 
 fn write_keys(path: &Path, keys: impl Iterator<Item = String>) {
