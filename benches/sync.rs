@@ -41,7 +41,10 @@ fn main() {
         PathBuf::from,
     );
     if let Some(keys) = option(&args, "--first-sync") {
-        first_sync(&dir, keys.parse().expect("--first-sync takes a number of keys"));
+        first_sync(
+            &dir,
+            keys.parse().expect("--first-sync takes a number of keys"),
+        );
         return;
     }
 
@@ -131,14 +134,19 @@ fn first_sync(dir: &Path, n: u64) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("sql")).unwrap();
     write_project(dir);
-    write_keys(&dir.join("first.csv"), (0..n).map(|i| format!("usr_{i:012}")));
+    write_keys(
+        &dir.join("first.csv"),
+        (0..n).map(|i| format!("usr_{i:012}")),
+    );
     let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
     let report = dir.join("report.json");
     let started = Instant::now();
     let (ok, peak_kib) = run_and_measure(sync_command(dir, &emulator, "first.csv", Some(&report)));
     let elapsed = started.elapsed().as_secs_f64();
     assert!(ok, "the first sync failed; see {}", report.display());
-    let members = emulator.included("default", "production", "audience", "user").len() as u64;
+    let members = emulator
+        .included("default", "production", "audience", "user")
+        .len() as u64;
     assert_eq!(members, n, "the big segment holds every model key");
     let peak_mib = peak_kib as f64 / 1024.0;
     println!("machine: {} cores, {}", cores(), memory_total());
@@ -148,7 +156,10 @@ fn first_sync(dir: &Path, n: u64) {
         emulator.requests().len()
     );
     if n >= 10_000_000 {
-        println!("peak RSS ≤ 512 MiB at 10M keys: {}", pass(peak_mib <= 512.0));
+        println!(
+            "peak RSS ≤ 512 MiB at 10M keys: {}",
+            pass(peak_mib <= 512.0)
+        );
     }
 }
 

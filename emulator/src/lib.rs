@@ -272,6 +272,30 @@ impl Shared {
         })
     }
 
+    /// Applies a big segment's `POST …/contexts` body in place; a change gets a new version and time.
+    fn change_members(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<bool, ApiFailure> {
+        self.with(|s| {
+            let segment = s
+                .segments
+                .get_mut(&segment_id(project, environment, key))
+                .ok_or_else(|| {
+                    ApiFailure::new(404, "not_found", format!("Unknown segment `{key}`"))
+                })?;
+            let changed = segment.apply_members(body)?;
+            if changed {
+                segment.version += 1;
+                segment.last_modified = epoch_ms();
+            }
+            Ok(changed)
+        })
+    }
+
     /// Refuses targets of a context kind the project does not know.
     fn check_context_kind(&self, context_kind: &str) -> Result<(), ApiFailure> {
         if self.with(|s| s.context_kinds.contains(context_kind)) {

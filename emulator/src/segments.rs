@@ -211,51 +211,67 @@ impl Segment {
         Ok((next, actions))
     }
 
-    /// Applies a big segment's `POST …/contexts` body to a copy.
-    pub fn with_members(
-        &self,
-        body: &Value,
-    ) -> Result<(Segment, BTreeSet<&'static str>), ApiFailure> {
+    /// The role actions a big segment's `POST …/contexts` body needs: `updateIncluded` and/or `updateExcluded`.
+    pub fn member_actions(body: &Value) -> BTreeSet<&'static str> {
+        [
+            ("included", "updateIncluded"),
+            ("excluded", "updateExcluded"),
+        ]
+        .into_iter()
+        .filter(|(side, _)| !body[side].is_null())
+        .map(|(_, action)| action)
+        .collect()
+    }
+
+    /// Applies a big segment's `POST …/contexts` body in place, all of it or nothing; returns whether anything
+    /// changed. In place, because a big segment may hold millions of members: a copy per request would make a
+    /// long sync quadratic.
+    pub fn apply_members(&mut self, body: &Value) -> Result<bool, ApiFailure> {
         if !self.unbounded {
             return Err(ApiFailure::invalid(format!(
                 "segment `{}` is not a big segment; change a standard segment's targets with a semantic patch",
                 self.key
             )));
         }
-        let mut next = self.clone();
-        let mut actions = BTreeSet::new();
-        let kind = self.unbounded_context_kind.clone();
-        for (side, action) in [
-            ("included", "updateIncluded"),
-            ("excluded", "updateExcluded"),
-        ] {
-            let part = &body[side];
-            if part.is_null() {
-                continue;
-            }
-            actions.insert(action);
-            for (op, add) in [("add", true), ("remove", false)] {
-                if part[op].is_null() {
-                    continue;
-                }
-                let values = string_list(&part[op]).ok_or_else(|| {
-                    ApiFailure::invalid(format!("`{side}.{op}` must be a list of strings"))
-                })?;
-                let targets = if side == "included" {
-                    &mut next.included
-                } else {
-                    &mut next.excluded
-                };
-                change_targets(targets, &kind, values, add);
-            }
-        }
-        if actions.is_empty() {
+        if Segment::member_actions(body).is_empty() {
             return Err(ApiFailure::invalid(
                 "the body needs `included` or `excluded`",
             ));
         }
-        next.check_targets()?;
-        Ok((next, actions))
+        let list = |side: &str, op: &str| -> Result<Vec<String>, ApiFailure> {
+            let part = &body[side][op];
+            if part.is_null() {
+                return Ok(Vec::new());
+            }
+            string_list(part).ok_or_else(|| {
+                ApiFailure::invalid(format!("`{side}.{op}` must be a list of strings"))
+            })
+        };
+        let (include, uninclude) = (list("included", "add")?, list("included", "remove")?);
+        let (exclude, unexclude) = (list("excluded", "add")?, list("excluded", "remove")?);
+        let kind = self.unbounded_context_kind.clone();
+        let empty = BTreeSet::new();
+        let included = self.included.get(&kind).unwrap_or(&empty);
+        let excluded = self.excluded.get(&kind).unwrap_or(&empty);
+        let conflict = include
+            .iter()
+            .find(|k| (excluded.contains(*k) && !unexclude.contains(k)) || exclude.contains(k))
+            .or_else(|| {
+                exclude
+                    .iter()
+                    .find(|k| included.contains(*k) && !uninclude.contains(k))
+            });
+        if let Some(key) = conflict {
+            return Err(ApiFailure::invalid(format!(
+                "`{key}` ({kind}) would be both included and excluded in segment `{}`",
+                self.key
+            )));
+        }
+        let removed = change_targets(&mut self.included, &kind, uninclude, false)
+            | change_targets(&mut self.excluded, &kind, unexclude, false);
+        let added = change_targets(&mut self.included, &kind, include, true)
+            | change_targets(&mut self.excluded, &kind, exclude, true);
+        Ok(removed || added)
     }
 
     fn check_targets(&self) -> Result<(), ApiFailure> {
@@ -326,16 +342,21 @@ impl Change {
     }
 }
 
-fn change_targets(targets: &mut Targets, kind: &str, values: Vec<String>, add: bool) {
+/// Adds or removes `values` among the targets of `kind`; returns whether anything changed.
+fn change_targets(targets: &mut Targets, kind: &str, values: Vec<String>, add: bool) -> bool {
     let set = targets.entry(kind.to_string()).or_default();
+    let mut changed = false;
     for value in values {
-        if add {
-            set.insert(value);
+        changed |= if add {
+            set.insert(value)
         } else {
-            set.remove(&value);
-        }
+            set.remove(&value)
+        };
     }
-    targets.retain(|_, keys| !keys.is_empty());
+    if set.is_empty() {
+        targets.remove(kind);
+    }
+    changed
 }
 
 fn count(targets: &Targets) -> usize {
@@ -439,16 +460,27 @@ mod tests {
     fn big_segments_take_members_not_target_instructions() {
         let big = Segment::new("b", "B", true, "organization", 1);
         assert!(big.patched(&[add("organization", &["o1"])]).is_err());
-        let (next, _) = big
-            .with_members(&json!({"included": {"add": ["o1", "o2"], "remove": ["o9"]}}))
-            .unwrap();
+        let mut next = big.clone();
+        let body = json!({"included": {"add": ["o1", "o2"], "remove": ["o9"]}});
+        assert!(next.apply_members(&body).unwrap());
+        assert!(
+            !next.apply_members(&body).unwrap(),
+            "the same change again changes nothing"
+        );
         assert_eq!(
             next.representation("p", "e")["_unboundedMetadata"]["includedCount"],
             2
         );
+        let conflict = json!({"excluded": {"add": ["o1"]}});
+        assert!(
+            next.apply_members(&conflict)
+                .unwrap_err()
+                .message
+                .contains("both included and excluded")
+        );
         assert!(
             standard()
-                .with_members(&json!({"included": {"add": ["u"]}}))
+                .apply_members(&json!({"included": {"add": ["u"]}}))
                 .is_err()
         );
     }

@@ -380,16 +380,14 @@ fn routed(
             })
         }
         (&Method::POST, ["segments", p, e, k, "contexts" | "users"]) => {
-            let segment = shared.segment(p, e, k)?;
             let body = request
                 .body
                 .as_ref()
                 .ok_or_else(|| ApiFailure::invalid("the body must be JSON"))?;
+            shared.check_environment(p, e)?;
             refuse_keys(shared, [&body["included"]["add"]])?;
-            let (next, needed) = segment.with_members(body)?;
-            allow(&needed)?;
-            let saved = shared.save(p, e, &segment, next);
-            let applied = saved.version != segment.version;
+            allow(&Segment::member_actions(body))?;
+            let applied = shared.change_members(p, e, k, body)?;
             Ok(Answer {
                 status: StatusCode::NO_CONTENT,
                 body: None,
