@@ -24,7 +24,7 @@ use crate::launchdarkly::SegmentKind;
 use crate::plan::Action;
 use crate::state::{
     CheckpointSettings, PreparedSnapshot, StateError, read_if_present, sync_directory,
-    write_file_atomically,
+    write_file_atomically_with,
 };
 
 /// The journal format this build writes and reads.
@@ -103,17 +103,20 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Writes the run's journal, whole, before anything is sent.
+    /// Writes the run's journal, whole, before anything is sent (line by line: the journal of a large run is
+    /// never held as one string).
     pub fn create(
         dir: &Path,
         header: RunHeader,
         batches: Vec<Batch>,
     ) -> Result<Journal, JournalError> {
-        let mut text = line(&Record::Run(header.clone()));
-        for batch in &batches {
-            text.push_str(&line(&Record::Batch(batch.clone())));
-        }
-        write_file_atomically(dir, JOURNAL_FILE, text.as_bytes())?;
+        write_file_atomically_with(dir, JOURNAL_FILE, |out| {
+            write_record(out, &Record::Run(header.clone()))?;
+            for batch in &batches {
+                write_record(out, &RecordRef::Batch(batch))?;
+            }
+            Ok(())
+        })?;
         Ok(Journal {
             header,
             batches,
@@ -149,6 +152,11 @@ impl Journal {
         }
         let text = String::from_utf8_lossy(&bytes[..whole]);
         parse(&text, &path, sync).map(Some)
+    }
+
+    /// Batch `index` of the run.
+    pub fn batch(&self, index: usize) -> &Batch {
+        &self.batches[index]
     }
 
     /// The batches not acknowledged yet, in the order they are to be sent.
@@ -236,6 +244,19 @@ fn truncate(path: &Path, length: u64) -> Result<(), JournalError> {
         .map_err(append_error)?;
     file.set_len(length).map_err(append_error)?;
     file.sync_all().map_err(append_error)
+}
+
+/// A batch record written from a borrowed batch (no copy of its keys).
+#[derive(Serialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+enum RecordRef<'a> {
+    Batch(&'a Batch),
+}
+
+/// Writes one record as a line.
+fn write_record(out: &mut dyn Write, record: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
 }
 
 fn line(record: &Record) -> String {

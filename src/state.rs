@@ -623,12 +623,25 @@ pub(crate) fn write_file_atomically(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), StateError> {
+    write_file_atomically_with(dir, name, |out| out.write_all(bytes))
+}
+
+/// Writes `dir/name` through `write` (buffered), atomically: a temporary file, fsynced, renamed into place, and the
+/// directory fsynced.
+pub(crate) fn write_file_atomically_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), StateError> {
     write_atomically(dir, name, |file| {
-        file.write_all(bytes).map_err(|source| StateError::Io {
-            action: "cannot write",
-            path: dir.join(name),
-            source,
-        })
+        let mut out = std::io::BufWriter::new(file);
+        write(&mut out)
+            .and_then(|()| out.flush())
+            .map_err(|source| StateError::Io {
+                action: "cannot write",
+                path: dir.join(name),
+                source,
+            })
     })?;
     sync_directory(dir)
 }

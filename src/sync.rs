@@ -605,11 +605,13 @@ impl<'a> Engine<'a> {
             });
         }
         let total = journal.batch_count();
-        let pending: Vec<Batch> = journal.pending().cloned().collect();
+        // Indices only: a batch's keys are copied out of the journal one batch at a time, as it is sent.
+        let pending: Vec<usize> = journal.pending().map(|b| b.index).collect();
         tally.batches_planned += pending.len() as u64;
-        let keys = pending.iter().map(|b| b.keys.len() as u64).sum();
+        let keys = journal.pending().map(|b| b.keys.len() as u64).sum();
         let progress = progress::send_bar(&sync.name, keys, self.progress);
-        for batch in pending {
+        for index in pending {
+            let batch = journal.batch(index).clone();
             if self.shutdown.requested() {
                 progress.abandon();
                 return Err(EngineError::Stopped {
