@@ -252,15 +252,12 @@ impl WarehouseConfig {
                 let url = raw
                     .url
                     .ok_or("a postgres warehouse needs `url`, for example url: ${DATABASE_URL}")?;
-                let statement_timeout = match raw.statement_timeout {
-                    None => DEFAULT_STATEMENT_TIMEOUT,
-                    Some(text) => humantime::parse_duration(&text.0).map_err(|e| {
-                        format!(
-                            "`statement_timeout` takes a duration such as 30s or 10m, got `{}`: {e}",
-                            text.0
-                        )
-                    })?,
-                };
+                let statement_timeout = duration(
+                    "statement_timeout",
+                    "30s or 10m",
+                    raw.statement_timeout,
+                    DEFAULT_STATEMENT_TIMEOUT,
+                )?;
                 let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
                 if pool_size == 0 {
                     return Err("`pool_size` must be at least 1".into());
@@ -363,16 +360,14 @@ impl LaunchDarklyConfig {
                 instance.base_url().to_string(),
                 Some(instance.events_base_url()),
             ),
-            (None, Some(url)) => (parse_base_url(&url.0)?, None),
+            (None, Some(url)) => (parse_base_url("base_url", &url.0)?, None),
             (None, None) => (
                 Instance::Us.base_url().to_string(),
                 Some(Instance::Us.events_base_url()),
             ),
         };
         let events_base_url = match (raw.events_base_url, instance_events) {
-            (Some(url), _) => {
-                parse_base_url(&url.0).map_err(|e| e.replace("`base_url`", "`events_base_url`"))?
-            }
+            (Some(url), _) => parse_base_url("events_base_url", &url.0)?,
             // A base URL of one's own (the emulator, a proxy) serves the import API too unless told otherwise.
             (None, None) => base_url.clone(),
             (None, Some(events)) => events.to_string(),
@@ -395,7 +390,9 @@ impl LaunchDarklyConfig {
     }
 }
 
-fn parse_base_url(url: &str) -> Result<String, String> {
+/// Checks the URL given for `field` (`base_url`, `events_base_url`): the root of an instance, https unless the host
+/// is this machine.
+fn parse_base_url(field: &str, url: &str) -> Result<String, String> {
     let trimmed = url.trim_end_matches('/');
     let (secure, rest) = if let Some(rest) = trimmed.strip_prefix("https://") {
         (true, rest)
@@ -403,21 +400,21 @@ fn parse_base_url(url: &str) -> Result<String, String> {
         (false, rest)
     } else {
         return Err(format!(
-            "`base_url` must start with https:// or http://, got `{url}`"
+            "`{field}` must start with https:// or http://, got `{url}`"
         ));
     };
     if rest.is_empty() || rest.contains(char::is_whitespace) {
-        return Err(format!("`base_url` `{url}` has no host"));
+        return Err(format!("`{field}` `{url}` has no host"));
     }
     if !secure && !is_loopback(rest) {
         return Err(format!(
-            "`base_url` `{url}` would send the access token in clear text; use https://, since http:// is \
+            "`{field}` `{url}` would send the access token in clear text; use https://, since http:// is \
              accepted only for a loopback host such as the emulator on 127.0.0.1"
         ));
     }
     if trimmed.ends_with("/api/v2") {
         return Err(format!(
-            "`base_url` is the root of the instance; drop the trailing /api/v2 from `{url}`"
+            "`{field}` is the root of the instance; drop the trailing /api/v2 from `{url}`"
         ));
     }
     Ok(trimmed.to_string())
@@ -435,6 +432,24 @@ fn is_loopback(authority_and_path: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The duration given for `field` (`examples` shows what one looks like), or `default` when it is left out.
+fn duration(
+    field: &str,
+    examples: &str,
+    given: Option<Interpolated>,
+    default: Duration,
+) -> Result<Duration, String> {
+    let Some(text) = given else {
+        return Ok(default);
+    };
+    humantime::parse_duration(&text.0).map_err(|e| {
+        format!(
+            "`{field}` takes a duration such as {examples}, got `{}`: {e}",
+            text.0
+        )
+    })
 }
 
 /// Where checkpoints, journals and run history are kept.
@@ -479,15 +494,7 @@ impl StateConfig {
                     raw.directory
                         .map_or_else(|| DEFAULT_STATE_DIR.to_string(), |d| d.0),
                 ),
-                lock_wait: match raw.lock_wait {
-                    None => Duration::ZERO,
-                    Some(text) => humantime::parse_duration(&text.0).map_err(|e| {
-                        format!(
-                            "`lock_wait` takes a duration such as 0s or 5m, got `{}`: {e}",
-                            text.0
-                        )
-                    })?,
-                },
+                lock_wait: duration("lock_wait", "0s or 5m", raw.lock_wait, Duration::ZERO)?,
             }),
         }
     }
@@ -973,16 +980,16 @@ mod tests {
     #[test]
     fn base_urls_are_instance_roots() {
         assert_eq!(
-            parse_base_url("http://127.0.0.1:8765/").unwrap(),
+            parse_base_url("base_url", "http://127.0.0.1:8765/").unwrap(),
             "http://127.0.0.1:8765"
         );
-        assert!(parse_base_url("app.launchdarkly.com").is_err());
+        assert!(parse_base_url("base_url", "app.launchdarkly.com").is_err());
         for loopback in [
             "http://localhost:8765",
             "http://127.0.0.2",
             "http://[::1]:8765/",
         ] {
-            assert!(parse_base_url(loopback).is_ok(), "{loopback}");
+            assert!(parse_base_url("base_url", loopback).is_ok(), "{loopback}");
         }
         for remote in [
             "http://app.launchdarkly.com",
@@ -990,18 +997,18 @@ mod tests {
             "http://127.0.0.1.example.com",
         ] {
             assert!(
-                parse_base_url(remote)
+                parse_base_url("base_url", remote)
                     .unwrap_err()
                     .contains("would send the access token in clear text"),
                 "{remote}"
             );
         }
         assert_eq!(
-            parse_base_url("https://ld.internal.example.com/").unwrap(),
+            parse_base_url("base_url", "https://ld.internal.example.com/").unwrap(),
             "https://ld.internal.example.com"
         );
         assert!(
-            parse_base_url("https://app.launchdarkly.com/api/v2")
+            parse_base_url("base_url", "https://app.launchdarkly.com/api/v2")
                 .unwrap_err()
                 .contains("drop the trailing")
         );

@@ -242,9 +242,11 @@ impl SyncPlan {
         if excluded.is_empty() {
             return;
         }
-        let is_excluded = |key: &str| excluded.binary_search_by(|e| e.as_str().cmp(key)).is_ok();
-        let (left_out, kept): (Vec<&str>, Vec<&str>) =
-            self.adds.iter().flatten().partition(|key| is_excluded(key));
+        let (left_out, kept): (Vec<&str>, Vec<&str>) = self
+            .adds
+            .iter()
+            .flatten()
+            .partition(|key| sorted_contains(excluded, key));
         if left_out.is_empty() {
             return;
         }
@@ -352,22 +354,6 @@ impl<'a> Planner<'a> {
             .map_err(|e| self.error(sync, e))
     }
 
-    /// Whether the model's keys are exactly the checkpoint's.
-    pub fn matches_checkpoint(
-        &self,
-        sync: &SyncConfig,
-        model: &KeySet,
-        checkpoint: &Checkpoint,
-    ) -> Result<bool, SyncError> {
-        if model.keys.len() as u64 != checkpoint.manifest.key_count {
-            return Ok(false);
-        }
-        let diff = self
-            .checkpoint_diff(&model.keys, checkpoint)
-            .map_err(|e| self.error(sync, e))?;
-        Ok(diff.entered.is_empty() && diff.left.is_empty())
-    }
-
     /// What was changed by hand in the segment since the checkpoint: its real `members` (sorted) against the
     /// checkpoint's keys, leaving aside keys it holds as `excluded` targets (never added, so never missing).
     pub fn drift(
@@ -378,26 +364,16 @@ impl<'a> Planner<'a> {
         excluded: &[String],
     ) -> Result<Drift, SyncError> {
         let members = LargeStringArray::from_iter_values(members.iter().flatten());
-        let diff = self
-            .checkpoint_diff(&members, checkpoint)
-            .map_err(|e| self.error(sync, e))?;
+        let diff = diff_with_checkpoint(&members, checkpoint).map_err(|e| self.error(sync, e))?;
         let removed = diff
             .left
             .iter()
             .flatten()
-            .filter(|key| excluded.binary_search_by(|e| e.as_str().cmp(key)).is_err());
+            .filter(|key| !sorted_contains(excluded, key));
         Ok(Drift {
             added_by_hand: KeySample::of(diff.entered.iter().flatten()),
             removed_by_hand: KeySample::of(removed),
         })
-    }
-
-    fn checkpoint_diff(
-        &self,
-        keys: &LargeStringArray,
-        checkpoint: &Checkpoint,
-    ) -> Result<KeyDiff, PlanError> {
-        diff_sorted::<PlanError>(keys, checkpoint.keys()?.map(|b| b.map_err(PlanError::from)))
     }
 
     /// A planning error about `sync`, naming its model.
@@ -454,10 +430,7 @@ fn plan_keys(
     baseline: Baseline<'_>,
 ) -> Result<SyncPlan, PlanError> {
     let diff = match baseline {
-        Baseline::Checkpoint(Some(checkpoint)) => diff_sorted::<PlanError>(
-            &model.keys,
-            checkpoint.keys()?.map(|b| b.map_err(PlanError::from)),
-        )?,
+        Baseline::Checkpoint(Some(checkpoint)) => diff_with_checkpoint(&model.keys, checkpoint)?,
         Baseline::Checkpoint(None) => diff_sorted::<PlanError>(&model.keys, std::iter::empty())?,
         Baseline::Membership(members) => {
             diff_sorted::<PlanError>(&model.keys, std::iter::once(Ok(members.clone())))?
@@ -500,6 +473,19 @@ fn plan_keys(
     };
     plan.notes = notes(&plan, baseline);
     Ok(plan)
+}
+
+/// The sorted, distinct `keys` against the checkpoint's keys, streamed.
+fn diff_with_checkpoint(
+    keys: &LargeStringArray,
+    checkpoint: &Checkpoint,
+) -> Result<KeyDiff, PlanError> {
+    diff_sorted::<PlanError>(keys, checkpoint.keys()?.map(|b| b.map_err(PlanError::from)))
+}
+
+/// Whether the sorted `keys` hold `key`.
+pub(crate) fn sorted_contains(keys: &[String], key: &str) -> bool {
+    keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok()
 }
 
 /// The model keys that are not in `not_in_segment`: the model keys the segment holds.

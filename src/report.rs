@@ -174,8 +174,7 @@ fn changes_batch(plan: &SyncPlan) -> Result<RecordBatch, arrow::error::ArrowErro
 }
 
 fn write_table(results: &[PlanResult], show: usize, out: &mut dyn Write) -> std::io::Result<()> {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = table(vec![
         "sync", "mode", "segment", "kind", "rows", "keys", "rejected", "entered", "left", "add",
         "remove", "requests", "outcome",
     ]);
@@ -343,6 +342,23 @@ fn describe_requests(plan: &SyncPlan) -> String {
     )
 }
 
+/// A table in the style of every ldsync report, with `header`.
+pub fn table(header: Vec<&str>) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    table
+}
+
+/// Writes `{"<name>": items}` as pretty JSON, with a final newline.
+pub fn write_json_document(
+    out: &mut dyn Write,
+    name: &str,
+    items: &impl Serialize,
+) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ name: items }))?;
+    writeln!(out)
+}
+
 /// Writes the summary of sync runs: a table with a line per sync and then what went wrong, or JSON.
 pub fn write_sync_report(
     reports: &[SyncReport],
@@ -350,11 +366,9 @@ pub fn write_sync_report(
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     if format == SyncFormat::Json {
-        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "syncs": reports }))?;
-        return writeln!(out);
+        return write_json_document(out, "syncs", &reports);
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = table(vec![
         "sync", "outcome", "added", "removed", "batches", "requests", "retries", "429s", "seconds",
     ]);
     for report in reports {

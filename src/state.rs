@@ -403,6 +403,17 @@ impl Checkpoint {
         })
     }
 
+    /// Whether `keys` (sorted, distinct) are exactly the committed ones: same count and content hash, found
+    /// without reading the snapshot.
+    pub fn holds_exactly<'a>(&self, keys: impl ExactSizeIterator<Item = &'a str>) -> bool {
+        if keys.len() as u64 != self.manifest.key_count {
+            return false;
+        }
+        let mut hash = ContentHasher::default();
+        keys.for_each(|key| hash.add(key));
+        hash.finish() == self.manifest.content_hash
+    }
+
     /// Streams the committed keys in order. The last item is an error if the keys do not match the manifest.
     pub fn keys(&self) -> Result<SnapshotKeys, StateError> {
         let path = &self.snapshot_path;

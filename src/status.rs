@@ -4,15 +4,13 @@
 use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use comfy_table::Table;
-use comfy_table::presets::UTF8_FULL_CONDENSED;
 use serde::Serialize;
 
 use crate::config::{Config, Mode, SyncConfig};
 use crate::history::{self, RunRecord};
 use crate::journal::Journal;
 use crate::plan::CheckpointInfo;
-use crate::report::SyncFormat;
+use crate::report::{SyncFormat, table, write_json_document};
 use crate::schedule::Schedule;
 use crate::state::LocalStore;
 
@@ -104,11 +102,9 @@ pub fn write_status(
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     if format == SyncFormat::Json {
-        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "syncs": statuses }))?;
-        return writeln!(out);
+        return write_json_document(out, "syncs", &statuses);
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = table(vec![
         "sync",
         "schedule",
         "last run",
@@ -178,11 +174,9 @@ pub fn write_history(
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     if format == SyncFormat::Json {
-        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "runs": runs }))?;
-        return writeln!(out);
+        return write_json_document(out, "runs", &runs);
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = table(vec![
         "sync", "run", "started", "outcome", "added", "removed", "batches", "requests", "retries",
         "429s", "seconds",
     ]);

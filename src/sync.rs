@@ -21,7 +21,7 @@ use crate::keys::KeySet;
 use crate::launchdarkly::{ApiError, CallStats, Client, Segment};
 use crate::plan::{
     Action, Baseline, Drift, GateStop, KeySample, PlanError, Planner, STANDARD_SEGMENT_MAX_TARGETS,
-    SyncError, SyncPlan, percent_gate,
+    SyncError, SyncPlan, percent_gate, sorted_contains,
 };
 use crate::progress;
 use crate::shutdown::{Shutdown, Stage};
@@ -233,8 +233,8 @@ impl Tally {
 }
 
 /// A sync's plan for this run, with what it was made from.
-pub struct RunPlan {
-    pub plan: SyncPlan,
+struct RunPlan {
+    plan: SyncPlan,
     model: KeySet,
     /// The segment as read at the start of the run; `None` when it does not exist yet.
     segment: Option<Segment>,
@@ -442,7 +442,7 @@ impl<'a> Engine<'a> {
     /// Plans one sync against what LaunchDarkly really holds: reads the segment (which also confirms the token on
     /// every run), then compares the model with the segment's membership (mirror syncs of standard segments, first
     /// runs, `full`) or with the checkpoint, and leaves out keys the segment excludes. Sends nothing.
-    pub async fn plan_run(&self, sync: &SyncConfig, full: bool) -> Result<RunPlan, EngineError> {
+    async fn plan_run(&self, sync: &SyncConfig, full: bool) -> Result<RunPlan, EngineError> {
         let model = self.planner.model_keys(sync)?;
         let segment = self
             .client
@@ -461,15 +461,14 @@ impl<'a> Engine<'a> {
         );
         let baseline = baseline(sync, segment.as_ref(), checkpoint.as_ref(), &members)?;
         let mut plan = self.planner.plan_against(sync, &model, baseline)?;
-        let mut model_matches_checkpoint = false;
-        if let Some(checkpoint) = &checkpoint {
-            model_matches_checkpoint = match baseline {
-                Baseline::Membership(_) => {
-                    self.planner.matches_checkpoint(sync, &model, checkpoint)?
-                }
-                Baseline::Checkpoint(_) => plan.entered == 0 && plan.left == 0,
-            };
-        }
+        let model_matches_checkpoint = match (&checkpoint, baseline) {
+            (None, _) => false,
+            (Some(_), Baseline::Checkpoint(_)) => plan.entered == 0 && plan.left == 0,
+            // Compared with the membership (a standard segment: small), the checkpoint's hash says it.
+            (Some(checkpoint), Baseline::Membership(_)) => {
+                checkpoint.holds_exactly((0..model.keys.len()).map(|i| model.keys.value(i)))
+            }
+        };
         if let Some(segment) = &segment {
             plan.leave_out_excluded(&segment.excluded, sync.batch_size);
             if let (Baseline::Membership(members), Some(checkpoint)) = (baseline, &checkpoint) {
@@ -757,7 +756,7 @@ fn check_created(
 fn held(keys: &StringArray, members: &[String]) -> u64 {
     keys.iter()
         .flatten()
-        .filter(|k| members.binary_search_by(|m| m.as_str().cmp(k)).is_ok())
+        .filter(|key| sorted_contains(members, key))
         .count() as u64
 }
 
