@@ -10,14 +10,16 @@ use anyhow::Context;
 use arrow::array::Array;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, SyncConfig, TokenSource};
+use crate::config::{Config, SyncConfig, SyncEntry, TokenSource};
 use crate::daemon::{self, DaemonOptions, Stopped};
+use crate::events::EventPlanner;
 use crate::history::RunOutcome;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
 use crate::plan::{PlanOutcome, Planner};
 use crate::report::{
-    Format, PlanResult, SyncFormat, overall_outcome, write_plan_report, write_sync_report,
+    EventPlanResult, Format, PlanResult, PlanResults, SyncFormat, overall_outcome,
+    write_plan_report, write_sync_report,
 };
 use crate::shutdown;
 use crate::status;
@@ -54,10 +56,11 @@ Exit codes:
 
 Logs go to standard error; reports go to standard output or --output.";
 
-/// ldsync syncs warehouse SQL models to LaunchDarkly segments.
+/// ldsync syncs warehouse SQL models to LaunchDarkly segments and experiments.
 ///
 /// Each sync runs a model (sql/<model>.sql) in the warehouse, works out which context keys entered or left it since
-/// the last committed checkpoint, and turns that into segment changes in add, remove or mirror mode.
+/// the last committed checkpoint, and turns that into segment changes in add, remove or mirror mode. An events sync
+/// sends the model's new rows to LaunchDarkly's metric import API as custom events, each exactly once.
 #[derive(Debug, Parser)]
 #[command(name = "ldsync", version, after_help = AFTER_HELP)]
 pub struct Cli {
@@ -100,12 +103,13 @@ pub enum Command {
         syncs: Vec<String>,
     },
     /// Dry run: run the models, diff them against their checkpoints, and report exactly which keys a sync would
-    /// add and remove, the requests that would carry them, and the removal gates that would stop it. Writes
-    /// nothing but the report.
+    /// add and remove, the requests that would carry them, and the removal gates that would stop it; for an events
+    /// sync, the events it would send (by event key, their time range, the requests) and the rows it would leave
+    /// out. Writes nothing but the report.
     Plan {
         /// Syncs to plan (default: all).
         syncs: Vec<String>,
-        /// Report format; json, csv and parquet carry every key.
+        /// Report format; json, csv and parquet carry every key (csv and parquet: of the segment syncs).
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         format: Format,
         /// Write the report to this file instead of standard output (required for parquet).
@@ -120,7 +124,8 @@ pub enum Command {
         detailed_exitcode: bool,
         /// Plan what `sync --full` would do: read each segment from LaunchDarkly (needs the access token) and
         /// compare the model with its real membership instead of the checkpoint, showing hand edits (drift) and
-        /// the model keys the segment holds as excluded targets. Still writes nothing.
+        /// the model keys the segment holds as excluded targets. Still writes nothing. Events syncs plan from their
+        /// checkpoint either way.
         #[arg(long)]
         full: bool,
     },
@@ -128,12 +133,15 @@ pub enum Command {
     /// written to the sync's journal before they are sent. The checkpoint moves only when LaunchDarkly has
     /// acknowledged every batch; a run that was interrupted is finished by the next one, without sending an
     /// acknowledged batch again. A first run (no checkpoint) compares with the segment's real membership. Needs the
-    /// access token (launchdarkly.token_env or token_file).
+    /// access token (launchdarkly.token_env or token_file). An events sync sends the rows past its watermark to
+    /// the metric import API the same way: journaled, each batch under a payload ID of its own, the watermark moved
+    /// only when every batch is acknowledged.
     Sync {
         /// Syncs to run (default: all, one after another).
         syncs: Vec<String>,
         /// Compare with the segment's real membership instead of the checkpoint, and repair the segment: for
-        /// backfills, after changing a sync's settings, or when someone edited the segment by hand.
+        /// backfills, after changing a sync's settings, or when someone edited the segment by hand. Events syncs
+        /// refuse it (sending their history again would count it twice).
         #[arg(long)]
         full: bool,
         /// Let this run remove what a removal gate would stop (gates.max_remove_percent, max_remove_count,
@@ -309,7 +317,7 @@ fn sync(
         let mut reports = Vec::new();
         for sync in syncs {
             if shutdown.requested() {
-                tracing::warn!(sync = %sync.name, "not started: ldsync is stopping");
+                tracing::warn!(sync = %sync.name(), "not started: ldsync is stopping");
                 continue;
             }
             let report = engine.run(sync, options).await;
@@ -390,7 +398,15 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
     }
     let syncs = config.select_syncs(names)?;
     let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
-    let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full {
+    let segment_syncs: Vec<&SyncConfig> = syncs
+        .iter()
+        .filter_map(|s| match s {
+            SyncEntry::Segment(sync) => Some(*sync),
+            SyncEntry::Events(_) => None,
+        })
+        .collect();
+    let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full && !segment_syncs.is_empty()
+    {
         let engine = Engine::new(config, &warehouse, client(config)?).with_progress(progress);
         let runtime = runtime()?;
         Box::new(move |sync| runtime.block_on(engine.plan_full(sync)))
@@ -398,7 +414,23 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
         let planner = Planner::new(config, &warehouse).with_progress(progress);
         Box::new(move |sync| planner.plan(sync))
     };
-    let results: Vec<PlanResult> = syncs
+    let events = EventPlanner::new(config, &warehouse).with_progress(progress);
+    let event_results: Vec<EventPlanResult> = syncs
+        .iter()
+        .filter_map(|s| match s {
+            SyncEntry::Events(sync) => Some(sync),
+            SyncEntry::Segment(_) => None,
+        })
+        .map(|sync| {
+            let result = events.plan(sync);
+            match &result {
+                Ok(p) => tracing::info!(sync = %p.sync, rows = p.rows, events = p.events, bad_rows = p.bad_rows.count, "planned"),
+                Err(e) => tracing::error!(sync = %e.sync, "{e}"),
+            }
+            result
+        })
+        .collect();
+    let results: Vec<PlanResult> = segment_syncs
         .iter()
         .map(|sync| {
             let started = std::time::Instant::now();
@@ -418,6 +450,10 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
             result
         })
         .collect();
+    let results = PlanResults {
+        segments: results,
+        events: event_results,
+    };
     write_report(&results, format, output, show)?;
     Ok(match overall_outcome(&results) {
         None => exit::ERROR,
@@ -429,7 +465,7 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
 }
 
 fn write_report(
-    results: &[PlanResult],
+    results: &PlanResults,
     format: Format,
     output: Option<&Path>,
     show: usize,
@@ -456,9 +492,14 @@ fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
     let syncs = config.select_syncs(names)?;
     let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
     let planner = Planner::new(config, &warehouse);
+    let events = EventPlanner::new(config, &warehouse);
     let mut failures = 0;
     for sync in syncs {
-        match crate::validate::check_sync(config, &planner, sync) {
+        let checked = match sync {
+            SyncEntry::Segment(sync) => crate::validate::check_sync(config, &planner, sync),
+            SyncEntry::Events(sync) => crate::validate::check_events_sync(config, &events, sync),
+        };
+        match checked {
             Ok(summary) => println!("✓ {summary}"),
             Err(e) => {
                 failures += 1;

@@ -36,6 +36,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_yaml_ng::Error,
     },
+    #[error("{path}: {problem}")]
+    Syncs { path: PathBuf, problem: String },
 }
 
 /// A loaded and checked `connector.yaml`.
@@ -48,7 +50,10 @@ pub struct Config {
     pub warehouse: WarehouseConfig,
     pub launchdarkly: LaunchDarklyConfig,
     pub state: StateConfig,
+    /// Segment syncs (`syncs:`).
     pub syncs: Vec<SyncConfig>,
+    /// Events syncs (`events:`).
+    pub events: Vec<EventSyncConfig>,
 }
 
 impl Config {
@@ -63,6 +68,10 @@ impl Config {
                 path: path.to_path_buf(),
                 source,
             })?;
+        check_sync_names(&file.syncs.0, &file.events).map_err(|problem| ConfigError::Syncs {
+            path: path.to_path_buf(),
+            problem,
+        })?;
         // Empty when the file is in the working directory, so that paths print as `sql/x.sql`.
         let project_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Config {
@@ -72,32 +81,41 @@ impl Config {
             launchdarkly: file.launchdarkly,
             state: file.state,
             syncs: file.syncs.0,
+            events: file.events,
         })
     }
 
+    /// Every sync, segment syncs first, each in the configuration's order.
+    pub fn all_syncs(&self) -> impl Iterator<Item = SyncEntry<'_>> {
+        let segments = self.syncs.iter().map(SyncEntry::Segment);
+        segments.chain(self.events.iter().map(SyncEntry::Events))
+    }
+
     /// The syncs named in `names`, in the configuration's order; every sync when `names` is empty.
-    pub fn select_syncs(&self, names: &[String]) -> Result<Vec<&SyncConfig>, UnknownSync> {
+    pub fn select_syncs(&self, names: &[String]) -> Result<Vec<SyncEntry<'_>>, UnknownSync> {
         if let Some(unknown) = names
             .iter()
-            .find(|name| !self.syncs.iter().any(|s| &s.name == *name))
+            .find(|name| !self.all_syncs().any(|s| s.name() == name.as_str()))
         {
             return Err(UnknownSync {
                 name: unknown.clone(),
-                known: self.syncs.iter().map(|s| s.name.clone()).collect(),
+                known: self.all_syncs().map(|s| s.name().to_string()).collect(),
             });
         }
         Ok(self
-            .syncs
-            .iter()
-            .filter(|s| names.is_empty() || names.contains(&s.name))
+            .all_syncs()
+            .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name()))
             .collect())
+    }
+
+    /// Where the model of the sync named `model` lives on disk.
+    pub fn model_file(&self, model: &str) -> PathBuf {
+        self.project_dir.join("sql").join(format!("{model}.sql"))
     }
 
     /// Where the model of `sync` lives on disk.
     pub fn model_path(&self, sync: &SyncConfig) -> PathBuf {
-        self.project_dir
-            .join("sql")
-            .join(format!("{}.sql", sync.model))
+        self.model_file(&sync.model)
     }
 
     /// The directory of the local checkpoint store, resolved against the project directory.
@@ -131,7 +149,42 @@ struct ConfigFile {
     warehouse: WarehouseConfig,
     launchdarkly: LaunchDarklyConfig,
     state: StateConfig,
+    #[serde(default)]
     syncs: Syncs,
+    #[serde(default)]
+    events: Vec<EventSyncConfig>,
+}
+
+/// Checks that there is at least one sync and that names are unique across `syncs:` and `events:` (a name names
+/// the sync's state directory).
+fn check_sync_names(syncs: &[SyncConfig], events: &[EventSyncConfig]) -> Result<(), String> {
+    if syncs.is_empty() && events.is_empty() {
+        return Err(
+            "no syncs defined: add at least one segment sync under `syncs:` or events sync under `events:`".into(),
+        );
+    }
+    if let Some((i, event)) = events
+        .iter()
+        .enumerate()
+        .find(|(i, e)| events[..*i].iter().any(|other| other.name == e.name))
+    {
+        return Err(format!(
+            "events[{i}]: the sync name `{}` is used twice under `events:`; names must be unique",
+            event.name
+        ));
+    }
+    match events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| syncs.iter().any(|s| s.name == e.name))
+    {
+        Some((i, event)) => Err(format!(
+            "events[{i}]: the sync name `{}` is also a segment sync's under `syncs:`; names must be unique, since \
+             each names its sync's state",
+            event.name
+        )),
+        None => Ok(()),
+    }
 }
 
 struct ConfigVersion;
@@ -618,6 +671,188 @@ impl SyncConfig {
     }
 }
 
+/// One events sync: a model of metric events (orders, upgrades, revenue) sent to LaunchDarkly's metric import API
+/// for experiments, incrementally: each run sends only the rows past the checkpoint's watermark.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSyncConfig {
+    /// Unique among all syncs; names the sync's state directory and appears in every message about it.
+    #[serde(deserialize_with = "sync_name")]
+    pub name: String,
+    /// The model's name: its SQL is `sql/<model>.sql` beside connector.yaml.
+    #[serde(deserialize_with = "model_name")]
+    pub model: String,
+    /// The column holding each event's key: the metric's event key in LaunchDarkly.
+    #[serde(default = "default_event_key_column", deserialize_with = "column_name")]
+    pub event_key_column: String,
+    /// Which column holds the key of each context kind (at least one; a row needs a key of at least one kind).
+    #[serde(
+        default = "default_event_contexts",
+        deserialize_with = "event_contexts"
+    )]
+    pub contexts: Vec<EventContext>,
+    /// The column holding when the event happened: a timestamp, or an integer of Unix milliseconds.
+    #[serde(default = "default_timestamp_column", deserialize_with = "column_name")]
+    pub timestamp_column: String,
+    /// The column holding a numeric metric's value; leave it out for conversion metrics.
+    #[serde(default, deserialize_with = "optional_column_name")]
+    pub value_column: Option<String>,
+    /// The column holding a stable, unique id of each row, so that no event is sent twice.
+    #[serde(default = "default_row_id_column", deserialize_with = "column_name")]
+    pub row_id_column: String,
+    /// How late a row may arrive in the warehouse and still be sent: each run reads back this far behind the
+    /// watermark, and sends the rows there that no earlier run sent.
+    #[serde(default = "default_lateness", deserialize_with = "lateness")]
+    pub lateness: Duration,
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Events per request (each request also stays under [`MAX_EVENT_BATCH_BYTES`]).
+    #[serde(
+        default = "default_events_per_batch",
+        deserialize_with = "events_per_batch"
+    )]
+    pub batch_size: usize,
+    /// What happens to a row without an event key, a context key or a timestamp, or with a value that is not a
+    /// number: by default it is left out, counted and reported with its row id.
+    #[serde(default = "skip_invalid_rows")]
+    pub invalid_rows: InvalidKeys,
+}
+
+/// A context kind of an events sync and the model column that holds its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventContext {
+    pub kind: String,
+    pub column: String,
+}
+
+/// The most events one import request carries by default.
+pub const DEFAULT_EVENTS_PER_BATCH: usize = 1_000;
+/// The most events one import request may carry.
+pub const MAX_EVENTS_PER_BATCH: usize = 10_000;
+/// The most bytes of JSON (before gzip) one import request carries; LaunchDarkly's limit is unpublished and
+/// integrations assume 10 MB.
+pub const MAX_EVENT_BATCH_BYTES: usize = 1024 * 1024;
+/// How late a row may arrive by default.
+pub const DEFAULT_LATENESS: Duration = Duration::from_secs(3600);
+
+fn default_event_key_column() -> String {
+    "event_key".to_string()
+}
+
+fn default_event_contexts() -> Vec<EventContext> {
+    vec![EventContext {
+        kind: default_context_kind(),
+        column: default_key_column(),
+    }]
+}
+
+fn default_timestamp_column() -> String {
+    "occurred_at".to_string()
+}
+
+fn default_row_id_column() -> String {
+    "row_id".to_string()
+}
+
+fn default_lateness() -> Duration {
+    DEFAULT_LATENESS
+}
+
+fn default_events_per_batch() -> usize {
+    DEFAULT_EVENTS_PER_BATCH
+}
+
+fn skip_invalid_rows() -> InvalidKeys {
+    InvalidKeys::Skip
+}
+
+fn optional_column_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    column_name(deserializer).map(Some)
+}
+
+fn lateness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    from_str(deserializer, "a duration", |text| {
+        humantime::parse_duration(text).map_err(|e| {
+            format!("`lateness` takes a duration such as 0s, 30m or 2h, got `{text}`: {e}")
+        })
+    })
+}
+
+fn events_per_batch<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    from_number(deserializer, "a whole number of events", |size| {
+        if size.fract() != 0.0 || !(1.0..=MAX_EVENTS_PER_BATCH as f64).contains(&size) {
+            return Err(format!(
+                "an import request holds 1 to {MAX_EVENTS_PER_BATCH} events, got {size}"
+            ));
+        }
+        Ok(size as usize)
+    })
+}
+
+/// Reads `contexts:`, a mapping of context kind to column, such as `{user: user_id, organization: org_id}`.
+fn event_contexts<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<EventContext>, D::Error> {
+    struct ContextsVisitor;
+    impl<'de> Visitor<'de> for ContextsVisitor {
+        type Value = Vec<EventContext>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of context kind to column, such as {user: user_id}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut contexts: Vec<EventContext> = Vec::new();
+            while let Some(ContextKind(kind)) = map.next_key()? {
+                let ColumnName(column) = map.next_value()?;
+                if contexts.iter().any(|c| c.kind == kind) {
+                    return Err(de::Error::custom(format!(
+                        "context kind `{kind}` is given twice"
+                    )));
+                }
+                contexts.push(EventContext { kind, column });
+            }
+            if contexts.is_empty() {
+                return Err(de::Error::custom(
+                    "give at least one context kind and its column, such as {user: user_id}",
+                ));
+            }
+            Ok(contexts)
+        }
+    }
+    deserializer.deserialize_map(ContextsVisitor)
+}
+
+/// One sync of either kind, as commands and the scheduler see it.
+#[derive(Debug, Clone, Copy)]
+pub enum SyncEntry<'a> {
+    Segment(&'a SyncConfig),
+    Events(&'a EventSyncConfig),
+}
+
+impl<'a> SyncEntry<'a> {
+    pub fn name(&self) -> &'a str {
+        match self {
+            SyncEntry::Segment(sync) => &sync.name,
+            SyncEntry::Events(sync) => &sync.name,
+        }
+    }
+
+    pub fn model(&self) -> &'a str {
+        match self {
+            SyncEntry::Segment(sync) => &sync.model,
+            SyncEntry::Events(sync) => &sync.model,
+        }
+    }
+
+    pub fn schedule(&self) -> Option<&'a Schedule> {
+        match self {
+            SyncEntry::Segment(sync) => sync.schedule.as_ref(),
+            SyncEntry::Events(sync) => sync.schedule.as_ref(),
+        }
+    }
+}
+
 /// A standard segment (at most 15,000 targets) or a big one (unbounded, one context kind, Enterprise plans).
 /// LaunchDarkly never changes a segment's type after it is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -714,7 +949,7 @@ fn resource_key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D:
 fn column_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     checked(
         deserializer,
-        "a key column",
+        "a column name",
         |c| c.is_alphanumeric() || c == '_',
         "name a column of the model's result (letters, digits and `_`)",
     )
@@ -734,6 +969,24 @@ fn context_kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D:
         }
         Ok(kind.to_string())
     })
+}
+
+/// A context kind, checked.
+struct ContextKind(String);
+
+impl<'de> Deserialize<'de> for ContextKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        context_kind(deserializer).map(ContextKind)
+    }
+}
+
+/// A column name, checked.
+struct ColumnName(String);
+
+impl<'de> Deserialize<'de> for ColumnName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        column_name(deserializer).map(ColumnName)
+    }
 }
 
 /// A LaunchDarkly project or environment key.
@@ -760,7 +1013,8 @@ impl<'de> Deserialize<'de> for EnvVarName {
     }
 }
 
-/// The list of syncs, whose names must be unique.
+/// The list of segment syncs, whose names must be unique.
+#[derive(Default)]
 struct Syncs(Vec<SyncConfig>);
 
 impl<'de> Deserialize<'de> for Syncs {
@@ -806,11 +1060,6 @@ impl<'de> Visitor<'de> for SyncsVisitor {
                 )));
             }
             syncs.push(sync);
-        }
-        if syncs.is_empty() {
-            return Err(de::Error::custom(
-                "no syncs defined: add at least one under `syncs:`",
-            ));
         }
         Ok(Syncs(syncs))
     }

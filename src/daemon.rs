@@ -14,9 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::config::{Config, SyncConfig};
+use crate::config::{Config, SyncEntry};
 use crate::history::RunOutcome;
-use crate::journal::Journal;
+use crate::journal;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
 use crate::metrics::{self, Metrics};
@@ -53,7 +53,7 @@ pub enum Stopped {
 /// Runs `syncs` on their schedules until `shutdown`. Syncs without a schedule are left out, with a warning.
 pub fn run(
     config: &Config,
-    syncs: &[&SyncConfig],
+    syncs: &[SyncEntry<'_>],
     options: &DaemonOptions,
     shutdown: Shutdown,
 ) -> anyhow::Result<Stopped> {
@@ -61,12 +61,12 @@ pub fn run(
     let token = AccessToken::read(&config.launchdarkly.token, &config.project_dir)?;
     let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
     let store = LocalStore::new(config.state_dir());
-    let metrics = Arc::new(Metrics::new(scheduled.iter().map(|(s, _)| s.name.as_str())));
+    let metrics = Arc::new(Metrics::new(scheduled.iter().map(|(s, _)| s.name())));
     let mut loops = Vec::new();
     for &(sync, schedule) in &scheduled {
-        let runs = runs_of(&store, &sync.name)?;
+        let runs = runs_of(&store, sync.name())?;
         if let Some(at) = last_success(&runs) {
-            metrics.succeeded_at(&sync.name, at);
+            metrics.succeeded_at(sync.name(), at);
         }
         let client = Client::new(&config.launchdarkly, token.clone(), options.request_timeout)
             .context("cannot set up the HTTP client")?;
@@ -79,7 +79,7 @@ pub fn run(
             shutdown: &shutdown,
             failure_backoff: options.failure_backoff,
         };
-        let unfinished = Journal::exists(&store.sync_dir(&sync.name));
+        let unfinished = journal::exists(&store.sync_dir(sync.name()));
         loops.push(scheduler.run(runs.last().map(|r| r.started_at), unfinished));
     }
     if let Some(addr) = options.metrics_addr {
@@ -101,14 +101,14 @@ pub fn run(
 
 /// The syncs that have a schedule; an error if none has.
 fn scheduled_syncs<'c>(
-    syncs: &[&'c SyncConfig],
-) -> anyhow::Result<Vec<(&'c SyncConfig, &'c Schedule)>> {
+    syncs: &[SyncEntry<'c>],
+) -> anyhow::Result<Vec<(SyncEntry<'c>, &'c Schedule)>> {
     let mut scheduled = Vec::new();
     for sync in syncs {
-        match &sync.schedule {
+        match sync.schedule() {
             Some(schedule) => scheduled.push((*sync, schedule)),
             None => tracing::warn!(
-                sync = %sync.name,
+                sync = %sync.name(),
                 "the sync has no schedule, so ldsync run leaves it out (run it with ldsync sync, or give it a schedule)"
             ),
         }
@@ -132,7 +132,7 @@ fn backoff(first: Duration, failures: u32) -> Duration {
 
 /// One sync's schedule, run after run.
 struct SyncLoop<'a> {
-    sync: &'a SyncConfig,
+    sync: SyncEntry<'a>,
     schedule: &'a Schedule,
     engine: Engine<'a>,
     metrics: &'a Metrics,
@@ -147,7 +147,7 @@ impl SyncLoop<'_> {
         let mut failures = 0;
         let mut retry_at: Option<DateTime<Utc>> = None;
         if unfinished {
-            tracing::info!(sync = %self.sync.name, "an interrupted run is waiting in the journal: finishing it now");
+            tracing::info!(sync = %self.sync.name(), "an interrupted run is waiting in the journal: finishing it now");
             retry_at = Some(Utc::now());
         }
         loop {
@@ -155,7 +155,7 @@ impl SyncLoop<'_> {
             let scheduled = self.schedule.next_due(last_start, now);
             let due = retry_at.map_or(scheduled, |retry| retry.min(scheduled));
             if due > now {
-                tracing::info!(sync = %self.sync.name, next_run = %due.to_rfc3339(), "waiting for the next run");
+                tracing::info!(sync = %self.sync.name(), next_run = %due.to_rfc3339(), "waiting for the next run");
             }
             let wait = (due - now).to_std().unwrap_or_default();
             tokio::select! {
@@ -178,7 +178,7 @@ impl SyncLoop<'_> {
                         .ok()
                         .and_then(|wait| report.finished_at.checked_add_signed(wait));
                     tracing::warn!(
-                        sync = %self.sync.name,
+                        sync = %self.sync.name(),
                         failures,
                         "the run failed; trying again in {} at the latest",
                         humantime::format_duration(wait)

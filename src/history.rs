@@ -8,6 +8,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::events::BadRows;
 use crate::launchdarkly::CallStats;
 use crate::plan::{Drift, KeySample};
 
@@ -78,8 +79,23 @@ pub struct RunRecord {
     /// Hand edits found in the segment and repaired (mirror syncs of standard segments).
     #[serde(default)]
     pub drift: Option<Drift>,
+    /// What an events sync sent and left out (`None` for segment syncs).
+    #[serde(default)]
+    pub events: Option<EventCounts>,
     pub calls: CallStats,
     pub error: Option<String>,
+}
+
+/// What one run of an events sync sent and left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    /// Events acknowledged by LaunchDarkly in this run (a resumed run's included).
+    pub sent: u64,
+    /// Rows in the lateness window that an earlier run had sent.
+    pub already_sent: u64,
+    pub bad_rows: BadRows,
+    /// The latest event sent, once the run committed.
+    pub watermark: Option<DateTime<Utc>>,
 }
 
 /// Appends `record` to the sync's history and flushes it to disk.
@@ -130,6 +146,7 @@ mod tests {
             batches_planned: 2,
             excluded: KeySample::default(),
             drift: None,
+            events: None,
             calls: CallStats {
                 requests: 3,
                 retries: 1,

@@ -11,6 +11,9 @@
 //!
 //! A batch LaunchDarkly refuses for good (400, 404, 422) gets a `refused` line: such a run is never resumed, since
 //! sending the same batch again would fail the same way. The next run abandons it and plans again.
+//!
+//! A segment sync's journal holds [`RunHeader`] and target-change [`Batch`]es; an events sync's holds its own header
+//! and batches of events (see `events`), through the same [`JournalHeader`] and [`JournalBatch`] traits.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -18,6 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::launchdarkly::SegmentKind;
@@ -52,7 +56,50 @@ pub enum JournalError {
     },
 }
 
-/// What the run is, and what it commits once every batch is acknowledged.
+/// What a journal's first line must say, whatever kind of sync wrote it.
+pub trait JournalHeader: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
+    fn format(&self) -> u32;
+    fn sync(&self) -> &str;
+    fn run_id(&self) -> &str;
+    fn batch_count(&self) -> usize;
+}
+
+/// One request's worth of a journal.
+pub trait JournalBatch: Serialize + DeserializeOwned + std::fmt::Debug {
+    /// Its place in the run, from 0.
+    fn index(&self) -> usize;
+}
+
+impl JournalHeader for RunHeader {
+    fn format(&self) -> u32 {
+        self.format
+    }
+
+    fn sync(&self) -> &str {
+        &self.sync
+    }
+
+    fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn batch_count(&self) -> usize {
+        self.batch_count
+    }
+}
+
+impl JournalBatch for Batch {
+    fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// Whether a run left a journal in `dir` (without reading it).
+pub fn exists(dir: &Path) -> bool {
+    dir.join(JOURNAL_FILE).try_exists().unwrap_or(false)
+}
+
+/// What a segment sync's run is, and what it commits once every batch is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunHeader {
     pub format: u32,
@@ -85,35 +132,38 @@ pub struct Refusal {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
-enum Record {
-    Run(RunHeader),
-    Batch(Batch),
+#[serde(bound(
+    serialize = "H: Serialize, B: Serialize",
+    deserialize = "H: DeserializeOwned, B: DeserializeOwned"
+))]
+enum Record<H, B> {
+    Run(H),
+    Batch(B),
     Ack { index: usize, at: DateTime<Utc> },
     Refused(Refusal),
 }
 
+/// The lines of a journal that carry no header or batch.
+type Mark = Record<(), ()>;
+
 /// A journal on disk whose run has not committed yet.
 #[derive(Debug)]
-pub struct Journal {
-    pub header: RunHeader,
-    batches: Vec<Batch>,
+pub struct Journal<H = RunHeader, B = Batch> {
+    pub header: H,
+    batches: Vec<B>,
     acknowledged: BTreeSet<usize>,
     refusal: Option<Refusal>,
     path: PathBuf,
 }
 
-impl Journal {
+impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     /// Writes the run's journal, whole, before anything is sent (line by line: the journal of a large run is
     /// never held as one string).
-    pub fn create(
-        dir: &Path,
-        header: RunHeader,
-        batches: Vec<Batch>,
-    ) -> Result<Journal, JournalError> {
+    pub fn create(dir: &Path, header: H, batches: Vec<B>) -> Result<Self, JournalError> {
         write_file_atomically_with(dir, JOURNAL_FILE, |out| {
-            write_record(out, &Record::Run(header.clone()))?;
+            write_record(out, &Record::<&H, ()>::Run(&header))?;
             for batch in &batches {
-                write_record(out, &RecordRef::Batch(batch))?;
+                write_record(out, &Record::<(), &B>::Batch(batch))?;
             }
             Ok(())
         })?;
@@ -126,14 +176,9 @@ impl Journal {
         })
     }
 
-    /// Whether a run left a journal in `dir` (without reading it).
-    pub fn exists(dir: &Path) -> bool {
-        dir.join(JOURNAL_FILE).try_exists().unwrap_or(false)
-    }
-
     /// The open journal in `dir`, if a run left one. A torn last line (a crash or power loss in the middle of an
     /// append) is cut off the file first, so that what is appended next starts on a line of its own.
-    pub fn open(dir: &Path, sync: &str) -> Result<Option<Journal>, JournalError> {
+    pub fn open(dir: &Path, sync: &str) -> Result<Option<Self>, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let Some(bytes) = read_if_present(&path)? else {
             return Ok(None);
@@ -155,15 +200,15 @@ impl Journal {
     }
 
     /// Batch `index` of the run.
-    pub fn batch(&self, index: usize) -> &Batch {
+    pub fn batch(&self, index: usize) -> &B {
         &self.batches[index]
     }
 
     /// The batches not acknowledged yet, in the order they are to be sent.
-    pub fn pending(&self) -> impl Iterator<Item = &Batch> {
+    pub fn pending(&self) -> impl Iterator<Item = &B> {
         self.batches
             .iter()
-            .filter(|b| !self.acknowledged.contains(&b.index))
+            .filter(|b| !self.acknowledged.contains(&b.index()))
     }
 
     /// The journal's file.
@@ -186,7 +231,7 @@ impl Journal {
 
     /// Records, durably, that LaunchDarkly acknowledged batch `index`.
     pub fn acknowledge(&mut self, index: usize) -> Result<(), JournalError> {
-        self.append(&Record::Ack {
+        self.append(&Mark::Ack {
             index,
             at: Utc::now(),
         })?;
@@ -201,12 +246,12 @@ impl Journal {
             at: Utc::now(),
             reason: reason.to_string(),
         };
-        self.append(&Record::Refused(refusal.clone()))?;
+        self.append(&Mark::Refused(refusal.clone()))?;
         self.refusal = Some(refusal);
         Ok(())
     }
 
-    fn append(&self, record: &Record) -> Result<(), JournalError> {
+    fn append(&self, record: &Mark) -> Result<(), JournalError> {
         let append_error = |source| JournalError::Append {
             path: self.path.clone(),
             source,
@@ -246,82 +291,80 @@ fn truncate(path: &Path, length: u64) -> Result<(), JournalError> {
     file.sync_all().map_err(append_error)
 }
 
-/// A batch record written from a borrowed batch (no copy of its keys).
-#[derive(Serialize)]
-#[serde(tag = "record", rename_all = "snake_case")]
-enum RecordRef<'a> {
-    Batch(&'a Batch),
-}
-
 /// Writes one record as a line.
 fn write_record(out: &mut dyn Write, record: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, record)?;
     out.write_all(b"\n")
 }
 
-fn line(record: &Record) -> String {
+fn line(record: &Mark) -> String {
     let mut text = serde_json::to_string(record).expect("journal records always serialize");
     text.push('\n');
     text
 }
 
-fn parse(text: &str, path: &Path, sync: &str) -> Result<Journal, JournalError> {
+fn parse<H: JournalHeader, B: JournalBatch>(
+    text: &str,
+    path: &Path,
+    sync: &str,
+) -> Result<Journal<H, B>, JournalError> {
     let damaged = |line: usize, problem: String| JournalError::Damaged {
         path: path.to_path_buf(),
         line,
         problem,
     };
     let complete = text;
-    let mut records = complete
-        .lines()
-        .enumerate()
-        .map(|(i, l)| serde_json::from_str::<Record>(l).map_err(|e| damaged(i + 1, e.to_string())));
+    let mut records = complete.lines().enumerate().map(|(i, l)| {
+        serde_json::from_str::<Record<H, B>>(l).map_err(|e| damaged(i + 1, e.to_string()))
+    });
     let header = match records.next().transpose()? {
         Some(Record::Run(header)) => header,
         _ => return Err(damaged(1, "it does not start with the run's header".into())),
     };
-    if header.format != JOURNAL_FORMAT {
+    if header.format() != JOURNAL_FORMAT {
         return Err(damaged(
             1,
             format!(
                 "format {}, this ldsync reads {JOURNAL_FORMAT}",
-                header.format
+                header.format()
             ),
         ));
     }
-    if header.sync != sync {
+    if header.sync() != sync {
         return Err(damaged(
             1,
-            format!("it belongs to sync `{}`, not `{sync}`", header.sync),
+            format!("it belongs to sync `{}`, not `{sync}`", header.sync()),
         ));
     }
-    let mut batches = Vec::with_capacity(header.batch_count);
+    let batch_count = header.batch_count();
+    let mut batches = Vec::with_capacity(batch_count);
     let mut acknowledged = BTreeSet::new();
     let mut refusal = None;
     for (i, record) in records.enumerate() {
         let line_number = i + 2;
         match record? {
             Record::Batch(batch)
-                if acknowledged.is_empty() && refusal.is_none() && batch.index == batches.len() =>
+                if acknowledged.is_empty()
+                    && refusal.is_none()
+                    && batch.index() == batches.len() =>
             {
                 batches.push(batch)
             }
-            Record::Ack { index, .. } if index < header.batch_count => {
+            Record::Ack { index, .. } if index < batch_count => {
                 acknowledged.insert(index);
             }
-            Record::Refused(refused) if refused.index < header.batch_count => {
+            Record::Refused(refused) if refused.index < batch_count => {
                 refusal = Some(refused);
             }
             other => return Err(damaged(line_number, format!("unexpected record {other:?}"))),
         }
     }
-    if batches.len() != header.batch_count {
+    if batches.len() != batch_count {
         return Err(damaged(
             complete.lines().count(),
             format!(
-                "it lists {} batches, its header says {}",
+                "it lists {} batches, its header says {batch_count}",
                 batches.len(),
-                header.batch_count
             ),
         ));
     }
@@ -391,12 +434,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::create(dir.path(), header(3), batches()).unwrap();
         journal.acknowledge(1).unwrap();
-        let reopened = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        let reopened = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+            .unwrap()
+            .unwrap();
         assert_eq!(reopened.header, journal.header);
         assert_eq!(pending(&reopened), [0, 2]);
         assert_eq!(reopened.pending().next().unwrap().keys, ["a", "b"]);
         reopened.close().unwrap();
-        assert!(Journal::open(dir.path(), "pro-users").unwrap().is_none());
+        assert!(
+            Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -408,7 +457,9 @@ mod tests {
         let mut file = File::options().append(true).open(&path).unwrap();
         file.write_all(br#"{"record":"ack","index":1,"at":"2026-"#)
             .unwrap();
-        let reopened = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        let reopened = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+            .unwrap()
+            .unwrap();
         assert_eq!(pending(&reopened), [1, 2]);
     }
 
@@ -421,7 +472,9 @@ mod tests {
         journal
             .refuse(1, "400 invalid_request: `b` is excluded")
             .unwrap();
-        let reopened = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        let reopened = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+            .unwrap()
+            .unwrap();
         let refusal = reopened.refusal().unwrap();
         assert_eq!(
             (refusal.index, refusal.reason.as_str()),
@@ -442,7 +495,9 @@ mod tests {
             .unwrap();
         drop(file);
 
-        let mut resumed = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        let mut resumed = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
             whole,
@@ -450,7 +505,9 @@ mod tests {
         );
         resumed.acknowledge(1).unwrap();
 
-        let third = Journal::open(dir.path(), "pro-users").unwrap().unwrap();
+        let third = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+            .unwrap()
+            .unwrap();
         assert_eq!(pending(&third), [2]);
         assert_eq!(third.acknowledged_count(), 2);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -462,7 +519,9 @@ mod tests {
     fn damage_and_foreign_journals_are_errors_that_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         Journal::create(dir.path(), header(3), batches()).unwrap();
-        let foreign = Journal::open(dir.path(), "other").unwrap_err().to_string();
+        let foreign = Journal::<RunHeader, Batch>::open(dir.path(), "other")
+            .unwrap_err()
+            .to_string();
         assert!(
             foreign.contains("line 1: it belongs to sync `pro-users`, not `other`"),
             "{foreign}"
@@ -474,7 +533,7 @@ mod tests {
             .filter(|l| !l.contains("\"index\":1,"))
             .collect();
         std::fs::write(&path, without_batch.join("\n") + "\n").unwrap();
-        let missing = Journal::open(dir.path(), "pro-users")
+        let missing = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
             .unwrap_err()
             .to_string();
         assert!(
@@ -482,7 +541,7 @@ mod tests {
             "{missing}"
         );
         std::fs::write(&path, "not json\n").unwrap();
-        let garbage = Journal::open(dir.path(), "pro-users")
+        let garbage = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
             .unwrap_err()
             .to_string();
         assert!(garbage.contains("damaged at line 1"), "{garbage}");

@@ -6,12 +6,14 @@
 //! checks the removal gates; [`report`] shows the result. [`sync`] applies a plan through the [`launchdarkly`]
 //! client, writing each run's batches to its [`journal`] first and its outcome to the run [`history`]. [`daemon`] runs
 //! syncs on their [`schedule`] until a [`shutdown`] signal, serving [`metrics`]; [`status`] reads what runs did;
-//! [`cli`] is the command line over all of it.
+//! [`cli`] is the command line over all of it. [`events`] syncs send metric events from a model to LaunchDarkly's
+//! metric import API, incrementally, through the same journal, engine and history.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod diff;
+pub mod events;
 pub mod history;
 pub mod journal;
 pub mod keys;

@@ -1,5 +1,5 @@
 //! Prometheus metrics for `ldsync run --metrics-addr`: what the runs of each sync did (runs by outcome, keys added
-//! and removed, requests, 429 answers, retries) and how long ago each sync last succeeded, served as text on
+//! and removed, events sent, requests, 429 answers, retries) and how long ago each sync last succeeded, served as text on
 //! `GET /metrics` from a thread of its own, so that a scrape is answered even while a model query runs.
 
 use std::collections::HashMap;
@@ -40,6 +40,7 @@ pub struct Metrics {
     runs: Family<RunLabels, Counter>,
     keys_added: Family<SyncLabel, Counter>,
     keys_removed: Family<SyncLabel, Counter>,
+    events_sent: Family<SyncLabel, Counter>,
     requests: Family<SyncLabel, Counter>,
     rate_limited: Family<SyncLabel, Counter>,
     retries: Family<SyncLabel, Counter>,
@@ -55,6 +56,7 @@ impl Metrics {
             runs: Family::default(),
             keys_added: Family::default(),
             keys_removed: Family::default(),
+            events_sent: Family::default(),
             requests: Family::default(),
             rate_limited: Family::default(),
             retries: Family::default(),
@@ -69,6 +71,11 @@ impl Metrics {
                 "keys_removed",
                 "Keys removed from segments",
                 &metrics.keys_removed,
+            ),
+            (
+                "events_sent",
+                "Metric events acknowledged by the import API (events syncs)",
+                &metrics.events_sent,
             ),
             (
                 "requests",
@@ -130,6 +137,9 @@ impl Metrics {
         self.keys_removed
             .get_or_create(&label)
             .inc_by(report_count(report, report.removes));
+        self.events_sent
+            .get_or_create(&label)
+            .inc_by(report.events.as_ref().map_or(0, |e| e.sent));
         self.requests
             .get_or_create(&label)
             .inc_by(report.calls.requests);
@@ -270,6 +280,7 @@ mod tests {
             duration_ms: 10,
             excluded: Default::default(),
             drift: None,
+            events: None,
             gate_stops: Vec::new(),
             notes: Vec::new(),
             error: None,

@@ -33,6 +33,10 @@ pub enum PlanError {
     State(#[from] StateError),
     #[error(transparent)]
     Unsorted(#[from] UnsortedCheckpoint),
+    #[error(transparent)]
+    EventModel(#[from] crate::events::model::EventModelError),
+    #[error(transparent)]
+    EventCheckpoint(#[from] crate::events::checkpoint::EventCheckpointError),
     /// Reading the segment for a plan against its real membership (`plan --full`) failed.
     #[error("{0}")]
     LaunchDarkly(String),

@@ -10,11 +10,21 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
+use crate::events::EventPlan;
 use crate::plan::{Action, PlanOutcome, SyncError, SyncPlan};
 use crate::sync::SyncReport;
 
-/// The result of planning one sync.
+/// The result of planning one segment sync.
 pub type PlanResult = Result<SyncPlan, SyncError>;
+/// The result of planning one events sync.
+pub type EventPlanResult = Result<EventPlan, SyncError>;
+
+/// What `ldsync plan` found, for every selected sync.
+#[derive(Debug, Default)]
+pub struct PlanResults {
+    pub segments: Vec<PlanResult>,
+    pub events: Vec<EventPlanResult>,
+}
 
 /// How a report is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,7 +33,7 @@ pub enum Format {
     Table,
     /// Everything, with every key.
     Json,
-    /// One row per key change: sync, action, context_kind, key.
+    /// One row per key change of the segment syncs: sync, action, context_kind, key.
     Csv,
     /// The same rows as CSV, as a Parquet file.
     Parquet,
@@ -51,15 +61,23 @@ pub enum ReportError {
 
 /// Writes `results` in `format` to `out`. `show` is how many keys of each list a table prints.
 pub fn write_plan_report(
-    results: &[PlanResult],
+    all: &PlanResults,
     format: Format,
     show: usize,
     out: &mut (dyn Write + Send),
 ) -> Result<(), ReportError> {
+    let results = &all.segments[..];
     match format {
-        Format::Table => write_table(results, show, out)?,
+        Format::Table => {
+            if !results.is_empty() {
+                write_table(results, show, out)?;
+            }
+            if !all.events.is_empty() {
+                write_events_table(&all.events, out)?;
+            }
+        }
         Format::Json => {
-            serde_json::to_writer_pretty(&mut *out, &json_report(results))
+            serde_json::to_writer_pretty(&mut *out, &json_report(all))
                 .map_err(std::io::Error::from)?;
             writeln!(out)?;
         }
@@ -83,26 +101,42 @@ pub fn write_plan_report(
 }
 
 /// The outcome of a whole plan run: the worst of its syncs', or `None` when one of them failed.
-pub fn overall_outcome(results: &[PlanResult]) -> Option<PlanOutcome> {
-    results
+pub fn overall_outcome(all: &PlanResults) -> Option<PlanOutcome> {
+    let segments = all
+        .segments
         .iter()
-        .map(|r| r.as_ref().ok().map(SyncPlan::outcome))
+        .map(|r| r.as_ref().ok().map(SyncPlan::outcome));
+    let events = all
+        .events
+        .iter()
+        .map(|r| r.as_ref().ok().map(event_outcome));
+    segments
+        .chain(events)
         .try_fold(PlanOutcome::NoChanges, |worst, o| o.map(|o| worst.max(o)))
+}
+
+fn event_outcome(plan: &EventPlan) -> PlanOutcome {
+    if plan.has_changes() {
+        PlanOutcome::Changes
+    } else {
+        PlanOutcome::NoChanges
+    }
 }
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
     outcome: &'static str,
-    syncs: Vec<JsonSync<'a>>,
+    syncs: Vec<JsonSync<'a, SyncPlan>>,
+    events: Vec<JsonSync<'a, EventPlan>>,
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum JsonSync<'a> {
+enum JsonSync<'a, P> {
     Planned {
         outcome: PlanOutcome,
         #[serde(flatten)]
-        plan: &'a SyncPlan,
+        plan: &'a P,
     },
     Failed {
         sync: &'a str,
@@ -111,24 +145,117 @@ enum JsonSync<'a> {
     },
 }
 
-fn json_report(results: &[PlanResult]) -> JsonReport<'_> {
+fn json_report(all: &PlanResults) -> JsonReport<'_> {
     JsonReport {
-        outcome: outcome_name(overall_outcome(results)),
-        syncs: results
-            .iter()
-            .map(|r| match r {
-                Ok(plan) => JsonSync::Planned {
-                    outcome: plan.outcome(),
-                    plan,
-                },
-                Err(e) => JsonSync::Failed {
-                    sync: &e.sync,
-                    outcome: "error",
-                    error: e.to_string(),
-                },
-            })
-            .collect(),
+        outcome: outcome_name(overall_outcome(all)),
+        syncs: json_syncs(&all.segments, SyncPlan::outcome),
+        events: json_syncs(&all.events, event_outcome),
     }
+}
+
+fn json_syncs<P>(
+    results: &[Result<P, SyncError>],
+    outcome: fn(&P) -> PlanOutcome,
+) -> Vec<JsonSync<'_, P>> {
+    results
+        .iter()
+        .map(|r| match r {
+            Ok(plan) => JsonSync::Planned {
+                outcome: outcome(plan),
+                plan,
+            },
+            Err(e) => JsonSync::Failed {
+                sync: &e.sync,
+                outcome: "error",
+                error: e.to_string(),
+            },
+        })
+        .collect()
+}
+
+/// The events syncs' table, then what each would send.
+fn write_events_table(results: &[EventPlanResult], out: &mut dyn Write) -> std::io::Result<()> {
+    let mut table = table(vec![
+        "events sync",
+        "rows",
+        "already sent",
+        "bad rows",
+        "events",
+        "first event",
+        "last event",
+        "requests",
+        "outcome",
+    ]);
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or("-".into(), |at| {
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+    };
+    for result in results {
+        let row = match result {
+            Ok(plan) => vec![
+                plan.sync.clone(),
+                plan.rows.to_string(),
+                plan.already_sent.to_string(),
+                plan.bad_rows.count.to_string(),
+                plan.events.to_string(),
+                time(plan.first_event_at),
+                time(plan.last_event_at),
+                plan.batch_events.len().to_string(),
+                outcome_name(Some(event_outcome(plan))).replace('_', " "),
+            ],
+            Err(e) => {
+                let mut row = vec![e.sync.clone()];
+                row.resize(8, String::new());
+                row.push("error".to_string());
+                row
+            }
+        };
+        table.add_row(row);
+    }
+    writeln!(out, "{table}")?;
+    for result in results {
+        writeln!(out)?;
+        let plan = match result {
+            Ok(plan) => plan,
+            Err(e) => {
+                writeln!(out, "✗ {e}")?;
+                continue;
+            }
+        };
+        let window = plan
+            .window_start
+            .map_or("every row of the model".into(), |at| {
+                format!(
+                    "rows from {} on (the watermark minus lateness)",
+                    time(Some(at))
+                )
+            });
+        writeln!(out, "{} (model {}): read {window}", plan.sync, plan.model)?;
+        if !plan.by_event_key.is_empty() {
+            let keys: Vec<String> = plan
+                .by_event_key
+                .iter()
+                .map(|(key, count)| format!("{key} {count}"))
+                .collect();
+            writeln!(
+                out,
+                "  {} events by event key: {}; {} import request{}",
+                plan.events,
+                keys.join(", "),
+                plan.batch_events.len(),
+                if plan.batch_events.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            )?;
+        }
+        if plan.bad_rows.count > 0 {
+            writeln!(out, "  ✗ {}", plan.bad_rows)?;
+        }
+    }
+    Ok(())
 }
 
 fn outcome_name(outcome: Option<PlanOutcome>) -> &'static str {
@@ -369,13 +496,22 @@ pub fn write_sync_report(
         return write_json_document(out, "syncs", &reports);
     }
     let mut table = table(vec![
-        "sync", "outcome", "added", "removed", "batches", "requests", "retries", "429s", "seconds",
+        "sync",
+        "outcome",
+        "added / sent",
+        "removed",
+        "batches",
+        "requests",
+        "retries",
+        "429s",
+        "seconds",
     ]);
     for report in reports {
+        let added_or_sent = report.events.as_ref().map_or(report.adds, |e| e.sent);
         table.add_row(vec![
             report.sync.clone(),
             report.outcome.as_str().replace('_', " "),
-            report.adds.to_string(),
+            added_or_sent.to_string(),
             report.removes.to_string(),
             format!("{}/{}", report.batches_acknowledged, report.batches_planned),
             report.calls.requests.to_string(),

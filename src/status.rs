@@ -6,9 +6,10 @@ use std::io::Write;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, Mode, SyncConfig};
+use crate::config::{Config, Mode, SyncEntry};
+use crate::events::checkpoint::{self as event_checkpoint, EventSettings};
 use crate::history::{self, RunRecord};
-use crate::journal::Journal;
+use crate::journal;
 use crate::plan::CheckpointInfo;
 use crate::report::{SyncFormat, table, write_json_document};
 use crate::schedule::Schedule;
@@ -18,19 +19,38 @@ use crate::state::LocalStore;
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncStatus {
     pub sync: String,
-    pub mode: Mode,
-    pub segment: String,
+    /// `segment` or `events`.
+    pub kind: &'static str,
+    /// A segment sync's mode and segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
     /// `None` for syncs that only run when asked (`ldsync sync`).
     pub schedule: Option<Schedule>,
     pub last_run: Option<RunRecord>,
     pub last_success: Option<DateTime<Utc>>,
     pub checkpoint: Option<CheckpointInfo>,
+    /// An events sync's committed checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_checkpoint: Option<EventCheckpointInfo>,
     /// Why the checkpoint could not be read, if it could not.
     pub checkpoint_error: Option<String>,
     /// An interrupted run whose journal the next run finishes first.
     pub unfinished_run: bool,
     /// When `ldsync run` runs the sync next; a time in the past means at once.
     pub next_run: Option<DateTime<Utc>>,
+}
+
+/// How far an events sync has sent its model.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventCheckpointInfo {
+    pub run_id: String,
+    pub committed_at: DateTime<Utc>,
+    /// The time of the latest event sent.
+    pub watermark: Option<DateTime<Utc>>,
+    /// Events sent since the first run.
+    pub events_sent: u64,
 }
 
 /// Why a sync's history could not be read.
@@ -55,31 +75,55 @@ pub fn runs_of(store: &LocalStore, sync: &str) -> Result<Vec<RunRecord>, History
 /// Where `sync` stands as of `now`.
 pub fn status_of(
     config: &Config,
-    sync: &SyncConfig,
+    sync: SyncEntry<'_>,
     now: DateTime<Utc>,
 ) -> Result<SyncStatus, HistoryError> {
     let store = LocalStore::new(config.state_dir());
-    let runs = runs_of(&store, &sync.name)?;
+    let name = sync.name();
+    let runs = runs_of(&store, name)?;
     let last_run = runs.last().cloned();
-    let (checkpoint, checkpoint_error) = match store.load(&sync.name) {
-        Ok(checkpoint) => (checkpoint.map(|c| CheckpointInfo::of(&c)), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    Ok(SyncStatus {
-        sync: sync.name.clone(),
-        mode: sync.mode,
-        segment: sync.segment.clone(),
+    let mut status = SyncStatus {
+        sync: name.to_string(),
+        kind: "segment",
+        mode: None,
+        segment: None,
         next_run: sync
-            .schedule
-            .as_ref()
+            .schedule()
             .map(|s| s.next_due(last_run.as_ref().map(|r| r.started_at), now)),
-        schedule: sync.schedule.clone(),
+        schedule: sync.schedule().cloned(),
         last_success: last_success(&runs),
         last_run,
-        checkpoint,
-        checkpoint_error,
-        unfinished_run: Journal::exists(&store.sync_dir(&sync.name)),
-    })
+        checkpoint: None,
+        events_checkpoint: None,
+        checkpoint_error: None,
+        unfinished_run: journal::exists(&store.sync_dir(name)),
+    };
+    match sync {
+        SyncEntry::Segment(sync) => {
+            status.mode = Some(sync.mode);
+            status.segment = Some(sync.segment.clone());
+            match store.load(name) {
+                Ok(checkpoint) => status.checkpoint = checkpoint.map(|c| CheckpointInfo::of(&c)),
+                Err(e) => status.checkpoint_error = Some(e.to_string()),
+            }
+        }
+        SyncEntry::Events(sync) => {
+            status.kind = "events";
+            let settings = EventSettings::of(config);
+            match event_checkpoint::load(&store.sync_dir(name), sync, &settings) {
+                Ok(checkpoint) => {
+                    status.events_checkpoint = checkpoint.map(|c| EventCheckpointInfo {
+                        run_id: c.run_id,
+                        committed_at: c.committed_at,
+                        watermark: c.progress.watermark.map(|w| w.time()),
+                        events_sent: c.progress.events_sent,
+                    })
+                }
+                Err(e) => status.checkpoint_error = Some(e.to_string()),
+            }
+        }
+    }
+    Ok(status)
 }
 
 /// When the last successful run (synced or nothing to change) finished.
@@ -109,12 +153,12 @@ pub fn write_status(
         "schedule",
         "last run",
         "outcome",
-        "added",
+        "added / sent",
         "removed",
         "requests",
         "429s",
         "seconds",
-        "checkpoint keys",
+        "checkpoint",
         "next run",
     ]);
     for status in statuses {
@@ -128,17 +172,14 @@ pub fn write_status(
                 .map_or("when asked".into(), ToString::to_string),
             run.map_or("never".into(), |r| time(&r.started_at)),
             run.map_or("-".into(), |r| r.outcome.as_str().replace('_', " ")),
-            count(|r| r.adds),
+            count(added_or_sent),
             count(|r| r.removes),
             count(|r| r.calls.requests),
             count(|r| r.calls.rate_limited),
             run.map_or("-".into(), |r| {
                 format!("{:.1}", r.duration_ms as f64 / 1000.0)
             }),
-            status
-                .checkpoint
-                .as_ref()
-                .map_or("none".into(), |c| c.key_count.to_string()),
+            checkpoint_cell(status),
             status.next_run.map_or("-".into(), |next| {
                 if next <= now {
                     "due now".into()
@@ -167,6 +208,27 @@ pub fn write_status(
     Ok(())
 }
 
+/// What a run added (segment syncs) or sent (events syncs).
+fn added_or_sent(run: &RunRecord) -> u64 {
+    run.events.as_ref().map_or(run.adds, |events| events.sent)
+}
+
+/// The checkpoint in a word: its key count, or the time of its latest event.
+fn checkpoint_cell(status: &SyncStatus) -> String {
+    if let Some(checkpoint) = &status.checkpoint {
+        return format!("{} keys", checkpoint.key_count);
+    }
+    match &status.events_checkpoint {
+        Some(events) => events
+            .watermark
+            .as_ref()
+            .map_or("no events yet".into(), |at| {
+                format!("events to {}", time(at))
+            }),
+        None => "none".into(),
+    }
+}
+
 /// Writes run records, oldest first: a table or JSON.
 pub fn write_history(
     runs: &[RunRecord],
@@ -177,8 +239,17 @@ pub fn write_history(
         return write_json_document(out, "runs", &runs);
     }
     let mut table = table(vec![
-        "sync", "run", "started", "outcome", "added", "removed", "batches", "requests", "retries",
-        "429s", "seconds",
+        "sync",
+        "run",
+        "started",
+        "outcome",
+        "added / sent",
+        "removed",
+        "batches",
+        "requests",
+        "retries",
+        "429s",
+        "seconds",
     ]);
     for run in runs {
         table.add_row(vec![
@@ -186,7 +257,7 @@ pub fn write_history(
             run.run_id.clone(),
             time(&run.started_at),
             run.outcome.as_str().replace('_', " "),
-            run.adds.to_string(),
+            added_or_sent(run).to_string(),
             run.removes.to_string(),
             format!("{}/{}", run.batches_acknowledged, run.batches_planned),
             run.calls.requests.to_string(),
@@ -210,13 +281,13 @@ pub fn write_history(
 /// The run records of `syncs`, merged in order of their start, the last `limit` of them.
 pub fn history_of(
     config: &Config,
-    syncs: &[&SyncConfig],
+    syncs: &[SyncEntry<'_>],
     limit: usize,
 ) -> Result<Vec<RunRecord>, HistoryError> {
     let store = LocalStore::new(config.state_dir());
     let mut runs = Vec::new();
     for sync in syncs {
-        runs.extend(runs_of(&store, &sync.name)?);
+        runs.extend(runs_of(&store, sync.name())?);
     }
     runs.sort_by_key(|r| r.started_at);
     let skip = runs.len().saturating_sub(limit);

@@ -14,9 +14,13 @@ use arrow::array::{Array, StringArray};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, Mode, SegmentKind, SyncConfig};
+use crate::config::{Config, Mode, SegmentKind, SyncConfig, SyncEntry};
+use crate::events::EventPlanner;
+use crate::history::EventCounts;
 use crate::history::{self, RunOutcome, RunRecord};
-use crate::journal::{Batch, JOURNAL_FORMAT, Journal, JournalError, RunHeader};
+use crate::journal::{
+    Batch, JOURNAL_FORMAT, Journal, JournalBatch, JournalError, JournalHeader, RunHeader,
+};
 use crate::keys::KeySet;
 use crate::launchdarkly::{ApiError, CallStats, Client, Segment};
 use crate::plan::{
@@ -129,6 +133,9 @@ pub enum EngineError {
         acknowledged: usize,
         source: Box<ApiError>,
     },
+    /// An events sync cannot do what was asked; the message says why and what to do instead.
+    #[error("{0}")]
+    Events(String),
     #[error("stopped by a shutdown signal before sending anything; the checkpoint did not move")]
     StoppedBeforeSending,
     #[error(
@@ -179,6 +186,8 @@ pub struct SyncReport {
     pub excluded: KeySample,
     /// Hand edits found in the segment and repaired by this run (mirror syncs of standard segments).
     pub drift: Option<Drift>,
+    /// What an events sync sent and left out.
+    pub events: Option<EventCounts>,
     pub gate_stops: Vec<String>,
     pub notes: Vec<String>,
     pub error: Option<String>,
@@ -206,16 +215,18 @@ impl SyncReport {
 
 /// What a run counts as it goes, whatever way it ends.
 #[derive(Debug, Default)]
-struct Tally {
-    resumed_run: Option<String>,
+pub(crate) struct Tally {
+    pub(crate) resumed_run: Option<String>,
     adds: u64,
     removes: u64,
-    batches_planned: u64,
-    batches_acknowledged: u64,
+    pub(crate) batches_planned: u64,
+    pub(crate) batches_acknowledged: u64,
     excluded: KeySample,
     drift: Option<Drift>,
     gate_stops: Vec<GateStop>,
-    notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
+    /// An events sync's counts.
+    pub(crate) events: Option<EventCounts>,
 }
 
 impl Tally {
@@ -244,12 +255,13 @@ struct RunPlan {
 
 /// Runs syncs of one configuration.
 pub struct Engine<'a> {
-    config: &'a Config,
+    pub(crate) config: &'a Config,
     planner: Planner<'a>,
-    store: LocalStore,
-    client: Client,
+    pub(crate) events: EventPlanner<'a>,
+    pub(crate) store: LocalStore,
+    pub(crate) client: Client,
     progress: bool,
-    shutdown: Shutdown,
+    pub(crate) shutdown: Shutdown,
 }
 
 impl<'a> Engine<'a> {
@@ -258,6 +270,7 @@ impl<'a> Engine<'a> {
         Engine {
             config,
             planner: Planner::new(config, warehouse),
+            events: EventPlanner::new(config, warehouse),
             store: LocalStore::new(config.state_dir()),
             client,
             progress: false,
@@ -269,6 +282,7 @@ impl<'a> Engine<'a> {
     pub fn with_progress(mut self, progress: bool) -> Self {
         self.progress = progress;
         self.planner = self.planner.with_progress(progress);
+        self.events = self.events.with_progress(progress);
         self
     }
 
@@ -278,8 +292,8 @@ impl<'a> Engine<'a> {
         self
     }
 
-    /// Runs one sync and records the run in its history.
-    pub async fn run(&self, sync: &SyncConfig, options: SyncOptions) -> SyncReport {
+    /// Runs one sync, of either kind, and records the run in its history.
+    pub async fn run(&self, sync: SyncEntry<'_>, options: SyncOptions) -> SyncReport {
         let started = Instant::now();
         let started_at = Utc::now();
         // Time-ordered and unique: a run's snapshot never shares a name with the committed one.
@@ -287,18 +301,29 @@ impl<'a> Engine<'a> {
         let calls_before = self.client.stats();
         let mut tally = Tally::default();
         // Dropping the run at an await point is safe: every write to the journal and the store happens between them.
+        let inner = async {
+            match sync {
+                SyncEntry::Segment(sync) => {
+                    self.run_inner(sync, &run_id, options, &mut tally).await
+                }
+                SyncEntry::Events(sync) => {
+                    self.run_events(sync, &run_id, options, &mut tally).await
+                }
+            }
+        };
         let result = tokio::select! {
-            result = self.run_inner(sync, &run_id, options, &mut tally) => result,
+            result = inner => result,
             () = self.shutdown.reached(Stage::StopNow) => Err(EngineError::StoppedAtOnce),
         };
+        let name = sync.name();
         let (outcome, error) = match result {
             Ok(outcome) => (outcome, None),
             Err(EngineError::Plan(e)) => (RunOutcome::Failed, Some(e.to_string())),
-            Err(e) => (e.outcome(), Some(format!("sync `{}`: {e}", sync.name))),
+            Err(e) => (e.outcome(), Some(format!("sync `{name}`: {e}"))),
         };
         let error = error.map(|e| self.client.token().scrub(&e));
         let record = RunRecord {
-            sync: sync.name.clone(),
+            sync: name.to_string(),
             run_id: run_id.clone(),
             started_at,
             finished_at: Utc::now(),
@@ -311,11 +336,12 @@ impl<'a> Engine<'a> {
             batches_planned: tally.batches_planned,
             excluded: tally.excluded.clone(),
             drift: tally.drift.clone(),
+            events: tally.events.clone(),
             calls: self.client.stats().since(&calls_before),
             error: error.clone(),
         };
-        if let Err(e) = history::append(&self.store.sync_dir(&sync.name), &record) {
-            tracing::warn!(sync = %sync.name, error = %e, "could not append to the run history");
+        if let Err(e) = history::append(&self.store.sync_dir(name), &record) {
+            tracing::warn!(sync = %name, error = %e, "could not append to the run history");
         }
         SyncReport {
             sync: record.sync,
@@ -332,6 +358,7 @@ impl<'a> Engine<'a> {
             duration_ms: record.duration_ms,
             excluded: record.excluded,
             drift: record.drift,
+            events: record.events,
             gate_stops: tally.gate_stops.iter().map(ToString::to_string).collect(),
             notes: tally.notes,
             error,
@@ -345,7 +372,7 @@ impl<'a> Engine<'a> {
         options: SyncOptions,
         tally: &mut Tally,
     ) -> Result<RunOutcome, EngineError> {
-        let _lock = self.lock(sync, run_id).await?;
+        let _lock = self.lock(&sync.name, run_id).await?;
         let settings = CheckpointSettings::of(self.config, sync);
         self.settle_journal(sync, &settings, options, tally).await?;
         let run = self.plan_run(sync, options.full).await?;
@@ -383,17 +410,17 @@ impl<'a> Engine<'a> {
 
     /// Takes the sync's run lock, waiting up to `state.lock_wait` for a run under way (without holding up other
     /// syncs of the same process, which share its thread), then stops naming the holder.
-    async fn lock(&self, sync: &SyncConfig, run_id: &str) -> Result<SyncLock, EngineError> {
+    pub(crate) async fn lock(&self, sync: &str, run_id: &str) -> Result<SyncLock, EngineError> {
         let wait = self.config.lock_wait();
         let started = Instant::now();
         loop {
-            if let Some(lock) = self.store.try_lock(&sync.name, run_id)? {
+            if let Some(lock) = self.store.try_lock(sync, run_id)? {
                 return Ok(lock);
             }
             if started.elapsed() >= wait {
                 return Err(StateError::Locked {
-                    sync: sync.name.clone(),
-                    holder: self.store.holder(&sync.name),
+                    sync: sync.to_string(),
+                    holder: self.store.holder(sync),
                     waited: wait,
                 }
                 .into());
@@ -412,7 +439,9 @@ impl<'a> Engine<'a> {
         options: SyncOptions,
         tally: &mut Tally,
     ) -> Result<(), EngineError> {
-        let Some(journal) = Journal::open(&self.store.sync_dir(&sync.name), &sync.name)? else {
+        let Some(journal) =
+            Journal::<RunHeader, Batch>::open(&self.store.sync_dir(&sync.name), &sync.name)?
+        else {
             return Ok(());
         };
         let run = journal.header.run_id.clone();
@@ -429,14 +458,10 @@ impl<'a> Engine<'a> {
                 )
             })
         };
-        if let Some(note) = abandoned {
-            tracing::warn!(sync = %sync.name, run = %run, "{note}");
-            tally.notes.push(note);
-            return Ok(journal.close()?);
+        match abandon_or_resume(&sync.name, journal, abandoned, tally)? {
+            Some(journal) => self.finish(sync, journal, settings, tally).await,
+            None => Ok(()),
         }
-        tracing::info!(sync = %sync.name, run = %run, "finishing an interrupted run first");
-        tally.resumed_run = Some(run);
-        self.finish(sync, journal, settings, tally).await
     }
 
     /// Plans one sync against what LaunchDarkly really holds: reads the segment (which also confirms the token on
@@ -603,74 +628,134 @@ impl<'a> Engine<'a> {
                 path: journal.path().display().to_string(),
             });
         }
+        let segment_kind = header.segment_kind;
+        self.send_pending(
+            &sync.name,
+            &mut journal,
+            &header.run_id,
+            tally,
+            PendingBatches {
+                size: |batch: &Batch| batch.keys.len() as u64,
+                describe: |batch: &Batch| {
+                    let keys = KeySample::of(batch.keys.iter().map(String::as_str));
+                    (batch.action.as_str(), keys.to_string())
+                },
+            },
+            async |batch: &Batch| {
+                let comment = format!(
+                    "ldsync sync `{}` run {}: {} batch {} of {}",
+                    sync.name,
+                    header.run_id,
+                    batch.action.as_str(),
+                    batch.index + 1,
+                    header.batch_count
+                );
+                self.client
+                    .change_targets(
+                        &sync.segment,
+                        segment_kind,
+                        &sync.context_kind,
+                        batch.action,
+                        &batch.keys,
+                        &comment,
+                    )
+                    .await
+            },
+        )
+        .await?;
+        self.store
+            .commit_prepared(&sync.name, &header.run_id, settings, &header.snapshot)?;
+        journal.close()?;
+        tracing::info!(sync = %sync.name, run = %header.run_id, batches = header.batch_count, "committed the checkpoint");
+        Ok(())
+    }
+
+    /// Sends a journal's unacknowledged batches in order through `send`, recording each acknowledgement. A batch
+    /// LaunchDarkly refuses for good is recorded as refused, so that no later run sends it again; any other failure,
+    /// or a shutdown signal, leaves the rest in the journal for the next run.
+    pub(crate) async fn send_pending<H: JournalHeader, B: JournalBatch + Clone>(
+        &self,
+        sync: &str,
+        journal: &mut Journal<H, B>,
+        run_id: &str,
+        tally: &mut Tally,
+        batches: PendingBatches<impl Fn(&B) -> u64, impl Fn(&B) -> (&'static str, String)>,
+        send: impl AsyncFn(&B) -> Result<(), ApiError>,
+    ) -> Result<(), EngineError> {
         let total = journal.batch_count();
-        // Indices only: a batch's keys are copied out of the journal one batch at a time, as it is sent.
-        let pending: Vec<usize> = journal.pending().map(|b| b.index).collect();
+        // Indices only: a batch is copied out of the journal one at a time, as it is sent.
+        let pending: Vec<usize> = journal.pending().map(JournalBatch::index).collect();
         tally.batches_planned += pending.len() as u64;
-        let keys = journal.pending().map(|b| b.keys.len() as u64).sum();
-        let progress = progress::send_bar(&sync.name, keys, self.progress);
+        let units = journal.pending().map(&batches.size).sum();
+        let progress = progress::send_bar(sync, units, self.progress);
         for index in pending {
             let batch = journal.batch(index).clone();
             if self.shutdown.requested() {
                 progress.abandon();
                 return Err(EngineError::Stopped {
-                    run_id: header.run_id,
+                    run_id: run_id.to_string(),
                     acknowledged: journal.acknowledged_count(),
                     total,
                 });
             }
-            let comment = format!(
-                "ldsync sync `{}` run {}: {} batch {} of {total}",
-                sync.name,
-                header.run_id,
-                batch.action.as_str(),
-                batch.index + 1
-            );
-            let sent = self
-                .client
-                .change_targets(
-                    &sync.segment,
-                    header.segment_kind,
-                    &sync.context_kind,
-                    batch.action,
-                    &batch.keys,
-                    &comment,
-                )
-                .await;
-            if let Err(source) = sent {
+            if let Err(source) = send(&batch).await {
                 progress.abandon();
                 let acknowledged = journal.acknowledged_count();
                 if !source.is_final_for_batch() {
                     return Err(EngineError::FailedPartway {
-                        run_id: header.run_id,
+                        run_id: run_id.to_string(),
                         acknowledged,
                         total,
                         source,
                     });
                 }
                 let reason = self.client.token().scrub(&source.to_string());
-                journal.refuse(batch.index, &reason)?;
+                journal.refuse(index, &reason)?;
+                let (action, keys) = (batches.describe)(&batch);
                 return Err(EngineError::Refused {
-                    run_id: header.run_id,
-                    batch: batch.index + 1,
+                    run_id: run_id.to_string(),
+                    batch: index + 1,
                     total,
-                    action: batch.action.as_str(),
-                    keys: KeySample::of(batch.keys.iter().map(String::as_str)).to_string(),
+                    action,
+                    keys,
                     acknowledged,
                     source: Box::new(source),
                 });
             }
-            journal.acknowledge(batch.index)?;
+            journal.acknowledge(index)?;
             tally.batches_acknowledged += 1;
-            progress.inc(batch.keys.len() as u64);
+            progress.inc((batches.size)(&batch));
         }
         progress.finish_and_clear();
-        self.store
-            .commit_prepared(&sync.name, &header.run_id, settings, &header.snapshot)?;
-        journal.close()?;
-        tracing::info!(sync = %sync.name, run = %header.run_id, batches = total, "committed the checkpoint");
         Ok(())
     }
+}
+
+/// Closes the journal an earlier run left when `abandoned` says why it must not be finished (noted in the run's
+/// report), or hands it back to be finished, noting which run this one resumes.
+pub(crate) fn abandon_or_resume<H: JournalHeader, B: JournalBatch>(
+    sync: &str,
+    journal: Journal<H, B>,
+    abandoned: Option<String>,
+    tally: &mut Tally,
+) -> Result<Option<Journal<H, B>>, EngineError> {
+    let run = journal.header.run_id().to_string();
+    if let Some(note) = abandoned {
+        tracing::warn!(sync = %sync, run = %run, "{note}");
+        tally.notes.push(note);
+        journal.close()?;
+        return Ok(None);
+    }
+    tracing::info!(sync = %sync, run = %run, "finishing an interrupted run first");
+    tally.resumed_run = Some(run);
+    Ok(Some(journal))
+}
+
+/// How [`Engine::send_pending`] measures a batch for the progress bar, and names it when LaunchDarkly refuses it
+/// (the action and a sample of what it carried).
+pub(crate) struct PendingBatches<S, D> {
+    pub size: S,
+    pub describe: D,
 }
 
 /// What a run compares the model with:

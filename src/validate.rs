@@ -1,6 +1,7 @@
 //! `ldsync validate`: every check that can be made without running a model in full or calling LaunchDarkly.
 
-use crate::config::{Config, SyncConfig};
+use crate::config::{Config, EventSyncConfig, SyncConfig};
+use crate::events::EventPlanner;
 use crate::plan::{Planner, SyncError};
 
 /// Checks one sync: its model file exists and prepares against the warehouse, its key column exists with a type
@@ -34,6 +35,47 @@ pub fn check_sync(
         sync.mode,
         sync.segment,
         sync.context_kind,
+        checkpoint_text
+    ))
+}
+
+/// Checks one events sync: its model file exists and prepares against the warehouse with every configured column
+/// (the timestamp of a usable type), and its checkpoint (if any) is readable and was made for the configured
+/// project and environment. Returns a one-line summary.
+pub fn check_events_sync(
+    config: &Config,
+    planner: &EventPlanner,
+    sync: &EventSyncConfig,
+) -> Result<String, SyncError> {
+    planner.prepare(sync)?;
+    let checkpoint_text = match planner.checkpoint(sync)? {
+        Some(c) => match c.progress.watermark {
+            Some(watermark) => format!(
+                "checkpoint of run {} (events sent up to {})",
+                c.run_id,
+                watermark.time().to_rfc3339()
+            ),
+            None => format!("checkpoint of run {} (no events yet)", c.run_id),
+        },
+        None => "no checkpoint yet".to_string(),
+    };
+    let kinds: Vec<String> = sync
+        .contexts
+        .iter()
+        .map(|c| format!("{} from `{}`", c.kind, c.column))
+        .collect();
+    Ok(format!(
+        "events sync `{}`: model {}, event key `{}`, contexts {}, timestamp `{}`, row id `{}`{}, lateness {}, {}",
+        sync.name,
+        config.model_file(&sync.model).display(),
+        sync.event_key_column,
+        kinds.join(", "),
+        sync.timestamp_column,
+        sync.row_id_column,
+        sync.value_column
+            .as_ref()
+            .map_or(String::new(), |v| format!(", value `{v}`")),
+        humantime::format_duration(sync.lateness),
         checkpoint_text
     ))
 }

@@ -15,6 +15,9 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use common::*;
 use ldsync::config::WarehouseConfig;
+use ldsync::events::checkpoint::{
+    EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress, Watermark,
+};
 use ldsync::warehouse::{Warehouse, WarehouseError};
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -278,4 +281,83 @@ fn a_wrong_url_or_an_unreachable_server_is_a_clear_error() {
         .to_string();
     assert!(err.starts_with("cannot connect to PostgreSQL at "), "{err}");
     assert!(err.contains("_missing_db"), "{err}");
+}
+
+/// An events model on PostgreSQL: several text columns come out of one COPY, a `timestamptz` and a `timestamp`
+/// become the same Unix milliseconds, numeric values stay numbers, and the lateness window is a condition
+/// PostgreSQL applies.
+#[test]
+fn an_events_model_streams_every_column_and_filters_by_the_window_in_postgres() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(
+        &url,
+        "events",
+        "CREATE TABLE orders (id bigint, event text, user_id text, placed_at timestamptz, local_at timestamp,
+                              amount numeric(10, 2));
+         INSERT INTO orders SELECT g, CASE WHEN g % 3 = 0 THEN 'upgrade' ELSE 'order-completed' END,
+           'u' || g, TIMESTAMPTZ '2026-11-20 10:00:00+01' + g * INTERVAL '1 minute',
+           TIMESTAMP '2026-11-20 09:00:00' + g * INTERVAL '1 minute', g * 1.25
+           FROM generate_series(1, 100000) g;
+         INSERT INTO orders VALUES (0, E'odd\\tkey', NULL, NULL, NULL, NULL);",
+    );
+    let project = Project::example();
+    let config = |timestamp: &str| {
+        format!(
+            "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\nlaunchdarkly:\n  project: default\n  \
+             environment: production\nstate:\n  kind: local\nevents:\n  - name: pg-orders\n    model: pg_orders\n    \
+             timestamp_column: {timestamp}\n    value_column: amount\n    row_id_column: id\n"
+        )
+    };
+    project.write(
+        "sql/pg_orders.sql",
+        &format!(
+            "SELECT id, event AS event_key, user_id AS context_key, placed_at, local_at, amount FROM {}.orders",
+            schema.name
+        ),
+    );
+    let mut plans = Vec::new();
+    for timestamp in ["placed_at", "local_at"] {
+        project.write("connector.yaml", &config(timestamp));
+        let out = project.ldsync("day1", &["plan", "--format", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        plans.push(json(&out)["events"][0].clone());
+    }
+    for plan in &plans {
+        assert_eq!(plan["rows"], 100_001);
+        assert_eq!(plan["events"], 100_000);
+        assert_eq!(plan["by_event_key"]["upgrade"], 33_333);
+        assert_eq!(
+            plan["bad_rows"]["by_problem"],
+            serde_json::json!({"no_context_key": 1})
+        );
+        assert_eq!(plan["first_event_at"], "2026-11-20T09:01:00Z");
+        assert_eq!(plan["batch_events"].as_array().unwrap().len(), 100);
+    }
+    assert_eq!(plans[0]["last_event_at"], plans[1]["last_event_at"]);
+
+    // From a checkpoint whose watermark is row 50000, the default hour of lateness reads rows 49940 on, and the
+    // row without a timestamp, which is reported again.
+    let config = project.config();
+    let base: chrono::DateTime<chrono::Utc> = "2026-11-20T09:00:00Z".parse().unwrap();
+    let checkpoint = EventCheckpoint {
+        format: EVENT_CHECKPOINT_FORMAT,
+        sync: "pg-orders".into(),
+        run_id: "r0".into(),
+        committed_at: base,
+        settings: EventSettings::of(&config),
+        progress: Progress {
+            watermark: Some(Watermark {
+                at_ms: base.timestamp_millis() + 50_000 * 60_000,
+                row_id: "50000".into(),
+            }),
+            recent: Vec::new(),
+            events_sent: 50_000,
+        },
+    };
+    ldsync::events::checkpoint::commit(&config.state_dir().join("pg-orders"), &checkpoint).unwrap();
+    let out = project.ldsync("day1", &["plan", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = &json(&out)["events"][0];
+    assert_eq!(plan["rows"], 100_000 - 49_940 + 1 + 1, "{plan}");
+    assert_eq!(plan["first_event_at"], "2026-12-25T01:20:00Z");
 }

@@ -350,10 +350,10 @@ impl Client {
         self.found(segment, result).await.map(|_| ())
     }
 
-    /// Sends one batch of custom events (`events`: their JSON array) to the metric import API, gzipped, under a
-    /// payload ID derived from the batch's contents: a batch sent again after a lost answer carries the same ID,
-    /// so LaunchDarkly recognises it and does not count its events twice. Retried like every call.
-    pub async fn import_events(&self, events: &[u8]) -> Result<(), ApiError> {
+    /// Sends one batch of custom events (`events`: their JSON array) to the metric import API, gzipped, under
+    /// `payload_id`: a batch sent again after a lost answer carries the same ID, so LaunchDarkly recognises it and
+    /// does not count its events twice. Retried like every call.
+    pub async fn import_events(&self, events: &[u8], payload_id: &str) -> Result<(), ApiError> {
         let call = Call::ImportEvents;
         let url = format!(
             "{}/v2/event-data-import/{}/{}",
@@ -361,7 +361,6 @@ impl Client {
         );
         let body =
             gzip(events).map_err(|e| bad_answer(call, format!("cannot gzip the batch: {e}")))?;
-        let payload_id = payload_id(events);
         let answer = self
             .send(call, || {
                 self.http
@@ -371,7 +370,7 @@ impl Client {
                     .header(CONTENT_ENCODING, "gzip")
                     .header(USER_AGENT, IMPORT_USER_AGENT)
                     .header("X-LaunchDarkly-Event-Schema", "4")
-                    .header("X-LaunchDarkly-Payload-ID", &payload_id)
+                    .header("X-LaunchDarkly-Payload-ID", payload_id)
                     .body(body.clone())
             })
             .await?;
@@ -637,16 +636,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// What the metric import API asks integrations to send as `User-Agent`: `MetricImport-<company>-int/<version>`.
 const IMPORT_USER_AGENT: &str = concat!("MetricImport-ldsync-int/", env!("CARGO_PKG_VERSION"));
-
-/// A UUID derived from a batch's bytes (BLAKE3, as a version-8 UUID): the same batch always gets the same ID.
-pub fn payload_id(batch: &[u8]) -> String {
-    let hash = blake3::hash(batch);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&hash.as_bytes()[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
-}
 
 fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;

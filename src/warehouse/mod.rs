@@ -62,6 +62,8 @@ pub enum WarehouseError {
     PostgresLost(String),
     #[error("PostgreSQL's COPY output could not be read: {0}")]
     PostgresCopy(String),
+    #[error("a column of the model's result cannot be read as text: {0}")]
+    NotText(String),
 }
 
 /// One column of a model's result, as the warehouse describes it.
@@ -129,11 +131,8 @@ impl Warehouse {
     /// Finds the key column in a model's result and checks that its type can be a context key.
     pub fn key_column(&self, model_sql: &str, wanted: &str) -> Result<KeyColumn, WarehouseError> {
         let columns = self.describe(model_sql)?;
-        let column = columns
-            .iter()
-            .find(|c| c.name == wanted)
-            .or_else(|| columns.iter().find(|c| c.name.eq_ignore_ascii_case(wanted)))
-            .ok_or_else(|| WarehouseError::MissingKeyColumn {
+        let column =
+            find_column(&columns, wanted).ok_or_else(|| WarehouseError::MissingKeyColumn {
                 column: wanted.to_string(),
                 available: columns.iter().map(|c| c.name.clone()).collect(),
             })?;
@@ -152,6 +151,17 @@ impl Warehouse {
             sql_type: column.sql_type.clone(),
             cast_to_text,
         })
+    }
+
+    /// SQL giving the Unix milliseconds of `expr`, a timestamp, date or timestamp with time zone (a timestamp
+    /// without a zone is taken as UTC), in this warehouse's dialect.
+    pub fn epoch_ms_sql(&self, expr: &str) -> String {
+        match self {
+            Warehouse::DuckDb(_) => format!("epoch_ms(CAST({expr} AS TIMESTAMP))"),
+            Warehouse::Postgres(_) => {
+                format!("CAST(FLOOR(EXTRACT(EPOCH FROM {expr}) * 1000) AS BIGINT)")
+            }
+        }
     }
 
     /// Runs the model and hands the key column to `sink` one Arrow array at a time, as the warehouse produces
@@ -181,15 +191,24 @@ impl Warehouse {
         sql: &str,
         mut sink: impl FnMut(&ArrayRef) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.stream_columns(sql, |columns| sink(&columns[0]))
+    }
+
+    /// Runs `sql` as it is, every column of which is text, and hands its columns to `sink` batch by batch.
+    pub fn stream_columns<E: From<WarehouseError>>(
+        &self,
+        sql: &str,
+        mut sink: impl FnMut(&[ArrayRef]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let conn = match self {
             Warehouse::DuckDb(conn) => conn,
-            Warehouse::Postgres(postgres) => return postgres.stream_column(sql, sink),
+            Warehouse::Postgres(postgres) => return postgres.stream_columns(sql, sink),
         };
         let mut stmt = conn.prepare(sql).map_err(WarehouseError::Model)?;
         let stream = stmt.stream_arrow([]).map_err(WarehouseError::Model)?;
         for batch in stream {
             let batch = batch.map_err(WarehouseError::Model)?;
-            sink(batch.column(0))?;
+            sink(batch.columns())?;
         }
         Ok(())
     }
@@ -255,13 +274,21 @@ fn key_type_class(sql_type: &str) -> Option<KeyTypeClass> {
     }
 }
 
+/// The column of `columns` named `wanted`: an exact match first, then one that differs only in case.
+pub fn find_column<'c>(columns: &'c [Column], wanted: &str) -> Option<&'c Column> {
+    columns
+        .iter()
+        .find(|c| c.name == wanted)
+        .or_else(|| columns.iter().find(|c| c.name.eq_ignore_ascii_case(wanted)))
+}
+
 /// A model's SQL without the trailing semicolons and white space that would break wrapping it in a subquery.
-fn trim_model(sql: &str) -> &str {
+pub(crate) fn trim_model(sql: &str) -> &str {
     sql.trim()
         .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
 }
 
-fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

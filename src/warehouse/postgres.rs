@@ -1,8 +1,8 @@
 //! Models on PostgreSQL (or a server that speaks its protocol), through sqlx.
 //!
-//! The key column streams out with `COPY (SELECT key::text FROM (model)) TO STDOUT`: PostgreSQL sends rows as they
-//! are produced, and ldsync turns them into Arrow string arrays of [`BATCH_ROWS`] keys, handed on through a channel
-//! of two batches, so neither the whole result nor more than a few batches are ever in memory.
+//! The key column (or an events model's columns, each cast to text) streams out with
+//! `COPY (SELECT key::text FROM (model)) TO STDOUT`: PostgreSQL sends rows as they are produced, and ldsync turns
+//! them into Arrow string arrays of [`BATCH_ROWS`] rows, handed on through a channel of two batches, so neither the whole result nor more than a few batches are ever in memory.
 //!
 //! sqlx is async, and ldsync's planner is not; so the connection pool lives on a worker thread with its own tokio
 //! runtime, and each call sends it a job and waits for the answer. That also lets the planner be called from inside
@@ -28,10 +28,10 @@ enum Job {
         sql: String,
         reply: SyncSender<Result<Vec<Column>, WarehouseError>>,
     },
-    CopyColumn {
-        /// The `SELECT` whose only column is copied out as text.
+    CopyColumns {
+        /// The `SELECT` whose columns are copied out as text.
         select: String,
-        reply: SyncSender<Result<ArrayRef, WarehouseError>>,
+        reply: SyncSender<Result<Vec<ArrayRef>, WarehouseError>>,
     },
 }
 
@@ -86,14 +86,14 @@ impl Postgres {
         answer.recv().map_err(|_| worker_gone())?
     }
 
-    /// Runs `select` (one column) and hands its values to `sink` as Arrow string arrays, as they arrive.
-    pub fn stream_column<E: From<WarehouseError>>(
+    /// Runs `select` and hands its columns to `sink` as Arrow string arrays, as they arrive.
+    pub fn stream_columns<E: From<WarehouseError>>(
         &self,
         select: &str,
-        mut sink: impl FnMut(&ArrayRef) -> Result<(), E>,
+        mut sink: impl FnMut(&[ArrayRef]) -> Result<(), E>,
     ) -> Result<(), E> {
         let (reply, batches) = sync_channel(2);
-        self.send(Job::CopyColumn {
+        self.send(Job::CopyColumns {
             select: select.to_string(),
             reply,
         })?;
@@ -121,8 +121,8 @@ impl Drop for Postgres {
 
 /// Hands every batch to `sink`; a failure from either side stops the stream (the worker sees the channel close).
 fn drain<E: From<WarehouseError>>(
-    batches: Receiver<Result<ArrayRef, WarehouseError>>,
-    sink: &mut impl FnMut(&ArrayRef) -> Result<(), E>,
+    batches: Receiver<Result<Vec<ArrayRef>, WarehouseError>>,
+    sink: &mut impl FnMut(&[ArrayRef]) -> Result<(), E>,
 ) -> Result<(), E> {
     for batch in batches {
         sink(&batch?)?;
@@ -183,7 +183,7 @@ fn serve(
                 Job::Describe { sql, reply } => {
                     let _ = reply.send(describe(&pool, &sql).await);
                 }
-                Job::CopyColumn { select, reply } => copy_column(&pool, &select, &reply).await,
+                Job::CopyColumns { select, reply } => copy_columns(&pool, &select, &reply).await,
             }
         }
         pool.close().await;
@@ -205,11 +205,11 @@ async fn describe(pool: &PgPool, sql: &str) -> Result<Vec<Column>, WarehouseErro
         .collect())
 }
 
-/// Copies the only column of `select` out as text, sending an array every [`BATCH_ROWS`] values.
-async fn copy_column(
+/// Copies the columns of `select` out as text, sending arrays every [`BATCH_ROWS`] rows.
+async fn copy_columns(
     pool: &PgPool,
     select: &str,
-    reply: &SyncSender<Result<ArrayRef, WarehouseError>>,
+    reply: &SyncSender<Result<Vec<ArrayRef>, WarehouseError>>,
 ) {
     let statement = format!("COPY ({select}) TO STDOUT");
     let result = async {
@@ -242,18 +242,19 @@ async fn copy_column(
     }
 }
 
-/// Lines of `COPY … TO STDOUT` text format (one column), decoded into Arrow arrays.
+/// Lines of `COPY … TO STDOUT` text format, decoded into Arrow arrays (one a column).
 #[derive(Default)]
 struct CopyRows {
     /// The start of a line that the last chunk cut.
     partial: Vec<u8>,
-    builder: StringBuilder,
+    /// One builder a column, made when the first line says how many columns there are.
+    builders: Vec<StringBuilder>,
     rows: usize,
 }
 
 impl CopyRows {
-    /// Takes a chunk of COPY data; returns the arrays that filled up.
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<ArrayRef>, WarehouseError> {
+    /// Takes a chunk of COPY data; returns the batches of arrays that filled up.
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<ArrayRef>>, WarehouseError> {
         let mut full = Vec::new();
         let mut rest = chunk;
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -263,8 +264,7 @@ impl CopyRows {
                 self.partial.extend_from_slice(&rest[..end]);
                 &self.partial[..]
             };
-            let value = decode_copy_text(line)?;
-            self.builder.append_option(value.as_deref());
+            append_row(&mut self.builders, line)?;
             self.partial.clear();
             self.rows += 1;
             if self.rows == BATCH_ROWS {
@@ -277,7 +277,7 @@ impl CopyRows {
     }
 
     /// The last, partly filled array; an error if the data ended in the middle of a line.
-    fn finish(mut self) -> Result<Option<ArrayRef>, WarehouseError> {
+    fn finish(mut self) -> Result<Option<Vec<ArrayRef>>, WarehouseError> {
         if !self.partial.is_empty() {
             return Err(WarehouseError::PostgresCopy(
                 "the data ended in the middle of a row".into(),
@@ -286,10 +286,33 @@ impl CopyRows {
         Ok((self.rows > 0).then(|| self.take()))
     }
 
-    fn take(&mut self) -> ArrayRef {
+    fn take(&mut self) -> Vec<ArrayRef> {
         self.rows = 0;
-        std::sync::Arc::new(self.builder.finish())
+        self.builders
+            .iter_mut()
+            .map(|b| std::sync::Arc::new(b.finish()) as ArrayRef)
+            .collect()
     }
+}
+
+/// Appends one line of COPY text (fields separated by tabs; a tab inside a value is escaped) to `builders`.
+fn append_row(builders: &mut Vec<StringBuilder>, line: &[u8]) -> Result<(), WarehouseError> {
+    let fields = line.split(|&b| b == b'\t');
+    if builders.is_empty() {
+        builders.resize_with(fields.clone().count(), StringBuilder::new);
+    }
+    let mut count = 0;
+    for (builder, field) in builders.iter_mut().zip(fields.clone()) {
+        builder.append_option(decode_copy_text(field)?.as_deref());
+        count += 1;
+    }
+    if count != builders.len() || fields.count() != builders.len() {
+        return Err(WarehouseError::PostgresCopy(format!(
+            "a row has a different number of columns than the first ({})",
+            builders.len()
+        )));
+    }
+    Ok(())
 }
 
 /// One value of COPY's text format: `\N` is NULL; backslash escapes stand for control characters, octal and hex
@@ -429,10 +452,24 @@ mod tests {
         assert!(batches.is_empty());
         batches.extend(rows.push(b"\n").unwrap());
         let last = rows.finish().unwrap().unwrap();
-        let values: Vec<Option<&str>> = arrow::array::AsArray::as_string::<i32>(&*last)
+        let values: Vec<Option<&str>> = arrow::array::AsArray::as_string::<i32>(&*last[0])
             .iter()
             .collect();
         assert_eq!(values, [Some("k1"), Some("k2"), None, Some("k4")]);
+        let mut wide = CopyRows::default();
+        wide.push(b"a\t1\tx\\ty\n\\N\t2\t\n").unwrap();
+        let columns = wide.finish().unwrap().unwrap();
+        let column = |i: usize| -> Vec<Option<String>> {
+            arrow::array::AsArray::as_string::<i32>(&*columns[i])
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect()
+        };
+        assert_eq!(column(0), [Some("a".into()), None]);
+        assert_eq!(column(1), [Some("1".into()), Some("2".into())]);
+        assert_eq!(column(2), [Some("x\ty".into()), Some(String::new())]);
+        let mut ragged = CopyRows::default();
+        assert!(ragged.push(b"a\tb\nc\n").is_err());
         let mut torn = CopyRows::default();
         torn.push(b"k1\nk2").unwrap();
         assert!(torn.finish().is_err());

@@ -1,0 +1,472 @@
+//! Events syncs: a model of metric events (orders, upgrades, revenue) sent to LaunchDarkly's metric import API, for
+//! experiments, incrementally and exactly once.
+//!
+//! Each run reads the model's rows from the lateness window on (the checkpoint's watermark minus `lateness`; every
+//! row on a first run), leaves out the rows the checkpoint records as sent, checks the rest ([`model`]), and packs
+//! them into batches bounded in events and bytes. `plan` reports that; `sync` writes the batches to the run journal,
+//! sends each under a payload ID derived from its bytes (so a batch sent again after a lost answer is recognised by
+//! LaunchDarkly), and commits the new [`checkpoint`] only when every batch is acknowledged ([`run`]).
+
+pub mod checkpoint;
+pub mod model;
+pub mod run;
+
+use std::collections::{BTreeMap, HashSet};
+
+use arrow::array::ArrayRef;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, EventSyncConfig, InvalidKeys, MAX_EVENT_BATCH_BYTES};
+use crate::journal::JournalBatch;
+use crate::plan::{PlanError, SyncError};
+use crate::progress;
+use crate::state::LocalStore;
+use crate::warehouse::Warehouse;
+use checkpoint::{EventCheckpoint, EventSettings, Progress, SentRow, Watermark, millis_to_time};
+use model::{EventModelError, EventQuery, EventRow, ImportEvent, RowProblem, Rows};
+
+/// How many bad rows a plan or run record names by row id.
+const BAD_ROW_EXAMPLES: usize = 10;
+
+/// One import request's worth of events: the JSON array sent, byte for byte, every time the batch is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub index: usize,
+    pub events: usize,
+    /// `X-LaunchDarkly-Payload-ID`: derived from the sync, the batch's row ids and its bytes (see [`payload_id`]).
+    pub payload_id: String,
+    /// The request body before gzip: a JSON array of custom events.
+    pub payload: String,
+}
+
+impl JournalBatch for EventBatch {
+    fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// Rows that could not become events: counted by problem, and named by row id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRows {
+    pub count: u64,
+    pub by_problem: BTreeMap<RowProblem, u64>,
+    /// `row id: problem`, for the first few.
+    pub examples: Vec<String>,
+}
+
+impl BadRows {
+    fn add(&mut self, row_id: &str, problem: RowProblem) {
+        self.count += 1;
+        *self.by_problem.entry(problem).or_default() += 1;
+        if self.examples.len() < BAD_ROW_EXAMPLES {
+            let row = if row_id.is_empty() {
+                "(no row id)"
+            } else {
+                row_id
+            };
+            self.examples.push(format!("{row}: {problem}"));
+        }
+    }
+}
+
+impl std::fmt::Display for BadRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let problems: Vec<String> = self
+            .by_problem
+            .iter()
+            .map(|(problem, count)| format!("{count} with {problem}"))
+            .collect();
+        write!(
+            f,
+            "{} rows left out ({}); for example {}",
+            self.count,
+            problems.join(", "),
+            self.examples.join("; ")
+        )
+    }
+}
+
+/// What an events sync would send, and what it would leave out.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventPlan {
+    pub sync: String,
+    pub model: String,
+    /// The committed checkpoint's run, if there is one.
+    pub checkpoint_run: Option<String>,
+    /// The latest event sent so far.
+    pub watermark: Option<Watermark>,
+    /// Rows before this time were not read (the watermark minus the lateness window).
+    pub window_start: Option<DateTime<Utc>>,
+    /// Rows the model returned in the window.
+    pub rows: u64,
+    /// Rows in the window that an earlier run sent.
+    pub already_sent: u64,
+    pub bad_rows: BadRows,
+    /// Events to send.
+    pub events: u64,
+    pub by_event_key: BTreeMap<String, u64>,
+    pub first_event_at: Option<DateTime<Utc>>,
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Events in each request.
+    pub batch_events: Vec<usize>,
+    #[serde(skip)]
+    pub batches: Vec<EventBatch>,
+    /// What the checkpoint says once every batch is acknowledged.
+    #[serde(skip)]
+    pub next: Progress,
+}
+
+impl EventPlan {
+    /// Whether the run would change anything: events to send, or a checkpoint to move.
+    pub fn has_changes(&self) -> bool {
+        self.events > 0
+    }
+}
+
+/// Plans events syncs: runs their models and works out what to send. Reads; never writes.
+pub struct EventPlanner<'a> {
+    config: &'a Config,
+    warehouse: &'a Warehouse,
+    store: LocalStore,
+    progress: bool,
+}
+
+impl<'a> EventPlanner<'a> {
+    pub fn new(config: &'a Config, warehouse: &'a Warehouse) -> Self {
+        EventPlanner {
+            config,
+            warehouse,
+            store: LocalStore::new(config.state_dir()),
+            progress: false,
+        }
+    }
+
+    /// Shows the rows fetched so far on standard error while a model runs.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// The sync's committed checkpoint, checked against the configured project and environment.
+    pub fn checkpoint(&self, sync: &EventSyncConfig) -> Result<Option<EventCheckpoint>, SyncError> {
+        checkpoint::load(
+            &self.store.sync_dir(&sync.name),
+            sync,
+            &EventSettings::of(self.config),
+        )
+        .map_err(|e| self.error(sync, e))
+    }
+
+    /// Plans the sync against its committed checkpoint.
+    pub fn plan(&self, sync: &EventSyncConfig) -> Result<EventPlan, SyncError> {
+        let checkpoint = self.checkpoint(sync)?;
+        self.plan_from(sync, checkpoint.as_ref())
+    }
+
+    /// Plans the sync from `checkpoint` (`None`: from the model's first row).
+    pub fn plan_from(
+        &self,
+        sync: &EventSyncConfig,
+        checkpoint: Option<&EventCheckpoint>,
+    ) -> Result<EventPlan, SyncError> {
+        self.read_plan(sync, checkpoint)
+            .map_err(|e| self.error(sync, e))
+    }
+
+    /// Checks the model against the warehouse without running it.
+    pub fn prepare(&self, sync: &EventSyncConfig) -> Result<EventQuery, SyncError> {
+        self.read_query(sync).map_err(|e| self.error(sync, e))
+    }
+
+    fn read_query(&self, sync: &EventSyncConfig) -> Result<EventQuery, PlanError> {
+        let path = self.config.model_file(&sync.model);
+        let sql = std::fs::read_to_string(&path)
+            .map_err(|source| PlanError::ModelFile { path, source })?;
+        Ok(EventQuery::prepare(self.warehouse, sync, &sql)?)
+    }
+
+    fn read_plan(
+        &self,
+        sync: &EventSyncConfig,
+        checkpoint: Option<&EventCheckpoint>,
+    ) -> Result<EventPlan, PlanError> {
+        let query = self.read_query(sync)?;
+        let sent = checkpoint.map(|c| c.progress.clone()).unwrap_or_default();
+        let lateness_ms = i64::try_from(sync.lateness.as_millis()).unwrap_or(i64::MAX);
+        let window_start = sent.window_start(lateness_ms);
+        let mut plan = EventPlan {
+            sync: sync.name.clone(),
+            model: self.config.model_file(&sync.model).display().to_string(),
+            checkpoint_run: checkpoint.map(|c| c.run_id.clone()),
+            watermark: sent.watermark.clone(),
+            window_start: window_start.map(millis_to_time),
+            rows: 0,
+            already_sent: 0,
+            bad_rows: BadRows::default(),
+            events: 0,
+            by_event_key: BTreeMap::new(),
+            first_event_at: None,
+            last_event_at: None,
+            batch_events: Vec::new(),
+            batches: Vec::new(),
+            next: Progress::default(),
+        };
+        let mut collector = EventCollector::new(sync, &sent);
+        let fetched = progress::fetch_spinner(&sync.name, self.progress);
+        self.warehouse.stream_columns::<PlanError>(
+            &query.sql(window_start),
+            |columns: &[ArrayRef]| {
+                let rows = query.rows(columns)?;
+                fetched.inc(rows.len() as u64);
+                collector.push(&rows, &mut plan)
+            },
+        )?;
+        fetched.finish_and_clear();
+        collector.finish(sent, lateness_ms, &mut plan);
+        Ok(plan)
+    }
+
+    fn error(&self, sync: &EventSyncConfig, source: impl Into<PlanError>) -> SyncError {
+        SyncError {
+            sync: sync.name.clone(),
+            model: self.config.model_file(&sync.model).display().to_string(),
+            source: Box::new(source.into()),
+        }
+    }
+}
+
+/// Turns an events model's rows into batches, leaving out what was sent and counting what is bad.
+struct EventCollector<'a> {
+    sync: &'a EventSyncConfig,
+    /// Row ids the checkpoint records as sent within the window.
+    sent: HashSet<String>,
+    /// Rows of this run's events, for the next checkpoint and to catch repeated row ids.
+    new_rows: Vec<SentRow>,
+    new_ids: HashSet<String>,
+    latest: Option<Watermark>,
+    batcher: Batcher,
+}
+
+impl<'a> EventCollector<'a> {
+    fn new(sync: &'a EventSyncConfig, sent: &Progress) -> Self {
+        EventCollector {
+            sync,
+            sent: sent.recent.iter().map(|r| r.row_id.clone()).collect(),
+            new_rows: Vec::new(),
+            new_ids: HashSet::new(),
+            latest: None,
+            batcher: Batcher::new(&sync.name, sync.batch_size),
+        }
+    }
+
+    fn push(&mut self, rows: &Rows, plan: &mut EventPlan) -> Result<(), PlanError> {
+        for i in 0..rows.len() {
+            plan.rows += 1;
+            match rows.event(i) {
+                Ok(row) if self.sent.contains(row.row_id) => plan.already_sent += 1,
+                Ok(row) if !self.new_ids.insert(row.row_id.to_string()) => {
+                    self.bad(row.row_id, RowProblem::RepeatedRowId, plan)?
+                }
+                Ok(row) => self.add(&row, plan),
+                Err(problem) => self.bad(rows.row_id(i), problem, plan)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, row: &EventRow<'_>, plan: &mut EventPlan) {
+        let event = serde_json::to_string(&ImportEvent::of(row, self.sync))
+            .expect("events always serialize");
+        self.batcher.push(row.row_id, &event);
+        plan.events += 1;
+        *plan
+            .by_event_key
+            .entry(row.event_key.to_string())
+            .or_default() += 1;
+        let at = millis_to_time(row.at_ms);
+        plan.first_event_at = Some(plan.first_event_at.map_or(at, |first| first.min(at)));
+        plan.last_event_at = Some(plan.last_event_at.map_or(at, |last| last.max(at)));
+        let mark = Watermark {
+            at_ms: row.at_ms,
+            row_id: row.row_id.to_string(),
+        };
+        if self.latest.as_ref().is_none_or(|latest| &mark > latest) {
+            self.latest = Some(mark);
+        }
+        self.new_rows.push(SentRow {
+            row_id: row.row_id.to_string(),
+            at_ms: row.at_ms,
+        });
+    }
+
+    fn bad(
+        &mut self,
+        row_id: &str,
+        problem: RowProblem,
+        plan: &mut EventPlan,
+    ) -> Result<(), PlanError> {
+        if self.sync.invalid_rows == InvalidKeys::Fail {
+            return Err(EventModelError::InvalidRow {
+                row_id: row_id.to_string(),
+                problem,
+            }
+            .into());
+        }
+        plan.bad_rows.add(row_id, problem);
+        Ok(())
+    }
+
+    /// Closes the last batch and works out the checkpoint the run commits: the later watermark, and the rows sent
+    /// within the lateness window behind it.
+    fn finish(self, sent: Progress, lateness_ms: i64, plan: &mut EventPlan) {
+        plan.batches = self.batcher.finish();
+        plan.batch_events = plan.batches.iter().map(|b| b.events).collect();
+        let watermark = sent.watermark.into_iter().chain(self.latest).max();
+        let cutoff = watermark
+            .as_ref()
+            .map_or(i64::MIN, |w| w.at_ms.saturating_sub(lateness_ms));
+        let mut recent: Vec<SentRow> = sent
+            .recent
+            .into_iter()
+            .chain(self.new_rows)
+            .filter(|row| row.at_ms >= cutoff)
+            .collect();
+        recent.sort();
+        plan.next = Progress {
+            watermark,
+            recent,
+            events_sent: sent.events_sent + plan.events,
+        };
+    }
+}
+
+/// The payload ID of a batch of `sync`: a UUID (version 8) from a BLAKE3 hash of the sync's name, the batch's row
+/// ids and its bytes. The same batch sent again has the same ID; two batches with identical events from different
+/// rows (two orders of the same amount by the same user in the same millisecond) have different ones, so
+/// LaunchDarkly counts both.
+pub fn payload_id<'a>(
+    sync: &'a str,
+    row_ids: impl IntoIterator<Item = &'a str>,
+    payload: &'a str,
+) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in std::iter::once(sync).chain(row_ids).chain([payload]) {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// Packs events into JSON arrays of at most `max_events` events and [`MAX_EVENT_BATCH_BYTES`] bytes.
+struct Batcher {
+    sync: String,
+    max_events: usize,
+    current: String,
+    row_ids: Vec<String>,
+    done: Vec<EventBatch>,
+}
+
+impl Batcher {
+    fn new(sync: &str, max_events: usize) -> Self {
+        Batcher {
+            sync: sync.to_string(),
+            max_events,
+            current: String::new(),
+            row_ids: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row_id: &str, event: &str) {
+        // `[` + events joined by `,` + `]`.
+        let events = self.row_ids.len();
+        let grown = self.current.len() + event.len() + 2;
+        if events == self.max_events || (events > 0 && grown > MAX_EVENT_BATCH_BYTES) {
+            self.close();
+        }
+        self.current
+            .push(if self.row_ids.is_empty() { '[' } else { ',' });
+        self.current.push_str(event);
+        self.row_ids.push(row_id.to_string());
+    }
+
+    fn close(&mut self) {
+        if self.row_ids.is_empty() {
+            return;
+        }
+        self.current.push(']');
+        let payload = std::mem::take(&mut self.current);
+        let row_ids = std::mem::take(&mut self.row_ids);
+        self.done.push(EventBatch {
+            index: self.done.len(),
+            events: row_ids.len(),
+            payload_id: payload_id(&self.sync, row_ids.iter().map(String::as_str), &payload),
+            payload,
+        });
+    }
+
+    fn finish(mut self) -> Vec<EventBatch> {
+        self.close();
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_close_at_their_event_count_and_byte_size() {
+        let mut batcher = Batcher::new("s", 3);
+        for i in 0..7 {
+            batcher.push(&format!("r{i}"), &format!("{{\"n\":{i}}}"));
+        }
+        let batches = batcher.finish();
+        assert_eq!(
+            batches.iter().map(|b| b.events).collect::<Vec<_>>(),
+            [3, 3, 1]
+        );
+        assert_eq!(batches[0].payload, r#"[{"n":0},{"n":1},{"n":2}]"#);
+        assert_eq!(batches[2].payload, r#"[{"n":6}]"#);
+        assert_eq!(batches[2].index, 2);
+
+        let big = format!("\"{}\"", "x".repeat(MAX_EVENT_BATCH_BYTES / 2));
+        let mut batcher = Batcher::new("s", 1000);
+        for i in 0..3 {
+            batcher.push(&format!("r{i}"), &big);
+        }
+        let batches = batcher.finish();
+        assert_eq!(
+            batches.len(),
+            3,
+            "two halves and their brackets overflow a batch"
+        );
+        assert!(
+            batches
+                .iter()
+                .all(|b| b.payload.len() <= MAX_EVENT_BATCH_BYTES)
+        );
+        let parsed: Vec<String> = serde_json::from_str(&batches[0].payload).unwrap();
+        assert_eq!(parsed.len(), 1);
+    }
+
+    #[test]
+    fn payload_ids_follow_the_sync_the_rows_and_the_bytes() {
+        let id = payload_id("orders", ["r1", "r2"], "[1,2]");
+        assert_eq!(id, payload_id("orders", ["r1", "r2"], "[1,2]"));
+        assert_eq!(id.len(), 36);
+        for other in [
+            payload_id("refunds", ["r1", "r2"], "[1,2]"),
+            payload_id("orders", ["r1", "r3"], "[1,2]"),
+            payload_id("orders", ["r1", "r2"], "[1,3]"),
+            payload_id("orders", ["r1r", "2"], "[1,2]"),
+        ] {
+            assert_ne!(id, other);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `ldsync sync` for an events sync: take the sync's lock; finish the run an interruption left in the journal (or
+//! abandon it when LaunchDarkly refused one of its batches); plan from the checkpoint; write the batches and the
+//! checkpoint they lead to into the journal; send each batch to the metric import API, recording each
+//! acknowledgement; commit the checkpoint only when every batch is acknowledged.
+//!
+//! A batch whose answer was lost is sent again with the same bytes, so under the same payload ID, and LaunchDarkly
+//! counts its events once.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress};
+use super::{EventBatch, EventPlan};
+use crate::config::EventSyncConfig;
+use crate::history::{EventCounts, RunOutcome};
+use crate::journal::{JOURNAL_FORMAT, Journal, JournalHeader};
+use crate::sync::{Engine, EngineError, PendingBatches, SyncOptions, Tally, abandon_or_resume};
+
+/// What an events run is, and the checkpoint it commits once every batch is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRunHeader {
+    pub format: u32,
+    pub sync: String,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub settings: EventSettings,
+    /// The checkpoint's progress after this run.
+    pub next: Progress,
+    pub event_count: u64,
+    pub batch_count: usize,
+}
+
+impl JournalHeader for EventRunHeader {
+    fn format(&self) -> u32 {
+        self.format
+    }
+
+    fn sync(&self) -> &str {
+        &self.sync
+    }
+
+    fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn batch_count(&self) -> usize {
+        self.batch_count
+    }
+}
+
+/// An events sync's run journal.
+type EventJournal = Journal<EventRunHeader, EventBatch>;
+
+/// Why an events sync cannot take `--full`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "an events sync has no --full: LaunchDarkly cannot be asked which events it already holds, and sending them all \
+     again would count them twice. To send the model's events again from its first row (into a new environment, \
+     say), move {checkpoint} aside"
+)]
+pub struct NoFullRun {
+    checkpoint: String,
+}
+
+impl Engine<'_> {
+    /// Runs one events sync; see the module's comment.
+    pub(crate) async fn run_events(
+        &self,
+        sync: &EventSyncConfig,
+        run_id: &str,
+        options: SyncOptions,
+        tally: &mut Tally,
+    ) -> Result<RunOutcome, EngineError> {
+        let dir = self.store.sync_dir(&sync.name);
+        if options.full {
+            let checkpoint = checkpoint::checkpoint_path(&dir).display().to_string();
+            return Err(EngineError::Events(NoFullRun { checkpoint }.to_string()));
+        }
+        let _lock = self.lock(&sync.name, run_id).await?;
+        let settings = EventSettings::of(self.config);
+        tally.events = Some(EventCounts::default());
+        self.settle_event_journal(sync, &settings, tally).await?;
+        let checkpoint = self.events.checkpoint(sync)?;
+        let plan = self.events.plan_from(sync, checkpoint.as_ref())?;
+        let counts = tally.events.get_or_insert_default();
+        counts.already_sent = plan.already_sent;
+        counts.bad_rows = plan.bad_rows.clone();
+        counts.watermark = checkpoint
+            .as_ref()
+            .and_then(|c| c.progress.watermark.as_ref())
+            .map(|w| w.time());
+        if plan.bad_rows.count > 0 {
+            tally.notes.push(format!("{}", plan.bad_rows));
+        }
+        if !plan.has_changes() {
+            return Ok(RunOutcome::NothingToChange);
+        }
+        if self.shutdown.requested() {
+            return Err(EngineError::StoppedBeforeSending);
+        }
+        let journal = self.write_event_journal(sync, run_id, &settings, plan)?;
+        self.finish_events(sync, journal, &settings, tally).await?;
+        Ok(RunOutcome::Synced)
+    }
+
+    /// Finishes the run an interruption left, or abandons it when LaunchDarkly refused one of its batches.
+    async fn settle_event_journal(
+        &self,
+        sync: &EventSyncConfig,
+        settings: &EventSettings,
+        tally: &mut Tally,
+    ) -> Result<(), EngineError> {
+        let dir = self.store.sync_dir(&sync.name);
+        let Some(journal) = EventJournal::open(&dir, &sync.name)? else {
+            return Ok(());
+        };
+        let abandoned = journal.refusal().map(|refusal| {
+            format!(
+                "run {} was refused by LaunchDarkly ({}); planned afresh from the checkpoint instead of sending it \
+                 again",
+                journal.header.run_id, refusal.reason
+            )
+        });
+        match abandon_or_resume(&sync.name, journal, abandoned, tally)? {
+            Some(journal) => self.finish_events(sync, journal, settings, tally).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the run's batches and the checkpoint they lead to, durably, before anything is sent.
+    fn write_event_journal(
+        &self,
+        sync: &EventSyncConfig,
+        run_id: &str,
+        settings: &EventSettings,
+        plan: EventPlan,
+    ) -> Result<EventJournal, EngineError> {
+        let header = EventRunHeader {
+            format: JOURNAL_FORMAT,
+            sync: sync.name.clone(),
+            run_id: run_id.to_string(),
+            started_at: Utc::now(),
+            settings: settings.clone(),
+            next: plan.next,
+            event_count: plan.events,
+            batch_count: plan.batches.len(),
+        };
+        let dir = self.store.create_sync_dir(&sync.name)?;
+        Ok(EventJournal::create(&dir, header, plan.batches)?)
+    }
+
+    /// Sends the journal's unacknowledged batches, then commits its checkpoint and closes it.
+    async fn finish_events(
+        &self,
+        sync: &EventSyncConfig,
+        mut journal: EventJournal,
+        settings: &EventSettings,
+        tally: &mut Tally,
+    ) -> Result<(), EngineError> {
+        let header = journal.header.clone();
+        if &header.settings != settings {
+            return Err(EngineError::Events(format!(
+                "an unfinished run ({}) of this sync sends to {}, not {settings}; restore the settings so that it \
+                 can finish, or move its journal {} aside",
+                header.run_id,
+                header.settings,
+                journal.path().display()
+            )));
+        }
+        let unsent: u64 = journal.pending().map(|b| b.events as u64).sum();
+        self.send_pending(
+            &sync.name,
+            &mut journal,
+            &header.run_id,
+            tally,
+            PendingBatches {
+                size: |batch: &EventBatch| batch.events as u64,
+                describe: |batch: &EventBatch| ("import", format!("{} events", batch.events)),
+            },
+            async |batch: &EventBatch| {
+                let payload = batch.payload.as_bytes();
+                self.client.import_events(payload, &batch.payload_id).await
+            },
+        )
+        .await?;
+        let committed = EventCheckpoint {
+            format: EVENT_CHECKPOINT_FORMAT,
+            sync: sync.name.clone(),
+            run_id: header.run_id.clone(),
+            committed_at: Utc::now(),
+            settings: settings.clone(),
+            progress: header.next.clone(),
+        };
+        checkpoint::commit(&self.store.sync_dir(&sync.name), &committed)?;
+        journal.close()?;
+        let counts = tally.events.get_or_insert_default();
+        counts.sent += unsent;
+        counts.watermark = header.next.watermark.as_ref().map(|w| w.time());
+        tracing::info!(sync = %sync.name, run = %header.run_id, events = header.event_count, "committed the checkpoint");
+        Ok(())
+    }
+}
