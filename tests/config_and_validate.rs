@@ -386,7 +386,12 @@ fn validate_passes_on_the_example() {
     let text = stdout(&out);
     assert_eq!(
         text.lines().filter(|l| l.starts_with('✓')).count(),
-        4,
+        5,
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ events sync `order-events`: model")
+            && text.contains("contexts user from `user_id`, timestamp `placed_at`, row id `order_id`, value `amount`, lateness 2h"),
         "{text}"
     );
     assert!(

@@ -521,7 +521,12 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
     let setup = Setup::new();
     let mut daemon = Daemon::start(&setup, &["--metrics-addr", "127.0.0.1:0"]);
     // Every interval sync runs once at start (the cron one waits for 06:00 UTC); then an hour passes.
-    let interval_syncs = ["pro-users", "enterprise-orgs", "churned-beta"];
+    let interval_syncs = [
+        "pro-users",
+        "enterprise-orgs",
+        "churned-beta",
+        "order-events",
+    ];
     wait_until(
         &daemon,
         Duration::from_secs(30),
@@ -597,6 +602,19 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
         let age = metric(&text, &format!("ldsync_seconds_since_last_success{label}"));
         assert!((0.0..30.0).contains(&age), "{sync}: {age}");
     }
+    let orders: u64 = expected_order_events("day1", None).values().sum();
+    assert_eq!(
+        metric(&text, "ldsync_events_sent_total{sync=\"order-events\"}"),
+        orders as f64
+    );
+    assert_eq!(
+        runs(&setup, "order-events")[0]
+            .events
+            .as_ref()
+            .unwrap()
+            .sent,
+        orders
+    );
     let pro = &runs(&setup, "pro-users")[0];
     assert_eq!(pro.outcome, RunOutcome::Synced);
     assert_eq!(pro.adds as usize, expected_pro_users("day1").len());

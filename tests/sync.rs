@@ -67,7 +67,9 @@ fn every_mode_syncs_two_days_exactly() {
     ));
     expected.extend(expected_requests("enterprise-orgs", &orgs1, &none, 500));
     expected.extend(expected_requests("beta-testers", &none, &churned1, 1500));
-    assert_eq!(described(&setup.emulator.requests()), expected);
+    assert_eq!(described(&setup.segment_requests()), expected);
+    let orders1 = expected_order_events("day1", None);
+    assert_eq!(setup.events_by_key(), orders1);
     for request in setup
         .emulator
         .requests()
@@ -146,7 +148,13 @@ fn every_mode_syncs_two_days_exactly() {
     let churned_new = difference(&churned2, &churned1);
     assert!(!churned_new.is_empty(), "testers churn on day 2");
     expected.extend(expected_requests("beta-testers", &none, &churned_new, 1500));
-    assert_eq!(described(&setup.emulator.requests()), expected);
+    assert_eq!(described(&setup.segment_requests()), expected);
+    // The day's new orders and the one that arrived late but inside the lateness window; nothing twice.
+    let mut orders = orders1.clone();
+    for (key, count) in expected_order_events("day2", Some("day1")) {
+        *orders.entry(key).or_default() += count;
+    }
+    assert_eq!(setup.events_by_key(), orders);
     assert_eq!(setup.checkpoint("pro-users").unwrap(), pro2);
     assert_eq!(setup.checkpoint("dormant-winback").unwrap(), dormant2);
 }
@@ -173,8 +181,11 @@ fn a_run_with_nothing_to_change_reads_each_segment_once_and_writes_nothing() {
     let report = json(&out);
     for sync in report["syncs"].as_array().unwrap() {
         assert_eq!(sync["outcome"], "nothing_to_change", "{sync}");
-        assert_eq!(sync["calls"]["requests"], 1);
+        // A segment sync reads its segment; the events sync has nothing to send and calls nothing.
+        let reads = u64::from(sync["events"].is_null());
+        assert_eq!(sync["calls"]["requests"], reads, "{sync}");
     }
+    assert_eq!(report["syncs"].as_array().unwrap().len(), 5);
     assert_eq!(
         setup.manifest_bytes("pro-users").unwrap(),
         manifest,

@@ -79,8 +79,9 @@ impl std::fmt::Display for BadRows {
             .collect();
         write!(
             f,
-            "{} rows left out ({}); for example {}",
+            "{} row{} left out ({}); for example {}",
             self.count,
+            if self.count == 1 { "" } else { "s" },
             problems.join(", "),
             self.examples.join("; ")
         )

@@ -1,7 +1,7 @@
 //! The example project against an in-process LaunchDarkly emulator, and the ways sync tests read what happened:
 //! the segment's members, the request log, the checkpoint left on disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 
 use ldsync::state::LocalStore;
@@ -79,6 +79,26 @@ impl Setup {
             .env("LD_ACCESS_TOKEN", token)
             .output()
             .unwrap()
+    }
+
+    /// The segment requests seen (the metric imports of the example's events sync left out).
+    pub fn segment_requests(&self) -> Vec<RecordedRequest> {
+        self.emulator
+            .requests()
+            .into_iter()
+            .filter(|r| !r.path.starts_with("/v2/event-data-import/"))
+            .collect()
+    }
+
+    /// The custom events received, counted by event key.
+    pub fn events_by_key(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for event in self.emulator.events("default", "production") {
+            *counts
+                .entry(event["key"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        counts
     }
 
     pub fn members(&self, segment: &str, kind: &str) -> BTreeSet<String> {

@@ -5,7 +5,7 @@
 
 pub mod emulated;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -125,6 +125,37 @@ pub fn read_fixture(day: &str, table: &str) -> Vec<Row> {
             Row(header.iter().cloned().zip(values).collect())
         })
         .collect()
+}
+
+/// The events the example's `order-events` sync should send on `day` after a run on `earlier` (if any), by event
+/// key, computed from the CSV without DuckDB: valid rows (with a user) that are new since `earlier`, at or after
+/// the earlier day's latest event minus the sync's two hours of lateness.
+pub fn expected_order_events(day: &str, earlier: Option<&str>) -> BTreeMap<String, u64> {
+    let valid = |day: &str| -> Vec<Row> {
+        read_fixture(day, "orders")
+            .into_iter()
+            .filter(|r| is_valid_key(r.get("user_id")))
+            .collect()
+    };
+    let (sent, window_start) = match earlier {
+        None => (BTreeSet::new(), String::new()),
+        Some(earlier) => {
+            let rows = valid(earlier);
+            let latest = rows.iter().map(|r| r.get("placed_at")).max().unwrap();
+            let latest =
+                chrono::NaiveDateTime::parse_from_str(latest, "%Y-%m-%d %H:%M:%S").unwrap();
+            let start = (latest - chrono::TimeDelta::hours(2)).format("%Y-%m-%d %H:%M:%S");
+            let ids = rows.iter().map(|r| r.get("order_id").to_string()).collect();
+            (ids, start.to_string())
+        }
+    };
+    let mut counts = BTreeMap::new();
+    for row in valid(day) {
+        if !sent.contains(row.get("order_id")) && row.get("placed_at") >= window_start.as_str() {
+            *counts.entry(row.get("event").to_string()).or_default() += 1;
+        }
+    }
+    counts
 }
 
 fn is_valid_key(key: &str) -> bool {
