@@ -17,7 +17,8 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -27,8 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::launchdarkly::SegmentKind;
 use crate::plan::Action;
 use crate::state::{
-    CheckpointSettings, PreparedSnapshot, StateError, read_if_present, sync_directory,
-    write_file_atomically_with,
+    CheckpointSettings, PreparedSnapshot, StateError, sync_directory, write_file_atomically_with,
 };
 
 /// The journal format this build writes and reads.
@@ -68,6 +68,8 @@ pub trait JournalHeader: Serialize + DeserializeOwned + Clone + std::fmt::Debug 
 pub trait JournalBatch: Serialize + DeserializeOwned + std::fmt::Debug {
     /// Its place in the run, from 0.
     fn index(&self) -> usize;
+    /// What it carries, for progress: keys, events.
+    fn units(&self) -> u64;
 }
 
 impl JournalHeader for RunHeader {
@@ -91,6 +93,10 @@ impl JournalHeader for RunHeader {
 impl JournalBatch for Batch {
     fn index(&self) -> usize {
         self.index
+    }
+
+    fn units(&self) -> u64 {
+        self.keys.len() as u64
     }
 }
 
@@ -146,69 +152,142 @@ enum Record<H, B> {
 /// The lines of a journal that carry no header or batch.
 type Mark = Record<(), ()>;
 
-/// A journal on disk whose run has not committed yet.
+/// Where a batch's line lies in the journal file, and how much it carries.
+#[derive(Debug, Clone, Copy)]
+struct BatchLine {
+    offset: u64,
+    length: usize,
+    units: u64,
+}
+
+/// A journal on disk whose run has not committed yet. Only where each batch lies is held in memory; a batch is
+/// read from the file when it is sent, so a run of millions of keys never holds them all.
 #[derive(Debug)]
 pub struct Journal<H = RunHeader, B = Batch> {
     pub header: H,
-    batches: Vec<B>,
+    lines: Vec<BatchLine>,
     acknowledged: BTreeSet<usize>,
     refusal: Option<Refusal>,
     path: PathBuf,
+    batch: PhantomData<fn() -> B>,
 }
 
 impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
-    /// Writes the run's journal, whole, before anything is sent (line by line: the journal of a large run is
-    /// never held as one string).
-    pub fn create(dir: &Path, header: H, batches: Vec<B>) -> Result<Self, JournalError> {
+    /// Writes the run's journal, whole, before anything is sent, one batch at a time as `batches` yields them.
+    pub fn create(
+        dir: &Path,
+        header: H,
+        batches: impl IntoIterator<Item = B>,
+    ) -> Result<Self, JournalError> {
+        let mut lines = Vec::with_capacity(header.batch_count());
         write_file_atomically_with(dir, JOURNAL_FILE, |out| {
-            write_record(out, &Record::<&H, ()>::Run(&header))?;
-            for batch in &batches {
-                write_record(out, &Record::<(), &B>::Batch(batch))?;
+            let mut offset = write_record(out, &Record::<&H, ()>::Run(&header))? as u64;
+            for batch in batches {
+                let length = write_record(out, &Record::<(), &B>::Batch(&batch))?;
+                lines.push(BatchLine {
+                    offset,
+                    length: length - 1,
+                    units: batch.units(),
+                });
+                offset += length as u64;
             }
             Ok(())
         })?;
+        debug_assert_eq!(lines.len(), header.batch_count());
         Ok(Journal {
             header,
-            batches,
+            lines,
             acknowledged: BTreeSet::new(),
             refusal: None,
             path: dir.join(JOURNAL_FILE),
+            batch: PhantomData,
         })
     }
 
-    /// The open journal in `dir`, if a run left one. A torn last line (a crash or power loss in the middle of an
-    /// append) is cut off the file first, so that what is appended next starts on a line of its own.
+    /// The open journal in `dir`, if a run left one, read line by line. A torn last line (a crash or power loss in
+    /// the middle of an append) is cut off the file first, so that what is appended next starts on a line of its
+    /// own.
     pub fn open(dir: &Path, sync: &str) -> Result<Option<Self>, JournalError> {
         let path = dir.join(JOURNAL_FILE);
-        let Some(bytes) = read_if_present(&path)? else {
-            return Ok(None);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    action: "cannot open",
+                    path,
+                    source,
+                }
+                .into());
+            }
         };
-        let whole = bytes
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |end| end + 1);
-        if whole < bytes.len() {
-            tracing::warn!(
-                journal = %path.display(),
-                torn_bytes = bytes.len() - whole,
-                "cutting a torn last line off the run journal"
-            );
-            truncate(&path, whole as u64)?;
+        let mut reader = JournalReader::new(&path, sync);
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut line = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            line.clear();
+            let read = input
+                .read_until(b'\n', &mut line)
+                .map_err(|source| StateError::Io {
+                    action: "cannot read",
+                    path: path.clone(),
+                    source,
+                })?;
+            if read == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                tracing::warn!(
+                    journal = %path.display(),
+                    torn_bytes = read,
+                    "cutting a torn last line off the run journal"
+                );
+                truncate(&path, offset)?;
+                break;
+            }
+            reader.line(&line[..read - 1], offset)?;
+            offset += read as u64;
         }
-        let text = String::from_utf8_lossy(&bytes[..whole]);
-        parse(&text, &path, sync).map(Some)
+        reader.finish().map(Some)
     }
 
-    /// Batch `index` of the run.
-    pub fn batch(&self, index: usize) -> &B {
-        &self.batches[index]
+    /// Batch `index` of the run, read from the journal's file.
+    pub fn batch(&self, index: usize) -> Result<B, JournalError> {
+        let line = self.lines[index];
+        let read_error = |source| StateError::Io {
+            action: "cannot read",
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = File::open(&self.path).map_err(read_error)?;
+        file.seek(SeekFrom::Start(line.offset))
+            .map_err(read_error)?;
+        let mut bytes = vec![0; line.length];
+        file.read_exact(&mut bytes).map_err(read_error)?;
+        match serde_json::from_slice::<Record<H, B>>(&bytes) {
+            Ok(Record::Batch(batch)) if batch.index() == index => Ok(batch),
+            _ => Err(JournalError::Damaged {
+                path: self.path.clone(),
+                line: index + 2,
+                problem: format!("batch {index} cannot be read back"),
+            }),
+        }
     }
 
-    /// The batches not acknowledged yet, in the order they are to be sent.
-    pub fn pending(&self) -> impl Iterator<Item = &B> {
-        self.batches
-            .iter()
-            .filter(|b| !self.acknowledged.contains(&b.index()))
+    /// The indices of the batches not acknowledged yet, in the order they are to be sent.
+    pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.lines.len()).filter(|index| !self.acknowledged.contains(index))
+    }
+
+    /// What the batches not acknowledged yet carry (keys, events), in all.
+    pub fn pending_units(&self) -> u64 {
+        self.pending().map(|index| self.lines[index].units).sum()
+    }
+
+    /// What batch `index` carries.
+    pub fn units(&self, index: usize) -> u64 {
+        self.lines[index].units
     }
 
     /// The journal's file.
@@ -217,7 +296,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     }
 
     pub fn batch_count(&self) -> usize {
-        self.batches.len()
+        self.lines.len()
     }
 
     pub fn acknowledged_count(&self) -> usize {
@@ -291,10 +370,12 @@ fn truncate(path: &Path, length: u64) -> Result<(), JournalError> {
     file.sync_all().map_err(append_error)
 }
 
-/// Writes one record as a line.
-fn write_record(out: &mut dyn Write, record: &impl Serialize) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, record)?;
-    out.write_all(b"\n")
+/// Writes one record as a line; returns the line's length, its newline included.
+fn write_record(out: &mut dyn Write, record: &impl Serialize) -> std::io::Result<usize> {
+    let mut line = serde_json::to_vec(record)?;
+    line.push(b'\n');
+    out.write_all(&line)?;
+    Ok(line.len())
 }
 
 fn line(record: &Mark) -> String {
@@ -303,78 +384,113 @@ fn line(record: &Mark) -> String {
     text
 }
 
-fn parse<H: JournalHeader, B: JournalBatch>(
-    text: &str,
-    path: &Path,
-    sync: &str,
-) -> Result<Journal<H, B>, JournalError> {
-    let damaged = |line: usize, problem: String| JournalError::Damaged {
-        path: path.to_path_buf(),
-        line,
-        problem,
-    };
-    let complete = text;
-    let mut records = complete.lines().enumerate().map(|(i, l)| {
-        serde_json::from_str::<Record<H, B>>(l).map_err(|e| damaged(i + 1, e.to_string()))
-    });
-    let header = match records.next().transpose()? {
-        Some(Record::Run(header)) => header,
-        _ => return Err(damaged(1, "it does not start with the run's header".into())),
-    };
-    if header.format() != JOURNAL_FORMAT {
-        return Err(damaged(
-            1,
-            format!(
-                "format {}, this ldsync reads {JOURNAL_FORMAT}",
-                header.format()
-            ),
-        ));
-    }
-    if header.sync() != sync {
-        return Err(damaged(
-            1,
-            format!("it belongs to sync `{}`, not `{sync}`", header.sync()),
-        ));
-    }
-    let batch_count = header.batch_count();
-    let mut batches = Vec::with_capacity(batch_count);
-    let mut acknowledged = BTreeSet::new();
-    let mut refusal = None;
-    for (i, record) in records.enumerate() {
-        let line_number = i + 2;
-        match record? {
-            Record::Batch(batch)
-                if acknowledged.is_empty()
-                    && refusal.is_none()
-                    && batch.index() == batches.len() =>
-            {
-                batches.push(batch)
-            }
-            Record::Ack { index, .. } if index < batch_count => {
-                acknowledged.insert(index);
-            }
-            Record::Refused(refused) if refused.index < batch_count => {
-                refusal = Some(refused);
-            }
-            other => return Err(damaged(line_number, format!("unexpected record {other:?}"))),
+/// Reads a journal's lines in order, checking each, and keeps where each batch lies.
+struct JournalReader<'a, H, B> {
+    path: &'a Path,
+    sync: &'a str,
+    header: Option<H>,
+    lines: Vec<BatchLine>,
+    acknowledged: BTreeSet<usize>,
+    refusal: Option<Refusal>,
+    line_number: usize,
+    batch: PhantomData<fn() -> B>,
+}
+
+impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
+    fn new(path: &'a Path, sync: &'a str) -> Self {
+        JournalReader {
+            path,
+            sync,
+            header: None,
+            lines: Vec::new(),
+            acknowledged: BTreeSet::new(),
+            refusal: None,
+            line_number: 0,
+            batch: PhantomData,
         }
     }
-    if batches.len() != batch_count {
-        return Err(damaged(
-            complete.lines().count(),
-            format!(
-                "it lists {} batches, its header says {batch_count}",
-                batches.len(),
-            ),
-        ));
+
+    fn damaged(&self, problem: String) -> JournalError {
+        JournalError::Damaged {
+            path: self.path.to_path_buf(),
+            line: self.line_number.max(1),
+            problem,
+        }
     }
-    Ok(Journal {
-        header,
-        batches,
-        acknowledged,
-        refusal,
-        path: path.to_path_buf(),
-    })
+
+    /// Takes one whole line (without its newline), which starts at `offset` in the file.
+    fn line(&mut self, text: &[u8], offset: u64) -> Result<(), JournalError> {
+        self.line_number += 1;
+        let record = serde_json::from_slice::<Record<H, B>>(text)
+            .map_err(|e| self.damaged(e.to_string()))?;
+        let Some(header) = &self.header else {
+            return match record {
+                Record::Run(header) => self.start(header),
+                _ => Err(self.damaged("it does not start with the run's header".into())),
+            };
+        };
+        let batch_count = header.batch_count();
+        match record {
+            Record::Batch(batch)
+                if self.acknowledged.is_empty()
+                    && self.refusal.is_none()
+                    && batch.index() == self.lines.len() =>
+            {
+                self.lines.push(BatchLine {
+                    offset,
+                    length: text.len(),
+                    units: batch.units(),
+                });
+            }
+            Record::Ack { index, .. } if index < batch_count => {
+                self.acknowledged.insert(index);
+            }
+            Record::Refused(refused) if refused.index < batch_count => {
+                self.refusal = Some(refused);
+            }
+            other => return Err(self.damaged(format!("unexpected record {other:?}"))),
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, header: H) -> Result<(), JournalError> {
+        if header.format() != JOURNAL_FORMAT {
+            return Err(self.damaged(format!(
+                "format {}, this ldsync reads {JOURNAL_FORMAT}",
+                header.format()
+            )));
+        }
+        if header.sync() != self.sync {
+            return Err(self.damaged(format!(
+                "it belongs to sync `{}`, not `{}`",
+                header.sync(),
+                self.sync
+            )));
+        }
+        self.header = Some(header);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Journal<H, B>, JournalError> {
+        let Some(header) = self.header.take() else {
+            return Err(self.damaged("it does not start with the run's header".into()));
+        };
+        if self.lines.len() != header.batch_count() {
+            return Err(self.damaged(format!(
+                "it lists {} batches, its header says {}",
+                self.lines.len(),
+                header.batch_count()
+            )));
+        }
+        Ok(Journal {
+            header,
+            lines: self.lines,
+            acknowledged: self.acknowledged,
+            refusal: self.refusal,
+            path: self.path.to_path_buf(),
+            batch: PhantomData,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -426,7 +542,7 @@ mod tests {
     }
 
     fn pending(journal: &Journal) -> Vec<usize> {
-        journal.pending().map(|b| b.index).collect()
+        journal.pending().collect()
     }
 
     #[test]
@@ -439,7 +555,10 @@ mod tests {
             .unwrap();
         assert_eq!(reopened.header, journal.header);
         assert_eq!(pending(&reopened), [0, 2]);
-        assert_eq!(reopened.pending().next().unwrap().keys, ["a", "b"]);
+        let first = reopened.pending().next().unwrap();
+        assert_eq!(reopened.batch(first).unwrap().keys, ["a", "b"]);
+        assert_eq!(reopened.batch(2).unwrap(), batches()[2]);
+        assert_eq!(reopened.pending_units(), 3);
         reopened.close().unwrap();
         assert!(
             Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")

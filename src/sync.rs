@@ -592,7 +592,6 @@ impl<'a> Engine<'a> {
         let snapshot = self
             .store
             .prepare(&sync.name, run_id, model.keys.iter().flatten())?;
-        let batches = batches(plan);
         let header = RunHeader {
             format: JOURNAL_FORMAT,
             sync: sync.name.clone(),
@@ -601,12 +600,12 @@ impl<'a> Engine<'a> {
             settings: settings.clone(),
             segment_kind,
             snapshot,
-            batch_count: batches.len(),
+            batch_count: plan.requests.len(),
         };
         Ok(Journal::create(
             &self.store.sync_dir(&sync.name),
             header,
-            batches,
+            batches(plan),
         )?)
     }
 
@@ -634,12 +633,9 @@ impl<'a> Engine<'a> {
             &mut journal,
             &header.run_id,
             tally,
-            PendingBatches {
-                size: |batch: &Batch| batch.keys.len() as u64,
-                describe: |batch: &Batch| {
-                    let keys = KeySample::of(batch.keys.iter().map(String::as_str));
-                    (batch.action.as_str(), keys.to_string())
-                },
+            |batch: &Batch| {
+                let keys = KeySample::of(batch.keys.iter().map(String::as_str));
+                (batch.action.as_str(), keys.to_string())
             },
             async |batch: &Batch| {
                 let comment = format!(
@@ -673,23 +669,22 @@ impl<'a> Engine<'a> {
     /// Sends a journal's unacknowledged batches in order through `send`, recording each acknowledgement. A batch
     /// LaunchDarkly refuses for good is recorded as refused, so that no later run sends it again; any other failure,
     /// or a shutdown signal, leaves the rest in the journal for the next run.
-    pub(crate) async fn send_pending<H: JournalHeader, B: JournalBatch + Clone>(
+    pub(crate) async fn send_pending<H: JournalHeader, B: JournalBatch>(
         &self,
         sync: &str,
         journal: &mut Journal<H, B>,
         run_id: &str,
         tally: &mut Tally,
-        batches: PendingBatches<impl Fn(&B) -> u64, impl Fn(&B) -> (&'static str, String)>,
+        describe: impl Fn(&B) -> (&'static str, String),
         send: impl AsyncFn(&B) -> Result<(), ApiError>,
     ) -> Result<(), EngineError> {
         let total = journal.batch_count();
-        // Indices only: a batch is copied out of the journal one at a time, as it is sent.
-        let pending: Vec<usize> = journal.pending().map(JournalBatch::index).collect();
+        let pending: Vec<usize> = journal.pending().collect();
         tally.batches_planned += pending.len() as u64;
-        let units = journal.pending().map(&batches.size).sum();
-        let progress = progress::send_bar(sync, units, self.progress);
+        let progress = progress::send_bar(sync, journal.pending_units(), self.progress);
         for index in pending {
-            let batch = journal.batch(index).clone();
+            // Read from the journal as it is sent: a run never holds all its batches.
+            let batch = journal.batch(index)?;
             if self.shutdown.requested() {
                 progress.abandon();
                 return Err(EngineError::Stopped {
@@ -711,7 +706,7 @@ impl<'a> Engine<'a> {
                 }
                 let reason = self.client.token().scrub(&source.to_string());
                 journal.refuse(index, &reason)?;
-                let (action, keys) = (batches.describe)(&batch);
+                let (action, keys) = describe(&batch);
                 return Err(EngineError::Refused {
                     run_id: run_id.to_string(),
                     batch: index + 1,
@@ -724,7 +719,7 @@ impl<'a> Engine<'a> {
             }
             journal.acknowledge(index)?;
             tally.batches_acknowledged += 1;
-            progress.inc((batches.size)(&batch));
+            progress.inc(journal.units(index));
         }
         progress.finish_and_clear();
         Ok(())
@@ -749,13 +744,6 @@ pub(crate) fn abandon_or_resume<H: JournalHeader, B: JournalBatch>(
     tracing::info!(sync = %sync, run = %run, "finishing an interrupted run first");
     tally.resumed_run = Some(run);
     Ok(Some(journal))
-}
-
-/// How [`Engine::send_pending`] measures a batch for the progress bar, and names it when LaunchDarkly refuses it
-/// (the action and a sample of what it carried).
-pub(crate) struct PendingBatches<S, D> {
-    pub size: S,
-    pub describe: D,
 }
 
 /// What a run compares the model with:
@@ -857,13 +845,13 @@ fn check_standard_size(sync: &SyncConfig, after: u64) -> Result<(), EngineError>
 }
 
 /// The plan's requests, each with its keys, in order: `sync` sends exactly the requests `plan` prints.
-fn batches(plan: &SyncPlan) -> Vec<Batch> {
+fn batches(plan: &SyncPlan) -> impl Iterator<Item = Batch> + '_ {
     let mut adds = plan.adds.iter().flatten();
     let mut removes = plan.removes.iter().flatten();
     plan.requests
         .iter()
         .enumerate()
-        .map(|(index, request)| {
+        .map(move |(index, request)| {
             let keys = match request.action {
                 Action::Add => &mut adds,
                 Action::Remove => &mut removes,
@@ -874,5 +862,4 @@ fn batches(plan: &SyncPlan) -> Vec<Batch> {
                 keys: keys.take(request.keys).map(str::to_string).collect(),
             }
         })
-        .collect()
 }

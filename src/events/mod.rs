@@ -44,6 +44,10 @@ impl JournalBatch for EventBatch {
     fn index(&self) -> usize {
         self.index
     }
+
+    fn units(&self) -> u64 {
+        self.events as u64
+    }
 }
 
 /// Rows that could not become events: counted by problem, and named by row id.

@@ -14,7 +14,7 @@ use super::{EventBatch, EventPlan};
 use crate::config::EventSyncConfig;
 use crate::history::{EventCounts, RunOutcome};
 use crate::journal::{JOURNAL_FORMAT, Journal, JournalHeader};
-use crate::sync::{Engine, EngineError, PendingBatches, SyncOptions, Tally, abandon_or_resume};
+use crate::sync::{Engine, EngineError, SyncOptions, Tally, abandon_or_resume};
 
 /// What an events run is, and the checkpoint it commits once every batch is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,16 +167,13 @@ impl Engine<'_> {
                 journal.path().display()
             )));
         }
-        let unsent: u64 = journal.pending().map(|b| b.events as u64).sum();
+        let unsent = journal.pending_units();
         self.send_pending(
             &sync.name,
             &mut journal,
             &header.run_id,
             tally,
-            PendingBatches {
-                size: |batch: &EventBatch| batch.events as u64,
-                describe: |batch: &EventBatch| ("import", format!("{} events", batch.events)),
-            },
+            |batch: &EventBatch| ("import", format!("{} events", batch.events)),
             async |batch: &EventBatch| {
                 let payload = batch.payload.as_bytes();
                 self.client.import_events(payload, &batch.payload_id).await
