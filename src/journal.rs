@@ -58,10 +58,29 @@ pub enum JournalError {
 
 /// What a journal's first line must say, whatever kind of sync wrote it.
 pub trait JournalHeader: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
-    fn format(&self) -> u32;
-    fn sync(&self) -> &str;
-    fn run_id(&self) -> &str;
+    fn run(&self) -> &RunIdentity;
     fn batch_count(&self) -> usize;
+}
+
+/// The run a journal belongs to: the fields that head every kind of run's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    pub format: u32,
+    pub sync: String,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+}
+
+impl RunIdentity {
+    /// Run `run_id` of `sync`, starting now, in this build's journal format.
+    pub fn starting(sync: &str, run_id: &str) -> Self {
+        RunIdentity {
+            format: JOURNAL_FORMAT,
+            sync: sync.to_string(),
+            run_id: run_id.to_string(),
+            started_at: Utc::now(),
+        }
+    }
 }
 
 /// One request's worth of a journal.
@@ -73,16 +92,8 @@ pub trait JournalBatch: Serialize + DeserializeOwned + std::fmt::Debug {
 }
 
 impl JournalHeader for RunHeader {
-    fn format(&self) -> u32 {
-        self.format
-    }
-
-    fn sync(&self) -> &str {
-        &self.sync
-    }
-
-    fn run_id(&self) -> &str {
-        &self.run_id
+    fn run(&self) -> &RunIdentity {
+        &self.run
     }
 
     fn batch_count(&self) -> usize {
@@ -108,10 +119,8 @@ pub fn exists(dir: &Path) -> bool {
 /// What a segment sync's run is, and what it commits once every batch is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunHeader {
-    pub format: u32,
-    pub sync: String,
-    pub run_id: String,
-    pub started_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub run: RunIdentity,
     pub settings: CheckpointSettings,
     pub segment_kind: SegmentKind,
     /// The snapshot written for this run, committed as the checkpoint at the end.
@@ -454,17 +463,17 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
     }
 
     fn start(&mut self, header: H) -> Result<(), JournalError> {
-        if header.format() != JOURNAL_FORMAT {
+        let run = header.run();
+        if run.format != JOURNAL_FORMAT {
             return Err(self.damaged(format!(
                 "format {}, this ldsync reads {JOURNAL_FORMAT}",
-                header.format()
+                run.format
             )));
         }
-        if header.sync() != self.sync {
+        if run.sync != self.sync {
             return Err(self.damaged(format!(
                 "it belongs to sync `{}`, not `{}`",
-                header.sync(),
-                self.sync
+                run.sync, self.sync
             )));
         }
         self.header = Some(header);
@@ -500,10 +509,7 @@ mod tests {
 
     fn header(batch_count: usize) -> RunHeader {
         RunHeader {
-            format: JOURNAL_FORMAT,
-            sync: "pro-users".into(),
-            run_id: "r1".into(),
-            started_at: Utc::now(),
+            run: RunIdentity::starting("pro-users", "r1"),
             settings: CheckpointSettings {
                 project: "default".into(),
                 environment: "production".into(),

@@ -19,7 +19,7 @@ use crate::events::EventPlanner;
 use crate::history::EventCounts;
 use crate::history::{self, RunOutcome, RunRecord};
 use crate::journal::{
-    Batch, JOURNAL_FORMAT, Journal, JournalBatch, JournalError, JournalHeader, RunHeader,
+    Batch, Journal, JournalBatch, JournalError, JournalHeader, RunHeader, RunIdentity,
 };
 use crate::keys::KeySet;
 use crate::launchdarkly::{ApiError, CallStats, Client, Segment};
@@ -444,7 +444,7 @@ impl<'a> Engine<'a> {
         else {
             return Ok(());
         };
-        let run = journal.header.run_id.clone();
+        let run = journal.header.run.run_id.clone();
         let abandoned = if options.full {
             Some(format!(
                 "abandoned unfinished run {run}: --full compares with the segment's real membership instead"
@@ -593,10 +593,7 @@ impl<'a> Engine<'a> {
             .store
             .prepare(&sync.name, run_id, model.keys.iter().flatten())?;
         let header = RunHeader {
-            format: JOURNAL_FORMAT,
-            sync: sync.name.clone(),
-            run_id: run_id.to_string(),
-            started_at: Utc::now(),
+            run: RunIdentity::starting(&sync.name, run_id),
             settings: settings.clone(),
             segment_kind,
             snapshot,
@@ -622,7 +619,7 @@ impl<'a> Engine<'a> {
         let changes = header.settings.changes(settings);
         if !changes.is_empty() {
             return Err(EngineError::JournalSettings {
-                run_id: header.run_id,
+                run_id: header.run.run_id,
                 changes: changes.join(", "),
                 path: journal.path().display().to_string(),
             });
@@ -631,7 +628,7 @@ impl<'a> Engine<'a> {
         self.send_pending(
             &sync.name,
             &mut journal,
-            &header.run_id,
+            &header.run.run_id,
             tally,
             |batch: &Batch| {
                 let keys = KeySample::of(batch.keys.iter().map(String::as_str));
@@ -641,7 +638,7 @@ impl<'a> Engine<'a> {
                 let comment = format!(
                     "ldsync sync `{}` run {}: {} batch {} of {}",
                     sync.name,
-                    header.run_id,
+                    header.run.run_id,
                     batch.action.as_str(),
                     batch.index + 1,
                     header.batch_count
@@ -660,9 +657,9 @@ impl<'a> Engine<'a> {
         )
         .await?;
         self.store
-            .commit_prepared(&sync.name, &header.run_id, settings, &header.snapshot)?;
+            .commit_prepared(&sync.name, &header.run.run_id, settings, &header.snapshot)?;
         journal.close()?;
-        tracing::info!(sync = %sync.name, run = %header.run_id, batches = header.batch_count, "committed the checkpoint");
+        tracing::info!(sync = %sync.name, run = %header.run.run_id, batches = header.batch_count, "committed the checkpoint");
         Ok(())
     }
 
@@ -734,7 +731,7 @@ pub(crate) fn abandon_or_resume<H: JournalHeader, B: JournalBatch>(
     abandoned: Option<String>,
     tally: &mut Tally,
 ) -> Result<Option<Journal<H, B>>, EngineError> {
-    let run = journal.header.run_id().to_string();
+    let run = journal.header.run().run_id.clone();
     if let Some(note) = abandoned {
         tracing::warn!(sync = %sync, run = %run, "{note}");
         tally.notes.push(note);

@@ -6,23 +6,21 @@
 //! A batch whose answer was lost is sent again with the same bytes, so under the same payload ID, and LaunchDarkly
 //! counts its events once.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress};
 use super::{EventBatch, EventPlan};
 use crate::config::EventSyncConfig;
 use crate::history::{EventCounts, RunOutcome};
-use crate::journal::{JOURNAL_FORMAT, Journal, JournalHeader};
+use crate::journal::{Journal, JournalHeader, RunIdentity};
 use crate::sync::{Engine, EngineError, SyncOptions, Tally, abandon_or_resume};
 
 /// What an events run is, and the checkpoint it commits once every batch is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRunHeader {
-    pub format: u32,
-    pub sync: String,
-    pub run_id: String,
-    pub started_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub run: RunIdentity,
     pub settings: EventSettings,
     /// The checkpoint's progress after this run.
     pub next: Progress,
@@ -31,16 +29,8 @@ pub struct EventRunHeader {
 }
 
 impl JournalHeader for EventRunHeader {
-    fn format(&self) -> u32 {
-        self.format
-    }
-
-    fn sync(&self) -> &str {
-        &self.sync
-    }
-
-    fn run_id(&self) -> &str {
-        &self.run_id
+    fn run(&self) -> &RunIdentity {
+        &self.run
     }
 
     fn batch_count(&self) -> usize {
@@ -118,7 +108,7 @@ impl Engine<'_> {
             format!(
                 "run {} was refused by LaunchDarkly ({}); planned afresh from the checkpoint instead of sending it \
                  again",
-                journal.header.run_id, refusal.reason
+                journal.header.run.run_id, refusal.reason
             )
         });
         match abandon_or_resume(&sync.name, journal, abandoned, tally)? {
@@ -136,10 +126,7 @@ impl Engine<'_> {
         plan: EventPlan,
     ) -> Result<EventJournal, EngineError> {
         let header = EventRunHeader {
-            format: JOURNAL_FORMAT,
-            sync: sync.name.clone(),
-            run_id: run_id.to_string(),
-            started_at: Utc::now(),
+            run: RunIdentity::starting(&sync.name, run_id),
             settings: settings.clone(),
             next: plan.next,
             event_count: plan.events,
@@ -162,7 +149,7 @@ impl Engine<'_> {
             return Err(EngineError::Events(format!(
                 "an unfinished run ({}) of this sync sends to {}, not {settings}; restore the settings so that it \
                  can finish, or move its journal {} aside",
-                header.run_id,
+                header.run.run_id,
                 header.settings,
                 journal.path().display()
             )));
@@ -171,7 +158,7 @@ impl Engine<'_> {
         self.send_pending(
             &sync.name,
             &mut journal,
-            &header.run_id,
+            &header.run.run_id,
             tally,
             |batch: &EventBatch| ("import", format!("{} events", batch.events)),
             async |batch: &EventBatch| {
@@ -183,7 +170,7 @@ impl Engine<'_> {
         let committed = EventCheckpoint {
             format: EVENT_CHECKPOINT_FORMAT,
             sync: sync.name.clone(),
-            run_id: header.run_id.clone(),
+            run_id: header.run.run_id.clone(),
             committed_at: Utc::now(),
             settings: settings.clone(),
             progress: header.next.clone(),
@@ -193,7 +180,7 @@ impl Engine<'_> {
         let counts = tally.events.get_or_insert_default();
         counts.sent += unsent;
         counts.watermark = header.next.watermark.as_ref().map(|w| w.time());
-        tracing::info!(sync = %sync.name, run = %header.run_id, events = header.event_count, "committed the checkpoint");
+        tracing::info!(sync = %sync.name, run = %header.run.run_id, events = header.event_count, "committed the checkpoint");
         Ok(())
     }
 }
