@@ -186,12 +186,13 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     pub fn create(
         dir: &Path,
         header: H,
-        batches: impl IntoIterator<Item = B>,
+        batches: impl IntoIterator<Item = std::io::Result<B>>,
     ) -> Result<Self, JournalError> {
         let mut lines = Vec::with_capacity(header.batch_count());
         write_file_atomically_with(dir, JOURNAL_FILE, |out| {
             let mut offset = write_record(out, &Record::<&H, ()>::Run(&header))? as u64;
             for batch in batches {
+                let batch = batch?;
                 let length = write_record(out, &Record::<(), &B>::Batch(&batch))?;
                 lines.push(BatchLine {
                     offset,
@@ -554,7 +555,8 @@ mod tests {
     #[test]
     fn acknowledgements_survive_a_reopen_and_only_unacknowledged_batches_stay_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::create(dir.path(), header(3), batches()).unwrap();
+        let mut journal =
+            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         journal.acknowledge(1).unwrap();
         let reopened = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
             .unwrap()
@@ -576,7 +578,8 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_an_acknowledgement_that_never_happened() {
         let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::create(dir.path(), header(3), batches()).unwrap();
+        let mut journal =
+            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         journal.acknowledge(0).unwrap();
         let path = dir.path().join(JOURNAL_FILE);
         let mut file = File::options().append(true).open(&path).unwrap();
@@ -591,7 +594,8 @@ mod tests {
     #[test]
     fn a_refusal_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::create(dir.path(), header(3), batches()).unwrap();
+        let mut journal =
+            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         journal.acknowledge(0).unwrap();
         assert_eq!(journal.refusal(), None);
         journal
@@ -611,7 +615,8 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_before_the_resumed_run_appends_and_a_third_run_reads_it_all() {
         let dir = tempfile::tempdir().unwrap();
-        let mut first = Journal::create(dir.path(), header(3), batches()).unwrap();
+        let mut first =
+            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         first.acknowledge(0).unwrap();
         let path = dir.path().join(JOURNAL_FILE);
         let whole = std::fs::read(&path).unwrap();
@@ -643,7 +648,7 @@ mod tests {
     #[test]
     fn damage_and_foreign_journals_are_errors_that_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
-        Journal::create(dir.path(), header(3), batches()).unwrap();
+        Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         let foreign = Journal::<RunHeader, Batch>::open(dir.path(), "other")
             .unwrap_err()
             .to_string();

@@ -37,6 +37,8 @@ pub enum PlanError {
     EventModel(#[from] crate::events::model::EventModelError),
     #[error(transparent)]
     EventCheckpoint(#[from] crate::events::checkpoint::EventCheckpointError),
+    #[error("cannot spool the run's event batches in the state directory: {0}")]
+    Spool(std::io::Error),
     /// Reading the segment for a plan against its real membership (`plan --full`) failed.
     #[error("{0}")]
     LaunchDarkly(String),

@@ -602,7 +602,7 @@ impl<'a> Engine<'a> {
         Ok(Journal::create(
             &self.store.sync_dir(&sync.name),
             header,
-            batches(plan),
+            batches(plan).map(Ok),
         )?)
     }
 

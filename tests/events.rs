@@ -502,6 +502,17 @@ fn a_run_killed_mid_send_is_finished_by_the_next_with_every_event_once() {
     assert!(project.imports().len() <= 31, "{}", project.imports().len());
     assert!(!project.journal_exists());
     assert_eq!(project.checkpoint()["events_sent"], 60);
+    // Batches are spooled to a temporary file while a run plans; the run removes its own, and the next run under
+    // the lock removes one that a run killed while planning left.
+    let state = project.dir.path().join(".ldsync/state/orders");
+    std::fs::write(state.join(".events-spool.killed"), "[]\n").unwrap();
+    ok(&project.ldsync(&["sync"]));
+    let mut left: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["events-checkpoint.json", "lock", "runs.jsonl"]);
 }
 
 #[test]

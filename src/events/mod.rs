@@ -12,10 +12,13 @@ pub mod model;
 pub mod run;
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
 
 use arrow::array::ArrayRef;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tempfile::NamedTempFile;
 
 use crate::config::{Config, EventSyncConfig, InvalidKeys, MAX_EVENT_BATCH_BYTES};
 use crate::journal::JournalBatch;
@@ -93,7 +96,7 @@ impl std::fmt::Display for BadRows {
 }
 
 /// What an events sync would send, and what it would leave out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct EventPlan {
     pub sync: String,
     pub model: String,
@@ -115,8 +118,9 @@ pub struct EventPlan {
     pub last_event_at: Option<DateTime<Utc>>,
     /// Events in each request.
     pub batch_events: Vec<usize>,
+    /// Where the batches went as they closed.
     #[serde(skip)]
-    pub batches: Vec<EventBatch>,
+    pub batches: BatchSink,
     /// What the checkpoint says once every batch is acknowledged.
     #[serde(skip)]
     pub next: Progress,
@@ -163,19 +167,20 @@ impl<'a> EventPlanner<'a> {
         .map_err(|e| self.error(sync, e))
     }
 
-    /// Plans the sync against its committed checkpoint.
+    /// Plans the sync against its committed checkpoint, counting its batches without keeping them.
     pub fn plan(&self, sync: &EventSyncConfig) -> Result<EventPlan, SyncError> {
         let checkpoint = self.checkpoint(sync)?;
-        self.plan_from(sync, checkpoint.as_ref())
+        self.plan_from(sync, checkpoint.as_ref(), BatchSink::Counted)
     }
 
-    /// Plans the sync from `checkpoint` (`None`: from the model's first row).
+    /// Plans the sync from `checkpoint` (`None`: from the model's first row), handing its batches to `batches`.
     pub fn plan_from(
         &self,
         sync: &EventSyncConfig,
         checkpoint: Option<&EventCheckpoint>,
+        batches: BatchSink,
     ) -> Result<EventPlan, SyncError> {
-        self.read_plan(sync, checkpoint)
+        self.read_plan(sync, checkpoint, batches)
             .map_err(|e| self.error(sync, e))
     }
 
@@ -195,6 +200,7 @@ impl<'a> EventPlanner<'a> {
         &self,
         sync: &EventSyncConfig,
         checkpoint: Option<&EventCheckpoint>,
+        batches: BatchSink,
     ) -> Result<EventPlan, PlanError> {
         let query = self.read_query(sync)?;
         let sent = checkpoint.map(|c| c.progress.clone()).unwrap_or_default();
@@ -214,10 +220,10 @@ impl<'a> EventPlanner<'a> {
             first_event_at: None,
             last_event_at: None,
             batch_events: Vec::new(),
-            batches: Vec::new(),
+            batches: BatchSink::Counted,
             next: Progress::default(),
         };
-        let mut collector = EventCollector::new(sync, &sent);
+        let mut collector = EventCollector::new(sync, &sent, batches);
         let fetched = progress::fetch_spinner(&sync.name, self.progress);
         self.warehouse.stream_columns::<PlanError>(
             &query.sql(window_start),
@@ -228,7 +234,7 @@ impl<'a> EventPlanner<'a> {
             },
         )?;
         fetched.finish_and_clear();
-        collector.finish(sent, lateness_ms, &mut plan);
+        collector.finish(sent, lateness_ms, &mut plan)?;
         Ok(plan)
     }
 
@@ -254,14 +260,14 @@ struct EventCollector<'a> {
 }
 
 impl<'a> EventCollector<'a> {
-    fn new(sync: &'a EventSyncConfig, sent: &Progress) -> Self {
+    fn new(sync: &'a EventSyncConfig, sent: &Progress, batches: BatchSink) -> Self {
         EventCollector {
             sync,
             sent: sent.recent.iter().map(|r| r.row_id.clone()).collect(),
             new_rows: Vec::new(),
             new_ids: HashSet::new(),
             latest: None,
-            batcher: Batcher::new(&sync.name, sync.batch_size),
+            batcher: Batcher::new(&sync.name, sync.batch_size, batches),
         }
     }
 
@@ -273,17 +279,19 @@ impl<'a> EventCollector<'a> {
                 Ok(row) if !self.new_ids.insert(row.row_id.to_string()) => {
                     self.bad(row.row_id, RowProblem::RepeatedRowId, plan)?
                 }
-                Ok(row) => self.add(&row, plan),
+                Ok(row) => self.add(&row, plan)?,
                 Err(problem) => self.bad(rows.row_id(i), problem, plan)?,
             }
         }
         Ok(())
     }
 
-    fn add(&mut self, row: &EventRow<'_>, plan: &mut EventPlan) {
+    fn add(&mut self, row: &EventRow<'_>, plan: &mut EventPlan) -> Result<(), PlanError> {
         let event = serde_json::to_string(&ImportEvent::of(row, self.sync))
             .expect("events always serialize");
-        self.batcher.push(row.row_id, &event);
+        self.batcher
+            .push(row.row_id, &event)
+            .map_err(PlanError::Spool)?;
         plan.events += 1;
         *plan
             .by_event_key
@@ -303,6 +311,7 @@ impl<'a> EventCollector<'a> {
             row_id: row.row_id.to_string(),
             at_ms: row.at_ms,
         });
+        Ok(())
     }
 
     fn bad(
@@ -324,9 +333,13 @@ impl<'a> EventCollector<'a> {
 
     /// Closes the last batch and works out the checkpoint the run commits: the later watermark, and the rows sent
     /// within the lateness window behind it.
-    fn finish(self, sent: Progress, lateness_ms: i64, plan: &mut EventPlan) {
-        plan.batches = self.batcher.finish();
-        plan.batch_events = plan.batches.iter().map(|b| b.events).collect();
+    fn finish(
+        self,
+        sent: Progress,
+        lateness_ms: i64,
+        plan: &mut EventPlan,
+    ) -> Result<(), PlanError> {
+        (plan.batch_events, plan.batches) = self.batcher.finish().map_err(PlanError::Spool)?;
         let watermark = sent.watermark.into_iter().chain(self.latest).max();
         let cutoff = watermark
             .as_ref()
@@ -343,6 +356,7 @@ impl<'a> EventCollector<'a> {
             recent,
             events_sent: sent.events_sent + plan.events,
         };
+        Ok(())
     }
 }
 
@@ -367,57 +381,131 @@ pub fn payload_id<'a>(
         .to_string()
 }
 
-/// Packs events into JSON arrays of at most `max_events` events and [`MAX_EVENT_BATCH_BYTES`] bytes.
+/// Where a plan's batches go as they close.
+#[derive(Debug, Default)]
+pub enum BatchSink {
+    /// Nowhere: `plan` reports only how many events each holds.
+    #[default]
+    Counted,
+    /// A spool file that `sync` writes its journal from.
+    Spooled(Spool),
+}
+
+/// Batches written to a temporary file in the sync's state directory as planning closes them, so that a run of
+/// millions of events never holds them all; removed when dropped.
+#[derive(Debug)]
+pub struct Spool {
+    out: BufWriter<NamedTempFile>,
+}
+
+impl Spool {
+    const PREFIX: &str = ".events-spool.";
+
+    pub fn new(dir: &Path) -> std::io::Result<Spool> {
+        let file = tempfile::Builder::new()
+            .prefix(Self::PREFIX)
+            .tempfile_in(dir)?;
+        Ok(Spool {
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// Removes the spool files of runs killed while planning (a run's own is removed when it is dropped). Call
+    /// it holding the sync's lock.
+    pub fn remove_stale(dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(Self::PREFIX)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn push(&mut self, batch: &EventBatch) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, batch)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// The batches written, in order, read back one at a time.
+    pub fn into_batches(
+        self,
+    ) -> std::io::Result<impl Iterator<Item = std::io::Result<EventBatch>>> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        let lines = BufReader::new(file.reopen()?).lines();
+        // The temporary file lives as long as the iterator reading it.
+        Ok(lines.map(move |line| {
+            let _spool = &file;
+            serde_json::from_str(&line?).map_err(std::io::Error::from)
+        }))
+    }
+}
+
+/// Packs events into JSON arrays of at most `max_events` events and [`MAX_EVENT_BATCH_BYTES`] bytes, handing each
+/// to a [`BatchSink`] as it closes.
 struct Batcher {
     sync: String,
     max_events: usize,
     current: String,
     row_ids: Vec<String>,
-    done: Vec<EventBatch>,
+    closed: Vec<usize>,
+    sink: BatchSink,
 }
 
 impl Batcher {
-    fn new(sync: &str, max_events: usize) -> Self {
+    fn new(sync: &str, max_events: usize, sink: BatchSink) -> Self {
         Batcher {
             sync: sync.to_string(),
             max_events,
             current: String::new(),
             row_ids: Vec::new(),
-            done: Vec::new(),
+            closed: Vec::new(),
+            sink,
         }
     }
 
-    fn push(&mut self, row_id: &str, event: &str) {
+    fn push(&mut self, row_id: &str, event: &str) -> std::io::Result<()> {
         // `[` + events joined by `,` + `]`.
         let events = self.row_ids.len();
         let grown = self.current.len() + event.len() + 2;
         if events == self.max_events || (events > 0 && grown > MAX_EVENT_BATCH_BYTES) {
-            self.close();
+            self.close()?;
         }
         self.current
             .push(if self.row_ids.is_empty() { '[' } else { ',' });
         self.current.push_str(event);
         self.row_ids.push(row_id.to_string());
+        Ok(())
     }
 
-    fn close(&mut self) {
+    fn close(&mut self) -> std::io::Result<()> {
         if self.row_ids.is_empty() {
-            return;
+            return Ok(());
         }
         self.current.push(']');
         let payload = std::mem::take(&mut self.current);
         let row_ids = std::mem::take(&mut self.row_ids);
-        self.done.push(EventBatch {
-            index: self.done.len(),
-            events: row_ids.len(),
-            payload_id: payload_id(&self.sync, row_ids.iter().map(String::as_str), &payload),
-            payload,
-        });
+        if let BatchSink::Spooled(spool) = &mut self.sink {
+            spool.push(&EventBatch {
+                index: self.closed.len(),
+                events: row_ids.len(),
+                payload_id: payload_id(&self.sync, row_ids.iter().map(String::as_str), &payload),
+                payload,
+            })?;
+        }
+        self.closed.push(row_ids.len());
+        Ok(())
     }
 
-    fn finish(mut self) -> Vec<EventBatch> {
-        self.close();
-        self.done
+    /// The events in each batch, and where the batches went.
+    fn finish(mut self) -> std::io::Result<(Vec<usize>, BatchSink)> {
+        self.close()?;
+        Ok((self.closed, self.sink))
     }
 }
 
@@ -425,13 +513,29 @@ impl Batcher {
 mod tests {
     use super::*;
 
+    /// The batches `events` (row id, JSON) make, spooled and read back.
+    fn batched(max_events: usize, events: &[(String, String)]) -> Vec<EventBatch> {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path()).unwrap();
+        let mut batcher = Batcher::new("s", max_events, BatchSink::Spooled(spool));
+        for (row_id, event) in events {
+            batcher.push(row_id, event).unwrap();
+        }
+        let (sizes, sink) = batcher.finish().unwrap();
+        let BatchSink::Spooled(spool) = sink else {
+            panic!("the sink stays a spool")
+        };
+        let batches: Vec<EventBatch> = spool.into_batches().unwrap().map(Result::unwrap).collect();
+        assert_eq!(sizes, batches.iter().map(|b| b.events).collect::<Vec<_>>());
+        batches
+    }
+
     #[test]
     fn batches_close_at_their_event_count_and_byte_size() {
-        let mut batcher = Batcher::new("s", 3);
-        for i in 0..7 {
-            batcher.push(&format!("r{i}"), &format!("{{\"n\":{i}}}"));
-        }
-        let batches = batcher.finish();
+        let events: Vec<(String, String)> = (0..7)
+            .map(|i| (format!("r{i}"), format!("{{\"n\":{i}}}")))
+            .collect();
+        let batches = batched(3, &events);
         assert_eq!(
             batches.iter().map(|b| b.events).collect::<Vec<_>>(),
             [3, 3, 1]
@@ -441,11 +545,9 @@ mod tests {
         assert_eq!(batches[2].index, 2);
 
         let big = format!("\"{}\"", "x".repeat(MAX_EVENT_BATCH_BYTES / 2));
-        let mut batcher = Batcher::new("s", 1000);
-        for i in 0..3 {
-            batcher.push(&format!("r{i}"), &big);
-        }
-        let batches = batcher.finish();
+        let events: Vec<(String, String)> =
+            (0..3).map(|i| (format!("r{i}"), big.clone())).collect();
+        let batches = batched(1000, &events);
         assert_eq!(
             batches.len(),
             3,

@@ -10,10 +10,11 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress};
-use super::{EventBatch, EventPlan};
+use super::{BatchSink, EventBatch, EventPlan, Spool};
 use crate::config::EventSyncConfig;
 use crate::history::{EventCounts, RunOutcome};
 use crate::journal::{Journal, JournalHeader, RunIdentity};
+use crate::state::StateError;
 use crate::sync::{Engine, EngineError, SyncOptions, Tally, abandon_or_resume};
 
 /// What an events run is, and the checkpoint it commits once every batch is acknowledged.
@@ -67,11 +68,21 @@ impl Engine<'_> {
             return Err(EngineError::Events(NoFullRun { checkpoint }.to_string()));
         }
         let _lock = self.lock(&sync.name, run_id).await?;
+        Spool::remove_stale(&dir);
         let settings = EventSettings::of(self.config);
         tally.events = Some(EventCounts::default());
         self.settle_event_journal(sync, &settings, tally).await?;
         let checkpoint = self.events.checkpoint(sync)?;
-        let plan = self.events.plan_from(sync, checkpoint.as_ref())?;
+        let spool = Spool::new(&self.store.create_sync_dir(&sync.name)?).map_err(|source| {
+            StateError::Io {
+                action: "cannot create a spool file in",
+                path: dir.clone(),
+                source,
+            }
+        })?;
+        let plan = self
+            .events
+            .plan_from(sync, checkpoint.as_ref(), BatchSink::Spooled(spool))?;
         let counts = tally.events.get_or_insert_default();
         counts.already_sent = plan.already_sent;
         counts.bad_rows = plan.bad_rows.clone();
@@ -130,10 +141,19 @@ impl Engine<'_> {
             settings: settings.clone(),
             next: plan.next,
             event_count: plan.events,
-            batch_count: plan.batches.len(),
+            batch_count: plan.batch_events.len(),
         };
-        let dir = self.store.create_sync_dir(&sync.name)?;
-        Ok(EventJournal::create(&dir, header, plan.batches)?)
+        let dir = self.store.sync_dir(&sync.name);
+        let spooled = match plan.batches {
+            BatchSink::Spooled(spool) => spool.into_batches(),
+            BatchSink::Counted => Err(std::io::Error::other("the plan kept no batches")),
+        }
+        .map_err(|source| StateError::Io {
+            action: "cannot read the spooled batches in",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(EventJournal::create(&dir, header, spooled)?)
     }
 
     /// Sends the journal's unacknowledged batches, then commits its checkpoint and closes it.
