@@ -11,6 +11,8 @@ use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
 use crate::events::EventPlan;
+use crate::history::RunOutcome;
+use crate::launchdarkly::CallStats;
 use crate::plan::{Action, PlanOutcome, SyncError, SyncPlan};
 use crate::sync::SyncReport;
 
@@ -486,6 +488,44 @@ pub fn write_json_document(
     writeln!(out)
 }
 
+/// The columns of a table of runs that say what each run did.
+pub const RUN_COLUMNS: [&str; 8] = [
+    "outcome",
+    "added / sent",
+    "removed",
+    "batches",
+    "requests",
+    "retries",
+    "429s",
+    "seconds",
+];
+
+/// What one run did, for [`run_cells`].
+pub struct RunCells<'a> {
+    pub outcome: RunOutcome,
+    /// Keys added (segment syncs) or events sent (events syncs).
+    pub sent: u64,
+    pub removes: u64,
+    /// Acknowledged and planned.
+    pub batches: (u64, u64),
+    pub calls: &'a CallStats,
+    pub duration_ms: u64,
+}
+
+/// The cells under [`RUN_COLUMNS`].
+pub fn run_cells(run: &RunCells<'_>) -> Vec<String> {
+    vec![
+        run.outcome.as_str().replace('_', " "),
+        run.sent.to_string(),
+        run.removes.to_string(),
+        format!("{}/{}", run.batches.0, run.batches.1),
+        run.calls.requests.to_string(),
+        run.calls.retries.to_string(),
+        run.calls.rate_limited.to_string(),
+        format!("{:.1}", run.duration_ms as f64 / 1000.0),
+    ]
+}
+
 /// Writes the summary of sync runs: a table with a line per sync and then what went wrong, or JSON.
 pub fn write_sync_report(
     reports: &[SyncReport],
@@ -495,30 +535,18 @@ pub fn write_sync_report(
     if format == SyncFormat::Json {
         return write_json_document(out, "syncs", &reports);
     }
-    let mut table = table(vec![
-        "sync",
-        "outcome",
-        "added / sent",
-        "removed",
-        "batches",
-        "requests",
-        "retries",
-        "429s",
-        "seconds",
-    ]);
+    let mut table = table(["sync"].into_iter().chain(RUN_COLUMNS).collect());
     for report in reports {
-        let added_or_sent = report.events.as_ref().map_or(report.adds, |e| e.sent);
-        table.add_row(vec![
-            report.sync.clone(),
-            report.outcome.as_str().replace('_', " "),
-            added_or_sent.to_string(),
-            report.removes.to_string(),
-            format!("{}/{}", report.batches_acknowledged, report.batches_planned),
-            report.calls.requests.to_string(),
-            report.calls.retries.to_string(),
-            report.calls.rate_limited.to_string(),
-            format!("{:.1}", report.duration_ms as f64 / 1000.0),
-        ]);
+        let mut row = vec![report.sync.clone()];
+        row.extend(run_cells(&RunCells {
+            outcome: report.outcome,
+            sent: report.events.as_ref().map_or(report.adds, |e| e.sent),
+            removes: report.removes,
+            batches: (report.batches_acknowledged, report.batches_planned),
+            calls: &report.calls,
+            duration_ms: report.duration_ms,
+        }));
+        table.add_row(row);
     }
     writeln!(out, "{table}")?;
     for report in reports {

@@ -11,7 +11,7 @@ use crate::events::checkpoint::{self as event_checkpoint, EventSettings};
 use crate::history::{self, RunRecord};
 use crate::journal;
 use crate::plan::CheckpointInfo;
-use crate::report::{SyncFormat, table, write_json_document};
+use crate::report::{RUN_COLUMNS, RunCells, SyncFormat, run_cells, table, write_json_document};
 use crate::schedule::Schedule;
 use crate::state::LocalStore;
 
@@ -238,33 +238,23 @@ pub fn write_history(
     if format == SyncFormat::Json {
         return write_json_document(out, "runs", &runs);
     }
-    let mut table = table(vec![
-        "sync",
-        "run",
-        "started",
-        "outcome",
-        "added / sent",
-        "removed",
-        "batches",
-        "requests",
-        "retries",
-        "429s",
-        "seconds",
-    ]);
+    let mut table = table(
+        ["sync", "run", "started"]
+            .into_iter()
+            .chain(RUN_COLUMNS)
+            .collect(),
+    );
     for run in runs {
-        table.add_row(vec![
-            run.sync.clone(),
-            run.run_id.clone(),
-            time(&run.started_at),
-            run.outcome.as_str().replace('_', " "),
-            added_or_sent(run).to_string(),
-            run.removes.to_string(),
-            format!("{}/{}", run.batches_acknowledged, run.batches_planned),
-            run.calls.requests.to_string(),
-            run.calls.retries.to_string(),
-            run.calls.rate_limited.to_string(),
-            format!("{:.1}", run.duration_ms as f64 / 1000.0),
-        ]);
+        let mut row = vec![run.sync.clone(), run.run_id.clone(), time(&run.started_at)];
+        row.extend(run_cells(&RunCells {
+            outcome: run.outcome,
+            sent: added_or_sent(run),
+            removes: run.removes,
+            batches: (run.batches_acknowledged, run.batches_planned),
+            calls: &run.calls,
+            duration_ms: run.duration_ms,
+        }));
+        table.add_row(row);
     }
     writeln!(out, "{table}")?;
     for run in runs.iter().filter(|r| r.error.is_some()) {
