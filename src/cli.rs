@@ -398,13 +398,7 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
     }
     let syncs = config.select_syncs(names)?;
     let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
-    let segment_syncs: Vec<&SyncConfig> = syncs
-        .iter()
-        .filter_map(|s| match s {
-            SyncEntry::Segment(sync) => Some(*sync),
-            SyncEntry::Events(_) => None,
-        })
-        .collect();
+    let segment_syncs: Vec<&SyncConfig> = syncs.iter().filter_map(|s| s.segment()).collect();
     let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full && !segment_syncs.is_empty()
     {
         let engine = Engine::new(config, &warehouse, client(config)?).with_progress(progress);
@@ -417,10 +411,7 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
     let events = EventPlanner::new(config, &warehouse).with_progress(progress);
     let event_results: Vec<EventPlanResult> = syncs
         .iter()
-        .filter_map(|s| match s {
-            SyncEntry::Events(sync) => Some(sync),
-            SyncEntry::Segment(_) => None,
-        })
+        .filter_map(|s| s.events())
         .map(|sync| {
             let result = events.plan(sync);
             match &result {

@@ -838,10 +838,19 @@ impl<'a> SyncEntry<'a> {
         }
     }
 
-    pub fn model(&self) -> &'a str {
+    /// The segment sync, if this is one.
+    pub fn segment(self) -> Option<&'a SyncConfig> {
         match self {
-            SyncEntry::Segment(sync) => &sync.model,
-            SyncEntry::Events(sync) => &sync.model,
+            SyncEntry::Segment(sync) => Some(sync),
+            SyncEntry::Events(_) => None,
+        }
+    }
+
+    /// The events sync, if this is one.
+    pub fn events(self) -> Option<&'a EventSyncConfig> {
+        match self {
+            SyncEntry::Events(sync) => Some(sync),
+            SyncEntry::Segment(_) => None,
         }
     }
 

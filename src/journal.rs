@@ -349,8 +349,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
             .append(true)
             .open(&self.path)
             .map_err(append_error)?;
-        file.write_all(line(record).as_bytes())
-            .map_err(append_error)?;
+        write_record(&mut file, record).map_err(append_error)?;
         file.sync_data().map_err(append_error)
     }
 
@@ -380,18 +379,12 @@ fn truncate(path: &Path, length: u64) -> Result<(), JournalError> {
     file.sync_all().map_err(append_error)
 }
 
-/// Writes one record as a line; returns the line's length, its newline included.
+/// Writes one record as a line, in one write; returns the line's length, its newline included.
 fn write_record(out: &mut dyn Write, record: &impl Serialize) -> std::io::Result<usize> {
     let mut line = serde_json::to_vec(record)?;
     line.push(b'\n');
     out.write_all(&line)?;
     Ok(line.len())
-}
-
-fn line(record: &Mark) -> String {
-    let mut text = serde_json::to_string(record).expect("journal records always serialize");
-    text.push('\n');
-    text
 }
 
 /// Reads a journal's lines in order, checking each, and keeps where each batch lies.

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
 use crate::events::EventPlan;
-use crate::history::RunOutcome;
+use crate::history::{EventCounts, RunOutcome};
 use crate::launchdarkly::CallStats;
 use crate::plan::{Action, PlanOutcome, SyncError, SyncPlan};
 use crate::sync::SyncReport;
@@ -188,11 +189,7 @@ fn write_events_table(results: &[EventPlanResult], out: &mut dyn Write) -> std::
         "requests",
         "outcome",
     ]);
-    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
-        at.map_or("-".into(), |at| {
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        })
-    };
+    let maybe_time = |at: Option<DateTime<Utc>>| at.as_ref().map_or("-".into(), time);
     for result in results {
         let row = match result {
             Ok(plan) => vec![
@@ -201,8 +198,8 @@ fn write_events_table(results: &[EventPlanResult], out: &mut dyn Write) -> std::
                 plan.already_sent.to_string(),
                 plan.bad_rows.count.to_string(),
                 plan.events.to_string(),
-                time(plan.first_event_at),
-                time(plan.last_event_at),
+                maybe_time(plan.first_event_at),
+                maybe_time(plan.last_event_at),
                 plan.batch_events.len().to_string(),
                 outcome_name(Some(event_outcome(plan))).replace('_', " "),
             ],
@@ -228,10 +225,7 @@ fn write_events_table(results: &[EventPlanResult], out: &mut dyn Write) -> std::
         let window = plan
             .window_start
             .map_or("every row of the model".into(), |at| {
-                format!(
-                    "rows from {} on (the watermark minus lateness)",
-                    time(Some(at))
-                )
+                format!("rows from {} on (the watermark minus lateness)", time(&at))
             });
         writeln!(out, "{} (model {}): read {window}", plan.sync, plan.model)?;
         if !plan.by_event_key.is_empty() {
@@ -488,6 +482,16 @@ pub fn write_json_document(
     writeln!(out)
 }
 
+/// A time as reports show it: RFC 3339 in UTC, to the second.
+pub fn time(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// What a run added (segment syncs) or sent (events syncs, which carry `events`).
+pub fn added_or_sent(adds: u64, events: Option<&EventCounts>) -> u64 {
+    events.map_or(adds, |events| events.sent)
+}
+
 /// The columns of a table of runs that say what each run did.
 pub const RUN_COLUMNS: [&str; 8] = [
     "outcome",
@@ -540,7 +544,7 @@ pub fn write_sync_report(
         let mut row = vec![report.sync.clone()];
         row.extend(run_cells(&RunCells {
             outcome: report.outcome,
-            sent: report.events.as_ref().map_or(report.adds, |e| e.sent),
+            sent: added_or_sent(report.adds, report.events.as_ref()),
             removes: report.removes,
             batches: (report.batches_acknowledged, report.batches_planned),
             calls: &report.calls,

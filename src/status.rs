@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Mode, SyncEntry};
@@ -11,7 +11,9 @@ use crate::events::checkpoint::{self as event_checkpoint, EventSettings};
 use crate::history::{self, RunRecord};
 use crate::journal;
 use crate::plan::CheckpointInfo;
-use crate::report::{RUN_COLUMNS, RunCells, SyncFormat, run_cells, table, write_json_document};
+use crate::report::{
+    RUN_COLUMNS, RunCells, SyncFormat, added_or_sent, run_cells, table, time, write_json_document,
+};
 use crate::schedule::Schedule;
 use crate::state::LocalStore;
 
@@ -134,10 +136,6 @@ pub fn last_success(runs: &[RunRecord]) -> Option<DateTime<Utc>> {
         .map(|r| r.finished_at)
 }
 
-fn time(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
 /// Writes the status of each sync: a table, then what needs attention, or JSON.
 pub fn write_status(
     statuses: &[SyncStatus],
@@ -172,7 +170,7 @@ pub fn write_status(
                 .map_or("when asked".into(), ToString::to_string),
             run.map_or("never".into(), |r| time(&r.started_at)),
             run.map_or("-".into(), |r| r.outcome.as_str().replace('_', " ")),
-            count(added_or_sent),
+            count(|r| added_or_sent(r.adds, r.events.as_ref())),
             count(|r| r.removes),
             count(|r| r.calls.requests),
             count(|r| r.calls.rate_limited),
@@ -206,11 +204,6 @@ pub fn write_status(
         }
     }
     Ok(())
-}
-
-/// What a run added (segment syncs) or sent (events syncs).
-fn added_or_sent(run: &RunRecord) -> u64 {
-    run.events.as_ref().map_or(run.adds, |events| events.sent)
 }
 
 /// The checkpoint in a word: its key count, or the time of its latest event.
@@ -248,7 +241,7 @@ pub fn write_history(
         let mut row = vec![run.sync.clone(), run.run_id.clone(), time(&run.started_at)];
         row.extend(run_cells(&RunCells {
             outcome: run.outcome,
-            sent: added_or_sent(run),
+            sent: added_or_sent(run.adds, run.events.as_ref()),
             removes: run.removes,
             batches: (run.batches_acknowledged, run.batches_planned),
             calls: &run.calls,

@@ -16,8 +16,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Mode, SegmentKind, SyncConfig, SyncEntry};
 use crate::events::EventPlanner;
-use crate::history::EventCounts;
-use crate::history::{self, RunOutcome, RunRecord};
+use crate::history::{self, EventCounts, RunOutcome, RunRecord};
 use crate::journal::{
     Batch, Journal, JournalBatch, JournalError, JournalHeader, RunHeader, RunIdentity,
 };
@@ -133,9 +132,22 @@ pub enum EngineError {
         acknowledged: usize,
         source: Box<ApiError>,
     },
-    /// An events sync cannot do what was asked; the message says why and what to do instead.
-    #[error("{0}")]
-    Events(String),
+    #[error(
+        "an events sync has no --full: LaunchDarkly cannot be asked which events it already holds, and sending them \
+         all again would count them twice. To send the model's events again from its first row (into a new \
+         environment, say), move {checkpoint} aside"
+    )]
+    NoFullEventsRun { checkpoint: String },
+    #[error(
+        "an unfinished run ({run_id}) of this sync sends to {was}, not {now}; restore the settings so that it can \
+         finish, or move its journal {path} aside"
+    )]
+    EventJournalSettings {
+        run_id: String,
+        was: String,
+        now: String,
+        path: String,
+    },
     #[error("stopped by a shutdown signal before sending anything; the checkpoint did not move")]
     StoppedBeforeSending,
     #[error(
@@ -626,9 +638,7 @@ impl<'a> Engine<'a> {
         }
         let segment_kind = header.segment_kind;
         self.send_pending(
-            &sync.name,
             &mut journal,
-            &header.run.run_id,
             tally,
             |batch: &Batch| {
                 let keys = KeySample::of(batch.keys.iter().map(String::as_str));
@@ -668,34 +678,37 @@ impl<'a> Engine<'a> {
     /// or a shutdown signal, leaves the rest in the journal for the next run.
     pub(crate) async fn send_pending<H: JournalHeader, B: JournalBatch>(
         &self,
-        sync: &str,
         journal: &mut Journal<H, B>,
-        run_id: &str,
         tally: &mut Tally,
         describe: impl Fn(&B) -> (&'static str, String),
         send: impl AsyncFn(&B) -> Result<(), ApiError>,
     ) -> Result<(), EngineError> {
+        let run_id = journal.header.run().run_id.clone();
         let total = journal.batch_count();
         let pending: Vec<usize> = journal.pending().collect();
         tally.batches_planned += pending.len() as u64;
-        let progress = progress::send_bar(sync, journal.pending_units(), self.progress);
+        let progress = progress::send_bar(
+            &journal.header.run().sync,
+            journal.pending_units(),
+            self.progress,
+        );
         for index in pending {
-            // Read from the journal as it is sent: a run never holds all its batches.
-            let batch = journal.batch(index)?;
             if self.shutdown.requested() {
                 progress.abandon();
                 return Err(EngineError::Stopped {
-                    run_id: run_id.to_string(),
+                    run_id,
                     acknowledged: journal.acknowledged_count(),
                     total,
                 });
             }
+            // Read from the journal as it is sent: a run never holds all its batches.
+            let batch = journal.batch(index)?;
             if let Err(source) = send(&batch).await {
                 progress.abandon();
                 let acknowledged = journal.acknowledged_count();
                 if !source.is_final_for_batch() {
                     return Err(EngineError::FailedPartway {
-                        run_id: run_id.to_string(),
+                        run_id,
                         acknowledged,
                         total,
                         source,
@@ -705,7 +718,7 @@ impl<'a> Engine<'a> {
                 journal.refuse(index, &reason)?;
                 let (action, keys) = describe(&batch);
                 return Err(EngineError::Refused {
-                    run_id: run_id.to_string(),
+                    run_id,
                     batch: index + 1,
                     total,
                     action,

@@ -4,8 +4,8 @@
 //! Each run reads the model's rows from the lateness window on (the checkpoint's watermark minus `lateness`; every
 //! row on a first run), leaves out the rows the checkpoint records as sent, checks the rest ([`model`]), and packs
 //! them into batches bounded in events and bytes. `plan` reports that; `sync` writes the batches to the run journal,
-//! sends each under a payload ID derived from its bytes (so a batch sent again after a lost answer is recognised by
-//! LaunchDarkly), and commits the new [`checkpoint`] only when every batch is acknowledged ([`run`]).
+//! sends each under a payload ID derived from its rows and bytes (so a batch sent again after a lost answer is
+//! recognised by LaunchDarkly), and commits the new [`checkpoint`] only when every batch is acknowledged ([`run`]).
 
 pub mod checkpoint;
 pub mod model;
@@ -118,16 +118,13 @@ pub struct EventPlan {
     pub last_event_at: Option<DateTime<Utc>>,
     /// Events in each request.
     pub batch_events: Vec<usize>,
-    /// Where the batches went as they closed.
-    #[serde(skip)]
-    pub batches: BatchSink,
     /// What the checkpoint says once every batch is acknowledged.
     #[serde(skip)]
     pub next: Progress,
 }
 
 impl EventPlan {
-    /// Whether the run would change anything: events to send, or a checkpoint to move.
+    /// Whether the run would send anything.
     pub fn has_changes(&self) -> bool {
         self.events > 0
     }
@@ -170,17 +167,18 @@ impl<'a> EventPlanner<'a> {
     /// Plans the sync against its committed checkpoint, counting its batches without keeping them.
     pub fn plan(&self, sync: &EventSyncConfig) -> Result<EventPlan, SyncError> {
         let checkpoint = self.checkpoint(sync)?;
-        self.plan_from(sync, checkpoint.as_ref(), BatchSink::Counted)
+        self.plan_from(sync, checkpoint.as_ref(), None)
     }
 
-    /// Plans the sync from `checkpoint` (`None`: from the model's first row), handing its batches to `batches`.
+    /// Plans the sync from `checkpoint` (`None`: from the model's first row), writing its batches to `spool` when
+    /// there is one (`sync`), or only counting them.
     pub fn plan_from(
         &self,
         sync: &EventSyncConfig,
         checkpoint: Option<&EventCheckpoint>,
-        batches: BatchSink,
+        spool: Option<&mut Spool>,
     ) -> Result<EventPlan, SyncError> {
-        self.read_plan(sync, checkpoint, batches)
+        self.read_plan(sync, checkpoint, spool)
             .map_err(|e| self.error(sync, e))
     }
 
@@ -200,7 +198,7 @@ impl<'a> EventPlanner<'a> {
         &self,
         sync: &EventSyncConfig,
         checkpoint: Option<&EventCheckpoint>,
-        batches: BatchSink,
+        spool: Option<&mut Spool>,
     ) -> Result<EventPlan, PlanError> {
         let query = self.read_query(sync)?;
         let sent = checkpoint.map(|c| c.progress.clone()).unwrap_or_default();
@@ -220,10 +218,9 @@ impl<'a> EventPlanner<'a> {
             first_event_at: None,
             last_event_at: None,
             batch_events: Vec::new(),
-            batches: BatchSink::Counted,
             next: Progress::default(),
         };
-        let mut collector = EventCollector::new(sync, &sent, batches);
+        let mut collector = EventCollector::new(sync, &sent, spool);
         let fetched = progress::fetch_spinner(&sync.name, self.progress);
         self.warehouse.stream_columns::<PlanError>(
             &query.sql(window_start),
@@ -248,7 +245,7 @@ impl<'a> EventPlanner<'a> {
 }
 
 /// Turns an events model's rows into batches, leaving out what was sent and counting what is bad.
-struct EventCollector<'a> {
+struct EventCollector<'a, 's> {
     sync: &'a EventSyncConfig,
     /// Row ids the checkpoint records as sent within the window.
     sent: HashSet<String>,
@@ -256,18 +253,18 @@ struct EventCollector<'a> {
     new_rows: Vec<SentRow>,
     new_ids: HashSet<String>,
     latest: Option<Watermark>,
-    batcher: Batcher,
+    batcher: Batcher<'s>,
 }
 
-impl<'a> EventCollector<'a> {
-    fn new(sync: &'a EventSyncConfig, sent: &Progress, batches: BatchSink) -> Self {
+impl<'a, 's> EventCollector<'a, 's> {
+    fn new(sync: &'a EventSyncConfig, sent: &Progress, spool: Option<&'s mut Spool>) -> Self {
         EventCollector {
             sync,
             sent: sent.recent.iter().map(|r| r.row_id.clone()).collect(),
             new_rows: Vec::new(),
             new_ids: HashSet::new(),
             latest: None,
-            batcher: Batcher::new(&sync.name, sync.batch_size, batches),
+            batcher: Batcher::new(&sync.name, sync.batch_size, spool),
         }
     }
 
@@ -339,7 +336,7 @@ impl<'a> EventCollector<'a> {
         lateness_ms: i64,
         plan: &mut EventPlan,
     ) -> Result<(), PlanError> {
-        (plan.batch_events, plan.batches) = self.batcher.finish().map_err(PlanError::Spool)?;
+        plan.batch_events = self.batcher.finish().map_err(PlanError::Spool)?;
         let watermark = sent.watermark.into_iter().chain(self.latest).max();
         let cutoff = watermark
             .as_ref()
@@ -379,16 +376,6 @@ pub fn payload_id<'a>(
     uuid::Builder::from_custom_bytes(bytes)
         .into_uuid()
         .to_string()
-}
-
-/// Where a plan's batches go as they close.
-#[derive(Debug, Default)]
-pub enum BatchSink {
-    /// Nowhere: `plan` reports only how many events each holds.
-    #[default]
-    Counted,
-    /// A spool file that `sync` writes its journal from.
-    Spooled(Spool),
 }
 
 /// Batches written to a temporary file in the sync's state directory as planning closes them, so that a run of
@@ -446,26 +433,26 @@ impl Spool {
     }
 }
 
-/// Packs events into JSON arrays of at most `max_events` events and [`MAX_EVENT_BATCH_BYTES`] bytes, handing each
-/// to a [`BatchSink`] as it closes.
-struct Batcher {
+/// Packs events into JSON arrays of at most `max_events` events and [`MAX_EVENT_BATCH_BYTES`] bytes, writing each
+/// to the spool (if any) as it closes.
+struct Batcher<'s> {
     sync: String,
     max_events: usize,
     current: String,
     row_ids: Vec<String>,
     closed: Vec<usize>,
-    sink: BatchSink,
+    spool: Option<&'s mut Spool>,
 }
 
-impl Batcher {
-    fn new(sync: &str, max_events: usize, sink: BatchSink) -> Self {
+impl<'s> Batcher<'s> {
+    fn new(sync: &str, max_events: usize, spool: Option<&'s mut Spool>) -> Self {
         Batcher {
             sync: sync.to_string(),
             max_events,
             current: String::new(),
             row_ids: Vec::new(),
             closed: Vec::new(),
-            sink,
+            spool,
         }
     }
 
@@ -490,7 +477,7 @@ impl Batcher {
         self.current.push(']');
         let payload = std::mem::take(&mut self.current);
         let row_ids = std::mem::take(&mut self.row_ids);
-        if let BatchSink::Spooled(spool) = &mut self.sink {
+        if let Some(spool) = self.spool.as_deref_mut() {
             spool.push(&EventBatch {
                 index: self.closed.len(),
                 events: row_ids.len(),
@@ -502,10 +489,10 @@ impl Batcher {
         Ok(())
     }
 
-    /// The events in each batch, and where the batches went.
-    fn finish(mut self) -> std::io::Result<(Vec<usize>, BatchSink)> {
+    /// The events in each batch.
+    fn finish(mut self) -> std::io::Result<Vec<usize>> {
         self.close()?;
-        Ok((self.closed, self.sink))
+        Ok(self.closed)
     }
 }
 
@@ -516,15 +503,12 @@ mod tests {
     /// The batches `events` (row id, JSON) make, spooled and read back.
     fn batched(max_events: usize, events: &[(String, String)]) -> Vec<EventBatch> {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::new(dir.path()).unwrap();
-        let mut batcher = Batcher::new("s", max_events, BatchSink::Spooled(spool));
+        let mut spool = Spool::new(dir.path()).unwrap();
+        let mut batcher = Batcher::new("s", max_events, Some(&mut spool));
         for (row_id, event) in events {
             batcher.push(row_id, event).unwrap();
         }
-        let (sizes, sink) = batcher.finish().unwrap();
-        let BatchSink::Spooled(spool) = sink else {
-            panic!("the sink stays a spool")
-        };
+        let sizes = batcher.finish().unwrap();
         let batches: Vec<EventBatch> = spool.into_batches().unwrap().map(Result::unwrap).collect();
         assert_eq!(sizes, batches.iter().map(|b| b.events).collect::<Vec<_>>());
         batches

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress};
-use super::{BatchSink, EventBatch, EventPlan, Spool};
+use super::{EventBatch, EventPlan, Spool};
 use crate::config::EventSyncConfig;
 use crate::history::{EventCounts, RunOutcome};
 use crate::journal::{Journal, JournalHeader, RunIdentity};
@@ -42,17 +42,6 @@ impl JournalHeader for EventRunHeader {
 /// An events sync's run journal.
 type EventJournal = Journal<EventRunHeader, EventBatch>;
 
-/// Why an events sync cannot take `--full`.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "an events sync has no --full: LaunchDarkly cannot be asked which events it already holds, and sending them all \
-     again would count them twice. To send the model's events again from its first row (into a new environment, \
-     say), move {checkpoint} aside"
-)]
-pub struct NoFullRun {
-    checkpoint: String,
-}
-
 impl Engine<'_> {
     /// Runs one events sync; see the module's comment.
     pub(crate) async fn run_events(
@@ -65,7 +54,7 @@ impl Engine<'_> {
         let dir = self.store.sync_dir(&sync.name);
         if options.full {
             let checkpoint = checkpoint::checkpoint_path(&dir).display().to_string();
-            return Err(EngineError::Events(NoFullRun { checkpoint }.to_string()));
+            return Err(EngineError::NoFullEventsRun { checkpoint });
         }
         let _lock = self.lock(&sync.name, run_id).await?;
         Spool::remove_stale(&dir);
@@ -73,16 +62,15 @@ impl Engine<'_> {
         tally.events = Some(EventCounts::default());
         self.settle_event_journal(sync, &settings, tally).await?;
         let checkpoint = self.events.checkpoint(sync)?;
-        let spool = Spool::new(&self.store.create_sync_dir(&sync.name)?).map_err(|source| {
-            StateError::Io {
-                action: "cannot create a spool file in",
-                path: dir.clone(),
-                source,
-            }
+        // The lock made the sync's directory.
+        let mut spool = Spool::new(&dir).map_err(|source| StateError::Io {
+            action: "cannot create a spool file in",
+            path: dir.clone(),
+            source,
         })?;
         let plan = self
             .events
-            .plan_from(sync, checkpoint.as_ref(), BatchSink::Spooled(spool))?;
+            .plan_from(sync, checkpoint.as_ref(), Some(&mut spool))?;
         let counts = tally.events.get_or_insert_default();
         counts.already_sent = plan.already_sent;
         counts.bad_rows = plan.bad_rows.clone();
@@ -91,7 +79,7 @@ impl Engine<'_> {
             .and_then(|c| c.progress.watermark.as_ref())
             .map(|w| w.time());
         if plan.bad_rows.count > 0 {
-            tally.notes.push(format!("{}", plan.bad_rows));
+            tally.notes.push(plan.bad_rows.to_string());
         }
         if !plan.has_changes() {
             return Ok(RunOutcome::NothingToChange);
@@ -99,7 +87,7 @@ impl Engine<'_> {
         if self.shutdown.requested() {
             return Err(EngineError::StoppedBeforeSending);
         }
-        let journal = self.write_event_journal(sync, run_id, &settings, plan)?;
+        let journal = self.write_event_journal(sync, run_id, &settings, plan, spool)?;
         self.finish_events(sync, journal, &settings, tally).await?;
         Ok(RunOutcome::Synced)
     }
@@ -135,6 +123,7 @@ impl Engine<'_> {
         run_id: &str,
         settings: &EventSettings,
         plan: EventPlan,
+        spool: Spool,
     ) -> Result<EventJournal, EngineError> {
         let header = EventRunHeader {
             run: RunIdentity::starting(&sync.name, run_id),
@@ -144,11 +133,7 @@ impl Engine<'_> {
             batch_count: plan.batch_events.len(),
         };
         let dir = self.store.sync_dir(&sync.name);
-        let spooled = match plan.batches {
-            BatchSink::Spooled(spool) => spool.into_batches(),
-            BatchSink::Counted => Err(std::io::Error::other("the plan kept no batches")),
-        }
-        .map_err(|source| StateError::Io {
+        let spooled = spool.into_batches().map_err(|source| StateError::Io {
             action: "cannot read the spooled batches in",
             path: dir.clone(),
             source,
@@ -166,19 +151,16 @@ impl Engine<'_> {
     ) -> Result<(), EngineError> {
         let header = journal.header.clone();
         if &header.settings != settings {
-            return Err(EngineError::Events(format!(
-                "an unfinished run ({}) of this sync sends to {}, not {settings}; restore the settings so that it \
-                 can finish, or move its journal {} aside",
-                header.run.run_id,
-                header.settings,
-                journal.path().display()
-            )));
+            return Err(EngineError::EventJournalSettings {
+                run_id: header.run.run_id,
+                was: header.settings.to_string(),
+                now: settings.to_string(),
+                path: journal.path().display().to_string(),
+            });
         }
         let unsent = journal.pending_units();
         self.send_pending(
-            &sync.name,
             &mut journal,
-            &header.run.run_id,
             tally,
             |batch: &EventBatch| ("import", format!("{} events", batch.events)),
             async |batch: &EventBatch| {
