@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use arrow::array::Array;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, SyncConfig, SyncEntry, TokenSource};
@@ -307,7 +306,11 @@ fn sync(
 ) -> anyhow::Result<Vec<SyncReport>> {
     let syncs = config.select_syncs(names)?;
     let client = client(config)?;
-    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let warehouse = Warehouse::open(
+        &config.warehouse,
+        &config.engine_settings(),
+        &config.project_dir,
+    )?;
     let shutdown = shutdown::listen().context("cannot listen for signals")?;
     let engine = Engine::new(config, &warehouse, client)
         .with_progress(progress)
@@ -397,7 +400,11 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
         anyhow::bail!("--format parquet writes a binary file: give it --output PATH");
     }
     let syncs = config.select_syncs(names)?;
-    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let warehouse = Warehouse::open(
+        &config.warehouse,
+        &config.engine_settings(),
+        &config.project_dir,
+    )?;
     let segment_syncs: Vec<&SyncConfig> = syncs.iter().filter_map(|s| s.segment()).collect();
     let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full && !segment_syncs.is_empty()
     {
@@ -481,7 +488,11 @@ fn write_report(
 
 fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
     let syncs = config.select_syncs(names)?;
-    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let warehouse = Warehouse::open(
+        &config.warehouse,
+        &config.engine_settings(),
+        &config.project_dir,
+    )?;
     let planner = Planner::new(config, &warehouse);
     let events = EventPlanner::new(config, &warehouse);
     let mut failures = 0;

@@ -50,6 +50,8 @@ pub struct Config {
     pub warehouse: WarehouseConfig,
     pub launchdarkly: LaunchDarklyConfig,
     pub state: StateConfig,
+    /// The embedded DuckDB that does ldsync's set work (`engine:`).
+    pub engine: EngineConfig,
     /// Segment syncs (`syncs:`).
     pub syncs: Vec<SyncConfig>,
     /// Events syncs (`events:`).
@@ -80,6 +82,7 @@ impl Config {
             warehouse: file.warehouse,
             launchdarkly: file.launchdarkly,
             state: file.state,
+            engine: file.engine,
             syncs: file.syncs.0,
             events: file.events,
         })
@@ -125,6 +128,19 @@ impl Config {
         }
     }
 
+    /// The set engine's settings, its spill directory resolved: `engine.temp_directory` against the project
+    /// directory, or `.duckdb-spill` in the state directory.
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            memory_limit: self.engine.memory_limit.clone(),
+            threads: self.engine.threads,
+            temp_directory: Some(self.engine.temp_directory.as_ref().map_or_else(
+                || self.state_dir().join(".duckdb-spill"),
+                |dir| self.project_dir.join(dir),
+            )),
+        }
+    }
+
     /// How long a run waits for another run of the same sync (`state.lock_wait`).
     pub fn lock_wait(&self) -> Duration {
         match &self.state {
@@ -149,6 +165,8 @@ struct ConfigFile {
     warehouse: WarehouseConfig,
     launchdarkly: LaunchDarklyConfig,
     state: StateConfig,
+    #[serde(default)]
+    engine: EngineConfig,
     #[serde(default)]
     syncs: Syncs,
     #[serde(default)]
@@ -551,6 +569,101 @@ impl StateConfig {
             }),
         }
     }
+}
+
+/// The embedded DuckDB that does ldsync's set work: it holds a model's keys, finds those that entered or left, and
+/// writes checkpoints, spilling to disk past its memory limit. With a duckdb warehouse it is the warehouse's own
+/// connection, so these settings apply to the models too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// DuckDB's `memory_limit`, such as `256MB` or `2GB`.
+    pub memory_limit: String,
+    /// How many threads DuckDB uses; all cores when absent.
+    pub threads: Option<u32>,
+    /// Where DuckDB spills past its memory limit, relative to the project directory; absent: in the state
+    /// directory.
+    pub temp_directory: Option<PathBuf>,
+}
+
+/// The set engine's memory limit when the configuration does not say: enough for tens of millions of keys
+/// without spilling much, small enough for a shared host.
+pub const DEFAULT_ENGINE_MEMORY: &str = "256MB";
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            memory_limit: DEFAULT_ENGINE_MEMORY.to_string(),
+            threads: None,
+            temp_directory: None,
+        }
+    }
+}
+
+/// The set engine's settings as the warehouse applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub memory_limit: String,
+    pub threads: Option<u32>,
+    /// Absent: DuckDB's own default.
+    pub temp_directory: Option<PathBuf>,
+}
+
+/// The defaults, spilling where DuckDB spills by default.
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            memory_limit: DEFAULT_ENGINE_MEMORY.to_string(),
+            threads: None,
+            temp_directory: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    memory_limit: Option<Interpolated>,
+    threads: Option<u32>,
+    temp_directory: Option<Interpolated>,
+}
+
+impl<'de> Deserialize<'de> for EngineConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_map(deserializer, EngineConfig::from_raw)
+    }
+}
+
+impl EngineConfig {
+    fn from_raw(raw: RawEngine) -> Result<Self, String> {
+        let memory_limit = raw
+            .memory_limit
+            .map_or_else(|| DEFAULT_ENGINE_MEMORY.to_string(), |m| m.0);
+        if !is_memory_size(&memory_limit) {
+            return Err(format!(
+                "`memory_limit` takes a size such as 256MB or 2GB, got `{memory_limit}`"
+            ));
+        }
+        if raw.threads == Some(0) {
+            return Err("`threads` must be at least 1".into());
+        }
+        Ok(EngineConfig {
+            memory_limit,
+            threads: raw.threads,
+            temp_directory: raw.temp_directory.map(|d| PathBuf::from(d.0)),
+        })
+    }
+}
+
+/// Whether `text` is a size DuckDB reads, such as `256MB`, `1.5GB` or `512 MiB`.
+fn is_memory_size(text: &str) -> bool {
+    let text = text.trim();
+    let unit_start = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_start);
+    let units = ["KB", "MB", "GB", "TB", "KIB", "MIB", "GIB", "TIB"];
+    number.parse::<f64>().is_ok_and(|n| n > 0.0)
+        && units.contains(&unit.trim().to_ascii_uppercase().as_str())
 }
 
 /// What a sync does with the keys that entered or left its model.
@@ -1233,6 +1346,45 @@ mod tests {
         assert!(err.contains("without a closing"), "{err}");
         let err = interpolate("${a b}", lookup).unwrap_err();
         assert!(err.contains("not a variable reference"), "{err}");
+    }
+
+    #[test]
+    fn engine_settings_take_sizes_and_default_to_a_bounded_engine() {
+        let engine: EngineConfig =
+            serde_yaml_ng::from_str("memory_limit: 1.5GB\nthreads: 2\ntemp_directory: spill\n")
+                .unwrap();
+        assert_eq!(
+            engine,
+            EngineConfig {
+                memory_limit: "1.5GB".into(),
+                threads: Some(2),
+                temp_directory: Some(PathBuf::from("spill")),
+            }
+        );
+        let defaults: EngineConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(defaults, EngineConfig::default());
+        assert_eq!(defaults.memory_limit, "256MB");
+        for wrong in [
+            "memory_limit: lots",
+            "memory_limit: 12",
+            "memory_limit: -1GB",
+        ] {
+            let err = serde_yaml_ng::from_str::<EngineConfig>(wrong)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`memory_limit` takes a size such as 256MB or 2GB"),
+                "{err}"
+            );
+        }
+        let err = serde_yaml_ng::from_str::<EngineConfig>("threads: 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`threads` must be at least 1"), "{err}");
+        let err = serde_yaml_ng::from_str::<EngineConfig>("memroy_limit: 1GB")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `memroy_limit`"), "{err}");
     }
 
     #[test]

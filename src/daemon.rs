@@ -59,7 +59,11 @@ pub fn run(
 ) -> anyhow::Result<Stopped> {
     let scheduled = scheduled_syncs(syncs)?;
     let token = AccessToken::read(&config.launchdarkly.token, &config.project_dir)?;
-    let warehouse = Warehouse::open(&config.warehouse, &config.project_dir)?;
+    let warehouse = Warehouse::open(
+        &config.warehouse,
+        &config.engine_settings(),
+        &config.project_dir,
+    )?;
     let store = LocalStore::new(config.state_dir());
     let metrics = Arc::new(Metrics::new(scheduled.iter().map(|(s, _)| s.name())));
     let mut loops = Vec::new();

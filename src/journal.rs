@@ -515,7 +515,8 @@ mod tests {
             snapshot: PreparedSnapshot {
                 file: "snapshot-r1.parquet".into(),
                 key_count: 2,
-                content_hash: "blake3:00".into(),
+                content_hash: None,
+                snapshot_hash: Some("blake3:00".into()),
             },
             batch_count,
         }

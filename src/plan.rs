@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
-use arrow::array::{Array, LargeStringArray, StringArray};
+use arrow::array::{Array, StringArray};
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
+use crate::audience::{
+    AudienceError, Delta, KeyList, KeySource, KeyTable, Listing, ModelKeys, held_by,
+};
 use crate::config::{Config, Mode, SyncConfig};
-use crate::diff::{KeyDiff, UnsortedCheckpoint, diff_sorted};
-use crate::keys::{KeyCollector, KeyError, KeySet, KeyStats};
+use crate::keys::KeyStats;
 use crate::progress;
 use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
@@ -28,11 +30,9 @@ pub enum PlanError {
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
     #[error(transparent)]
-    Keys(#[from] KeyError),
+    Audience(#[from] AudienceError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error(transparent)]
-    Unsorted(#[from] UnsortedCheckpoint),
     #[error(transparent)]
     EventModel(#[from] crate::events::model::EventModelError),
     #[error(transparent)]
@@ -216,13 +216,14 @@ pub struct SyncPlan {
     pub checkpoint: Option<CheckpointInfo>,
     pub entered: u64,
     pub left: u64,
+    /// Listed, except in a sync of a big segment (see [`Listing`]); a plan report always lists them.
     #[serde(serialize_with = "key_list")]
-    pub adds: StringArray,
+    pub adds: KeyList,
     #[serde(serialize_with = "key_list")]
-    pub removes: StringArray,
+    pub removes: KeyList,
     /// Model keys the segment holds as excluded targets: LaunchDarkly refuses to include them, so they are left
     /// out of the adds.
-    #[serde(serialize_with = "key_list")]
+    #[serde(serialize_with = "array_list")]
     pub excluded: StringArray,
     /// Hand edits found in the segment since the checkpoint, when the plan compared with its real membership.
     pub drift: Option<Drift>,
@@ -243,7 +244,8 @@ pub enum PlanOutcome {
 }
 
 impl SyncPlan {
-    /// Leaves out of the adds the keys the segment holds as `excluded` (sorted) targets, and says so.
+    /// Leaves out of the adds the keys the segment holds as `excluded` (sorted) targets, and says so. The adds must
+    /// be listed for that: a segment with excluded targets is planned with its keys listed.
     pub fn leave_out_excluded(&mut self, excluded: &[String], batch_size: usize) {
         if excluded.is_empty() {
             return;
@@ -269,7 +271,7 @@ impl SyncPlan {
         );
         self.notes.push(note);
         self.excluded = left_out;
-        self.adds = kept;
+        self.adds = KeyList::Listed(kept);
         self.requests = requests(self.adds.len(), self.removes.len(), batch_size);
     }
 
@@ -284,7 +286,11 @@ impl SyncPlan {
     }
 }
 
-fn key_list<S: Serializer>(keys: &StringArray, serializer: S) -> Result<S::Ok, S::Error> {
+fn key_list<S: Serializer>(keys: &KeyList, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(keys.iter().flatten())
+}
+
+fn array_list<S: Serializer>(keys: &StringArray, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(keys.iter().flatten())
 }
 
@@ -317,8 +323,12 @@ impl<'a> Planner<'a> {
     pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
         let checkpoint = self.checkpoint(sync)?;
         let model = self.model_keys(sync)?;
-        let mut plan =
-            self.plan_against(sync, &model, Baseline::Checkpoint(checkpoint.as_ref()))?;
+        let (mut plan, _delta) = self.plan_against(
+            sync,
+            &model,
+            Baseline::Checkpoint(checkpoint.as_ref()),
+            Listing::Listed,
+        )?;
         if plan.mode == Mode::Remove && !plan.removes.is_empty() {
             plan.notes.push(
                 "gates.max_remove_percent is a share of the segment's members, which `ldsync sync` reads before \
@@ -329,7 +339,8 @@ impl<'a> Planner<'a> {
         Ok(plan)
     }
 
-    /// The sync's committed checkpoint, checked against its settings; `None` before its first commit.
+    /// The sync's committed checkpoint, checked against its settings and its manifest; `None` before its first
+    /// commit.
     pub fn checkpoint(&self, sync: &SyncConfig) -> Result<Option<Checkpoint>, SyncError> {
         let settings = CheckpointSettings::of(self.config, sync);
         let checkpoint = self
@@ -339,29 +350,54 @@ impl<'a> Planner<'a> {
         if let Some(checkpoint) = &checkpoint {
             checkpoint
                 .check_settings(&settings)
+                .and_then(|()| checkpoint.verify())
                 .map_err(|e| self.error(sync, e))?;
         }
         Ok(checkpoint)
     }
 
-    /// Runs the sync's model and returns its sorted, distinct, valid keys.
-    pub fn model_keys(&self, sync: &SyncConfig) -> Result<KeySet, SyncError> {
+    /// Runs the sync's model into the set engine and checks its keys.
+    pub fn model_keys(&self, sync: &SyncConfig) -> Result<ModelKeys<'a>, SyncError> {
         self.read_model_keys(sync).map_err(|e| self.error(sync, e))
     }
 
-    /// Plans one sync's model keys against a baseline.
+    /// Plans one sync's model keys against a baseline. The delta comes with it: keys left in the engine are read
+    /// from it.
     pub fn plan_against(
         &self,
         sync: &SyncConfig,
-        model: &KeySet,
+        model: &ModelKeys<'_>,
         baseline: Baseline<'_>,
-    ) -> Result<SyncPlan, SyncError> {
-        plan_keys(sync, &self.config.model_path(sync), model, baseline)
+        listing: Listing,
+    ) -> Result<(SyncPlan, Delta<'a>), SyncError> {
+        let model_path = self.config.model_path(sync);
+        plan_keys(self.warehouse, sync, &model_path, model, baseline, listing)
             .map_err(|e| self.error(sync, e))
     }
 
-    /// What was changed by hand in the segment since the checkpoint: its real `members` (sorted) against the
-    /// checkpoint's keys, leaving aside keys it holds as `excluded` targets (never added, so never missing).
+    /// The set engine.
+    pub fn engine(&self) -> &'a duckdb::Connection {
+        self.warehouse.engine()
+    }
+
+    /// Whether the model's valid keys are exactly the checkpoint's.
+    pub fn matches_checkpoint(
+        &self,
+        sync: &SyncConfig,
+        model: &ModelKeys<'_>,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool, SyncError> {
+        let delta = Delta::between(
+            self.warehouse.engine(),
+            KeySource::Model(model),
+            KeySource::Snapshot(checkpoint.snapshot_path()),
+        )
+        .map_err(|e| self.error(sync, e))?;
+        Ok(delta.entered == 0 && delta.left == 0)
+    }
+
+    /// What was changed by hand in the segment since the checkpoint: its real `members` against the
+    /// checkpoint's keys, leaving aside keys it holds as `excluded` (sorted) targets (never added, so never missing).
     pub fn drift(
         &self,
         sync: &SyncConfig,
@@ -369,15 +405,30 @@ impl<'a> Planner<'a> {
         members: &StringArray,
         excluded: &[String],
     ) -> Result<Drift, SyncError> {
-        let members = LargeStringArray::from_iter_values(members.iter().flatten());
-        let diff = diff_with_checkpoint(&members, checkpoint).map_err(|e| self.error(sync, e))?;
-        let removed = diff
-            .left
+        self.find_drift(checkpoint, members, excluded)
+            .map_err(|e| self.error(sync, e))
+    }
+
+    fn find_drift(
+        &self,
+        checkpoint: &Checkpoint,
+        members: &StringArray,
+        excluded: &[String],
+    ) -> Result<Drift, AudienceError> {
+        let engine = self.warehouse.engine();
+        let members = KeyTable::load(engine, members)?;
+        let delta = Delta::between(
+            engine,
+            KeySource::Table(&members),
+            KeySource::Snapshot(checkpoint.snapshot_path()),
+        )?;
+        let left = delta.left_keys()?;
+        let removed = left
             .iter()
             .flatten()
             .filter(|key| !sorted_contains(excluded, key));
         Ok(Drift {
-            added_by_hand: KeySample::of(diff.entered.iter().flatten()),
+            added_by_hand: KeySample::of(delta.entered_keys()?.iter().flatten()),
             removed_by_hand: KeySample::of(removed),
         })
     }
@@ -406,17 +457,12 @@ impl<'a> Planner<'a> {
         Ok((sql, key))
     }
 
-    fn read_model_keys(&self, sync: &SyncConfig) -> Result<KeySet, PlanError> {
+    fn read_model_keys(&self, sync: &SyncConfig) -> Result<ModelKeys<'a>, PlanError> {
         let (sql, key) = self.read_model(sync)?;
-        let mut collector = KeyCollector::new(sync.invalid_keys);
         let fetched = progress::fetch_spinner(&sync.name, self.progress);
-        self.warehouse
-            .stream_keys::<PlanError>(&sql, &key, |array| {
-                fetched.inc(array.len() as u64);
-                Ok(collector.push(array)?)
-            })?;
+        let model = ModelKeys::load(self.warehouse, &sql, &key, sync.invalid_keys, &fetched)?;
         fetched.finish_and_clear();
-        Ok(collector.finish())
+        Ok(model)
     }
 }
 
@@ -425,31 +471,44 @@ impl<'a> Planner<'a> {
 pub enum Baseline<'a> {
     /// The last committed checkpoint; `None` on a first run, which compares with nothing.
     Checkpoint(Option<&'a Checkpoint>),
-    /// The segment's real membership of the sync's context kind, sorted and distinct (first runs and `--full`).
+    /// The segment's real membership of the sync's context kind, distinct (first runs and `--full`).
     Membership(&'a StringArray),
 }
 
-fn plan_keys(
+fn plan_keys<'e>(
+    warehouse: &'e Warehouse,
     sync: &SyncConfig,
     model_path: &std::path::Path,
-    model: &KeySet,
+    model: &ModelKeys<'_>,
     baseline: Baseline<'_>,
-) -> Result<SyncPlan, PlanError> {
-    let diff = match baseline {
-        Baseline::Checkpoint(Some(checkpoint)) => diff_with_checkpoint(&model.keys, checkpoint)?,
-        Baseline::Checkpoint(None) => diff_sorted::<PlanError>(&model.keys, std::iter::empty())?,
+    listing: Listing,
+) -> Result<(SyncPlan, Delta<'e>), PlanError> {
+    let engine = warehouse.engine();
+    let members_table;
+    let (baseline_keys, baseline_count) = match baseline {
+        Baseline::Checkpoint(Some(checkpoint)) => (
+            KeySource::Snapshot(checkpoint.snapshot_path()),
+            checkpoint.manifest.key_count,
+        ),
+        Baseline::Checkpoint(None) => (KeySource::Nothing, 0),
         Baseline::Membership(members) => {
-            diff_sorted::<PlanError>(&model.keys, std::iter::once(Ok(members.clone())))?
+            members_table = KeyTable::load(engine, members)?;
+            (KeySource::Table(&members_table), members.len() as u64)
         }
     };
-    let empty = StringArray::from(Vec::<&str>::new());
+    let diff = Delta::between(engine, KeySource::Model(model), baseline_keys)?;
+    let stats = model.stats(&diff, baseline_count);
+    let (entered, left) = (false, true);
     let (adds, removes) = match (sync.mode, baseline) {
-        (Mode::Add, _) => (diff.entered.clone(), empty),
-        // Every model key is in the segment or not: remove those that are.
-        (Mode::Remove, Baseline::Membership(_)) => (empty, in_both(&model.keys, &diff.entered)?),
+        (Mode::Add, _) => (diff.list(entered, listing)?, KeyList::empty()),
+        // Every model key is in the segment or not: remove those that are (the members are listed anyway).
+        (Mode::Remove, Baseline::Membership(_)) => (
+            KeyList::empty(),
+            KeyList::Listed(held_by(engine, baseline_keys, KeySource::Model(model))?),
+        ),
         // Keys that were in the model at the checkpoint were removed then.
-        (Mode::Remove, Baseline::Checkpoint(_)) => (empty, diff.entered.clone()),
-        (Mode::Mirror, _) => (diff.entered.clone(), diff.left.clone()),
+        (Mode::Remove, Baseline::Checkpoint(_)) => (KeyList::empty(), diff.list(entered, listing)?),
+        (Mode::Mirror, _) => (diff.list(entered, listing)?, diff.list(left, listing)?),
     };
     let members = match baseline {
         Baseline::Checkpoint(_) if sync.mode == Mode::Remove => None,
@@ -462,15 +521,15 @@ fn plan_keys(
         segment: sync.segment.clone(),
         context_kind: sync.context_kind.clone(),
         model: model_path.display().to_string(),
-        gate_stops: gate_stops(sync, &model.stats, members, removes.len() as u64),
+        gate_stops: gate_stops(sync, &stats, members, removes.len() as u64),
         requests: requests(adds.len(), removes.len(), sync.batch_size),
-        keys: model.stats.clone(),
+        keys: stats,
         checkpoint: match baseline {
             Baseline::Checkpoint(checkpoint) => checkpoint.map(CheckpointInfo::of),
             Baseline::Membership(_) => None,
         },
-        entered: diff.entered.len() as u64,
-        left: diff.left.len() as u64,
+        entered: diff.entered,
+        left: diff.left,
         adds,
         removes,
         excluded: StringArray::from(Vec::<&str>::new()),
@@ -478,28 +537,12 @@ fn plan_keys(
         notes: Vec::new(),
     };
     plan.notes = notes(&plan, baseline);
-    Ok(plan)
-}
-
-/// The sorted, distinct `keys` against the checkpoint's keys, streamed.
-fn diff_with_checkpoint(
-    keys: &LargeStringArray,
-    checkpoint: &Checkpoint,
-) -> Result<KeyDiff, PlanError> {
-    diff_sorted::<PlanError>(keys, checkpoint.keys()?.map(|b| b.map_err(PlanError::from)))
+    Ok((plan, diff))
 }
 
 /// Whether the sorted `keys` hold `key`.
 pub(crate) fn sorted_contains(keys: &[String], key: &str) -> bool {
     keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok()
-}
-
-/// The model keys that are not in `not_in_segment`: the model keys the segment holds.
-fn in_both(
-    model: &LargeStringArray,
-    not_in_segment: &StringArray,
-) -> Result<StringArray, PlanError> {
-    Ok(diff_sorted::<PlanError>(model, std::iter::once(Ok(not_in_segment.clone())))?.entered)
 }
 
 /// The requests that carry `adds` then `removes`, in batches of at most `batch_size`.

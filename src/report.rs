@@ -11,6 +11,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
+use crate::audience::KeyList;
 use crate::events::EventPlan;
 use crate::history::{EventCounts, RunOutcome};
 use crate::launchdarkly::CallStats;
@@ -397,7 +398,7 @@ fn write_sync_detail(plan: &SyncPlan, show: usize, out: &mut dyn Write) -> std::
         write_keys(
             out,
             "excluded in LaunchDarkly, not added",
-            &plan.excluded,
+            &KeyList::Listed(plan.excluded.clone()),
             show,
         )?;
     }
@@ -414,7 +415,7 @@ fn write_sync_detail(plan: &SyncPlan, show: usize, out: &mut dyn Write) -> std::
 fn write_keys(
     out: &mut dyn Write,
     label: &str,
-    keys: &StringArray,
+    keys: &KeyList,
     show: usize,
 ) -> std::io::Result<()> {
     if keys.is_empty() {

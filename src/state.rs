@@ -3,8 +3,8 @@
 //! Layout under the state directory:
 //!
 //! ```text
-//! <sync>/manifest.json            run id, time, key count, content hash, settings and their fingerprint
-//! <sync>/snapshot-<run>.parquet   the committed keys, sorted by byte order, one `context_key` column
+//! <sync>/manifest.json            run id, time, key count, the snapshot's hash, settings and their fingerprint
+//! <sync>/snapshot-<run>.parquet   the committed keys, sorted by byte order, one `context_key` column (ZSTD)
 //! <sync>/journal.jsonl            the open run's batches and acknowledgements (see `journal`)
 //! <sync>/runs.jsonl               one record per sync run (see `history`)
 //! <sync>/lock                     held by the run under way
@@ -13,8 +13,12 @@
 //! A commit writes the snapshot to a temporary file, fsyncs and renames it, then does the same for the manifest,
 //! which names the snapshot; the manifest's rename is the commit point. A crash at any moment leaves either the old
 //! manifest (and its snapshot) or the new one. Reading checks everything the manifest claims (the owner, the
-//! fingerprint, the key count, the content hash, the order of the keys), so a damaged or foreign checkpoint is an
-//! error, never an empty set.
+//! fingerprint, the key count in the Parquet footer, the BLAKE3 hash of the snapshot's bytes), so a damaged or
+//! foreign checkpoint is an error, never an empty set; the check reads the file once at disk speed, not key by key.
+//!
+//! The set engine writes snapshots (see [`crate::audience`]). Manifests of format 1, from earlier releases, hashed
+//! the keys themselves instead of the file; they still load, and their snapshot is checked key by key until the
+//! next commit replaces it.
 
 use std::fs::File;
 use std::io::Write;
@@ -32,8 +36,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Mode, SyncConfig};
 
-/// The manifest format this build writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The manifest format this build writes.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The format of earlier releases' manifests, which hash the keys rather than the snapshot file.
+const KEY_HASH_FORMAT: u32 = 1;
 
 const MANIFEST_FILE: &str = "manifest.json";
 const LOCK_FILE: &str = "lock";
@@ -162,8 +168,12 @@ pub struct Manifest {
     pub run_id: String,
     pub committed_at: DateTime<Utc>,
     pub key_count: u64,
-    /// `blake3:` and the hash of the keys in order, each preceded by its length.
-    pub content_hash: String,
+    /// Format 1: `blake3:` and the hash of the keys in order, each preceded by its length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+    /// Format 2: `blake3:` and the hash of the snapshot file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_hash: Option<String>,
     /// The snapshot's file name, beside the manifest.
     pub snapshot: String,
     pub settings: CheckpointSettings,
@@ -205,7 +215,8 @@ impl LocalStore {
         }))
     }
 
-    /// Commits `keys` (sorted, distinct) as the sync's new checkpoint, atomically.
+    /// Commits `keys` (distinct) as the sync's new checkpoint, atomically, writing them with ldsync's own Parquet
+    /// writer: for checkpoints made outside a run (tests, benchmarks).
     pub fn commit<'a>(
         &self,
         sync: &str,
@@ -213,26 +224,35 @@ impl LocalStore {
         settings: &CheckpointSettings,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<Manifest, StateError> {
-        let prepared = self.prepare(sync, run_id, keys)?;
+        let prepared = self.prepare(sync, run_id, |path| write_parquet_keys_to(path, keys))?;
         self.commit_prepared(sync, run_id, settings, &prepared)
     }
 
-    /// Writes the snapshot a run will commit, before the run sends anything; nothing reads it until
-    /// [`LocalStore::commit_prepared`] names it in the manifest.
-    pub fn prepare<'a>(
+    /// Writes the snapshot a run will commit, before the run sends anything: `write` writes the keys as Parquet at
+    /// the path it is given and says how many; the file is then flushed, hashed and renamed into place. Nothing
+    /// reads it until [`LocalStore::commit_prepared`] names it in the manifest.
+    pub fn prepare<E: From<StateError>>(
         &self,
         sync: &str,
         run_id: &str,
-        keys: impl IntoIterator<Item = &'a str>,
-    ) -> Result<PreparedSnapshot, StateError> {
+        write: impl FnOnce(&Path) -> Result<u64, E>,
+    ) -> Result<PreparedSnapshot, E> {
         let dir = self.create_sync_dir(sync)?;
         let file = format!("snapshot-{run_id}.parquet");
-        let (key_count, content_hash) = write_snapshot(&dir, &file, keys)?;
+        let temp = dir.join(format!(".{file}.partial"));
+        let key_count = write(&temp)?;
+        let snapshot_hash = flush_and_hash(&temp)?;
+        std::fs::rename(&temp, dir.join(&file)).map_err(|source| StateError::Io {
+            action: "cannot rename into place",
+            path: temp.clone(),
+            source,
+        })?;
         sync_directory(&dir)?;
         Ok(PreparedSnapshot {
             file,
             key_count,
-            content_hash,
+            content_hash: None,
+            snapshot_hash: Some(snapshot_hash),
         })
     }
 
@@ -253,12 +273,18 @@ impl LocalStore {
             });
         }
         let manifest = Manifest {
-            format: MANIFEST_FORMAT,
+            // A journal left by an earlier release prepared a snapshot whose keys it hashed.
+            format: if prepared.content_hash.is_some() {
+                KEY_HASH_FORMAT
+            } else {
+                MANIFEST_FORMAT
+            },
             sync: sync.to_string(),
             run_id: run_id.to_string(),
             committed_at: Utc::now(),
             key_count: prepared.key_count,
             content_hash: prepared.content_hash.clone(),
+            snapshot_hash: prepared.snapshot_hash.clone(),
             snapshot: prepared.file.clone(),
             settings: settings.clone(),
             fingerprint: settings.fingerprint(),
@@ -340,7 +366,12 @@ pub struct PreparedSnapshot {
     /// Its file name in the sync's directory.
     pub file: String,
     pub key_count: u64,
-    pub content_hash: String,
+    /// Set by earlier releases, which hashed the keys (a manifest of format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+    /// `blake3:` and the hash of the file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_hash: Option<String>,
 }
 
 /// Held while a run of one sync is under way; the operating system releases it if the process dies.
@@ -354,11 +385,17 @@ fn check_manifest(manifest: &Manifest, sync: &str, path: &Path) -> Result<(), St
         path: path.to_path_buf(),
         problem,
     };
-    if manifest.format != MANIFEST_FORMAT {
-        return Err(damaged(format!(
-            "it has format {}, this ldsync reads format {MANIFEST_FORMAT}",
-            manifest.format
-        )));
+    let hash_present = match manifest.format {
+        KEY_HASH_FORMAT => manifest.content_hash.is_some(),
+        MANIFEST_FORMAT => manifest.snapshot_hash.is_some(),
+        other => {
+            return Err(damaged(format!(
+                "it has format {other}, this ldsync reads formats {KEY_HASH_FORMAT} and {MANIFEST_FORMAT}"
+            )));
+        }
+    };
+    if !hash_present {
+        return Err(damaged("it has no hash for its snapshot".into()));
     }
     if manifest.sync != sync {
         return Err(StateError::Foreign {
@@ -403,25 +440,49 @@ impl Checkpoint {
         })
     }
 
-    /// Whether `keys` (sorted, distinct) are exactly the committed ones: same count and content hash, found
-    /// without reading the snapshot.
-    pub fn holds_exactly<'a>(&self, keys: impl ExactSizeIterator<Item = &'a str>) -> bool {
-        if keys.len() as u64 != self.manifest.key_count {
-            return false;
+    /// Where the snapshot lies.
+    pub fn snapshot_path(&self) -> &Path {
+        &self.snapshot_path
+    }
+
+    /// Checks that the snapshot is the one the manifest describes: its key count (from the Parquet footer) and the
+    /// hash of its bytes; a snapshot of format 1 is read through and its keys hashed.
+    pub fn verify(&self) -> Result<(), StateError> {
+        let Some(expected) = &self.manifest.snapshot_hash else {
+            return self.keys()?.try_for_each(|batch| batch.map(drop));
+        };
+        let path = &self.snapshot_path;
+        use parquet::file::reader::FileReader;
+        let rows = parquet::file::reader::SerializedFileReader::new(open(path)?)
+            .map_err(|source| StateError::Parquet {
+                path: path.clone(),
+                source,
+            })?
+            .metadata()
+            .file_metadata()
+            .num_rows();
+        let damaged = |problem: String| StateError::DamagedSnapshot {
+            path: path.clone(),
+            problem,
+        };
+        if u64::try_from(rows).ok() != Some(self.manifest.key_count) {
+            return Err(damaged(format!(
+                "it holds {rows} keys, its manifest says {}",
+                self.manifest.key_count
+            )));
         }
-        let mut hash = ContentHasher::default();
-        keys.for_each(|key| hash.add(key));
-        hash.finish() == self.manifest.content_hash
+        if &hash_file(path)? != expected {
+            return Err(damaged(
+                "its content hash does not match its manifest".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Streams the committed keys in order. The last item is an error if the keys do not match the manifest.
     pub fn keys(&self) -> Result<SnapshotKeys, StateError> {
         let path = &self.snapshot_path;
-        let file = File::open(path).map_err(|source| StateError::Io {
-            action: "cannot open",
-            path: path.clone(),
-            source,
-        })?;
+        let file = open(path)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
             .map_err(|source| StateError::Parquet {
@@ -444,7 +505,8 @@ pub struct SnapshotKeys {
     reader: ParquetRecordBatchReader,
     path: PathBuf,
     expected_count: u64,
-    expected_hash: String,
+    /// The hash of the keys a manifest of format 1 gives.
+    expected_hash: Option<String>,
     hash: ContentHasher,
     done: bool,
 }
@@ -493,7 +555,11 @@ impl SnapshotKeys {
                 self.expected_count
             )));
         }
-        if hash != self.expected_hash {
+        if self
+            .expected_hash
+            .as_ref()
+            .is_some_and(|expected| hash != *expected)
+        {
             return Err(self.damaged("its content hash does not match its manifest".into()));
         }
         Ok(())
@@ -543,24 +609,55 @@ impl ContentHasher {
     }
 }
 
-/// Writes the sorted keys as the snapshot file; returns their count and content hash.
-fn write_snapshot<'a>(
-    dir: &Path,
-    name: &str,
+/// Writes `keys` as a new Parquet file at `path` with ldsync's own writer; returns how many.
+fn write_parquet_keys_to<'a>(
+    path: &Path,
     keys: impl IntoIterator<Item = &'a str>,
-) -> Result<(u64, String), StateError> {
-    let path = dir.join(name);
-    let mut hasher = ContentHasher::default();
-    write_atomically(dir, name, |file| {
-        write_parquet_keys(file, keys.into_iter().inspect(|k| hasher.add(k))).map_err(|source| {
-            StateError::Parquet {
-                path: path.clone(),
-                source,
-            }
-        })
+) -> Result<u64, StateError> {
+    let file = File::create(path).map_err(|source| StateError::Io {
+        action: "cannot create",
+        path: path.to_path_buf(),
+        source,
     })?;
-    let count = hasher.count;
-    Ok((count, hasher.finish()))
+    let mut count = 0;
+    write_parquet_keys(file, keys.into_iter().inspect(|_| count += 1)).map_err(|source| {
+        StateError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(count)
+}
+
+fn open(path: &Path) -> Result<File, StateError> {
+    File::open(path).map_err(|source| StateError::Io {
+        action: "cannot open",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Flushes the file at `path` to disk and returns `blake3:` and the hash of its bytes.
+fn flush_and_hash(path: &Path) -> Result<String, StateError> {
+    open(path)?.sync_all().map_err(|source| StateError::Io {
+        action: "cannot flush",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    hash_file(path)
+}
+
+/// `blake3:` and the hash of the file's bytes, read at disk speed.
+fn hash_file(path: &Path) -> Result<String, StateError> {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(open(path)?)
+        .map_err(|source| StateError::Io {
+            action: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(format!("blake3:{}", hasher.finalize().to_hex()))
 }
 
 /// Writes keys as a Parquet file with one non-null `context_key` column.
@@ -667,7 +764,8 @@ pub(crate) fn sync_directory(dir: &Path) -> Result<(), StateError> {
         })
 }
 
-/// Removes snapshots that no manifest names any more (left by earlier commits or by a crash before a commit).
+/// Removes snapshots that no manifest names any more (left by earlier commits or by a crash before a commit), and
+/// snapshots a crash left half written.
 fn remove_stale_snapshots(dir: &Path, current: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -675,8 +773,9 @@ fn remove_stale_snapshots(dir: &Path, current: &str) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("snapshot-")
-            && name.ends_with(".parquet")
+        let stale = (name.starts_with("snapshot-") && name.ends_with(".parquet"))
+            || (name.starts_with(".snapshot-") && name.ends_with(".partial"));
+        if stale
             && name != current
             && let Err(e) = std::fs::remove_file(entry.path())
         {
@@ -725,6 +824,12 @@ mod tests {
         assert_eq!(loaded.manifest, manifest);
         assert_eq!(read_all(&loaded).unwrap(), many);
 
+        // As a run killed while writing its snapshot leaves it.
+        std::fs::write(
+            dir.path().join("s/.snapshot-killed.parquet.partial"),
+            b"PAR1",
+        )
+        .unwrap();
         store.commit("s", "run2", &settings(), ["a", "b"]).unwrap();
         let loaded = store.load("s").unwrap().unwrap();
         assert_eq!(loaded.manifest.run_id, "run2");
@@ -736,7 +841,7 @@ mod tests {
         assert_eq!(
             files.len(),
             2,
-            "only the manifest and the current snapshot remain: {files:?}"
+            "only the manifest and the current snapshot remain, no half-written one: {files:?}"
         );
     }
 
@@ -765,7 +870,7 @@ mod tests {
             dir.path().join("s").join(&first.snapshot),
         )
         .unwrap();
-        let err = read_all(&store.load("s").unwrap().unwrap()).unwrap_err();
+        let err = store.load("s").unwrap().unwrap().verify().unwrap_err();
         assert!(
             err.to_string()
                 .contains("its content hash does not match its manifest"),

@@ -10,25 +10,27 @@
 
 use std::time::Instant;
 
-use arrow::array::{Array, StringArray};
+use arrow::array::StringArray;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::audience::{AudienceError, Delta, KeyList, KeyRead, Listing, ModelKeys};
 use crate::config::{Config, Mode, SegmentKind, SyncConfig, SyncEntry};
 use crate::events::EventPlanner;
 use crate::history::{self, EventCounts, RunOutcome, RunRecord};
 use crate::journal::{
     Batch, Journal, JournalBatch, JournalError, JournalHeader, RunHeader, RunIdentity,
 };
-use crate::keys::KeySet;
 use crate::launchdarkly::{ApiError, CallStats, Client, Segment};
 use crate::plan::{
-    Action, Baseline, Drift, GateStop, KeySample, PlanError, Planner, STANDARD_SEGMENT_MAX_TARGETS,
-    SyncError, SyncPlan, percent_gate, sorted_contains,
+    Baseline, Drift, GateStop, KeySample, PlanError, PlannedRequest, Planner,
+    STANDARD_SEGMENT_MAX_TARGETS, SyncError, SyncPlan, percent_gate, sorted_contains,
 };
 use crate::progress;
 use crate::shutdown::{Shutdown, Stage};
-use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError, SyncLock};
+use crate::state::{
+    Checkpoint, CheckpointSettings, LocalStore, PreparedSnapshot, StateError, SyncLock,
+};
 use crate::warehouse::Warehouse;
 
 /// How often a run waiting for another run of its sync tries the lock again.
@@ -256,9 +258,11 @@ impl Tally {
 }
 
 /// A sync's plan for this run, with what it was made from.
-struct RunPlan {
+struct RunPlan<'e> {
     plan: SyncPlan,
-    model: KeySet,
+    model: ModelKeys<'e>,
+    /// Where keys the plan left in the set engine are read from.
+    delta: Delta<'e>,
     /// The segment as read at the start of the run; `None` when it does not exist yet.
     segment: Option<Segment>,
     /// Whether the model's keys equal the checkpoint's, so that a run with nothing to send leaves it be.
@@ -387,7 +391,7 @@ impl<'a> Engine<'a> {
         let _lock = self.lock(&sync.name, run_id).await?;
         let settings = CheckpointSettings::of(self.config, sync);
         self.settle_journal(sync, &settings, options, tally).await?;
-        let run = self.plan_run(sync, options.full).await?;
+        let run = self.plan_run(sync, options.full, Listing::InEngine).await?;
         tally.planned(&run.plan);
         if !run.plan.gate_stops.is_empty() {
             if !options.override_gates {
@@ -399,12 +403,9 @@ impl<'a> Engine<'a> {
         if run.plan.adds.is_empty() && run.plan.removes.is_empty() {
             if !run.model_matches_checkpoint {
                 // The model moved without anything to send (keys left in add mode, say): the checkpoint follows it.
-                self.store.commit(
-                    &sync.name,
-                    run_id,
-                    &settings,
-                    run.model.keys.iter().flatten(),
-                )?;
+                let snapshot = self.prepare_snapshot(sync, run_id, &run.model)?;
+                self.store
+                    .commit_prepared(&sync.name, run_id, &settings, &snapshot)?;
             }
             return Ok(RunOutcome::NothingToChange);
         }
@@ -416,6 +417,8 @@ impl<'a> Engine<'a> {
             .await?;
         let journal =
             self.write_journal(sync, run_id, &settings, segment_kind, &run.model, &run.plan)?;
+        // The engine's copies of the model and the delta are no longer needed while the batches are sent.
+        drop((run.delta, run.model));
         self.finish(sync, journal, &settings, tally).await?;
         Ok(RunOutcome::Synced)
     }
@@ -478,8 +481,14 @@ impl<'a> Engine<'a> {
 
     /// Plans one sync against what LaunchDarkly really holds: reads the segment (which also confirms the token on
     /// every run), then compares the model with the segment's membership (mirror syncs of standard segments, first
-    /// runs, `full`) or with the checkpoint, and leaves out keys the segment excludes. Sends nothing.
-    async fn plan_run(&self, sync: &SyncConfig, full: bool) -> Result<RunPlan, EngineError> {
+    /// runs, `full`) or with the checkpoint, and leaves out keys the segment excludes. Sends nothing. With
+    /// `Listing::InEngine`, the keys for a big segment (which has no excluded targets) stay in the set engine.
+    async fn plan_run(
+        &self,
+        sync: &SyncConfig,
+        full: bool,
+        listing: Listing,
+    ) -> Result<RunPlan<'a>, EngineError> {
         let model = self.planner.model_keys(sync)?;
         let segment = self
             .client
@@ -497,13 +506,18 @@ impl<'a> Engine<'a> {
                 .unwrap_or_default(),
         );
         let baseline = baseline(sync, segment.as_ref(), checkpoint.as_ref(), &members)?;
-        let mut plan = self.planner.plan_against(sync, &model, baseline)?;
+        let big = match &segment {
+            Some(segment) => segment.kind == SegmentKind::Big && segment.excluded.is_empty(),
+            None => sync.create_segment == Some(SegmentKind::Big),
+        };
+        let listing = if big { listing } else { Listing::Listed };
+        let (mut plan, delta) = self.planner.plan_against(sync, &model, baseline, listing)?;
         let model_matches_checkpoint = match (&checkpoint, baseline) {
             (None, _) => false,
             (Some(_), Baseline::Checkpoint(_)) => plan.entered == 0 && plan.left == 0,
             // Compared with the membership (a standard segment: small), the checkpoint's hash says it.
             (Some(checkpoint), Baseline::Membership(_)) => {
-                checkpoint.holds_exactly((0..model.keys.len()).map(|i| model.keys.value(i)))
+                self.planner.matches_checkpoint(sync, &model, checkpoint)?
             }
         };
         if let Some(segment) = &segment {
@@ -523,6 +537,7 @@ impl<'a> Engine<'a> {
         Ok(RunPlan {
             plan,
             model,
+            delta,
             segment,
             model_matches_checkpoint,
         })
@@ -530,7 +545,7 @@ impl<'a> Engine<'a> {
 
     /// `ldsync plan --full`: the plan a `sync --full` would execute, against the segment's real membership.
     pub async fn plan_full(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
-        match self.plan_run(sync, true).await {
+        match self.plan_run(sync, true, Listing::Listed).await {
             Ok(run) => Ok(run.plan),
             Err(EngineError::Plan(e)) => Err(e),
             Err(e) => Err(self.planner.error(
@@ -598,12 +613,14 @@ impl<'a> Engine<'a> {
         run_id: &str,
         settings: &CheckpointSettings,
         segment_kind: SegmentKind,
-        model: &KeySet,
+        model: &ModelKeys<'_>,
         plan: &SyncPlan,
     ) -> Result<Journal, EngineError> {
-        let snapshot = self
-            .store
-            .prepare(&sync.name, run_id, model.keys.iter().flatten())?;
+        let snapshot = self.prepare_snapshot(sync, run_id, model)?;
+        let error = |e: AudienceError| EngineError::Plan(self.planner.error(sync, e));
+        let engine = self.planner.engine();
+        let mut adds = KeyRead::prepare(engine, &plan.adds).map_err(error)?;
+        let mut removes = KeyRead::prepare(engine, &plan.removes).map_err(error)?;
         let header = RunHeader {
             run: RunIdentity::starting(&sync.name, run_id),
             settings: settings.clone(),
@@ -614,8 +631,23 @@ impl<'a> Engine<'a> {
         Ok(Journal::create(
             &self.store.sync_dir(&sync.name),
             header,
-            batches(plan).map(Ok),
+            // Adds are read to their end before the removes' query starts.
+            batches(&plan.requests, adds.keys().chain(removes.keys())),
         )?)
+    }
+
+    /// Writes the model's keys as the snapshot this run will commit.
+    fn prepare_snapshot(
+        &self,
+        sync: &SyncConfig,
+        run_id: &str,
+        model: &ModelKeys<'_>,
+    ) -> Result<PreparedSnapshot, EngineError> {
+        self.store.prepare(&sync.name, run_id, |path| {
+            model
+                .write_snapshot(path)
+                .map_err(|e| EngineError::Plan(self.planner.error(sync, e)))
+        })
     }
 
     /// Sends the journal's unacknowledged batches, then commits its checkpoint and closes it. A batch LaunchDarkly
@@ -835,8 +867,8 @@ fn check_created(
     Ok(())
 }
 
-/// How many of `keys` the sorted `members` hold.
-fn held(keys: &StringArray, members: &[String]) -> u64 {
+/// How many of the listed `keys` the sorted `members` hold.
+fn held(keys: &KeyList, members: &[String]) -> u64 {
     keys.iter()
         .flatten()
         .filter(|key| sorted_contains(members, key))
@@ -855,21 +887,29 @@ fn check_standard_size(sync: &SyncConfig, after: u64) -> Result<(), EngineError>
 }
 
 /// The plan's requests, each with its keys, in order: `sync` sends exactly the requests `plan` prints.
-fn batches(plan: &SyncPlan) -> impl Iterator<Item = Batch> + '_ {
-    let mut adds = plan.adds.iter().flatten();
-    let mut removes = plan.removes.iter().flatten();
-    plan.requests
-        .iter()
-        .enumerate()
-        .map(move |(index, request)| {
-            let keys = match request.action {
-                Action::Add => &mut adds,
-                Action::Remove => &mut removes,
-            };
-            Batch {
-                index,
-                action: request.action,
-                keys: keys.take(request.keys).map(str::to_string).collect(),
-            }
+/// `keys` are the adds, then the removes, as the requests take them.
+fn batches<'k>(
+    requests: &'k [PlannedRequest],
+    mut keys: impl Iterator<Item = Result<String, AudienceError>> + 'k,
+) -> impl Iterator<Item = std::io::Result<Batch>> + 'k {
+    requests.iter().enumerate().map(move |(index, request)| {
+        let keys: Vec<String> = keys
+            .by_ref()
+            .take(request.keys)
+            .collect::<Result<_, _>>()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if keys.len() != request.keys {
+            return Err(std::io::Error::other(format!(
+                "the set engine gave {} keys for batch {}, whose plan has {}",
+                keys.len(),
+                index + 1,
+                request.keys
+            )));
+        }
+        Ok(Batch {
+            index,
+            action: request.action,
+            keys,
         })
+    })
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use common::*;
-use ldsync::config::WarehouseConfig;
+use ldsync::config::{EngineSettings, WarehouseConfig};
 use ldsync::events::checkpoint::{
     EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress, Watermark,
 };
@@ -75,7 +75,7 @@ impl Schema {
             statement_timeout: Duration::from_secs(60),
             pool_size: 2,
         };
-        Warehouse::open(&config, Path::new(".")).unwrap()
+        Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap()
     }
 }
 
@@ -275,7 +275,7 @@ fn a_wrong_url_or_an_unreachable_server_is_a_clear_error() {
         statement_timeout: Duration::from_secs(5),
         pool_size: 1,
     };
-    let err = Warehouse::open(&config, Path::new("."))
+    let err = Warehouse::open(&config, &EngineSettings::default(), Path::new("."))
         .err()
         .unwrap()
         .to_string();

@@ -3,6 +3,10 @@
 //! A model is the text of one `SELECT` in `sql/<model>.sql`. ldsync wraps it to read only the key column, cast to
 //! text when the model returns integers or UUIDs, so no other column crosses into ldsync. Embedded DuckDB runs
 //! here; PostgreSQL in [`postgres`].
+//!
+//! Every warehouse comes with the set engine, an embedded DuckDB connection that does ldsync's set work (see
+//! [`crate::audience`]): with a duckdb warehouse it is the warehouse's own connection, so a model's keys go into it
+//! without leaving DuckDB; with PostgreSQL it is a separate in-memory DuckDB that the keys are streamed into.
 
 pub mod postgres;
 
@@ -10,7 +14,7 @@ use std::path::Path;
 
 use arrow::array::ArrayRef;
 
-use crate::config::WarehouseConfig;
+use crate::config::{EngineSettings, WarehouseConfig};
 
 /// Why the warehouse could not run something.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,11 @@ pub enum WarehouseError {
     PostgresCopy(String),
     #[error("a column of the model's result cannot be read as text: {0}")]
     NotText(String),
+    #[error("cannot set up the set engine (embedded DuckDB): {setting}: {source}")]
+    Engine {
+        setting: String,
+        source: duckdb::Error,
+    },
 }
 
 /// One column of a model's result, as the warehouse describes it.
@@ -81,27 +90,46 @@ pub struct KeyColumn {
     pub cast_to_text: bool,
 }
 
-/// An open warehouse connection.
+/// An open warehouse connection, with its set engine.
 pub enum Warehouse {
     DuckDb(duckdb::Connection),
-    Postgres(postgres::Postgres),
+    Postgres {
+        source: postgres::Postgres,
+        engine: duckdb::Connection,
+    },
 }
 
 impl Warehouse {
-    /// Opens the configured warehouse and runs its start-up SQL. Relative file paths in that SQL (and in models)
-    /// resolve from `project_dir`, wherever ldsync is started from.
-    pub fn open(config: &WarehouseConfig, project_dir: &Path) -> Result<Warehouse, WarehouseError> {
+    /// Opens the configured warehouse and its set engine, then runs the warehouse's start-up SQL (after the engine's
+    /// settings, so that it may change them). Relative file paths in that SQL (and in models) resolve from
+    /// `project_dir`, wherever ldsync is started from.
+    pub fn open(
+        config: &WarehouseConfig,
+        engine: &EngineSettings,
+        project_dir: &Path,
+    ) -> Result<Warehouse, WarehouseError> {
         match config {
             WarehouseConfig::DuckDb {
                 database,
                 startup_sql,
-            } => open_duckdb(database.as_deref(), startup_sql, project_dir).map(Warehouse::DuckDb),
+            } => open_duckdb(database.as_deref(), engine, startup_sql, project_dir)
+                .map(Warehouse::DuckDb),
             WarehouseConfig::Postgres {
                 url,
                 statement_timeout,
                 pool_size,
-            } => postgres::Postgres::connect(url, *statement_timeout, *pool_size)
-                .map(Warehouse::Postgres),
+            } => Ok(Warehouse::Postgres {
+                source: postgres::Postgres::connect(url, *statement_timeout, *pool_size)?,
+                engine: open_engine(engine)?,
+            }),
+        }
+    }
+
+    /// The DuckDB connection that does the set work.
+    pub fn engine(&self) -> &duckdb::Connection {
+        match self {
+            Warehouse::DuckDb(conn) => conn,
+            Warehouse::Postgres { engine, .. } => engine,
         }
     }
 
@@ -109,7 +137,7 @@ impl Warehouse {
     pub fn describe(&self, model_sql: &str) -> Result<Vec<Column>, WarehouseError> {
         let conn = match self {
             Warehouse::DuckDb(conn) => conn,
-            Warehouse::Postgres(postgres) => return postgres.describe(model_sql),
+            Warehouse::Postgres { source, .. } => return source.describe(model_sql),
         };
         let sql = format!(
             "DESCRIBE SELECT * FROM ({}) AS ldsync_model",
@@ -158,7 +186,7 @@ impl Warehouse {
     pub fn epoch_ms_sql(&self, expr: &str) -> String {
         match self {
             Warehouse::DuckDb(_) => format!("epoch_ms(CAST({expr} AS TIMESTAMP))"),
-            Warehouse::Postgres(_) => {
+            Warehouse::Postgres { .. } => {
                 format!("CAST(FLOOR(EXTRACT(EPOCH FROM {expr}) * 1000) AS BIGINT)")
             }
         }
@@ -202,7 +230,7 @@ impl Warehouse {
     ) -> Result<(), E> {
         let conn = match self {
             Warehouse::DuckDb(conn) => conn,
-            Warehouse::Postgres(postgres) => return postgres.stream_columns(sql, sink),
+            Warehouse::Postgres { source, .. } => return source.stream_columns(sql, sink),
         };
         let mut stmt = conn.prepare(sql).map_err(WarehouseError::Model)?;
         let stream = stmt.stream_arrow([]).map_err(WarehouseError::Model)?;
@@ -214,8 +242,47 @@ impl Warehouse {
     }
 }
 
+/// Opens a separate in-memory set engine (for warehouses other than DuckDB).
+fn open_engine(settings: &EngineSettings) -> Result<duckdb::Connection, WarehouseError> {
+    let conn = duckdb::Connection::open_in_memory().map_err(|source| WarehouseError::Open {
+        database: ":memory:".to_string(),
+        source,
+    })?;
+    apply_engine_settings(&conn, settings)?;
+    Ok(conn)
+}
+
+/// Applies the set engine's memory limit, threads and spill directory to a DuckDB connection.
+fn apply_engine_settings(
+    conn: &duckdb::Connection,
+    settings: &EngineSettings,
+) -> Result<(), WarehouseError> {
+    let mut statements = vec![format!(
+        "SET memory_limit = {}",
+        quote_literal(&settings.memory_limit)
+    )];
+    if let Some(threads) = settings.threads {
+        statements.push(format!("SET threads = {threads}"));
+    }
+    if let Some(dir) = &settings.temp_directory {
+        statements.push(format!(
+            "SET temp_directory = {}",
+            quote_literal(&dir.to_string_lossy())
+        ));
+    }
+    for sql in statements {
+        conn.execute_batch(&sql)
+            .map_err(|source| WarehouseError::Engine {
+                setting: sql.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 fn open_duckdb(
     database: Option<&str>,
+    engine: &EngineSettings,
     startup_sql: &[String],
     project_dir: &Path,
 ) -> Result<duckdb::Connection, WarehouseError> {
@@ -227,6 +294,7 @@ fn open_duckdb(
         database: database.unwrap_or(":memory:").to_string(),
         source,
     })?;
+    apply_engine_settings(&conn, engine)?;
     let project_dir = if project_dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -292,7 +360,7 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn quote_literal(text: &str) -> String {
+pub(crate) fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
@@ -306,7 +374,7 @@ mod tests {
             database: None,
             startup_sql: vec!["CREATE TABLE t AS SELECT i AS id, 'k' || i AS name, i::DOUBLE * 1.5 AS score FROM range(5000) r(i)".into()],
         };
-        Warehouse::open(&config, Path::new(".")).unwrap()
+        Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap()
     }
 
     #[test]
@@ -364,7 +432,9 @@ mod tests {
                 "CREATE VIEW v AS SELECT * FROM missing_table".into(),
             ],
         };
-        let err = Warehouse::open(&config, Path::new(".")).err().unwrap();
+        let err = Warehouse::open(&config, &EngineSettings::default(), Path::new("."))
+            .err()
+            .unwrap();
         assert!(
             err.to_string()
                 .starts_with("warehouse.startup_sql[1] failed"),
