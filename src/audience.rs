@@ -13,7 +13,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -149,12 +150,21 @@ impl<'e> ModelKeys<'e> {
                 format!("SELECT k FROM {streamed}")
             }
         };
-        let created = engine.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE {table} AS \
-             SELECT k, {reason} AS reason FROM (SELECT k COLLATE c AS k FROM ({source}))",
-            table = model.table,
-            reason = rejection_sql(),
-        ));
+        let streamed_rows_counted = ProgressBar::hidden();
+        let created = execute_showing_rows(
+            engine,
+            &format!(
+                "CREATE OR REPLACE TEMP TABLE {table} AS \
+                 SELECT k, {reason} AS reason FROM (SELECT k COLLATE c AS k FROM ({source}))",
+                table = model.table,
+                reason = rejection_sql(),
+            ),
+            // Rows streamed in from another warehouse were counted as they came.
+            match warehouse {
+                Warehouse::DuckDb(_) => fetched,
+                Warehouse::Postgres { .. } => &streamed_rows_counted,
+            },
+        );
         if let Warehouse::Postgres { .. } = warehouse {
             drop_table(engine, STREAMED);
         }
@@ -164,9 +174,6 @@ impl<'e> ModelKeys<'e> {
             Warehouse::Postgres { .. } => engine_error("checking the model's keys")(e),
         })?;
         model.count_rejections(policy)?;
-        if let Warehouse::DuckDb(_) = warehouse {
-            fetched.inc(model.rows);
-        }
         Ok(model)
     }
 
@@ -219,11 +226,11 @@ impl<'e> ModelKeys<'e> {
     /// What the model's key column held, once compared with `baseline` (`distinct` counts from the comparison).
     pub fn stats(&self, delta: &Delta<'_>, baseline_keys: u64) -> KeyStats {
         let valid = self.rows - self.rejected.total();
-        let distinct = baseline_keys - delta.left + delta.entered;
+        let distinct = (baseline_keys + delta.entered).saturating_sub(delta.left);
         KeyStats {
             rows: self.rows,
             distinct,
-            duplicates: valid - distinct,
+            duplicates: valid.saturating_sub(distinct),
             rejected: self.rejected.clone(),
         }
     }
@@ -249,6 +256,32 @@ impl Drop for ModelKeys<'_> {
     fn drop(&mut self) {
         drop_table(self.engine, &self.table);
     }
+}
+
+/// Runs `sql` on the engine; while it runs, `rows` shows how many rows DuckDB has processed (when it is drawn).
+fn execute_showing_rows(engine: &Connection, sql: &str, rows: &ProgressBar) -> duckdb::Result<()> {
+    if rows.is_hidden() {
+        return engine.execute_batch(sql);
+    }
+    engine.set_query_progress_tracking(true)?;
+    let progress = engine.progress_handle();
+    let done = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let now = progress.query_progress();
+                if now.is_available() {
+                    rows.set_position(now.rows_processed());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let result = engine.execute_batch(sql);
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    engine.set_query_progress_tracking(false)?;
+    result
 }
 
 /// Streams the model's key column from a warehouse other than DuckDB into the engine's table [`STREAMED`].
@@ -293,18 +326,21 @@ fn key_batch(array: &ArrayRef) -> Result<RecordBatch, AudienceError> {
         .map_err(|e| WarehouseError::NotText(e.to_string()).into())
 }
 
-/// Keys loaded into a temporary table of the engine (a segment's members, say), dropped with this value.
+/// Keys loaded into a temporary table of the engine (a segment's members, say), distinct, dropped with this value.
 pub struct KeyTable<'e> {
     engine: &'e Connection,
     name: String,
+    /// How many distinct keys it holds.
+    pub count: u64,
 }
 
 impl<'e> KeyTable<'e> {
-    /// Loads `keys` into a new temporary table.
+    /// Loads the distinct `keys` into a new temporary table.
     pub fn load(engine: &'e Connection, keys: &StringArray) -> Result<Self, AudienceError> {
-        let table = KeyTable {
+        let mut table = KeyTable {
             engine,
             name: table_name("keys"),
+            count: 0,
         };
         let doing = "taking in a list of keys";
         engine
@@ -321,6 +357,22 @@ impl<'e> KeyTable<'e> {
             .append_record_batch(key_batch(&array)?)
             .and_then(|()| appender.flush())
             .map_err(engine_error(doing))?;
+        drop(appender);
+        let distinct = format!("SELECT DISTINCT k FROM {}", table.name);
+        engine
+            .execute_batch(&format!(
+                "CREATE OR REPLACE TEMP TABLE {} AS {distinct}",
+                table.name
+            ))
+            .map_err(engine_error(doing))?;
+        table.count = query_rows(
+            engine,
+            &format!("SELECT count(*) FROM {}", table.name),
+            doing,
+            |row| row.get::<_, u64>(0),
+        )?
+        .into_iter()
+        .sum();
         Ok(table)
     }
 }
@@ -696,8 +748,9 @@ mod tests {
             &["SET default_collation = 'nocase'"],
         );
         let model = load(&warehouse, InvalidKeys::Fail).unwrap();
-        let members = StringArray::from(vec!["a", "Z"]);
+        let members = StringArray::from(vec!["a", "Z", "a"]);
         let members = KeyTable::load(warehouse.engine(), &members).unwrap();
+        assert_eq!(members.count, 2, "a repeated member counts once");
         let delta = Delta::between(
             warehouse.engine(),
             KeySource::Model(&model),

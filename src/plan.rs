@@ -493,7 +493,7 @@ fn plan_keys<'e>(
         Baseline::Checkpoint(None) => (KeySource::Nothing, 0),
         Baseline::Membership(members) => {
             members_table = KeyTable::load(engine, members)?;
-            (KeySource::Table(&members_table), members.len() as u64)
+            (KeySource::Table(&members_table), members_table.count)
         }
     };
     let diff = Delta::between(engine, KeySource::Model(model), baseline_keys)?;
