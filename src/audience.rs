@@ -21,7 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::Connection;
 use indicatif::ProgressBar;
 
-use crate::config::{InvalidKeys, MAX_KEY_CHARS};
+use crate::config::{InvalidKeys, MAX_KEY_CHARS, parse_size};
 use crate::keys::{KeyError, KeyStats, RejectedRow, Rejection, Rejections};
 use crate::warehouse::{
     KeyColumn, Warehouse, WarehouseError, quote_identifier, quote_literal, trim_model,
@@ -76,6 +76,46 @@ impl KeySource<'_> {
             KeySource::Nothing => "SELECT CAST(NULL AS VARCHAR) COLLATE c AS k WHERE false".into(),
         }
     }
+
+    /// How many keys it gives (repeats included).
+    fn len(&self, engine: &Connection) -> Result<u64, AudienceError> {
+        Ok(match self {
+            KeySource::Model(model) => model.rows - model.rejected.total(),
+            KeySource::Table(table) => table.count,
+            KeySource::Nothing => 0,
+            KeySource::Snapshot(path) => query_rows(
+                engine,
+                &format!(
+                    "SELECT num_rows FROM parquet_file_metadata({})",
+                    quote_literal(&path.to_string_lossy())
+                ),
+                "reading the snapshot's row count",
+                |row| row.get::<_, u64>(0),
+            )?
+            .into_iter()
+            .sum(),
+        })
+    }
+}
+
+/// How many keys one join of the engine may take for each byte of its memory limit. DuckDB's hash join spills, but
+/// not without bound: at 256 MB it joins 10M keys of 20 characters, and fails on 100M even at 512 MB. Past this,
+/// [`Delta::between`] joins the keys in partitions of their hash, one after another.
+const KEYS_PER_JOIN_BYTE: f64 = 1.0 / 24.0;
+
+/// In how many partitions to compare sets of `keys` keys, given the engine's memory limit.
+fn partitions_for(engine: &Connection, keys: u64) -> Result<u64, AudienceError> {
+    let limit: Vec<String> = query_rows(
+        engine,
+        "SELECT current_setting('memory_limit')",
+        "reading the memory limit",
+        |row| row.get(0),
+    )?;
+    let Some(bytes) = limit.first().and_then(|l| parse_size(l)) else {
+        return Ok(1);
+    };
+    let per_partition = (bytes as f64 * KEYS_PER_JOIN_BYTE).max(1.0);
+    Ok(((keys as f64 / per_partition).ceil() as u64).max(1))
 }
 
 /// A name for a temporary table that no other table of this process has.
@@ -402,6 +442,22 @@ impl<'e> Delta<'e> {
         current: KeySource<'_>,
         baseline: KeySource<'_>,
     ) -> Result<Self, AudienceError> {
+        let keys = current.len(engine)?.max(baseline.len(engine)?);
+        let partitions = partitions_for(engine, keys)?;
+        if partitions > 1 {
+            tracing::debug!(keys, partitions, "comparing the keys in partitions");
+        }
+        Self::in_partitions(engine, current, baseline, partitions)
+    }
+
+    /// Compares `current` with `baseline` in `partitions` joins, one after another, each over the keys of one
+    /// partition of their hash.
+    fn in_partitions(
+        engine: &'e Connection,
+        current: KeySource<'_>,
+        baseline: KeySource<'_>,
+        partitions: u64,
+    ) -> Result<Self, AudienceError> {
         let mut delta = Delta {
             engine,
             table: table_name("delta"),
@@ -410,15 +466,32 @@ impl<'e> Delta<'e> {
         };
         engine
             .execute_batch(&format!(
-                "CREATE OR REPLACE TEMP TABLE {table} AS \
-                 SELECT DISTINCT coalesce(c.k, b.k) AS k, c.k IS NULL AS gone \
-                 FROM ({current}) AS c FULL OUTER JOIN ({baseline}) AS b ON c.k = b.k \
-                 WHERE c.k IS NULL OR b.k IS NULL",
-                table = delta.table,
-                current = current.sql(),
-                baseline = baseline.sql(),
+                "CREATE OR REPLACE TEMP TABLE {} (k VARCHAR COLLATE c, gone BOOLEAN)",
+                delta.table
             ))
             .map_err(engine_error("comparing keys"))?;
+        for partition in 0..partitions {
+            // Equal keys hash alike, so each partition holds all of a key's rows on both sides.
+            let part = |source: KeySource<'_>| match partitions {
+                1 => source.sql(),
+                _ => format!(
+                    "SELECT k FROM ({}) WHERE hash(k) % {partitions} = {partition}",
+                    source.sql()
+                ),
+            };
+            engine
+                .execute_batch(&format!(
+                    "INSERT INTO {table} \
+                     SELECT DISTINCT coalesce(c.k, b.k) AS k, c.k IS NULL AS gone \
+                     FROM ({current}) AS c FULL OUTER JOIN ({baseline}) AS b ON c.k = b.k \
+                     WHERE c.k IS NULL OR b.k IS NULL",
+                    table = delta.table,
+                    current = part(current),
+                    baseline = part(baseline),
+                ))
+                .map_err(engine_error("comparing keys"))?;
+        }
+
         let counts: Vec<(bool, u64)> = query_rows(
             engine,
             &format!("SELECT gone, count(*) FROM {} GROUP BY gone", delta.table),
@@ -803,6 +876,15 @@ mod tests {
     }
 
     #[test]
+    fn large_sets_are_compared_in_partitions_of_the_memory_limit() {
+        let warehouse = warehouse_with(&[], &["SET memory_limit = '256MB'"]);
+        let engine = warehouse.engine();
+        assert_eq!(partitions_for(engine, 1_000_000).unwrap(), 1);
+        assert_eq!(partitions_for(engine, 10_000_000).unwrap(), 1);
+        assert_eq!(partitions_for(engine, 100_000_000).unwrap(), 10);
+    }
+
+    #[test]
     fn lists_left_in_the_engine_are_read_one_after_the_other() {
         let warehouse = warehouse_with(&[Some("d"), Some("a"), Some("c"), Some("d")], &[]);
         let engine = warehouse.engine();
@@ -844,6 +926,7 @@ mod tests {
             model in proptest::collection::vec(key_strategy(), 0..120),
             previous in proptest::collection::btree_set(key_strategy(), 0..120),
             through_snapshot in proptest::bool::ANY,
+            partitions in 1u64..4,
         ) {
             let rows: Vec<Option<&str>> = model.iter().map(|k| Some(k.as_str())).collect();
             let warehouse = warehouse_with(&rows, &[]);
@@ -860,7 +943,7 @@ mod tests {
             } else {
                 KeySource::Table(&table)
             };
-            let delta = Delta::between(engine, KeySource::Model(&model_keys), baseline).unwrap();
+            let delta = Delta::in_partitions(engine, KeySource::Model(&model_keys), baseline, partitions).unwrap();
 
             let valid: BTreeSet<String> = model.iter().filter(|k| !k.trim().is_empty()).cloned().collect();
             let entered: Vec<String> = valid.difference(&previous).cloned().collect();

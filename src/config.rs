@@ -656,14 +656,30 @@ impl EngineConfig {
 
 /// Whether `text` is a size DuckDB reads, such as `256MB`, `1.5GB` or `512 MiB`.
 fn is_memory_size(text: &str) -> bool {
+    parse_size(text).is_some_and(|bytes| bytes > 0)
+}
+
+/// The bytes of a size such as `256MB`, `1.5GB` or `244.1 MiB` (DuckDB's units: KB, MB, GB, TB of 1000 and KiB,
+/// MiB, GiB, TiB of 1024); `None` when it is not one.
+pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let unit_start = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(unit_start);
-    let units = ["KB", "MB", "GB", "TB", "KIB", "MIB", "GIB", "TIB"];
-    number.parse::<f64>().is_ok_and(|n| n > 0.0)
-        && units.contains(&unit.trim().to_ascii_uppercase().as_str())
+    let scale: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        "TIB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let number: f64 = number.parse().ok().filter(|n: &f64| n.is_finite())?;
+    Some((number * scale) as u64)
 }
 
 /// What a sync does with the keys that entered or left its model.
