@@ -103,6 +103,15 @@ impl KeySource<'_> {
 /// [`Delta::between`] joins the keys in partitions of their hash, one after another.
 const KEYS_PER_JOIN_BYTE: f64 = 1.0 / 24.0;
 
+/// The keys of the one-column `sql` in `partition` of `partitions` partitions of their hash (all of them when there
+/// is one).
+fn partition_sql(sql: &str, partitions: u64, partition: u64) -> String {
+    match partitions {
+        1 => sql.to_string(),
+        _ => format!("SELECT k FROM ({sql}) WHERE hash(k) % {partitions} = {partition}"),
+    }
+}
+
 /// In how many partitions to compare sets of `keys` keys, given the engine's memory limit.
 fn partitions_for(engine: &Connection, keys: u64) -> Result<u64, AudienceError> {
     let limit: Vec<String> = query_rows(
@@ -139,7 +148,9 @@ fn rejection_sql() -> String {
     const WHITE_SPACE_STARTS: &str = "9, 10, 11, 12, 13, 32, 133, 160, 5760, 8192, 8193, 8194, 8195, 8196, 8197, \
                                       8198, 8199, 8200, 8201, 8202, 8232, 8233, 8239, 8287, 12288";
     format!(
+        // Most keys start with a printable ASCII character and are short: valid at a glance.
         "CAST(CASE WHEN k IS NULL THEN {null} \
+              WHEN unicode(k) BETWEEN 33 AND 126 AND strlen(k) <= {MAX_KEY_CHARS} THEN 0 \
               WHEN k = '' OR (unicode(k) IN ({WHITE_SPACE_STARTS}) AND regexp_full_match(k, '{WHITE_SPACE}')) \
                 THEN {blank} \
               WHEN strlen(k) > {MAX_KEY_CHARS} AND length(k) > {MAX_KEY_CHARS} THEN {too_long} \
@@ -276,19 +287,78 @@ impl<'e> ModelKeys<'e> {
     }
 
     /// Writes the model's distinct valid keys, sorted, as a Parquet snapshot at `path` (ZSTD, one non-null
-    /// `context_key` column); returns how many.
+    /// `context_key` column); returns how many. Past one join's worth of keys (see [`partitions_for`]), the repeats
+    /// are dropped one partition of the keys' hash at a time before the sort, which DuckDB spills on its own.
     pub fn write_snapshot(&self, path: &Path) -> Result<u64, AudienceError> {
+        let doing = "writing the snapshot";
+        let model = KeySource::Model(self);
+        let partitions = partitions_for(self.engine, model.len(self.engine)?)?;
+        let distinct = Distinct::of(self.engine, model, partitions)?;
         let sql = format!(
-            "COPY (SELECT DISTINCT k AS context_key FROM ({}) ORDER BY context_key COLLATE c) TO {} \
+            "COPY (SELECT k AS context_key FROM ({}) ORDER BY context_key COLLATE c) TO {} \
              (FORMAT parquet, COMPRESSION zstd)",
-            KeySource::Model(self).sql(),
+            distinct.sql(),
             quote_literal(&path.to_string_lossy())
         );
-        let written = self
-            .engine
-            .execute(&sql, [])
-            .map_err(engine_error("writing the snapshot"))?;
+        let written = self.engine.execute(&sql, []).map_err(engine_error(doing))?;
         Ok(written as u64)
+    }
+}
+
+/// The distinct keys of a source: a query when one pass can drop the repeats, else a temporary table filled one
+/// partition of the keys' hash at a time (dropped with this value).
+struct Distinct<'e> {
+    engine: &'e Connection,
+    table: Option<String>,
+    query: String,
+}
+
+impl<'e> Distinct<'e> {
+    fn of(
+        engine: &'e Connection,
+        source: KeySource<'_>,
+        partitions: u64,
+    ) -> Result<Self, AudienceError> {
+        let doing = "dropping repeated keys";
+        if partitions == 1 {
+            return Ok(Distinct {
+                engine,
+                table: None,
+                query: format!("SELECT DISTINCT k FROM ({})", source.sql()),
+            });
+        }
+        let table = table_name("distinct");
+        let distinct = Distinct {
+            engine,
+            query: format!("SELECT k FROM {table}"),
+            table: Some(table.clone()),
+        };
+        engine
+            .execute_batch(&format!(
+                "CREATE OR REPLACE TEMP TABLE {table} (k VARCHAR COLLATE c)"
+            ))
+            .map_err(engine_error(doing))?;
+        for partition in 0..partitions {
+            engine
+                .execute_batch(&format!(
+                    "INSERT INTO {table} SELECT DISTINCT k FROM ({})",
+                    partition_sql(&source.sql(), partitions, partition)
+                ))
+                .map_err(engine_error(doing))?;
+        }
+        Ok(distinct)
+    }
+
+    fn sql(&self) -> &str {
+        &self.query
+    }
+}
+
+impl Drop for Distinct<'_> {
+    fn drop(&mut self) {
+        if let Some(table) = &self.table {
+            drop_table(self.engine, table);
+        }
     }
 }
 
@@ -472,13 +542,7 @@ impl<'e> Delta<'e> {
             .map_err(engine_error("comparing keys"))?;
         for partition in 0..partitions {
             // Equal keys hash alike, so each partition holds all of a key's rows on both sides.
-            let part = |source: KeySource<'_>| match partitions {
-                1 => source.sql(),
-                _ => format!(
-                    "SELECT k FROM ({}) WHERE hash(k) % {partitions} = {partition}",
-                    source.sql()
-                ),
-            };
+            let part = |source: KeySource<'_>| partition_sql(&source.sql(), partitions, partition);
             engine
                 .execute_batch(&format!(
                     "INSERT INTO {table} \
@@ -882,6 +946,26 @@ mod tests {
         assert_eq!(partitions_for(engine, 1_000_000).unwrap(), 1);
         assert_eq!(partitions_for(engine, 10_000_000).unwrap(), 1);
         assert_eq!(partitions_for(engine, 100_000_000).unwrap(), 10);
+    }
+
+    #[test]
+    fn repeats_are_dropped_the_same_in_partitions() {
+        let keys: Vec<String> = (0..500).map(|i| format!("k{}", i % 170)).collect();
+        let rows: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
+        let warehouse = warehouse_with(&rows, &[]);
+        let model = load(&warehouse, InvalidKeys::Fail).unwrap();
+        let expected: Vec<String> = keys
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for partitions in [1, 3] {
+            let distinct =
+                Distinct::of(warehouse.engine(), KeySource::Model(&model), partitions).unwrap();
+            let keys = sorted_keys(warehouse.engine(), distinct.sql()).unwrap();
+            assert_eq!(strings(&keys), expected, "{partitions} partitions");
+        }
     }
 
     #[test]
