@@ -12,6 +12,7 @@ use crate::audience::{
 };
 use crate::config::{Config, Mode, SyncConfig};
 use crate::keys::KeyStats;
+use crate::launchdarkly::Segment;
 use crate::progress;
 use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
@@ -275,6 +276,15 @@ impl SyncPlan {
         self.requests = requests(self.adds.len(), self.removes.len(), batch_size);
     }
 
+    /// How many targets a standard segment would hold once this plan is applied: its targets now, plus the adds
+    /// it does not hold, less the removes it does.
+    pub fn targets_after(&self, segment: &Segment) -> u64 {
+        let members = segment.members.as_deref().unwrap_or_default();
+        let added = self.adds.len() as u64 - held(&self.adds, members);
+        let removed = held(&self.removes, members);
+        (segment.total_targets + added).saturating_sub(removed)
+    }
+
     pub fn outcome(&self) -> PlanOutcome {
         if !self.gate_stops.is_empty() {
             PlanOutcome::GateStopped
@@ -394,6 +404,28 @@ impl<'a> Planner<'a> {
         )
         .map_err(|e| self.error(sync, e))?;
         Ok(delta.entered == 0 && delta.left == 0)
+    }
+
+    /// Fits a plan to the segment as LaunchDarkly holds it: leaves out the keys it holds as excluded targets, finds
+    /// what was changed by hand since the checkpoint (when the plan compared with its real membership), and checks
+    /// a remove-mode plan's percent gate against the segment's real size.
+    pub fn fit_to_segment(
+        &self,
+        sync: &SyncConfig,
+        plan: &mut SyncPlan,
+        segment: &Segment,
+        baseline: Baseline<'_>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), SyncError> {
+        plan.leave_out_excluded(&segment.excluded, sync.batch_size);
+        if let (Baseline::Membership(members), Some(checkpoint)) = (baseline, checkpoint) {
+            plan.drift = Some(self.drift(sync, checkpoint, members, &segment.excluded)?);
+        }
+        if sync.mode == Mode::Remove && matches!(baseline, Baseline::Checkpoint(_)) {
+            plan.gate_stops
+                .extend(remove_mode_percent_gate(sync, segment, plan));
+        }
+        Ok(())
     }
 
     /// What was changed by hand in the segment since the checkpoint: its real `members` against the
@@ -540,8 +572,31 @@ fn plan_keys<'e>(
     Ok((plan, diff))
 }
 
+/// The `max_remove_percent` gate of a remove-mode run planned against its checkpoint, which holds the keys removed,
+/// not the segment's members: the segment's size comes from the read, and of a standard segment only the members
+/// it really holds count as removed.
+fn remove_mode_percent_gate(
+    sync: &SyncConfig,
+    segment: &Segment,
+    plan: &SyncPlan,
+) -> Option<GateStop> {
+    let removing = match segment.members.as_deref() {
+        Some(members) => held(&plan.removes, members),
+        None => plan.removes.len() as u64,
+    };
+    percent_gate(sync, segment.member_count, removing)
+}
+
+/// How many of the listed `keys` the sorted `members` hold.
+fn held(keys: &KeyList, members: &[String]) -> u64 {
+    keys.iter()
+        .flatten()
+        .filter(|key| sorted_contains(members, key))
+        .count() as u64
+}
+
 /// Whether the sorted `keys` hold `key`.
-pub(crate) fn sorted_contains(keys: &[String], key: &str) -> bool {
+fn sorted_contains(keys: &[String], key: &str) -> bool {
     keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok()
 }
 
@@ -589,7 +644,7 @@ fn gate_stops(
 
 /// The `max_remove_percent` gate: removing more than that share of the segment's `members` stops the run. An empty
 /// segment has nothing to lose.
-pub fn percent_gate(sync: &SyncConfig, members: u64, removes: u64) -> Option<GateStop> {
+fn percent_gate(sync: &SyncConfig, members: u64, removes: u64) -> Option<GateStop> {
     let max = sync.gates.max_remove_percent?;
     if removes == 0 || members == 0 {
         return None;

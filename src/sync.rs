@@ -14,7 +14,7 @@ use arrow::array::StringArray;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::audience::{AudienceError, Delta, KeyList, KeyRead, Listing, ModelKeys};
+use crate::audience::{AudienceError, Delta, KeyRead, Listing, ModelKeys};
 use crate::config::{Config, Mode, SegmentKind, SyncConfig, SyncEntry};
 use crate::events::EventPlanner;
 use crate::history::{self, EventCounts, RunOutcome, RunRecord};
@@ -24,7 +24,7 @@ use crate::journal::{
 use crate::launchdarkly::{ApiError, CallStats, Client, Segment};
 use crate::plan::{
     Baseline, Drift, GateStop, KeySample, PlanError, PlannedRequest, Planner,
-    STANDARD_SEGMENT_MAX_TARGETS, SyncError, SyncPlan, percent_gate, sorted_contains,
+    STANDARD_SEGMENT_MAX_TARGETS, SyncError, SyncPlan,
 };
 use crate::progress;
 use crate::shutdown::{Shutdown, Stage};
@@ -521,18 +521,8 @@ impl<'a> Engine<'a> {
             }
         };
         if let Some(segment) = &segment {
-            plan.leave_out_excluded(&segment.excluded, sync.batch_size);
-            if let (Baseline::Membership(members), Some(checkpoint)) = (baseline, &checkpoint) {
-                plan.drift =
-                    Some(
-                        self.planner
-                            .drift(sync, checkpoint, members, &segment.excluded)?,
-                    );
-            }
-            if sync.mode == Mode::Remove && matches!(baseline, Baseline::Checkpoint(_)) {
-                plan.gate_stops
-                    .extend(remove_mode_percent_gate(sync, segment, &plan));
-            }
+            self.planner
+                .fit_to_segment(sync, &mut plan, segment, baseline, checkpoint.as_ref())?;
         }
         Ok(RunPlan {
             plan,
@@ -597,10 +587,7 @@ impl<'a> Engine<'a> {
                 }
             }
             SegmentKind::Standard => {
-                let members = segment.members.as_deref().unwrap_or_default();
-                let added = plan.adds.len() as u64 - held(&plan.adds, members);
-                let removed = held(&plan.removes, members);
-                check_standard_size(sync, segment.total_targets + added - removed)?;
+                check_standard_size(sync, plan.targets_after(&segment))?;
             }
         }
         Ok(segment.kind)
@@ -827,21 +814,6 @@ fn baseline<'p>(
     })
 }
 
-/// The `max_remove_percent` gate of a remove-mode run planned against its checkpoint, which holds the keys removed,
-/// not the segment's members: the segment's size comes from the read, and of a standard segment only the members
-/// it really holds count as removed.
-fn remove_mode_percent_gate(
-    sync: &SyncConfig,
-    segment: &Segment,
-    plan: &SyncPlan,
-) -> Option<GateStop> {
-    let removing = match segment.members.as_deref() {
-        Some(members) => held(&plan.removes, members),
-        None => plan.removes.len() as u64,
-    };
-    percent_gate(sync, segment.member_count, removing)
-}
-
 /// Checks that a segment this run asked to create (or found created by someone else) is what the sync creates.
 fn check_created(
     sync: &SyncConfig,
@@ -865,14 +837,6 @@ fn check_created(
         });
     }
     Ok(())
-}
-
-/// How many of the listed `keys` the sorted `members` hold.
-fn held(keys: &KeyList, members: &[String]) -> u64 {
-    keys.iter()
-        .flatten()
-        .filter(|key| sorted_contains(members, key))
-        .count() as u64
 }
 
 fn check_standard_size(sync: &SyncConfig, after: u64) -> Result<(), EngineError> {
