@@ -845,6 +845,52 @@ mod tests {
         );
     }
 
+    /// A run of an earlier release, killed after it prepared its snapshot, left a journal whose snapshot is vouched
+    /// for by the hash of its keys: finishing it commits a manifest of format 1, which is checked key by key.
+    #[test]
+    fn a_snapshot_prepared_by_an_earlier_release_commits_as_format_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let keys = ["a", "b", "c"];
+        let mut hash = ContentHasher::default();
+        keys.iter().for_each(|k| hash.add(k));
+        let mut prepared = store
+            .prepare("s", "old-run", |path| write_parquet_keys_to(path, keys))
+            .unwrap();
+        prepared.snapshot_hash = None;
+        prepared.content_hash = Some(hash.finish());
+        let manifest = store
+            .commit_prepared("s", "old-run", &settings(), &prepared)
+            .unwrap();
+        assert_eq!((manifest.format, manifest.key_count), (KEY_HASH_FORMAT, 3));
+        let loaded = store.load("s").unwrap().unwrap();
+        loaded.verify().unwrap();
+        assert_eq!(read_all(&loaded).unwrap(), keys);
+
+        // A key changed under the same count fails the keys' hash.
+        let other = tempfile::tempdir().unwrap();
+        LocalStore::new(other.path())
+            .commit("s", "x", &settings(), ["a", "b", "d"])
+            .unwrap();
+        let snapshot = std::fs::read_dir(other.path().join("s"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .unwrap();
+        std::fs::copy(snapshot, dir.path().join("s").join(&manifest.snapshot)).unwrap();
+        let err = store.load("s").unwrap().unwrap().verify().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("its content hash does not match its manifest"),
+            "{err}"
+        );
+
+        // The next commit writes format 2.
+        let next = store.commit("s", "new-run", &settings(), keys).unwrap();
+        assert_eq!(next.format, MANIFEST_FORMAT);
+        assert!(next.content_hash.is_none() && next.snapshot_hash.is_some());
+    }
+
     #[test]
     fn an_empty_key_set_is_a_real_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
