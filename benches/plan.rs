@@ -14,7 +14,8 @@
 //! - `fetch`: the model's key column read into Arrow batches through the same query `plan` runs, nothing more;
 //! - `plan`: the real `ldsync plan --format json` end to end (open, model, keys, checkpoint, diff, report);
 //! - `except`: DuckDB's `EXCEPT` in both directions over the model and the previous key set, results into Arrow,
-//!   with DuckDB's default memory limit rather than ldsync's engine settings.
+//!   with DuckDB's default memory limit rather than ldsync's engine settings;
+//! - `except≤` (DuckDB only): the same `EXCEPT` held to the engine's memory limit, as `plan` is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,7 +85,13 @@ fn main() {
         let fetch = measure(repeat, || phase_command("fetch", &dir));
         let plan = measure(repeat, || plan_command(&dir));
         let except = measure(repeat, || phase_command("except", &dir));
+        // The same EXCEPT held to the memory `plan` is given (engine.memory_limit), for comparison at equal memory.
+        let bounded =
+            (!postgres).then(|| measure(repeat, || phase_command("except-bounded", &dir)));
         let mut phases = vec![("fetch", &fetch), ("plan", &plan), ("except", &except)];
+        if let Some(bounded) = &bounded {
+            phases.push(("except≤", bounded));
+        }
         let copy = postgres.then(|| measure(repeat, || copy_command(&dir)));
         if let Some(copy) = &copy {
             phases.push(("copy", copy));
@@ -337,12 +344,14 @@ fn run_phase(phase: &str, dir: &Path) {
             let key = warehouse.key_column(&sql, "context_key").unwrap();
             warehouse.stream_keys(&sql, &key, &mut count)
         }
-        "except" => {
-            // DuckDB's own defaults (memory up to 80% of the machine's), not ldsync's engine settings.
-            warehouse
-                .engine()
-                .execute_batch("RESET memory_limit; RESET temp_directory")
-                .unwrap();
+        "except" | "except-bounded" => {
+            if phase == "except" {
+                // DuckDB's own defaults (memory up to 80% of the machine's), not ldsync's engine settings.
+                warehouse
+                    .engine()
+                    .execute_batch("RESET memory_limit; RESET temp_directory")
+                    .unwrap();
+            }
             let t = std::fs::read_to_string(dir.join("tables")).unwrap();
             warehouse.stream_column(
                 &format!(
