@@ -349,6 +349,7 @@ fn run_phase(phase: &str, dir: &Path) {
                 // DuckDB's own defaults (memory up to 80% of the machine's), not ldsync's engine settings.
                 warehouse
                     .engine()
+                    .unwrap()
                     .execute_batch("RESET memory_limit; RESET temp_directory")
                     .unwrap();
             }

@@ -180,7 +180,7 @@ impl<'e> ModelKeys<'e> {
         policy: InvalidKeys,
         fetched: &ProgressBar,
     ) -> Result<Self, AudienceError> {
-        let engine = warehouse.engine();
+        let engine = warehouse.engine()?;
         let table = table_name("model_keys");
         let mut model = ModelKeys {
             engine,
@@ -226,6 +226,11 @@ impl<'e> ModelKeys<'e> {
         })?;
         model.count_rejections(policy)?;
         Ok(model)
+    }
+
+    /// The set engine holding the rows.
+    pub fn engine(&self) -> &'e Connection {
+        self.engine
     }
 
     /// Counts rows and rejections; under `invalid_keys: fail`, the first rejected row is an error.
@@ -401,7 +406,7 @@ fn stream_into_engine(
     key: &KeyColumn,
     fetched: &ProgressBar,
 ) -> Result<&'static str, AudienceError> {
-    let engine = warehouse.engine();
+    let engine = warehouse.engine()?;
     engine
         .execute_batch(&format!(
             "CREATE OR REPLACE TEMP TABLE {STREAMED} (k VARCHAR)"
@@ -793,7 +798,7 @@ mod tests {
         let warehouse =
             Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap();
         {
-            let mut appender = warehouse.engine().appender("m").unwrap();
+            let mut appender = warehouse.engine().unwrap().appender("m").unwrap();
             for key in keys {
                 appender.append_row([key]).unwrap();
             }
@@ -836,7 +841,7 @@ mod tests {
         );
         let model = load(&warehouse, InvalidKeys::Skip).unwrap();
         let delta = Delta::between(
-            warehouse.engine(),
+            warehouse.engine().unwrap(),
             KeySource::Model(&model),
             KeySource::Nothing,
         )
@@ -886,10 +891,10 @@ mod tests {
         );
         let model = load(&warehouse, InvalidKeys::Fail).unwrap();
         let members = StringArray::from(vec!["a", "Z", "a"]);
-        let members = KeyTable::load(warehouse.engine(), &members).unwrap();
+        let members = KeyTable::load(warehouse.engine().unwrap(), &members).unwrap();
         assert_eq!(members.count, 2, "a repeated member counts once");
         let delta = Delta::between(
-            warehouse.engine(),
+            warehouse.engine().unwrap(),
             KeySource::Model(&model),
             KeySource::Table(&members),
         )
@@ -912,7 +917,7 @@ mod tests {
         let path = dir.path().join("snapshot.parquet");
         assert_eq!(model.write_snapshot(&path).unwrap(), 4);
         // Read back by DuckDB, in the file's order.
-        let engine = warehouse.engine();
+        let engine = warehouse.engine().unwrap();
         let columns = query_rows(
             engine,
             &format!("DESCRIBE SELECT * FROM read_parquet('{}')", path.display()),
@@ -931,7 +936,7 @@ mod tests {
         assert_eq!(keys, ["B", "a", "b", "é"]);
         // And it reads back as a baseline.
         let delta = Delta::between(
-            warehouse.engine(),
+            warehouse.engine().unwrap(),
             KeySource::Model(&model),
             KeySource::Snapshot(&path),
         )
@@ -942,7 +947,7 @@ mod tests {
     #[test]
     fn large_sets_are_compared_in_partitions_of_the_memory_limit() {
         let warehouse = warehouse_with(&[], &["SET memory_limit = '256MB'"]);
-        let engine = warehouse.engine();
+        let engine = warehouse.engine().unwrap();
         assert_eq!(partitions_for(engine, 1_000_000).unwrap(), 1);
         assert_eq!(partitions_for(engine, 10_000_000).unwrap(), 1);
         assert_eq!(partitions_for(engine, 100_000_000).unwrap(), 10);
@@ -961,9 +966,13 @@ mod tests {
             .into_iter()
             .collect();
         for partitions in [1, 3] {
-            let distinct =
-                Distinct::of(warehouse.engine(), KeySource::Model(&model), partitions).unwrap();
-            let keys = sorted_keys(warehouse.engine(), distinct.sql()).unwrap();
+            let distinct = Distinct::of(
+                warehouse.engine().unwrap(),
+                KeySource::Model(&model),
+                partitions,
+            )
+            .unwrap();
+            let keys = sorted_keys(warehouse.engine().unwrap(), distinct.sql()).unwrap();
             assert_eq!(strings(&keys), expected, "{partitions} partitions");
         }
     }
@@ -971,7 +980,7 @@ mod tests {
     #[test]
     fn lists_left_in_the_engine_are_read_one_after_the_other() {
         let warehouse = warehouse_with(&[Some("d"), Some("a"), Some("c"), Some("d")], &[]);
-        let engine = warehouse.engine();
+        let engine = warehouse.engine().unwrap();
         let model = load(&warehouse, InvalidKeys::Fail).unwrap();
         let previous = KeyTable::load(engine, &StringArray::from(vec!["a", "b", "z"])).unwrap();
         let delta = Delta::between(
@@ -1015,7 +1024,7 @@ mod tests {
             let rows: Vec<Option<&str>> = model.iter().map(|k| Some(k.as_str())).collect();
             let warehouse = warehouse_with(&rows, &[]);
             let model_keys = load(&warehouse, InvalidKeys::Skip).unwrap();
-            let engine = warehouse.engine();
+            let engine = warehouse.engine().unwrap();
             let dir = tempfile::tempdir().unwrap();
             let snapshot = dir.path().join("previous.parquet");
             let previous_array = StringArray::from_iter_values(previous.iter());

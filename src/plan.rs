@@ -373,21 +373,15 @@ impl<'a> Planner<'a> {
 
     /// Plans one sync's model keys against a baseline. The delta comes with it: keys left in the engine are read
     /// from it.
-    pub fn plan_against(
+    pub fn plan_against<'e>(
         &self,
         sync: &SyncConfig,
-        model: &ModelKeys<'_>,
+        model: &ModelKeys<'e>,
         baseline: Baseline<'_>,
         listing: Listing,
-    ) -> Result<(SyncPlan, Delta<'a>), SyncError> {
+    ) -> Result<(SyncPlan, Delta<'e>), SyncError> {
         let model_path = self.config.model_path(sync);
-        plan_keys(self.warehouse, sync, &model_path, model, baseline, listing)
-            .map_err(|e| self.error(sync, e))
-    }
-
-    /// The set engine.
-    pub fn engine(&self) -> &'a duckdb::Connection {
-        self.warehouse.engine()
+        plan_keys(sync, &model_path, model, baseline, listing).map_err(|e| self.error(sync, e))
     }
 
     /// Whether the model's valid keys are exactly the checkpoint's.
@@ -398,7 +392,7 @@ impl<'a> Planner<'a> {
         checkpoint: &Checkpoint,
     ) -> Result<bool, SyncError> {
         let delta = Delta::between(
-            self.warehouse.engine(),
+            model.engine(),
             KeySource::Model(model),
             KeySource::Snapshot(checkpoint.snapshot_path()),
         )
@@ -447,7 +441,7 @@ impl<'a> Planner<'a> {
         members: &StringArray,
         excluded: &[String],
     ) -> Result<Drift, AudienceError> {
-        let engine = self.warehouse.engine();
+        let engine = self.warehouse.engine()?;
         let members = KeyTable::load(engine, members)?;
         let delta = Delta::between(
             engine,
@@ -508,14 +502,13 @@ pub enum Baseline<'a> {
 }
 
 fn plan_keys<'e>(
-    warehouse: &'e Warehouse,
     sync: &SyncConfig,
     model_path: &std::path::Path,
-    model: &ModelKeys<'_>,
+    model: &ModelKeys<'e>,
     baseline: Baseline<'_>,
     listing: Listing,
 ) -> Result<(SyncPlan, Delta<'e>), PlanError> {
-    let engine = warehouse.engine();
+    let engine = model.engine();
     let members_table;
     let (baseline_keys, baseline_count) = match baseline {
         Baseline::Checkpoint(Some(checkpoint)) => (

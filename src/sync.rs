@@ -605,7 +605,7 @@ impl<'a> Engine<'a> {
     ) -> Result<Journal, EngineError> {
         let snapshot = self.prepare_snapshot(sync, run_id, model)?;
         let error = |e: AudienceError| EngineError::Plan(self.planner.error(sync, e));
-        let engine = self.planner.engine();
+        let engine = model.engine();
         let mut adds = KeyRead::prepare(engine, &plan.adds).map_err(error)?;
         let mut removes = KeyRead::prepare(engine, &plan.removes).map_err(error)?;
         let header = RunHeader {

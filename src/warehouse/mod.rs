@@ -95,7 +95,9 @@ pub enum Warehouse {
     DuckDb(duckdb::Connection),
     Postgres {
         source: postgres::Postgres,
-        engine: duckdb::Connection,
+        /// Opened when first needed: a fetch or an events sync never needs it.
+        engine: std::cell::OnceCell<duckdb::Connection>,
+        settings: EngineSettings,
     },
 }
 
@@ -120,16 +122,25 @@ impl Warehouse {
                 pool_size,
             } => Ok(Warehouse::Postgres {
                 source: postgres::Postgres::connect(url, *statement_timeout, *pool_size)?,
-                engine: open_engine(engine)?,
+                engine: std::cell::OnceCell::new(),
+                settings: engine.clone(),
             }),
         }
     }
 
     /// The DuckDB connection that does the set work.
-    pub fn engine(&self) -> &duckdb::Connection {
+    pub fn engine(&self) -> Result<&duckdb::Connection, WarehouseError> {
         match self {
-            Warehouse::DuckDb(conn) => conn,
-            Warehouse::Postgres { engine, .. } => engine,
+            Warehouse::DuckDb(conn) => Ok(conn),
+            Warehouse::Postgres {
+                engine, settings, ..
+            } => {
+                if let Some(engine) = engine.get() {
+                    return Ok(engine);
+                }
+                let opened = open_engine(settings)?;
+                Ok(engine.get_or_init(|| opened))
+            }
         }
     }
 
