@@ -638,10 +638,19 @@ impl EngineConfig {
         let memory_limit = raw
             .memory_limit
             .map_or_else(|| DEFAULT_ENGINE_MEMORY.to_string(), |m| m.0);
-        if !is_memory_size(&memory_limit) {
-            return Err(format!(
-                "`memory_limit` takes a size such as 256MB or 2GB, got `{memory_limit}`"
-            ));
+        match parse_size(&memory_limit) {
+            Some(bytes) if bytes >= MIN_ENGINE_MEMORY => {}
+            Some(_) => {
+                return Err(format!(
+                    "`memory_limit` must be at least 64MB (DuckDB does not spill reliably below it), got \
+                     `{memory_limit}`"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "`memory_limit` takes a size such as 256MB or 2GB, got `{memory_limit}`"
+                ));
+            }
         }
         if raw.threads == Some(0) {
             return Err("`threads` must be at least 1".into());
@@ -654,10 +663,8 @@ impl EngineConfig {
     }
 }
 
-/// Whether `text` is a size DuckDB reads, such as `256MB`, `1.5GB` or `512 MiB`.
-fn is_memory_size(text: &str) -> bool {
-    parse_size(text).is_some_and(|bytes| bytes > 0)
-}
+/// The smallest `engine.memory_limit`: below it DuckDB runs out of memory now and then instead of spilling.
+const MIN_ENGINE_MEMORY: u64 = 64_000_000;
 
 /// The bytes of a size such as `256MB`, `1.5GB` or `244.1 MiB` (DuckDB's units: KB, MB, GB, TB of 1000 and KiB,
 /// MiB, GiB, TiB of 1024); `None` when it is not one.
@@ -1380,6 +1387,13 @@ mod tests {
         let defaults: EngineConfig = serde_yaml_ng::from_str("{}").unwrap();
         assert_eq!(defaults, EngineConfig::default());
         assert_eq!(defaults.memory_limit, "256MB");
+        let err = serde_yaml_ng::from_str::<EngineConfig>("memory_limit: 32MB")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`memory_limit` must be at least 64MB"),
+            "{err}"
+        );
         for wrong in [
             "memory_limit: lots",
             "memory_limit: 12",

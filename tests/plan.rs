@@ -537,3 +537,38 @@ fn a_checkpoint_written_by_an_earlier_release_still_loads_and_plans() {
         assert_eq!(strings(&plan["removes"]), left, "{day}");
     }
 }
+
+/// An audience larger than one join of the engine's memory limit: with `engine.memory_limit: 64MB`, 3M keys are
+/// compared in two partitions of their hash, DuckDB spilling to `engine.temp_directory`, and the plan is still exact.
+#[test]
+fn an_audience_past_the_engine_memory_limit_is_planned_exactly_in_partitions() {
+    let project = Project::example();
+    project.write(
+        "sql/pro_users.sql",
+        "SELECT 'usr_' || lpad(CAST(i AS VARCHAR), 8, '0') AS context_key FROM range(3000000) r(i)",
+    );
+    project.edit_config(
+        "state:\n",
+        "engine:\n  memory_limit: 64MB\n  threads: 2\n  temp_directory: spill\nstate:\n",
+    );
+    let key = |i: u32| format!("usr_{i:08}");
+    // The checkpoint lacks every 100,000th key and holds 3 keys the model no longer returns.
+    let previous: BTreeSet<String> = (0..3_000_000)
+        .filter(|i| i % 100_000 != 7)
+        .map(key)
+        .chain(["usr_x1", "usr_x2", "usr_x3"].map(String::from))
+        .collect();
+    project.commit_checkpoint("pro-users", &previous);
+    let out = project.ldsync("day1", &["plan", "pro-users", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = sync(&json(&out), "pro-users").clone();
+    let entered: BTreeSet<String> = (0..30).map(|n| key(n * 100_000 + 7)).collect();
+    assert_eq!(strings(&plan["adds"]), entered);
+    assert_eq!(
+        strings(&plan["removes"]),
+        ["usr_x1", "usr_x2", "usr_x3"].map(String::from).into()
+    );
+    assert_eq!(plan["keys"]["rows"], 3_000_000);
+    assert_eq!(plan["keys"]["distinct"], 3_000_000);
+    assert_eq!(plan["keys"]["duplicates"], 0);
+}
