@@ -172,13 +172,14 @@ pub struct ModelKeys<'e> {
 
 impl<'e> ModelKeys<'e> {
     /// Runs the model once into the set engine and checks its keys. With a duckdb warehouse the rows never leave
-    /// DuckDB; other warehouses stream them in as Arrow. `fetched` counts the rows.
+    /// DuckDB, and `progress` (a step spinner) shows how far DuckDB says it is; other warehouses stream them in as
+    /// Arrow, and `progress` (a fetch spinner) counts the rows.
     pub fn load(
         warehouse: &'e Warehouse,
         model_sql: &str,
         key: &KeyColumn,
         policy: InvalidKeys,
-        fetched: &ProgressBar,
+        progress: &ProgressBar,
     ) -> Result<Self, AudienceError> {
         let engine = warehouse.engine()?;
         let table = table_name("model_keys");
@@ -197,12 +198,12 @@ impl<'e> ModelKeys<'e> {
                 )
             }
             Warehouse::Postgres { .. } => {
-                let streamed = stream_into_engine(warehouse, model_sql, key, fetched)?;
+                let streamed = stream_into_engine(warehouse, model_sql, key, progress)?;
                 format!("SELECT k FROM {streamed}")
             }
         };
         let streamed_rows_counted = ProgressBar::hidden();
-        let created = execute_showing_rows(
+        let created = execute_showing_progress(
             engine,
             &format!(
                 "CREATE OR REPLACE TEMP TABLE {table} AS \
@@ -212,7 +213,7 @@ impl<'e> ModelKeys<'e> {
             ),
             // Rows streamed in from another warehouse were counted as they came.
             match warehouse {
-                Warehouse::DuckDb(_) => fetched,
+                Warehouse::DuckDb(_) => progress,
                 Warehouse::Postgres { .. } => &streamed_rows_counted,
             },
         );
@@ -373,20 +374,24 @@ impl Drop for ModelKeys<'_> {
     }
 }
 
-/// Runs `sql` on the engine; while it runs, `rows` shows how many rows DuckDB has processed (when it is drawn).
-fn execute_showing_rows(engine: &Connection, sql: &str, rows: &ProgressBar) -> duckdb::Result<()> {
-    if rows.is_hidden() {
+/// Runs the model's `sql` on the engine; while it runs, `progress` shows how far DuckDB estimates it is (when it is
+/// drawn).
+fn execute_showing_progress(
+    engine: &Connection,
+    sql: &str,
+    progress: &ProgressBar,
+) -> duckdb::Result<()> {
+    if progress.is_hidden() {
         return engine.execute_batch(sql);
     }
     engine.set_query_progress_tracking(true)?;
-    let progress = engine.progress_handle();
+    let query = engine.progress_handle();
     let done = AtomicBool::new(false);
     let result = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !done.load(Ordering::Relaxed) {
-                let now = progress.query_progress();
-                if now.is_available() {
-                    rows.set_position(now.rows_processed());
+                if let Some(percent) = query.query_progress().percentage() {
+                    progress.set_message(format!("running the model, {percent:.0}% done"));
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }

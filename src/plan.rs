@@ -381,7 +381,10 @@ impl<'a> Planner<'a> {
         listing: Listing,
     ) -> Result<(SyncPlan, Delta<'e>), SyncError> {
         let model_path = self.config.model_path(sync);
-        plan_keys(sync, &model_path, model, baseline, listing).map_err(|e| self.error(sync, e))
+        let comparing = progress::step_spinner(&sync.name, "comparing keys", self.progress);
+        let planned = plan_keys(sync, &model_path, model, baseline, listing);
+        comparing.finish_and_clear();
+        planned.map_err(|e| self.error(sync, e))
     }
 
     /// Whether the model's valid keys are exactly the checkpoint's.
@@ -485,9 +488,14 @@ impl<'a> Planner<'a> {
 
     fn read_model_keys(&self, sync: &SyncConfig) -> Result<ModelKeys<'a>, PlanError> {
         let (sql, key) = self.read_model(sync)?;
-        let fetched = progress::fetch_spinner(&sync.name, self.progress);
-        let model = ModelKeys::load(self.warehouse, &sql, &key, sync.invalid_keys, &fetched)?;
-        fetched.finish_and_clear();
+        let progress = match self.warehouse {
+            Warehouse::DuckDb(_) => {
+                progress::step_spinner(&sync.name, "running the model", self.progress)
+            }
+            Warehouse::Postgres { .. } => progress::fetch_spinner(&sync.name, self.progress),
+        };
+        let model = ModelKeys::load(self.warehouse, &sql, &key, sync.invalid_keys, &progress)?;
+        progress.finish_and_clear();
         Ok(model)
     }
 }

@@ -1,5 +1,5 @@
 //! Progress bars on standard error, for people watching a long run in a terminal: the model rows a fetch has
-//! read so far, and the keys a sync has sent. When standard error is not a terminal they stay hidden, and the log
+//! read so far, the time a long step has taken, and the keys a sync has sent. When standard error is not a terminal they stay hidden, and the log
 //! lines say what happened instead.
 
 use std::time::Duration;
@@ -19,6 +19,22 @@ pub fn fetch_spinner(sync: &str, shown: bool) -> ProgressBar {
         .expect("a valid progress template"),
     );
     bar.set_prefix(sync.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// A spinner with the time spent so far on one step of a sync, such as comparing its keys with the checkpoint.
+pub fn step_spinner(sync: &str, step: &str, shown: bool) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template("{spinner} {prefix}: {msg}, {elapsed}")
+        .expect("a valid progress template");
+    let bar = ProgressBar::hidden()
+        .with_style(style)
+        .with_prefix(sync.to_string())
+        .with_message(step.to_string());
+    bar.set_draw_target(ProgressDrawTarget::stderr());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }

@@ -630,11 +630,14 @@ impl<'a> Engine<'a> {
         run_id: &str,
         model: &ModelKeys<'_>,
     ) -> Result<PreparedSnapshot, EngineError> {
-        self.store.prepare(&sync.name, run_id, |path| {
+        let writing = progress::step_spinner(&sync.name, "writing the snapshot", self.progress);
+        let prepared = self.store.prepare(&sync.name, run_id, |path| {
             model
                 .write_snapshot(path)
                 .map_err(|e| EngineError::Plan(self.planner.error(sync, e)))
-        })
+        });
+        writing.finish_and_clear();
+        prepared
     }
 
     /// Sends the journal's unacknowledged batches, then commits its checkpoint and closes it. A batch LaunchDarkly
