@@ -427,7 +427,7 @@ impl<'a> Planner<'a> {
 
     /// What was changed by hand in the segment since the checkpoint: its real `members` against the
     /// checkpoint's keys, leaving aside keys it holds as `excluded` (sorted) targets (never added, so never missing).
-    pub fn drift(
+    fn drift(
         &self,
         sync: &SyncConfig,
         checkpoint: &Checkpoint,

@@ -515,7 +515,7 @@ impl<'a> Engine<'a> {
         let model_matches_checkpoint = match (&checkpoint, baseline) {
             (None, _) => false,
             (Some(_), Baseline::Checkpoint(_)) => plan.entered == 0 && plan.left == 0,
-            // Compared with the membership (a standard segment: small), the checkpoint's hash says it.
+            // Compared with the membership (a standard segment: small), a second comparison says it.
             (Some(checkpoint), Baseline::Membership(_)) => {
                 self.planner.matches_checkpoint(sync, &model, checkpoint)?
             }
