@@ -61,7 +61,7 @@ fn defaults_fill_what_is_left_out() {
 
 #[test]
 fn the_shipped_example_loads() {
-    let config = Config::load(&std::path::Path::new(REPO).join("connector.yaml")).unwrap();
+    let config = Config::load(&repo().join("connector.yaml")).unwrap();
     assert_eq!(config.syncs.len(), 4);
     assert!(matches!(
         config.syncs[1].schedule,
