@@ -711,14 +711,12 @@ fn batch_keys(
     doing: &'static str,
 ) -> Vec<Result<String, AudienceError>> {
     let keys = batch.map_err(engine_error(doing)).and_then(|batch| {
-        let mut keys = StringBuilder::new();
-        append_keys(&mut keys, batch.column(0))?;
-        Ok(keys.finish())
+        Ok(text_values(batch.column(0))?
+            .flatten()
+            .map(|k| Ok(k.to_string()))
+            .collect())
     });
-    match keys {
-        Ok(keys) => keys.iter().flatten().map(|k| Ok(k.to_string())).collect(),
-        Err(e) => vec![Err(e)],
-    }
+    keys.unwrap_or_else(|e| vec![Err(e)])
 }
 
 /// The distinct keys of `keys` that `of` holds too, sorted by byte order.
@@ -746,7 +744,7 @@ fn sorted_keys(engine: &Connection, query: &str) -> Result<StringArray, Audience
     let mut keys = StringBuilder::new();
     for batch in statement.stream_arrow([]).map_err(engine_error(doing))? {
         let batch = batch.map_err(engine_error(doing))?;
-        append_keys(&mut keys, batch.column(0))?;
+        keys.extend(text_values(batch.column(0))?);
     }
     Ok(keys.finish())
 }
@@ -756,14 +754,16 @@ fn sorted_query(query: &str) -> String {
     format!("SELECT k FROM ({query}) ORDER BY k COLLATE c")
 }
 
-fn append_keys(keys: &mut StringBuilder, column: &ArrayRef) -> Result<(), AudienceError> {
-    match column.data_type() {
-        DataType::Utf8 => keys.extend(column.as_string::<i32>().iter()),
-        DataType::LargeUtf8 => keys.extend(column.as_string::<i64>().iter()),
-        DataType::Utf8View => keys.extend(column.as_string_view().iter()),
+/// The values of a text column, whichever of Arrow's string types it arrived as.
+fn text_values(
+    column: &ArrayRef,
+) -> Result<Box<dyn Iterator<Item = Option<&str>> + '_>, AudienceError> {
+    Ok(match column.data_type() {
+        DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
+        DataType::LargeUtf8 => Box::new(column.as_string::<i64>().iter()),
+        DataType::Utf8View => Box::new(column.as_string_view().iter()),
         other => return Err(KeyError::NotText(other.clone()).into()),
-    }
-    Ok(())
+    })
 }
 
 /// Runs `sql` and maps each row.

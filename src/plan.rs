@@ -224,8 +224,8 @@ pub struct SyncPlan {
     pub removes: KeyList,
     /// Model keys the segment holds as excluded targets: LaunchDarkly refuses to include them, so they are left
     /// out of the adds.
-    #[serde(serialize_with = "array_list")]
-    pub excluded: StringArray,
+    #[serde(serialize_with = "key_list")]
+    pub excluded: KeyList,
     /// Hand edits found in the segment since the checkpoint, when the plan compared with its real membership.
     pub drift: Option<Drift>,
     /// Adds first, then removes, each at most the sync's batch size.
@@ -271,7 +271,7 @@ impl SyncPlan {
             StringArray::from_iter_values(kept),
         );
         self.notes.push(note);
-        self.excluded = left_out;
+        self.excluded = KeyList::Listed(left_out);
         self.adds = KeyList::Listed(kept);
         self.requests = requests(self.adds.len(), self.removes.len(), batch_size);
     }
@@ -297,10 +297,6 @@ impl SyncPlan {
 }
 
 fn key_list<S: Serializer>(keys: &KeyList, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(keys.iter().flatten())
-}
-
-fn array_list<S: Serializer>(keys: &StringArray, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(keys.iter().flatten())
 }
 
@@ -565,7 +561,7 @@ fn plan_keys<'e>(
         left: diff.left,
         adds,
         removes,
-        excluded: StringArray::from(Vec::<&str>::new()),
+        excluded: KeyList::empty(),
         drift: None,
         notes: Vec::new(),
     };

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -398,7 +398,7 @@ fn write_sync_detail(plan: &SyncPlan, show: usize, out: &mut dyn Write) -> std::
         write_keys(
             out,
             "excluded in LaunchDarkly, not added",
-            &KeyList::Listed(plan.excluded.clone()),
+            &plan.excluded,
             show,
         )?;
     }
