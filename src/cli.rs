@@ -21,6 +21,8 @@ use crate::report::{
     write_plan_report, write_sync_report,
 };
 use crate::shutdown;
+use crate::state::Store;
+use crate::state::copy::{Copied, Copier, StoreKind};
 use crate::status;
 use crate::sync::{Engine, SyncOptions, SyncReport};
 use crate::warehouse::Warehouse;
@@ -179,6 +181,21 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
         format: SyncFormat,
     },
+    /// Copy syncs' checkpoints between the local store (the files in state.directory) and the PostgreSQL store
+    /// (state.kind: postgres, state.url), to move a team to shared state, or back, without a full resync. Each
+    /// checkpoint is copied as it is (its keys, run and settings; an events sync's watermark) under both stores'
+    /// run locks. A sync with an unfinished run in either store is refused: finish that run first. Sends nothing
+    /// to LaunchDarkly.
+    CopyCheckpoints {
+        /// Syncs whose checkpoints to copy (default: all).
+        syncs: Vec<String>,
+        /// The store to copy from; the other one is written.
+        #[arg(long, value_enum)]
+        from: StoreKind,
+        /// Overwrite a checkpoint the other store already has for a sync (by default that sync is refused).
+        #[arg(long)]
+        replace: bool,
+    },
     /// Show past runs, oldest first, from the state store.
     History {
         /// Syncs whose runs to show (default: all).
@@ -272,6 +289,11 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
             limit,
             format,
         } => history(&config, syncs, *limit, *format),
+        Command::CopyCheckpoints {
+            syncs,
+            from,
+            replace,
+        } => copy_checkpoints(&config, syncs, *from, *replace),
     }
 }
 
@@ -311,8 +333,9 @@ fn sync(
         &config.engine_settings(),
         &config.project_dir,
     )?;
+    let store = Store::open(config)?;
     let shutdown = shutdown::listen().context("cannot listen for signals")?;
-    let engine = Engine::new(config, &warehouse, client)
+    let engine = Engine::new(config, &warehouse, &store, client)
         .with_progress(progress)
         .with_shutdown(shutdown.clone());
     let runtime = runtime()?;
@@ -352,10 +375,11 @@ fn sync_exit_code(reports: &[SyncReport], detailed: bool) -> u8 {
 
 fn status(config: &Config, names: &[String], format: SyncFormat) -> anyhow::Result<u8> {
     let now = chrono::Utc::now();
-    let statuses = config
-        .select_syncs(names)?
+    let syncs = config.select_syncs(names)?;
+    let store = Store::open(config)?;
+    let statuses = syncs
         .into_iter()
-        .map(|sync| status::status_of(config, sync, now))
+        .map(|sync| status::status_of(config, &store, sync, now))
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = BufWriter::new(std::io::stdout());
     status::write_status(&statuses, now, format, &mut out)?;
@@ -370,11 +394,42 @@ fn history(
     format: SyncFormat,
 ) -> anyhow::Result<u8> {
     let syncs = config.select_syncs(names)?;
-    let runs = status::history_of(config, &syncs, limit)?;
+    let runs = status::history_of(&Store::open(config)?, &syncs, limit)?;
     let mut out = BufWriter::new(std::io::stdout());
     status::write_history(&runs, format, &mut out)?;
     out.flush()?;
     Ok(exit::OK)
+}
+
+fn copy_checkpoints(
+    config: &Config,
+    names: &[String],
+    from: StoreKind,
+    replace: bool,
+) -> anyhow::Result<u8> {
+    let syncs = config.select_syncs(names)?;
+    let copier = Copier::open(config, from)?;
+    let (from, to) = copier.direction();
+    let mut failures = 0;
+    for sync in syncs {
+        let name = sync.name();
+        match copier.copy(sync, replace) {
+            Ok(Copied::Checkpoint { run_id, key_count }) => {
+                println!(
+                    "✓ {name}: checkpoint of run {run_id} ({key_count} keys) copied from {from} to {to}"
+                )
+            }
+            Ok(Copied::Events { run_id }) => {
+                println!("✓ {name}: events checkpoint of run {run_id} copied from {from} to {to}")
+            }
+            Ok(Copied::Nothing) => println!("- {name}: no checkpoint in the {from} store"),
+            Err(e) => {
+                failures += 1;
+                println!("✗ {e}");
+            }
+        }
+    }
+    Ok(if failures == 0 { exit::OK } else { exit::ERROR })
 }
 
 /// How `ldsync plan` was asked to run.
@@ -405,17 +460,19 @@ fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::
         &config.engine_settings(),
         &config.project_dir,
     )?;
+    let store = Store::open(config)?;
     let segment_syncs: Vec<&SyncConfig> = syncs.iter().filter_map(|s| s.segment()).collect();
     let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full && !segment_syncs.is_empty()
     {
-        let engine = Engine::new(config, &warehouse, client(config)?).with_progress(progress);
+        let engine =
+            Engine::new(config, &warehouse, &store, client(config)?).with_progress(progress);
         let runtime = runtime()?;
         Box::new(move |sync| runtime.block_on(engine.plan_full(sync)))
     } else {
-        let planner = Planner::new(config, &warehouse).with_progress(progress);
+        let planner = Planner::new(config, &warehouse, &store).with_progress(progress);
         Box::new(move |sync| planner.plan(sync))
     };
-    let events = EventPlanner::new(config, &warehouse).with_progress(progress);
+    let events = EventPlanner::new(config, &warehouse, &store).with_progress(progress);
     let event_results: Vec<EventPlanResult> = syncs
         .iter()
         .filter_map(|s| s.events())
@@ -493,8 +550,9 @@ fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
         &config.engine_settings(),
         &config.project_dir,
     )?;
-    let planner = Planner::new(config, &warehouse);
-    let events = EventPlanner::new(config, &warehouse);
+    let store = Store::open(config)?;
+    let planner = Planner::new(config, &warehouse, &store);
+    let events = EventPlanner::new(config, &warehouse, &store);
     let mut failures = 0;
     for sync in syncs {
         let checked = match sync {

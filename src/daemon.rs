@@ -16,13 +16,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::config::{Config, SyncEntry};
 use crate::history::RunOutcome;
-use crate::journal;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
 use crate::metrics::{self, Metrics};
 use crate::schedule::Schedule;
 use crate::shutdown::{Shutdown, Stage};
-use crate::state::LocalStore;
+use crate::state::Store;
 use crate::status::{last_success, runs_of};
 use crate::sync::{Engine, SyncOptions};
 use crate::warehouse::Warehouse;
@@ -64,7 +63,7 @@ pub fn run(
         &config.engine_settings(),
         &config.project_dir,
     )?;
-    let store = LocalStore::new(config.state_dir());
+    let store = Store::open(config)?;
     let metrics = Arc::new(Metrics::new(scheduled.iter().map(|(s, _)| s.name())));
     let mut loops = Vec::new();
     for &(sync, schedule) in &scheduled {
@@ -74,7 +73,8 @@ pub fn run(
         }
         let client = Client::new(&config.launchdarkly, token.clone(), options.request_timeout)
             .context("cannot set up the HTTP client")?;
-        let engine = Engine::new(config, &warehouse, client).with_shutdown(shutdown.clone());
+        let engine =
+            Engine::new(config, &warehouse, &store, client).with_shutdown(shutdown.clone());
         let scheduler = SyncLoop {
             sync,
             schedule,
@@ -83,7 +83,7 @@ pub fn run(
             shutdown: &shutdown,
             failure_backoff: options.failure_backoff,
         };
-        let unfinished = journal::exists(&store.sync_dir(sync.name()));
+        let unfinished = store.journal_exists(sync.name());
         loops.push(scheduler.run(runs.last().map(|r| r.started_at), unfinished));
     }
     if let Some(addr) = options.metrics_addr {

@@ -1,5 +1,6 @@
-//! Run history: one JSON line per sync run in `<sync>/runs.jsonl`, saying what the run did and how it ended, so an
-//! operator (or `ldsync run`'s status) can tell what happened without reading logs.
+//! Run history: one record per sync run, saying what the run did and how it ended, so an operator (or `ldsync
+//! run`'s status) can tell what happened without reading logs. The local store keeps a JSON line a run in
+//! `<sync>/runs.jsonl`; the PostgreSQL store a row a run.
 
 use std::fs::File;
 use std::io::Write;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::BadRows;
 use crate::launchdarkly::CallStats;
 use crate::plan::{Drift, KeySample};
+use crate::state::{StateError, Store};
 
 const HISTORY_FILE: &str = "runs.jsonl";
 
@@ -98,10 +100,52 @@ pub struct EventCounts {
     pub watermark: Option<DateTime<Utc>>,
 }
 
-/// Appends `record` to the sync's history and flushes it to disk.
-pub fn append(dir: &Path, record: &RunRecord) -> std::io::Result<()> {
+/// Appends `record` to its sync's history, durably.
+pub fn append(store: &Store, record: &RunRecord) -> Result<(), StateError> {
+    let line = serde_json::to_string(record).expect("run records always serialize");
+    match store {
+        Store::Local(local) => {
+            let dir = local.sync_dir(&record.sync);
+            append_line(&dir, line).map_err(|source| StateError::Io {
+                action: "cannot append to",
+                path: dir.join(HISTORY_FILE),
+                source,
+            })
+        }
+        Store::Postgres(pg) => {
+            pg.append_run(&record.sync, &record.run_id, record.finished_at, line)
+        }
+    }
+}
+
+/// The sync's run records, oldest first. A torn last line of the local store's file (a crash while appending) is
+/// left out.
+pub fn read(store: &Store, sync: &str) -> Result<Vec<RunRecord>, StateError> {
+    let lines = match store {
+        Store::Local(local) => {
+            let path = local.sync_dir(sync).join(HISTORY_FILE);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => text.lines().map(str::to_string).collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(source) => {
+                    return Err(StateError::Io {
+                        action: "cannot read",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Store::Postgres(pg) => pg.runs(sync)?,
+    };
+    Ok(lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn append_line(dir: &Path, mut line: String) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut line = serde_json::to_string(record).expect("run records always serialize");
     line.push('\n');
     let mut file = File::options()
         .create(true)
@@ -111,22 +155,10 @@ pub fn append(dir: &Path, record: &RunRecord) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// The sync's run records, oldest first. A torn last line (a crash while appending) is left out.
-pub fn read(dir: &Path) -> std::io::Result<Vec<RunRecord>> {
-    let text = match std::fs::read_to_string(dir.join(HISTORY_FILE)) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::LocalStore;
 
     #[test]
     fn records_append_and_read_back_in_order() {
@@ -154,15 +186,16 @@ mod tests {
             },
             error: None,
         };
-        append(dir.path(), &record("r1", RunOutcome::Failed)).unwrap();
-        append(dir.path(), &record("r2", RunOutcome::Synced)).unwrap();
+        let store = Store::Local(LocalStore::new(dir.path()));
+        append(&store, &record("r1", RunOutcome::Failed)).unwrap();
+        append(&store, &record("r2", RunOutcome::Synced)).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
-            .open(dir.path().join(HISTORY_FILE))
+            .open(dir.path().join("s").join(HISTORY_FILE))
             .unwrap()
             .write_all(b"{\"sync\":")
             .unwrap();
-        let records = read(dir.path()).unwrap();
+        let records = read(&store, "s").unwrap();
         assert_eq!(
             records,
             [

@@ -12,6 +12,9 @@
 //! A batch LaunchDarkly refuses for good (400, 404, 422) gets a `refused` line: such a run is never resumed, since
 //! sending the same batch again would fail the same way. The next run abandons it and plans again.
 //!
+//! The PostgreSQL store keeps the same in rows (see [`crate::state::PgStore`]): the header and every batch written in
+//! one transaction, each acknowledgement or refusal committed as it comes.
+//!
 //! A segment sync's journal holds [`RunHeader`] and target-change [`Batch`]es; an events sync's holds its own header
 //! and batches of events (see `events`), through the same [`JournalHeader`] and [`JournalBatch`] traits.
 
@@ -28,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use crate::launchdarkly::SegmentKind;
 use crate::plan::Action;
 use crate::state::{
-    CheckpointSettings, PreparedSnapshot, StateError, sync_directory, write_file_atomically_with,
+    CheckpointSettings, PgStore, PreparedSnapshot, StateError, Store, sync_directory,
+    write_file_atomically_with,
 };
 
 /// The journal format this build writes and reads.
@@ -45,6 +49,8 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot make the run's batches: {0}")]
+    Batches(std::io::Error),
     #[error(
         "the run journal {path} is damaged at line {line}: {problem}; move it aside and run `ldsync sync --full` to \
          reconcile the segment"
@@ -111,7 +117,7 @@ impl JournalBatch for Batch {
     }
 }
 
-/// Whether a run left a journal in `dir` (without reading it).
+/// Whether a run left a journal in the local store's directory `dir` (without reading it).
 pub fn exists(dir: &Path) -> bool {
     dir.join(JOURNAL_FILE).try_exists().unwrap_or(false)
 }
@@ -169,21 +175,133 @@ struct BatchLine {
     units: u64,
 }
 
-/// A journal on disk whose run has not committed yet. Only where each batch lies is held in memory; a batch is
-/// read from the file when it is sent, so a run of millions of keys never holds them all.
+/// A journal whose run has not committed yet. Only where each batch lies is held in memory; a batch is read from
+/// the store when it is sent, so a run of millions of keys never holds them all.
 #[derive(Debug)]
 pub struct Journal<H = RunHeader, B = Batch> {
     pub header: H,
     lines: Vec<BatchLine>,
     acknowledged: BTreeSet<usize>,
     refusal: Option<Refusal>,
-    path: PathBuf,
+    place: Place,
     batch: PhantomData<fn() -> B>,
+}
+
+/// Where a journal is kept.
+#[derive(Debug)]
+enum Place {
+    /// The local store's `journal.jsonl`.
+    File(PathBuf),
+    /// The PostgreSQL store's rows for `sync`.
+    Postgres { store: PgStore, sync: String },
 }
 
 impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     /// Writes the run's journal, whole, before anything is sent, one batch at a time as `batches` yields them.
     pub fn create(
+        store: &Store,
+        header: H,
+        batches: impl IntoIterator<Item = std::io::Result<B>>,
+    ) -> Result<Self, JournalError> {
+        match store {
+            Store::Local(local) => {
+                Self::create_file(&local.sync_dir(&header.run().sync), header, batches)
+            }
+            Store::Postgres(pg) => Self::create_rows(pg, header, batches),
+        }
+    }
+
+    /// The open journal of `sync`, if a run left one.
+    pub fn open(store: &Store, sync: &str) -> Result<Option<Self>, JournalError> {
+        match store {
+            Store::Local(local) => Self::open_file(&local.sync_dir(sync), sync),
+            Store::Postgres(pg) => Self::open_rows(pg, sync),
+        }
+    }
+
+    fn create_rows(
+        pg: &PgStore,
+        header: H,
+        batches: impl IntoIterator<Item = std::io::Result<B>>,
+    ) -> Result<Self, JournalError> {
+        let run = header.run().clone();
+        let header_json =
+            serde_json::to_string(&header).expect("a journal header always serializes");
+        let mut lines = Vec::with_capacity(header.batch_count());
+        let rows = batches.into_iter().map(|batch| {
+            let batch = batch.map_err(JournalError::Batches)?;
+            let units = batch.units();
+            lines.push(BatchLine {
+                offset: 0,
+                length: 0,
+                units,
+            });
+            Ok::<_, JournalError>((
+                units,
+                serde_json::to_string(&batch).expect("a batch always serializes"),
+            ))
+        });
+        pg.create_journal(&run.sync, &run.run_id, header_json, rows)?;
+        Ok(Journal {
+            header,
+            lines,
+            acknowledged: BTreeSet::new(),
+            refusal: None,
+            place: Place::Postgres {
+                store: pg.clone(),
+                sync: run.sync,
+            },
+            batch: PhantomData,
+        })
+    }
+
+    fn open_rows(pg: &PgStore, sync: &str) -> Result<Option<Self>, JournalError> {
+        let Some(rows) = pg.open_journal(sync)? else {
+            return Ok(None);
+        };
+        let place = Place::Postgres {
+            store: pg.clone(),
+            sync: sync.to_string(),
+        };
+        let damaged = |problem: String| JournalError::Damaged {
+            path: PathBuf::from(place.describe()),
+            line: 1,
+            problem,
+        };
+        let header: H = serde_json::from_str(&rows.header).map_err(|e| damaged(e.to_string()))?;
+        check_header(&header, sync).map_err(damaged)?;
+        if rows.units.len() != header.batch_count() {
+            return Err(damaged(format!(
+                "it lists {} batches, its header says {}",
+                rows.units.len(),
+                header.batch_count()
+            )));
+        }
+        let refusal = rows
+            .refusal
+            .map(|refusal| serde_json::from_str::<Refusal>(&refusal))
+            .transpose()
+            .map_err(|e| damaged(e.to_string()))?;
+        let lines = rows
+            .units
+            .into_iter()
+            .map(|units| BatchLine {
+                offset: 0,
+                length: 0,
+                units,
+            })
+            .collect();
+        Ok(Some(Journal {
+            header,
+            lines,
+            acknowledged: rows.acknowledged,
+            refusal,
+            place,
+            batch: PhantomData,
+        }))
+    }
+
+    fn create_file(
         dir: &Path,
         header: H,
         batches: impl IntoIterator<Item = std::io::Result<B>>,
@@ -209,7 +327,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
             lines,
             acknowledged: BTreeSet::new(),
             refusal: None,
-            path: dir.join(JOURNAL_FILE),
+            place: Place::File(dir.join(JOURNAL_FILE)),
             batch: PhantomData,
         })
     }
@@ -217,7 +335,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     /// The open journal in `dir`, if a run left one, read line by line. A torn last line (a crash or power loss in
     /// the middle of an append) is cut off the file first, so that what is appended next starts on a line of its
     /// own.
-    pub fn open(dir: &Path, sync: &str) -> Result<Option<Self>, JournalError> {
+    fn open_file(dir: &Path, sync: &str) -> Result<Option<Self>, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -262,27 +380,30 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
         reader.finish().map(Some)
     }
 
-    /// Batch `index` of the run, read from the journal's file.
+    /// Batch `index` of the run, read from the store.
     pub fn batch(&self, index: usize) -> Result<B, JournalError> {
-        let line = self.lines[index];
-        let read_error = |source| StateError::Io {
-            action: "cannot read",
-            path: self.path.clone(),
-            source,
+        let unreadable = || JournalError::Damaged {
+            path: PathBuf::from(self.place.describe()),
+            line: index + 2,
+            problem: format!("batch {index} cannot be read back"),
         };
-        let mut file = File::open(&self.path).map_err(read_error)?;
-        file.seek(SeekFrom::Start(line.offset))
-            .map_err(read_error)?;
-        let mut bytes = vec![0; line.length];
-        file.read_exact(&mut bytes).map_err(read_error)?;
-        match serde_json::from_slice::<Record<H, B>>(&bytes) {
-            Ok(Record::Batch(batch)) if batch.index() == index => Ok(batch),
-            _ => Err(JournalError::Damaged {
-                path: self.path.clone(),
-                line: index + 2,
-                problem: format!("batch {index} cannot be read back"),
-            }),
-        }
+        let bytes = match &self.place {
+            Place::File(path) => read_line(path, self.lines[index])?,
+            Place::Postgres { store, sync } => store
+                .journal_batch(sync, index)?
+                .ok_or_else(unreadable)?
+                .into_bytes(),
+        };
+        let batch = match &self.place {
+            Place::File(_) => match serde_json::from_slice::<Record<H, B>>(&bytes) {
+                Ok(Record::Batch(batch)) => Some(batch),
+                _ => None,
+            },
+            Place::Postgres { .. } => serde_json::from_slice::<B>(&bytes).ok(),
+        };
+        batch
+            .filter(|batch| batch.index() == index)
+            .ok_or_else(unreadable)
     }
 
     /// The indices of the batches not acknowledged yet, in the order they are to be sent.
@@ -300,9 +421,9 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
         self.lines[index].units
     }
 
-    /// The journal's file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the journal is, for messages.
+    pub fn location(&self) -> String {
+        self.place.describe()
     }
 
     pub fn batch_count(&self) -> usize {
@@ -320,10 +441,16 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
 
     /// Records, durably, that LaunchDarkly acknowledged batch `index`.
     pub fn acknowledge(&mut self, index: usize) -> Result<(), JournalError> {
-        self.append(&Mark::Ack {
-            index,
-            at: Utc::now(),
-        })?;
+        match &self.place {
+            Place::File(path) => append(
+                path,
+                &Mark::Ack {
+                    index,
+                    at: Utc::now(),
+                },
+            )?,
+            Place::Postgres { store, sync } => store.acknowledge(sync, index)?,
+        }
         self.acknowledged.insert(index);
         Ok(())
     }
@@ -335,34 +462,84 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
             at: Utc::now(),
             reason: reason.to_string(),
         };
-        self.append(&Mark::Refused(refusal.clone()))?;
+        match &self.place {
+            Place::File(path) => append(path, &Mark::Refused(refusal.clone()))?,
+            Place::Postgres { store, sync } => {
+                let json = serde_json::to_string(&refusal).expect("a refusal always serializes");
+                store.refuse(sync, json)?;
+            }
+        }
         self.refusal = Some(refusal);
         Ok(())
     }
 
-    fn append(&self, record: &Mark) -> Result<(), JournalError> {
-        let append_error = |source| JournalError::Append {
-            path: self.path.clone(),
-            source,
-        };
-        let mut file = File::options()
-            .append(true)
-            .open(&self.path)
-            .map_err(append_error)?;
-        write_record(&mut file, record).map_err(append_error)?;
-        file.sync_data().map_err(append_error)
-    }
-
     /// Removes the journal: its run committed, or it is abandoned (refused, or replaced by a `--full` run).
     pub fn close(self) -> Result<(), JournalError> {
-        std::fs::remove_file(&self.path).map_err(|source| StateError::Io {
+        let path = match self.place {
+            Place::File(path) => path,
+            Place::Postgres { store, sync } => return Ok(store.close_journal(&sync)?),
+        };
+        std::fs::remove_file(&path).map_err(|source| StateError::Io {
             action: "cannot remove",
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         })?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = path.parent().unwrap_or(Path::new("."));
         Ok(sync_directory(dir)?)
     }
+}
+
+impl Place {
+    fn describe(&self) -> String {
+        match self {
+            Place::File(path) => path.display().to_string(),
+            Place::Postgres { store, sync } => format!("{} journals[{sync}]", store.location()),
+        }
+    }
+}
+
+/// Reads one batch's line from the journal file at `path`.
+fn read_line(path: &Path, line: BatchLine) -> Result<Vec<u8>, JournalError> {
+    let read_error = |source| StateError::Io {
+        action: "cannot read",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_error)?;
+    file.seek(SeekFrom::Start(line.offset))
+        .map_err(read_error)?;
+    let mut bytes = vec![0; line.length];
+    file.read_exact(&mut bytes).map_err(read_error)?;
+    Ok(bytes)
+}
+
+/// Appends one mark to the journal file at `path`, durably.
+fn append(path: &Path, record: &Mark) -> Result<(), JournalError> {
+    let append_error = |source| JournalError::Append {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::options()
+        .append(true)
+        .open(path)
+        .map_err(append_error)?;
+    write_record(&mut file, record).map_err(append_error)?;
+    file.sync_data().map_err(append_error)
+}
+
+/// Whether `header` heads a journal this build reads, of sync `sync`; what is wrong if not.
+fn check_header<H: JournalHeader>(header: &H, sync: &str) -> Result<(), String> {
+    let run = header.run();
+    if run.format != JOURNAL_FORMAT {
+        return Err(format!(
+            "format {}, this ldsync reads {JOURNAL_FORMAT}",
+            run.format
+        ));
+    }
+    if run.sync != sync {
+        return Err(format!("it belongs to sync `{}`, not `{sync}`", run.sync));
+    }
+    Ok(())
 }
 
 /// Cuts the file at `path` to its first `length` bytes, durably.
@@ -457,19 +634,7 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
     }
 
     fn start(&mut self, header: H) -> Result<(), JournalError> {
-        let run = header.run();
-        if run.format != JOURNAL_FORMAT {
-            return Err(self.damaged(format!(
-                "format {}, this ldsync reads {JOURNAL_FORMAT}",
-                run.format
-            )));
-        }
-        if run.sync != self.sync {
-            return Err(self.damaged(format!(
-                "it belongs to sync `{}`, not `{}`",
-                run.sync, self.sync
-            )));
-        }
+        check_header(&header, self.sync).map_err(|problem| self.damaged(problem))?;
         self.header = Some(header);
         Ok(())
     }
@@ -490,7 +655,7 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
             lines: self.lines,
             acknowledged: self.acknowledged,
             refusal: self.refusal,
-            path: self.path.to_path_buf(),
+            place: Place::File(self.path.to_path_buf()),
             batch: PhantomData,
         })
     }
@@ -550,9 +715,9 @@ mod tests {
     fn acknowledgements_survive_a_reopen_and_only_unacknowledged_batches_stay_pending() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal =
-            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
+            Journal::create_file(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         journal.acknowledge(1).unwrap();
-        let reopened = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+        let reopened = Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
             .unwrap()
             .unwrap();
         assert_eq!(reopened.header, journal.header);
@@ -563,7 +728,7 @@ mod tests {
         assert_eq!(reopened.pending_units(), 3);
         reopened.close().unwrap();
         assert!(
-            Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+            Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
                 .unwrap()
                 .is_none()
         );
@@ -573,13 +738,13 @@ mod tests {
     fn a_torn_last_line_is_an_acknowledgement_that_never_happened() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal =
-            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
+            Journal::create_file(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         journal.acknowledge(0).unwrap();
         let path = dir.path().join(JOURNAL_FILE);
         let mut file = File::options().append(true).open(&path).unwrap();
         file.write_all(br#"{"record":"ack","index":1,"at":"2026-"#)
             .unwrap();
-        let reopened = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+        let reopened = Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
             .unwrap()
             .unwrap();
         assert_eq!(pending(&reopened), [1, 2]);
@@ -589,13 +754,13 @@ mod tests {
     fn a_refusal_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal =
-            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
+            Journal::create_file(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         journal.acknowledge(0).unwrap();
         assert_eq!(journal.refusal(), None);
         journal
             .refuse(1, "400 invalid_request: `b` is excluded")
             .unwrap();
-        let reopened = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+        let reopened = Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
             .unwrap()
             .unwrap();
         let refusal = reopened.refusal().unwrap();
@@ -610,7 +775,7 @@ mod tests {
     fn a_torn_tail_is_cut_before_the_resumed_run_appends_and_a_third_run_reads_it_all() {
         let dir = tempfile::tempdir().unwrap();
         let mut first =
-            Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
+            Journal::create_file(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
         first.acknowledge(0).unwrap();
         let path = dir.path().join(JOURNAL_FILE);
         let whole = std::fs::read(&path).unwrap();
@@ -619,7 +784,7 @@ mod tests {
             .unwrap();
         drop(file);
 
-        let mut resumed = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+        let mut resumed = Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -629,7 +794,7 @@ mod tests {
         );
         resumed.acknowledge(1).unwrap();
 
-        let third = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+        let third = Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
             .unwrap()
             .unwrap();
         assert_eq!(pending(&third), [2]);
@@ -642,8 +807,8 @@ mod tests {
     #[test]
     fn damage_and_foreign_journals_are_errors_that_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
-        Journal::create(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
-        let foreign = Journal::<RunHeader, Batch>::open(dir.path(), "other")
+        Journal::create_file(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
+        let foreign = Journal::<RunHeader, Batch>::open_file(dir.path(), "other")
             .unwrap_err()
             .to_string();
         assert!(
@@ -657,7 +822,7 @@ mod tests {
             .filter(|l| !l.contains("\"index\":1,"))
             .collect();
         std::fs::write(&path, without_batch.join("\n") + "\n").unwrap();
-        let missing = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+        let missing = Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
             .unwrap_err()
             .to_string();
         assert!(
@@ -665,7 +830,7 @@ mod tests {
             "{missing}"
         );
         std::fs::write(&path, "not json\n").unwrap();
-        let garbage = Journal::<RunHeader, Batch>::open(dir.path(), "pro-users")
+        let garbage = Journal::<RunHeader, Batch>::open_file(dir.path(), "pro-users")
             .unwrap_err()
             .to_string();
         assert!(garbage.contains("damaged at line 1"), "{garbage}");

@@ -20,6 +20,7 @@ pub mod journal;
 pub mod keys;
 pub mod launchdarkly;
 pub mod metrics;
+pub mod pg;
 pub mod plan;
 pub mod progress;
 pub mod report;

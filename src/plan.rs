@@ -14,7 +14,7 @@ use crate::config::{Config, Mode, SyncConfig};
 use crate::keys::KeyStats;
 use crate::launchdarkly::Segment;
 use crate::progress;
-use crate::state::{Checkpoint, CheckpointSettings, LocalStore, StateError};
+use crate::state::{Checkpoint, CheckpointSettings, Manifest, StateError, Store};
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
 
 /// A standard LaunchDarkly segment holds at most this many individual targets.
@@ -63,11 +63,11 @@ pub struct CheckpointInfo {
 }
 
 impl CheckpointInfo {
-    pub fn of(checkpoint: &Checkpoint) -> Self {
+    pub fn of(manifest: &Manifest) -> Self {
         CheckpointInfo {
-            run_id: checkpoint.manifest.run_id.clone(),
-            committed_at: checkpoint.manifest.committed_at,
-            key_count: checkpoint.manifest.key_count,
+            run_id: manifest.run_id.clone(),
+            committed_at: manifest.committed_at,
+            key_count: manifest.key_count,
         }
     }
 }
@@ -304,17 +304,17 @@ fn key_list<S: Serializer>(keys: &KeyList, serializer: S) -> Result<S::Ok, S::Er
 pub struct Planner<'a> {
     config: &'a Config,
     warehouse: &'a Warehouse,
-    store: LocalStore,
+    store: &'a Store,
     progress: bool,
 }
 
 impl<'a> Planner<'a> {
-    /// Plans against an open warehouse and the configured checkpoint store.
-    pub fn new(config: &'a Config, warehouse: &'a Warehouse) -> Self {
+    /// Plans against an open warehouse and the checkpoints in `store`.
+    pub fn new(config: &'a Config, warehouse: &'a Warehouse, store: &'a Store) -> Self {
         Planner {
             config,
             warehouse,
-            store: LocalStore::new(config.state_dir()),
+            store,
             progress: false,
         }
     }
@@ -554,7 +554,7 @@ fn plan_keys<'e>(
         requests: requests(adds.len(), removes.len(), sync.batch_size),
         keys: stats,
         checkpoint: match baseline {
-            Baseline::Checkpoint(checkpoint) => checkpoint.map(CheckpointInfo::of),
+            Baseline::Checkpoint(checkpoint) => checkpoint.map(|c| CheckpointInfo::of(&c.manifest)),
             Baseline::Membership(_) => None,
         },
         entered: diff.entered,

@@ -9,13 +9,12 @@ use serde::Serialize;
 use crate::config::{Config, Mode, SyncEntry};
 use crate::events::checkpoint::{self as event_checkpoint, EventSettings};
 use crate::history::{self, RunRecord};
-use crate::journal;
 use crate::plan::CheckpointInfo;
 use crate::report::{
     RUN_COLUMNS, RunCells, SyncFormat, added_or_sent, run_cells, table, time, write_json_document,
 };
 use crate::schedule::Schedule;
-use crate::state::LocalStore;
+use crate::state::{StateError, Store};
 
 /// Where one sync stands.
 #[derive(Debug, Clone, Serialize)]
@@ -57,19 +56,16 @@ pub struct EventCheckpointInfo {
 
 /// Why a sync's history could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the run history of sync `{sync}` in {dir}: {source}")]
+#[error("cannot read the run history of sync `{sync}`: {source}")]
 pub struct HistoryError {
     pub sync: String,
-    pub dir: String,
-    pub source: std::io::Error,
+    pub source: StateError,
 }
 
 /// The sync's run records, oldest first.
-pub fn runs_of(store: &LocalStore, sync: &str) -> Result<Vec<RunRecord>, HistoryError> {
-    let dir = store.sync_dir(sync);
-    history::read(&dir).map_err(|source| HistoryError {
+pub fn runs_of(store: &Store, sync: &str) -> Result<Vec<RunRecord>, HistoryError> {
+    history::read(store, sync).map_err(|source| HistoryError {
         sync: sync.to_string(),
-        dir: dir.display().to_string(),
         source,
     })
 }
@@ -77,12 +73,12 @@ pub fn runs_of(store: &LocalStore, sync: &str) -> Result<Vec<RunRecord>, History
 /// Where `sync` stands as of `now`.
 pub fn status_of(
     config: &Config,
+    store: &Store,
     sync: SyncEntry<'_>,
     now: DateTime<Utc>,
 ) -> Result<SyncStatus, HistoryError> {
-    let store = LocalStore::new(config.state_dir());
     let name = sync.name();
-    let runs = runs_of(&store, name)?;
+    let runs = runs_of(store, name)?;
     let last_run = runs.last().cloned();
     let mut status = SyncStatus {
         sync: name.to_string(),
@@ -98,21 +94,21 @@ pub fn status_of(
         checkpoint: None,
         events_checkpoint: None,
         checkpoint_error: None,
-        unfinished_run: journal::exists(&store.sync_dir(name)),
+        unfinished_run: store.journal_exists(name),
     };
     match sync {
         SyncEntry::Segment(sync) => {
             status.mode = Some(sync.mode);
             status.segment = Some(sync.segment.clone());
-            match store.load(name) {
-                Ok(checkpoint) => status.checkpoint = checkpoint.map(|c| CheckpointInfo::of(&c)),
+            match store.manifest(name) {
+                Ok(manifest) => status.checkpoint = manifest.as_ref().map(CheckpointInfo::of),
                 Err(e) => status.checkpoint_error = Some(e.to_string()),
             }
         }
         SyncEntry::Events(sync) => {
             status.kind = "events";
             let settings = EventSettings::of(config);
-            match event_checkpoint::load(&store.sync_dir(name), sync, &settings) {
+            match event_checkpoint::load(store, sync, &settings) {
                 Ok(checkpoint) => {
                     status.events_checkpoint = checkpoint.map(|c| EventCheckpointInfo {
                         run_id: c.run_id,
@@ -263,14 +259,13 @@ pub fn write_history(
 
 /// The run records of `syncs`, merged in order of their start, the last `limit` of them.
 pub fn history_of(
-    config: &Config,
+    store: &Store,
     syncs: &[SyncEntry<'_>],
     limit: usize,
 ) -> Result<Vec<RunRecord>, HistoryError> {
-    let store = LocalStore::new(config.state_dir());
     let mut runs = Vec::new();
     for sync in syncs {
-        runs.extend(runs_of(&store, sync.name())?);
+        runs.extend(runs_of(store, sync.name())?);
     }
     runs.sort_by_key(|r| r.started_at);
     let skip = runs.len().saturating_sub(limit);

@@ -28,9 +28,7 @@ use crate::plan::{
 };
 use crate::progress;
 use crate::shutdown::{Shutdown, Stage};
-use crate::state::{
-    Checkpoint, CheckpointSettings, LocalStore, PreparedSnapshot, StateError, SyncLock,
-};
+use crate::state::{Checkpoint, CheckpointSettings, PreparedSnapshot, StateError, Store, SyncLock};
 use crate::warehouse::Warehouse;
 
 /// How often a run waiting for another run of its sync tries the lock again.
@@ -274,20 +272,25 @@ pub struct Engine<'a> {
     pub(crate) config: &'a Config,
     planner: Planner<'a>,
     pub(crate) events: EventPlanner<'a>,
-    pub(crate) store: LocalStore,
+    pub(crate) store: &'a Store,
     pub(crate) client: Client,
     progress: bool,
     pub(crate) shutdown: Shutdown,
 }
 
 impl<'a> Engine<'a> {
-    /// Syncs models of an open warehouse through `client`, with the configured checkpoint store.
-    pub fn new(config: &'a Config, warehouse: &'a Warehouse, client: Client) -> Self {
+    /// Syncs models of an open warehouse through `client`, keeping their state in `store`.
+    pub fn new(
+        config: &'a Config,
+        warehouse: &'a Warehouse,
+        store: &'a Store,
+        client: Client,
+    ) -> Self {
         Engine {
             config,
-            planner: Planner::new(config, warehouse),
-            events: EventPlanner::new(config, warehouse),
-            store: LocalStore::new(config.state_dir()),
+            planner: Planner::new(config, warehouse, store),
+            events: EventPlanner::new(config, warehouse, store),
+            store,
             client,
             progress: false,
             shutdown: Shutdown::never(),
@@ -356,7 +359,7 @@ impl<'a> Engine<'a> {
             calls: self.client.stats().since(&calls_before),
             error: error.clone(),
         };
-        if let Err(e) = history::append(&self.store.sync_dir(name), &record) {
+        if let Err(e) = history::append(self.store, &record) {
             tracing::warn!(sync = %name, error = %e, "could not append to the run history");
         }
         SyncReport {
@@ -454,9 +457,7 @@ impl<'a> Engine<'a> {
         options: SyncOptions,
         tally: &mut Tally,
     ) -> Result<(), EngineError> {
-        let Some(journal) =
-            Journal::<RunHeader, Batch>::open(&self.store.sync_dir(&sync.name), &sync.name)?
-        else {
+        let Some(journal) = Journal::<RunHeader, Batch>::open(self.store, &sync.name)? else {
             return Ok(());
         };
         let run = journal.header.run.run_id.clone();
@@ -616,7 +617,7 @@ impl<'a> Engine<'a> {
             batch_count: plan.requests.len(),
         };
         Ok(Journal::create(
-            &self.store.sync_dir(&sync.name),
+            self.store,
             header,
             // Adds are read to their end before the removes' query starts.
             batches(&plan.requests, adds.keys().chain(removes.keys())),
@@ -655,7 +656,7 @@ impl<'a> Engine<'a> {
             return Err(EngineError::JournalSettings {
                 run_id: header.run.run_id,
                 changes: changes.join(", "),
-                path: journal.path().display().to_string(),
+                path: journal.location(),
             });
         }
         let segment_kind = header.segment_kind;

@@ -490,3 +490,33 @@ fn schedules_in_a_time_zone_are_checked_where_they_are_written() {
     let err = error_of(&zoned("{every: 4h}"));
     assert!(err.contains("unknown field `every`"), "{err}");
 }
+
+#[test]
+fn a_postgres_state_store_needs_a_url_and_a_plain_schema_and_never_shows_the_url() {
+    let postgres =
+        |rest: &str| GOOD.replace("  kind: local\n", &format!("  kind: postgres\n{rest}"));
+    let err = error_of(&postgres(""));
+    assert!(
+        err.contains("a postgres state store needs `url`, for example url: ${LDSYNC_STATE_URL}"),
+        "{err}"
+    );
+    let err = error_of(&postgres("  url: postgres://db/x\n  schema: Team-State\n"));
+    assert!(
+        err.contains("`schema` takes a PostgreSQL schema name of 1 to 63 lowercase letters, digits and underscores, got `Team-State`"),
+        "{err}"
+    );
+    let err = error_of(&GOOD.replace("  kind: local\n", "  kind: local\n  schema: ldsync\n"));
+    assert!(
+        err.contains("`url` and `schema` are for a state store of kind postgres"),
+        "{err}"
+    );
+
+    let config = load(&postgres(
+        "  url: postgres://ldsync:hunter2@db:5432/state\n",
+    ))
+    .unwrap();
+    let state = config.state.postgres.as_ref().unwrap();
+    assert_eq!(state.schema, "ldsync");
+    assert_eq!(state.url, "postgres://ldsync:hunter2@db:5432/state");
+    assert!(!format!("{config:?}").contains("hunter2"));
+}

@@ -16,6 +16,7 @@ use common::emulated::*;
 use common::*;
 use ldsync::history::{self, RunOutcome, RunRecord};
 use ldsync::launchdarkly::CallStats;
+use ldsync::state::{LocalStore, Store};
 use ldsync_emulator::Faults;
 
 /// A daemon started in the background, its standard error going to a file the test can read while it runs.
@@ -74,8 +75,12 @@ impl Drop for Daemon {
     }
 }
 
+fn local_store(setup: &Setup) -> Store {
+    Store::Local(LocalStore::new(setup.project.path(".ldsync/state")))
+}
+
 fn runs(setup: &Setup, sync: &str) -> Vec<RunRecord> {
-    history::read(&setup.project.path(&format!(".ldsync/state/{sync}"))).unwrap()
+    history::read(&local_store(setup), sync).unwrap()
 }
 
 /// Polls `condition` every 20 ms until it holds; fails after `limit`, showing the daemon's log.
@@ -155,10 +160,9 @@ fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm()
         "schedule: 2s",
     );
     // churned-beta (1h) last ran two hours ago: ldsync was down for a tick, so it runs once at start, not twice.
-    let state = |sync: &str| setup.project.path(&format!(".ldsync/state/{sync}"));
     let two_hours_ago = Utc::now() - TimeDelta::hours(2);
     history::append(
-        &state("churned-beta"),
+        &local_store(&setup),
         &past_run("churned-beta", two_hours_ago),
     )
     .unwrap();

@@ -13,77 +13,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
+use common::postgres::*;
 use common::*;
 use ldsync::config::{EngineSettings, WarehouseConfig};
 use ldsync::events::checkpoint::{
     EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress, Watermark,
 };
+use ldsync::state::{LocalStore, Store};
 use ldsync::warehouse::{Warehouse, WarehouseError};
-use sqlx::{AssertSqlSafe, Executor};
-
-/// The database the tests use, or `None` (skip) when none is configured outside CI.
-fn database_url() -> Option<String> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-            panic!("CI=true: the PostgreSQL tests must run; set DATABASE_URL")
-        }
-        Err(_) => {
-            eprintln!("DATABASE_URL is not set: skipping the PostgreSQL tests");
-            None
-        }
-    }
-}
-
-/// A schema of the test's own, dropped when the test ends.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(url: &str, test: &str, setup_sql: &str) -> Schema {
-        let name = format!("ldsync_{test}_{}", std::process::id());
-        let schema = Schema {
-            url: url.to_string(),
-            name,
-        };
-        schema.execute(&format!(
-            "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}; SET search_path TO {0}; {setup_sql}",
-            schema.name
-        ));
-        schema
-    }
-
-    fn execute(&self, sql: &str) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
-            pool.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
-                .await
-                .unwrap();
-            pool.close().await;
-        });
-    }
-
-    fn warehouse(&self) -> Warehouse {
-        let config = WarehouseConfig::Postgres {
-            url: self.url.clone(),
-            statement_timeout: Duration::from_secs(60),
-            pool_size: 2,
-        };
-        Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap()
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        self.execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
-    }
-}
 
 /// The example project with its warehouse pointed at PostgreSQL and one sync whose model is `model_sql`.
 fn project_on(url: &str, model_sql: &str) -> Project {
@@ -354,7 +291,8 @@ fn an_events_model_streams_every_column_and_filters_by_the_window_in_postgres() 
             events_sent: 50_000,
         },
     };
-    ldsync::events::checkpoint::commit(&config.state_dir().join("pg-orders"), &checkpoint).unwrap();
+    let store = Store::Local(LocalStore::new(config.state_dir()));
+    ldsync::events::checkpoint::commit(&store, &checkpoint).unwrap();
     let out = project.ldsync("day1", &["plan", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let plan = &json(&out)["events"][0];

@@ -2,16 +2,17 @@
 //! id), and the ids of the rows sent within the lateness window behind it, so that a row arriving late is sent
 //! once and a row already sent is never sent again.
 //!
-//! It lives in `<sync>/events-checkpoint.json`, written through a temporary file that is fsynced and renamed, so a
-//! crash leaves the old checkpoint or the new one. The run journal carries the checkpoint its run commits.
+//! The local store keeps it in `<sync>/events-checkpoint.json`, written through a temporary file that is fsynced and
+//! renamed, so a crash leaves the old checkpoint or the new one; the PostgreSQL store in a row. The run journal
+//! carries the checkpoint its run commits.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, EventSyncConfig};
-use crate::state::{StateError, read_if_present, write_file_atomically_with};
+use crate::state::{StateError, Store, read_if_present, write_file_atomically_with};
 
 /// The checkpoint format this build writes and reads.
 pub const EVENT_CHECKPOINT_FORMAT: u32 = 1;
@@ -114,19 +115,30 @@ pub struct EventCheckpoint {
     pub progress: Progress,
 }
 
-/// The path of `sync`'s events checkpoint under the sync's directory.
-pub fn checkpoint_path(sync_dir: &Path) -> PathBuf {
-    sync_dir.join(CHECKPOINT_FILE)
+/// Where `sync`'s events checkpoint is kept, for messages: its file, or its row.
+pub fn location(store: &Store, sync: &str) -> String {
+    match store {
+        Store::Local(local) => local
+            .sync_dir(sync)
+            .join(CHECKPOINT_FILE)
+            .display()
+            .to_string(),
+        Store::Postgres(pg) => format!("{} event_checkpoints[{sync}]", pg.location()),
+    }
 }
 
 /// The sync's committed checkpoint, checked against its settings; `None` before its first commit.
 pub fn load(
-    sync_dir: &Path,
+    store: &Store,
     sync: &EventSyncConfig,
     settings: &EventSettings,
 ) -> Result<Option<EventCheckpoint>, EventCheckpointError> {
-    let path = checkpoint_path(sync_dir);
-    let Some(bytes) = read_if_present(&path)? else {
+    let path = PathBuf::from(location(store, &sync.name));
+    let bytes = match store {
+        Store::Local(_) => read_if_present(&path)?,
+        Store::Postgres(pg) => pg.event_checkpoint(&sync.name)?.map(String::into_bytes),
+    };
+    let Some(bytes) = bytes else {
         return Ok(None);
     };
     let damaged = |problem: String| EventCheckpointError::Damaged {
@@ -157,8 +169,16 @@ pub fn load(
     Ok(Some(checkpoint))
 }
 
-/// Commits `checkpoint` atomically in the sync's directory.
-pub fn commit(sync_dir: &Path, checkpoint: &EventCheckpoint) -> Result<(), StateError> {
+/// Commits `checkpoint` atomically.
+pub fn commit(store: &Store, checkpoint: &EventCheckpoint) -> Result<(), StateError> {
+    let local = match store {
+        Store::Local(local) => local,
+        Store::Postgres(pg) => {
+            let json = serde_json::to_string(checkpoint).expect("a checkpoint always serializes");
+            return pg.commit_event_checkpoint(&checkpoint.sync, json);
+        }
+    };
+    let sync_dir = &local.sync_dir(&checkpoint.sync);
     std::fs::create_dir_all(sync_dir).map_err(|source| StateError::Io {
         action: "cannot create",
         path: sync_dir.to_path_buf(),

@@ -24,7 +24,7 @@ use crate::config::{Config, EventSyncConfig, InvalidKeys, MAX_EVENT_BATCH_BYTES}
 use crate::journal::JournalBatch;
 use crate::plan::{PlanError, SyncError};
 use crate::progress;
-use crate::state::LocalStore;
+use crate::state::Store;
 use crate::warehouse::Warehouse;
 use checkpoint::{EventCheckpoint, EventSettings, Progress, SentRow, Watermark, millis_to_time};
 use model::{EventModelError, EventQuery, EventRow, ImportEvent, RowProblem, Rows};
@@ -134,16 +134,16 @@ impl EventPlan {
 pub struct EventPlanner<'a> {
     config: &'a Config,
     warehouse: &'a Warehouse,
-    store: LocalStore,
+    store: &'a Store,
     progress: bool,
 }
 
 impl<'a> EventPlanner<'a> {
-    pub fn new(config: &'a Config, warehouse: &'a Warehouse) -> Self {
+    pub fn new(config: &'a Config, warehouse: &'a Warehouse, store: &'a Store) -> Self {
         EventPlanner {
             config,
             warehouse,
-            store: LocalStore::new(config.state_dir()),
+            store,
             progress: false,
         }
     }
@@ -156,12 +156,8 @@ impl<'a> EventPlanner<'a> {
 
     /// The sync's committed checkpoint, checked against the configured project and environment.
     pub fn checkpoint(&self, sync: &EventSyncConfig) -> Result<Option<EventCheckpoint>, SyncError> {
-        checkpoint::load(
-            &self.store.sync_dir(&sync.name),
-            sync,
-            &EventSettings::of(self.config),
-        )
-        .map_err(|e| self.error(sync, e))
+        checkpoint::load(self.store, sync, &EventSettings::of(self.config))
+            .map_err(|e| self.error(sync, e))
     }
 
     /// Plans the sync against its committed checkpoint, counting its batches without keeping them.
@@ -389,6 +385,7 @@ impl Spool {
     const PREFIX: &str = ".events-spool.";
 
     pub fn new(dir: &Path) -> std::io::Result<Spool> {
+        std::fs::create_dir_all(dir)?;
         let file = tempfile::Builder::new()
             .prefix(Self::PREFIX)
             .tempfile_in(dir)?;

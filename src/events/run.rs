@@ -51,9 +51,9 @@ impl Engine<'_> {
         options: SyncOptions,
         tally: &mut Tally,
     ) -> Result<RunOutcome, EngineError> {
-        let dir = self.store.sync_dir(&sync.name);
+        let dir = self.store.host_dir(&sync.name);
         if options.full {
-            let checkpoint = checkpoint::checkpoint_path(&dir).display().to_string();
+            let checkpoint = checkpoint::location(self.store, &sync.name);
             return Err(EngineError::NoFullEventsRun { checkpoint });
         }
         let _lock = self.lock(&sync.name, run_id).await?;
@@ -62,7 +62,6 @@ impl Engine<'_> {
         tally.events = Some(EventCounts::default());
         self.settle_event_journal(sync, &settings, tally).await?;
         let checkpoint = self.events.checkpoint(sync)?;
-        // The lock made the sync's directory.
         let mut spool = Spool::new(&dir).map_err(|source| StateError::Io {
             action: "cannot create a spool file in",
             path: dir.clone(),
@@ -99,8 +98,7 @@ impl Engine<'_> {
         settings: &EventSettings,
         tally: &mut Tally,
     ) -> Result<(), EngineError> {
-        let dir = self.store.sync_dir(&sync.name);
-        let Some(journal) = EventJournal::open(&dir, &sync.name)? else {
+        let Some(journal) = EventJournal::open(self.store, &sync.name)? else {
             return Ok(());
         };
         let abandoned = journal.refusal().map(|refusal| {
@@ -132,13 +130,13 @@ impl Engine<'_> {
             event_count: plan.events,
             batch_count: plan.batch_events.len(),
         };
-        let dir = self.store.sync_dir(&sync.name);
+        let dir = self.store.host_dir(&sync.name);
         let spooled = spool.into_batches().map_err(|source| StateError::Io {
             action: "cannot read the spooled batches in",
-            path: dir.clone(),
+            path: dir,
             source,
         })?;
-        Ok(EventJournal::create(&dir, header, spooled)?)
+        Ok(EventJournal::create(self.store, header, spooled)?)
     }
 
     /// Sends the journal's unacknowledged batches, then commits its checkpoint and closes it.
@@ -155,7 +153,7 @@ impl Engine<'_> {
                 run_id: header.run.run_id,
                 was: header.settings.to_string(),
                 now: settings.to_string(),
-                path: journal.path().display().to_string(),
+                path: journal.location(),
             });
         }
         let unsent = journal.pending_units();
@@ -177,7 +175,7 @@ impl Engine<'_> {
             settings: settings.clone(),
             progress: header.next.clone(),
         };
-        checkpoint::commit(&self.store.sync_dir(&sync.name), &committed)?;
+        checkpoint::commit(self.store, &committed)?;
         journal.close()?;
         let counts = tally.events.get_or_insert_default();
         counts.sent += unsent;

@@ -4,13 +4,14 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod emulated;
+pub mod postgres;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ldsync::config::Config;
-use ldsync::state::{CheckpointSettings, LocalStore};
+use ldsync::state::{CheckpointSettings, LocalStore, Store};
 
 /// The repository whose example the tests copy: where `cargo test` runs them from, read when they run (a test binary
 /// built in another clone that shares the target directory, as `.ci/env.sh` arranges, would otherwise name that
@@ -83,7 +84,7 @@ impl Project {
     pub fn commit_checkpoint(&self, sync: &str, keys: &BTreeSet<String>) {
         let config = self.config();
         let sync_config = config.syncs.iter().find(|s| s.name == sync).unwrap();
-        LocalStore::new(config.state_dir())
+        Store::Local(LocalStore::new(config.state_dir()))
             .commit(
                 sync,
                 "run-day1",

@@ -1,6 +1,8 @@
-//! The local checkpoint store: per sync, the key set of its last committed run and the manifest that vouches for it.
+//! The state store: per sync, the key set of its last committed run and the manifest that vouches for it, the
+//! journal of a run under way, the run history and the run lock. [`Store`] is one of two: the local store in files
+//! under `state.directory` (this module), or the store in PostgreSQL that hosts share ([`PgStore`]).
 //!
-//! Layout under the state directory:
+//! Layout of the local store under the state directory:
 //!
 //! ```text
 //! <sync>/manifest.json            run id, time, key count, the snapshot's hash, settings and their fingerprint
@@ -34,7 +36,11 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Mode, SyncConfig};
+use crate::config::{Config, Mode, PostgresState, SyncConfig};
+
+pub mod copy;
+mod postgres;
+pub use postgres::PgStore;
 
 /// The manifest format this build writes.
 pub const MANIFEST_FORMAT: u32 = 2;
@@ -96,6 +102,19 @@ pub enum StateError {
     Parquet {
         path: PathBuf,
         source: parquet::errors::ParquetError,
+    },
+    #[error("state.url is not a PostgreSQL URL: {0}")]
+    PostgresUrl(String),
+    #[error(
+        "cannot connect to the state store in PostgreSQL at {target}: {message}; check state.url, and that the \
+         server is up and accepts this user"
+    )]
+    PostgresConnect { target: String, message: String },
+    #[error("the state store in PostgreSQL ({location}) could not {doing}: {message}")]
+    Postgres {
+        location: String,
+        doing: &'static str,
+        message: String,
     },
     #[error(
         "the checkpoint was made with other settings ({changes}), so its keys say nothing about the segment now configured; \
@@ -180,6 +199,133 @@ pub struct Manifest {
     pub fingerprint: String,
 }
 
+/// Where the syncs' state is kept, as `state.kind` says.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Local(LocalStore),
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// The configured store; for PostgreSQL, connected, with its migrations applied.
+    pub fn open(config: &Config) -> Result<Store, StateError> {
+        match &config.state.postgres {
+            None => Ok(Store::Local(LocalStore::new(config.state_dir()))),
+            Some(postgres) => {
+                PgStore::open(postgres, postgres_copies(config, postgres)).map(Store::Postgres)
+            }
+        }
+    }
+
+    /// The sync's committed checkpoint, or `None` before its first commit.
+    pub fn load(&self, sync: &str) -> Result<Option<Checkpoint>, StateError> {
+        match self {
+            Store::Local(local) => local.load(sync),
+            Store::Postgres(pg) => pg.load(sync),
+        }
+    }
+
+    /// Writes the snapshot a run will commit (`write` writes it as Parquet at the path it is given, and says how
+    /// many keys), before the run sends anything.
+    pub fn prepare<E: From<StateError>>(
+        &self,
+        sync: &str,
+        run_id: &str,
+        write: impl FnOnce(&Path) -> Result<u64, E>,
+    ) -> Result<PreparedSnapshot, E> {
+        match self {
+            Store::Local(local) => local.prepare(sync, run_id, write),
+            Store::Postgres(pg) => pg.prepare(sync, run_id, write),
+        }
+    }
+
+    /// The manifest of the sync's committed checkpoint, without reading its snapshot (for status).
+    pub fn manifest(&self, sync: &str) -> Result<Option<Manifest>, StateError> {
+        match self {
+            Store::Local(local) => Ok(local.load(sync)?.map(|c| c.manifest)),
+            Store::Postgres(pg) => Ok(pg.manifest(sync)?.map(|(manifest, _)| manifest)),
+        }
+    }
+
+    /// Makes a prepared snapshot the sync's checkpoint. The PostgreSQL store also deletes the run's journal in the
+    /// same transaction; the local store's journal is closed after (a crash between resumes it, and its commit is
+    /// made again).
+    pub fn commit_prepared(
+        &self,
+        sync: &str,
+        run_id: &str,
+        settings: &CheckpointSettings,
+        prepared: &PreparedSnapshot,
+    ) -> Result<Manifest, StateError> {
+        match self {
+            Store::Local(local) => local.commit_prepared(sync, run_id, settings, prepared),
+            Store::Postgres(pg) => pg.commit_prepared(sync, run_id, settings, prepared),
+        }
+    }
+
+    /// Commits `keys` (distinct) as the sync's new checkpoint, written with ldsync's own Parquet writer: for
+    /// checkpoints made outside a run (moving a checkpoint between stores, tests, benchmarks).
+    pub fn commit<'a>(
+        &self,
+        sync: &str,
+        run_id: &str,
+        settings: &CheckpointSettings,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Manifest, StateError> {
+        let prepared = self.prepare(sync, run_id, |path| write_parquet_keys_to(path, keys))?;
+        self.commit_prepared(sync, run_id, settings, &prepared)
+    }
+
+    /// Takes the sync's run lock; `Ok(None)` when another run holds it ([`Store::holder`] says who).
+    pub fn try_lock(&self, sync: &str, run_id: &str) -> Result<Option<SyncLock>, StateError> {
+        match self {
+            Store::Local(local) => local.try_lock(sync, run_id),
+            Store::Postgres(pg) => pg.try_lock(sync, run_id),
+        }
+    }
+
+    /// Who holds the sync's run lock, as the holder wrote it.
+    pub fn holder(&self, sync: &str) -> String {
+        match self {
+            Store::Local(local) => local.holder(sync),
+            Store::Postgres(pg) => pg.holder(sync),
+        }
+    }
+
+    /// Whether a run of the sync left a journal, unfinished.
+    pub fn journal_exists(&self, sync: &str) -> bool {
+        match self {
+            Store::Local(local) => crate::journal::exists(&local.sync_dir(sync)),
+            Store::Postgres(pg) => pg.journal_exists(sync),
+        }
+    }
+
+    /// The sync's directory on this host: the local store's, or where the PostgreSQL store keeps its snapshot
+    /// copies. A run's scratch files (an events run's spool) go there.
+    pub fn host_dir(&self, sync: &str) -> PathBuf {
+        match self {
+            Store::Local(local) => local.sync_dir(sync),
+            Store::Postgres(pg) => pg.host_dir(sync),
+        }
+    }
+
+    /// Where the store is, for messages: its directory, or its database and schema.
+    pub fn location(&self) -> String {
+        match self {
+            Store::Local(local) => local.root.display().to_string(),
+            Store::Postgres(pg) => pg.location(),
+        }
+    }
+}
+
+/// Where the PostgreSQL store keeps its snapshot copies on this host: a directory of the state directory whose
+/// name no sync can have (`@` is not allowed in sync names), one a schema.
+fn postgres_copies(config: &Config, postgres: &PostgresState) -> PathBuf {
+    config
+        .state_dir()
+        .join(format!("postgres@{}", postgres.schema))
+}
+
 /// The checkpoint store on local disk.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -212,20 +358,8 @@ impl LocalStore {
         Ok(Some(Checkpoint {
             snapshot_path: dir.join(&manifest.snapshot),
             manifest,
+            vouched: Vouched::Manifest,
         }))
-    }
-
-    /// Commits `keys` (distinct) as the sync's new checkpoint, atomically, writing them with ldsync's own Parquet
-    /// writer: for checkpoints made outside a run (tests, benchmarks).
-    pub fn commit<'a>(
-        &self,
-        sync: &str,
-        run_id: &str,
-        settings: &CheckpointSettings,
-        keys: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Manifest, StateError> {
-        let prepared = self.prepare(sync, run_id, |path| write_parquet_keys_to(path, keys))?;
-        self.commit_prepared(sync, run_id, settings, &prepared)
     }
 
     /// Writes the snapshot a run will commit, before the run sends anything: `write` writes the keys as Parquet at
@@ -272,23 +406,7 @@ impl LocalStore {
                 problem: "the run's prepared snapshot is missing".into(),
             });
         }
-        let manifest = Manifest {
-            // A journal left by an earlier release prepared a snapshot whose keys it hashed.
-            format: if prepared.content_hash.is_some() {
-                KEY_HASH_FORMAT
-            } else {
-                MANIFEST_FORMAT
-            },
-            sync: sync.to_string(),
-            run_id: run_id.to_string(),
-            committed_at: Utc::now(),
-            key_count: prepared.key_count,
-            content_hash: prepared.content_hash.clone(),
-            snapshot_hash: prepared.snapshot_hash.clone(),
-            snapshot: prepared.file.clone(),
-            settings: settings.clone(),
-            fingerprint: settings.fingerprint(),
-        };
+        let manifest = manifest_for(sync, run_id, settings, prepared);
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
         write_file_atomically(&dir, MANIFEST_FILE, &json)?;
         remove_stale_snapshots(&dir, &prepared.file);
@@ -330,16 +448,11 @@ impl LocalStore {
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(source)) => return Err(io("cannot lock")(source)),
         }
-        let holder = format!(
-            "run {run_id}, process {} on {}, since {}",
-            std::process::id(),
-            host_name(),
-            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-        );
+        let holder = holder_text(run_id);
         file.set_len(0).map_err(io("cannot write"))?;
         file.write_all(holder.as_bytes())
             .map_err(io("cannot write"))?;
-        Ok(Some(SyncLock { _file: file }))
+        Ok(Some(SyncLock(Held::File(file))))
     }
 
     /// Who holds the sync's run lock, as the holder wrote it.
@@ -349,6 +462,42 @@ impl LocalStore {
             .filter(|text| !text.trim().is_empty())
             .unwrap_or_else(|| "a process that has not said who it is".to_string())
     }
+}
+
+/// The manifest that commits `prepared` as run `run_id`'s checkpoint, now.
+fn manifest_for(
+    sync: &str,
+    run_id: &str,
+    settings: &CheckpointSettings,
+    prepared: &PreparedSnapshot,
+) -> Manifest {
+    Manifest {
+        // A journal left by an earlier release prepared a snapshot whose keys it hashed.
+        format: if prepared.content_hash.is_some() {
+            KEY_HASH_FORMAT
+        } else {
+            MANIFEST_FORMAT
+        },
+        sync: sync.to_string(),
+        run_id: run_id.to_string(),
+        committed_at: Utc::now(),
+        key_count: prepared.key_count,
+        content_hash: prepared.content_hash.clone(),
+        snapshot_hash: prepared.snapshot_hash.clone(),
+        snapshot: prepared.file.clone(),
+        settings: settings.clone(),
+        fingerprint: settings.fingerprint(),
+    }
+}
+
+/// How a run lock's holder says who it is: the run, the process and the host, and since when.
+fn holder_text(run_id: &str) -> String {
+    format!(
+        "run {run_id}, process {} on {}, since {}",
+        std::process::id(),
+        host_name(),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    )
 }
 
 /// This machine's name, for lock holders: the kernel's hostname, or `this host`.
@@ -374,13 +523,44 @@ pub struct PreparedSnapshot {
     pub snapshot_hash: Option<String>,
 }
 
-/// Held while a run of one sync is under way; the operating system releases it if the process dies.
+/// Held while a run of one sync is under way; released when dropped, and if the process dies, by the operating
+/// system (the local store's lock file) or by PostgreSQL (the session's advisory lock).
 #[derive(Debug)]
-pub struct SyncLock {
-    _file: File,
+pub struct SyncLock(Held);
+
+#[derive(Debug)]
+enum Held {
+    File(#[allow(dead_code)] File),
+    Postgres {
+        store: PgStore,
+        connection: Option<sqlx::PgConnection>,
+    },
 }
 
-fn check_manifest(manifest: &Manifest, sync: &str, path: &Path) -> Result<(), StateError> {
+impl SyncLock {
+    fn postgres(store: PgStore, connection: sqlx::PgConnection) -> Self {
+        SyncLock(Held::Postgres {
+            store,
+            connection: Some(connection),
+        })
+    }
+}
+
+impl Drop for SyncLock {
+    fn drop(&mut self) {
+        if let Held::Postgres { store, connection } = &mut self.0
+            && let Some(connection) = connection.take()
+        {
+            store.release(connection);
+        }
+    }
+}
+
+pub(super) fn check_manifest(
+    manifest: &Manifest,
+    sync: &str,
+    path: &Path,
+) -> Result<(), StateError> {
     let damaged = |problem: String| StateError::Damaged {
         path: path.to_path_buf(),
         problem,
@@ -426,6 +606,17 @@ fn check_manifest(manifest: &Manifest, sync: &str, path: &Path) -> Result<(), St
 pub struct Checkpoint {
     pub manifest: Manifest,
     snapshot_path: PathBuf,
+    vouched: Vouched,
+}
+
+/// What a checkpoint's snapshot file is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vouched {
+    /// The manifest's hash (of the file, or of its keys) and key count: the local store's own snapshot.
+    Manifest,
+    /// The key count: a local copy of a snapshot kept in PostgreSQL, where the transaction that wrote it vouches
+    /// for it.
+    KeyCount,
 }
 
 impl Checkpoint {
@@ -448,8 +639,12 @@ impl Checkpoint {
     /// Checks that the snapshot is the one the manifest describes: its key count (from the Parquet footer) and the
     /// hash of its bytes; a snapshot of format 1 is read through and its keys hashed.
     pub fn verify(&self) -> Result<(), StateError> {
-        let Some(expected) = &self.manifest.snapshot_hash else {
-            return self.keys()?.try_for_each(|batch| batch.map(drop));
+        let expected_hash = match (self.vouched, &self.manifest.snapshot_hash) {
+            (Vouched::Manifest, None) => {
+                return self.keys()?.try_for_each(|batch| batch.map(drop));
+            }
+            (Vouched::Manifest, Some(hash)) => Some(hash),
+            (Vouched::KeyCount, _) => None,
         };
         let path = &self.snapshot_path;
         use parquet::file::reader::FileReader;
@@ -471,7 +666,9 @@ impl Checkpoint {
                 self.manifest.key_count
             )));
         }
-        if &hash_file(path)? != expected {
+        if let Some(expected) = expected_hash
+            && &hash_file(path)? != expected
+        {
             return Err(damaged(
                 "its content hash does not match its manifest".into(),
             ));
@@ -481,22 +678,11 @@ impl Checkpoint {
 
     /// Streams the committed keys in order. The last item is an error if the keys do not match the manifest.
     pub fn keys(&self) -> Result<SnapshotKeys, StateError> {
-        let path = &self.snapshot_path;
-        let file = open(path)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
-            .map_err(|source| StateError::Parquet {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(SnapshotKeys {
-            reader,
-            path: path.clone(),
-            expected_count: self.manifest.key_count,
-            expected_hash: self.manifest.content_hash.clone(),
-            hash: ContentHasher::default(),
-            done: false,
-        })
+        let expected_hash = match self.vouched {
+            Vouched::Manifest => self.manifest.content_hash.clone(),
+            Vouched::KeyCount => None,
+        };
+        SnapshotKeys::open(&self.snapshot_path, self.manifest.key_count, expected_hash)
     }
 }
 
@@ -512,6 +698,29 @@ pub struct SnapshotKeys {
 }
 
 impl SnapshotKeys {
+    /// The keys of the snapshot at `path`, to be checked at the end against `expected_count` and, for a snapshot
+    /// of format 1, `expected_hash`.
+    fn open(
+        path: &Path,
+        expected_count: u64,
+        expected_hash: Option<String>,
+    ) -> Result<SnapshotKeys, StateError> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
+            .map_err(|source| StateError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(SnapshotKeys {
+            reader,
+            path: path.to_path_buf(),
+            expected_count,
+            expected_hash,
+            hash: ContentHasher::default(),
+            done: false,
+        })
+    }
+
     fn damaged(&self, problem: String) -> StateError {
         StateError::DamagedSnapshot {
             path: self.path.clone(),
@@ -629,6 +838,27 @@ fn write_parquet_keys_to<'a>(
     Ok(count)
 }
 
+/// Writes arrays of keys (none null) as a new Parquet file at `path`; returns how many keys.
+fn write_parquet_arrays_to(
+    path: &Path,
+    arrays: impl Iterator<Item = Result<StringArray, StateError>>,
+) -> Result<u64, StateError> {
+    let file = File::create(path).map_err(|source| StateError::Io {
+        action: "cannot create",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parquet_error = |source| StateError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut writer = KeyWriter::new(file).map_err(parquet_error)?;
+    for array in arrays {
+        writer.write(array?).map_err(parquet_error)?;
+    }
+    writer.close().map_err(parquet_error)
+}
+
 fn open(path: &Path) -> Result<File, StateError> {
     File::open(path).map_err(|source| StateError::Io {
         action: "cannot open",
@@ -690,25 +920,50 @@ pub fn write_parquet_keys<'a, W: Write + Send>(
     keys: impl Iterator<Item = &'a str>,
 ) -> Result<(), parquet::errors::ParquetError> {
     const WRITE_BATCH_ROWS: usize = 64 * 1024;
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        KEY_COLUMN,
-        DataType::Utf8,
-        false,
-    )]));
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
-    let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
+    let mut writer = KeyWriter::new(out)?;
     let mut keys = keys.peekable();
     while keys.peek().is_some() {
-        let array = StringArray::from_iter_values(keys.by_ref().take(WRITE_BATCH_ROWS));
-        writer.write(&RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(array)],
-        )?)?;
+        writer.write(StringArray::from_iter_values(
+            keys.by_ref().take(WRITE_BATCH_ROWS),
+        ))?;
     }
-    writer.close()?;
-    Ok(())
+    writer.close().map(drop)
+}
+
+/// Writes arrays of keys as Parquet with one non-null `context_key` column, counting them.
+struct KeyWriter<W: Write + Send> {
+    writer: ArrowWriter<W>,
+    schema: Arc<Schema>,
+    count: u64,
+}
+
+impl<W: Write + Send> KeyWriter<W> {
+    fn new(out: W) -> Result<Self, parquet::errors::ParquetError> {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            KEY_COLUMN,
+            DataType::Utf8,
+            false,
+        )]));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        Ok(KeyWriter {
+            writer: ArrowWriter::try_new(out, schema.clone(), Some(props))?,
+            schema,
+            count: 0,
+        })
+    }
+
+    fn write(&mut self, keys: StringArray) -> Result<(), parquet::errors::ParquetError> {
+        self.count += keys.len() as u64;
+        let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(keys)])?;
+        self.writer.write(&batch)
+    }
+
+    fn close(self) -> Result<u64, parquet::errors::ParquetError> {
+        self.writer.close()?;
+        Ok(self.count)
+    }
 }
 
 /// Writes `name` in `dir` through a temporary file that is fsynced and renamed into place.
@@ -833,7 +1088,7 @@ mod tests {
     #[test]
     fn a_commit_round_trips_and_replaces_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Store::Local(LocalStore::new(dir.path()));
         assert!(
             store.load("s").unwrap().is_none(),
             "no checkpoint before the first commit"
@@ -874,7 +1129,7 @@ mod tests {
     #[test]
     fn a_snapshot_prepared_by_an_earlier_release_commits_as_format_1() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Store::Local(LocalStore::new(dir.path()));
         let keys = ["a", "b", "c"];
         let mut hash = ContentHasher::default();
         keys.iter().for_each(|k| hash.add(k));
@@ -893,7 +1148,7 @@ mod tests {
 
         // A key changed under the same count fails the keys' hash.
         let other = tempfile::tempdir().unwrap();
-        LocalStore::new(other.path())
+        Store::Local(LocalStore::new(other.path()))
             .commit("s", "x", &settings(), ["a", "b", "d"])
             .unwrap();
         let snapshot = std::fs::read_dir(other.path().join("s"))
@@ -933,7 +1188,7 @@ mod tests {
     #[test]
     fn an_empty_key_set_is_a_real_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Store::Local(LocalStore::new(dir.path()));
         store
             .commit("s", "run1", &settings(), std::iter::empty())
             .unwrap();
@@ -945,10 +1200,10 @@ mod tests {
     #[test]
     fn a_changed_snapshot_fails_its_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Store::Local(LocalStore::new(dir.path()));
         let first = store.commit("s", "run1", &settings(), ["a", "b"]).unwrap();
         // Swap in a snapshot with the same number of different keys, as a stray copy or bit rot would.
-        let other = LocalStore::new(dir.path().join("other"));
+        let other = Store::Local(LocalStore::new(dir.path().join("other")));
         other.commit("s", "run1", &settings(), ["a", "c"]).unwrap();
         std::fs::copy(
             dir.path().join("other/s").join(&first.snapshot),
@@ -966,7 +1221,7 @@ mod tests {
     #[test]
     fn settings_changes_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Store::Local(LocalStore::new(dir.path()));
         store.commit("s", "run1", &settings(), ["a"]).unwrap();
         let now = CheckpointSettings {
             segment: "other".into(),
@@ -990,7 +1245,7 @@ mod tests {
     #[test]
     fn a_tampered_fingerprint_is_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Store::Local(LocalStore::new(dir.path()));
         store.commit("s", "run1", &settings(), ["a"]).unwrap();
         let path = dir.path().join("s/manifest.json");
         let text = std::fs::read_to_string(&path).unwrap();

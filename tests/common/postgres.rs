@@ -1,0 +1,98 @@
+//! The real PostgreSQL for the tests that need it: its URL, and a schema of each test's own, so that tests run in
+//! parallel.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ldsync::config::{EngineSettings, WarehouseConfig};
+use ldsync::warehouse::Warehouse;
+use sqlx::{AssertSqlSafe, Executor};
+
+/// The database the tests use, or `None` (skip) when none is configured outside CI.
+pub fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("CI=true: the PostgreSQL tests must run; set DATABASE_URL")
+        }
+        Err(_) => {
+            eprintln!("DATABASE_URL is not set: skipping the PostgreSQL tests");
+            None
+        }
+    }
+}
+
+/// A schema of the test's own, dropped when the test ends.
+pub struct Schema {
+    pub url: String,
+    pub name: String,
+}
+
+impl Schema {
+    pub fn new(url: &str, test: &str, setup_sql: &str) -> Schema {
+        let name = format!("ldsync_{test}_{}", std::process::id());
+        let schema = Schema {
+            url: url.to_string(),
+            name,
+        };
+        schema.execute(&format!(
+            "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}; SET search_path TO {0}; {setup_sql}",
+            schema.name
+        ));
+        schema
+    }
+
+    pub fn execute(&self, sql: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            pool.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+    }
+
+    pub fn warehouse(&self) -> Warehouse {
+        let config = WarehouseConfig::Postgres {
+            url: self.url.clone(),
+            statement_timeout: Duration::from_secs(60),
+            pool_size: 2,
+        };
+        Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap()
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        self.execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+impl Schema {
+    /// The rows `sql` returns, each as its columns cast to text.
+    pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            let rows = sqlx::query(AssertSqlSafe(sql.to_string()))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            rows.iter()
+                .map(|row| {
+                    (0..sqlx::Row::len(row))
+                        .map(|i| sqlx::Row::try_get::<Option<String>, _>(row, i).unwrap())
+                        .collect()
+                })
+                .collect()
+        })
+    }
+}

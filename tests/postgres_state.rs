@@ -1,0 +1,485 @@
+//! The state store in the real PostgreSQL (`state.kind: postgres`): syncs keep their checkpoint, journal and run
+//! history in its tables; a run killed mid-way is finished from the journal's rows without sending an acknowledged
+//! batch again; two runs of one sync from two hosts never overlap; checkpoints move between the local store and
+//! PostgreSQL without a resync. Each test works in a schema of its own, so the tests run in parallel.
+//!
+//! They need `DATABASE_URL` (see tests/postgres.rs); under `CI=true` they must run.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::emulated::*;
+use common::postgres::*;
+use common::*;
+use ldsync_emulator::Faults;
+
+/// Points the setup's state at the test's schema in PostgreSQL.
+fn shared_state(project: &Project, schema: &Schema) {
+    project.edit_config(
+        "state:\n  kind: local\n",
+        &format!(
+            "state:\n  kind: postgres\n  url: {}\n  schema: {}\n",
+            schema.url, schema.name
+        ),
+    );
+}
+
+/// The run and keys of `sync`'s committed checkpoint, read from the store's tables.
+fn checkpoint_in(schema: &Schema, sync: &str) -> Option<(String, BTreeSet<String>)> {
+    let rows = schema.query(&format!(
+        "SELECT run_id, snapshot_id::text FROM {}.checkpoints WHERE sync = '{sync}'",
+        schema.name
+    ));
+    let row = rows.first()?;
+    let keys = schema
+        .query(&format!(
+            "SELECT key FROM {}.snapshot_{}",
+            schema.name,
+            row[1].as_deref().unwrap()
+        ))
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    Some((row[0].clone().unwrap(), keys))
+}
+
+/// The number the one-row, one-column `sql` gives.
+fn count(schema: &Schema, sql: &str) -> i64 {
+    schema.query(&format!("SELECT ({sql})::text"))[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The batches of `sync`'s open journal recorded as acknowledged: (run id, batch index).
+fn acknowledged_in(schema: &Schema, sync: &str) -> BTreeSet<(String, usize)> {
+    schema
+        .query(&format!(
+            "SELECT j.run_id, b.batch_index::text FROM {0}.journals j JOIN {0}.journal_batches b USING (sync) \
+             WHERE j.sync = '{sync}' AND b.acknowledged_at IS NOT NULL",
+            schema.name
+        ))
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].clone().unwrap(),
+                row[1].as_deref().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn syncs_keep_their_checkpoint_journal_and_history_in_postgres() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "state_sync", "");
+    let setup = Setup::new();
+    shared_state(&setup.project, &schema);
+
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+    ok(&out);
+    let run_id = json(&out)["syncs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let day1 = expected_pro_users("day1");
+    assert_eq!(setup.members("pro-users", "user"), day1);
+    assert_eq!(
+        checkpoint_in(&schema, "pro-users"),
+        Some((run_id.clone(), day1.clone()))
+    );
+    let table = |name: &str| format!("{}.{name}", schema.name);
+    assert_eq!(
+        count(
+            &schema,
+            &format!("SELECT count(*) FROM {}", table("journals"))
+        ),
+        0
+    );
+    assert_eq!(
+        schema.query(&format!(
+            "SELECT record->>'outcome', record->>'run_id' FROM {} WHERE sync = 'pro-users'",
+            table("runs")
+        )),
+        [[Some("synced".to_string()), Some(run_id.clone())]]
+    );
+    assert!(
+        !setup
+            .project
+            .path(".ldsync/state/pro-users/manifest.json")
+            .exists(),
+        "nothing went to the local store"
+    );
+
+    let requests_before = setup.segment_requests().len();
+    ok(&setup.sync("day2", &["pro-users"]));
+    let day2 = expected_pro_users("day2");
+    assert_eq!(setup.members("pro-users", "user"), day2);
+    assert_eq!(checkpoint_in(&schema, "pro-users").unwrap().1, day2);
+    let sent: BTreeSet<(String, String)> = described(&setup.segment_requests()[requests_before..])
+        .into_iter()
+        .filter(|(method, ..)| method == "PATCH")
+        .flat_map(|(_, _, kind, keys)| keys.into_iter().map(move |k| (kind.clone(), k)))
+        .collect();
+    let expected: BTreeSet<(String, String)> = difference(&day2, &day1)
+        .into_iter()
+        .map(|k| ("addIncludedTargets".to_string(), k))
+        .chain(
+            difference(&day1, &day2)
+                .into_iter()
+                .map(|k| ("removeIncludedTargets".to_string(), k)),
+        )
+        .collect();
+    assert_eq!(
+        sent, expected,
+        "day 2 sent only what changed since the checkpoint"
+    );
+    assert_eq!(
+        count(
+            &schema,
+            &format!(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = '{}' AND tablename LIKE 'snapshot\\_%'",
+                schema.name
+            )
+        ),
+        1,
+        "the replaced snapshot's table was dropped"
+    );
+
+    // Another host: its own state directory, the same store. It sees the checkpoint and has nothing to do.
+    let other = Project::example();
+    shared_state(&other, &schema);
+    other.edit_config(
+        "  directory: .ldsync/state\n",
+        "  directory: other-host-state\n",
+    );
+    other.edit_config(
+        "instance: us ",
+        &format!("base_url: {} ", setup.emulator.base_url()),
+    );
+    let plan = other.ldsync("day2", &["plan", "pro-users", "--format", "json"]);
+    ok(&plan);
+    let plan = &json(&plan)["syncs"][0];
+    assert_eq!(plan["checkpoint"]["key_count"], day2.len());
+    assert_eq!(plan["adds"].as_array().unwrap().len(), 0, "{plan}");
+    assert_eq!(plan["removes"].as_array().unwrap().len(), 0, "{plan}");
+    let status = other.ldsync("day2", &["status", "pro-users", "--format", "json"]);
+    ok(&status);
+    let status = &json(&status)["syncs"][0];
+    assert_eq!(status["last_run"]["outcome"], "synced");
+    assert_eq!(status["checkpoint"]["key_count"], day2.len());
+}
+
+#[test]
+fn a_run_killed_mid_sync_is_finished_from_the_journal_rows_without_resending() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "state_kill", "");
+    let setup = Setup::new();
+    shared_state(&setup.project, &schema);
+    small_batches(&setup, 20);
+    setup.emulator.set_faults(Faults {
+        latency: Duration::from_millis(15),
+        ..Faults::default()
+    });
+    let applied = || {
+        setup
+            .emulator
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.applied)
+            .count()
+    };
+    let mut child = setup
+        .project
+        .command("day1", &["sync", "pro-users"])
+        .env("LD_ACCESS_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while applied() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run sent batches"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run is still going"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let acknowledged = acknowledged_in(&schema, "pro-users");
+    assert!(
+        !acknowledged.is_empty(),
+        "the journal recorded acknowledgements"
+    );
+    assert!(
+        checkpoint_in(&schema, "pro-users").is_none(),
+        "no checkpoint before every batch is acknowledged"
+    );
+    let requests_before = setup.emulator.requests().len();
+    let out = setup.sync("day1", &["pro-users", "--format", "json"]);
+    ok(&out);
+    let resumed = json(&out)["syncs"][0]["resumed_run"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(acknowledged.iter().all(|(run, _)| *run == resumed));
+    assert_not_resent(&setup.emulator.requests()[requests_before..], &acknowledged);
+    let day1 = expected_pro_users("day1");
+    assert_eq!(setup.members("pro-users", "user"), day1);
+    assert_eq!(
+        checkpoint_in(&schema, "pro-users").unwrap(),
+        (resumed, day1)
+    );
+    assert_eq!(
+        count(
+            &schema,
+            &format!("SELECT count(*) FROM {}.journal_batches", schema.name)
+        ),
+        0,
+        "the journal went with the commit"
+    );
+}
+
+#[test]
+fn runs_of_one_sync_on_two_hosts_never_overlap() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "state_lock", "");
+    let setup = Setup::new();
+    shared_state(&setup.project, &schema);
+    small_batches(&setup, 200);
+    setup.emulator.set_faults(Faults {
+        latency: Duration::from_millis(250),
+        ..Faults::default()
+    });
+    // The store's tables, made by its migrations, for the lock's holder to be read from.
+    ok(&setup.project.ldsync("day1", &["status"]));
+    let first = setup
+        .project
+        .command("day1", &["sync", "pro-users", "--format", "json"])
+        .env("LD_ACCESS_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let holder = format!("process {} on ", first.id());
+    let started = Instant::now();
+    loop {
+        let rows = schema.query(&format!(
+            "SELECT holder FROM {}.run_locks WHERE sync = 'pro-users'",
+            schema.name
+        ));
+        if rows
+            .first()
+            .is_some_and(|row| row[0].as_deref().unwrap().contains(&holder))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the first run took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The second host: the same store, a state directory of its own.
+    let second = Project::example();
+    shared_state(&second, &schema);
+    second.edit_config(
+        "instance: us ",
+        &format!("base_url: {} ", setup.emulator.base_url()),
+    );
+    second.edit_config("  directory: .ldsync/state\n", "  directory: second-host\n");
+    let sync_second = || {
+        second
+            .command("day1", &["sync", "pro-users", "--format", "json"])
+            .env("LD_ACCESS_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let requests_before = setup.emulator.requests().len();
+    let out = sync_second();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another run of sync `pro-users` is under way (run ")
+            && stderr(&out).contains(&holder),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        setup.emulator.requests()[requests_before..]
+            .iter()
+            .all(|r| r.method == "GET"),
+        "the refused run changed nothing"
+    );
+
+    second.edit_config(
+        "  directory: second-host\n",
+        "  directory: second-host\n  lock_wait: 60s\n",
+    );
+    let out = sync_second();
+    let first = first.wait_with_output().unwrap();
+    ok(&first);
+    ok(&out);
+    assert_eq!(json(&first)["syncs"][0]["outcome"], "synced");
+    assert_eq!(json(&out)["syncs"][0]["outcome"], "nothing_to_change");
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day1")
+    );
+}
+
+#[test]
+fn checkpoints_move_between_the_local_store_and_postgres_without_a_resync() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "state_copy", "");
+    let setup = Setup::new();
+    ok(&setup.sync("day1", &["pro-users", "order-events"]));
+    let local_run = setup.checkpoint("pro-users").map(|_| ()).and_then(|()| {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&setup.manifest_bytes("pro-users")?).ok()?;
+        Some(manifest["run_id"].as_str()?.to_string())
+    });
+    let local_run = local_run.expect("the local store has a checkpoint");
+
+    shared_state(&setup.project, &schema);
+    let out = setup
+        .project
+        .ldsync("day1", &["copy-checkpoints", "--from", "local"]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains(&format!(
+            "✓ pro-users: checkpoint of run {local_run} ({} keys) copied from local to postgres",
+            expected_pro_users("day1").len()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("✓ order-events: events checkpoint of run "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("- enterprise-orgs: no checkpoint in the local store"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        checkpoint_in(&schema, "pro-users"),
+        Some((local_run.clone(), expected_pro_users("day1")))
+    );
+
+    // Planned from the copied checkpoints: nothing to do on day 1, and no order sent twice.
+    let plan = setup.project.ldsync(
+        "day1",
+        &["plan", "pro-users", "order-events", "--format", "json"],
+    );
+    ok(&plan);
+    let plan = json(&plan);
+    assert_eq!(plan["syncs"][0]["adds"].as_array().unwrap().len(), 0);
+    assert_eq!(plan["syncs"][0]["removes"].as_array().unwrap().len(), 0);
+    assert_eq!(plan["events"][0]["events"], 0, "{}", plan["events"][0]);
+
+    // The copy again: the same run is there already, so nothing is refused.
+    ok(&setup.project.ldsync(
+        "day1",
+        &["copy-checkpoints", "pro-users", "--from", "local"],
+    ));
+
+    // Day 2 on the shared store, then back to the local one: refused without --replace, then copied.
+    ok(&setup.sync("day2", &["pro-users"]));
+    let (shared_run, day2) = checkpoint_in(&schema, "pro-users").unwrap();
+    let back = setup.project.ldsync(
+        "day2",
+        &["copy-checkpoints", "pro-users", "--from", "postgres"],
+    );
+    assert_eq!(back.status.code(), Some(1));
+    assert!(
+        stdout(&back).contains(&format!(
+            "✗ sync `pro-users` already has a checkpoint in the local store (run {local_run}); pass --replace"
+        )),
+        "{}",
+        stdout(&back)
+    );
+    ok(&setup.project.ldsync(
+        "day2",
+        &[
+            "copy-checkpoints",
+            "pro-users",
+            "--from",
+            "postgres",
+            "--replace",
+        ],
+    ));
+    assert_eq!(setup.checkpoint("pro-users").unwrap(), day2);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&setup.manifest_bytes("pro-users").unwrap()).unwrap();
+    assert_eq!(manifest["run_id"], shared_run.as_str());
+}
+
+#[test]
+fn the_store_is_created_by_its_migrations_once_and_a_bad_url_keeps_its_password() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "state_migrate", "");
+    schema.execute(&format!("DROP SCHEMA {}", schema.name));
+    let project = Project::example();
+    shared_state(&project, &schema);
+    for _ in 0..2 {
+        ok(&project.ldsync("day1", &["status"]));
+    }
+    assert_eq!(
+        schema.query(&format!(
+            "SELECT version::text, success::text FROM {}._sqlx_migrations",
+            schema.name
+        )),
+        [[Some("1".to_string()), Some("true".to_string())]]
+    );
+    let tables: BTreeSet<String> = schema
+        .query(&format!(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = '{}'",
+            schema.name
+        ))
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    for table in [
+        "checkpoints",
+        "snapshots",
+        "journals",
+        "journal_batches",
+        "runs",
+        "event_checkpoints",
+        "run_locks",
+    ] {
+        assert!(tables.contains(table), "{table} in {tables:?}");
+    }
+
+    project.edit_config(
+        &format!("url: {}", schema.url),
+        "url: postgres://ldsync:secret-password@127.0.0.1:1/nowhere",
+    );
+    let out = project.ldsync("day1", &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "cannot connect to the state store in PostgreSQL at ldsync@127.0.0.1:1/nowhere"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("secret-password"),
+        "{}",
+        stderr(&out)
+    );
+}
