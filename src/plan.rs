@@ -14,7 +14,7 @@ use crate::config::{Config, Mode, SyncConfig};
 use crate::keys::KeyStats;
 use crate::launchdarkly::Segment;
 use crate::progress;
-use crate::state::{Checkpoint, CheckpointSettings, Manifest, StateError, Store};
+use crate::state::{Checkpoint, CheckpointSettings, Manifest, PgStore, StateError, Store};
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
 
 /// A standard LaunchDarkly segment holds at most this many individual targets.
@@ -328,7 +328,7 @@ impl<'a> Planner<'a> {
     /// Plans one sync against its committed checkpoint: what `ldsync plan` shows.
     pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncError> {
         let checkpoint = self.checkpoint(sync)?;
-        let model = self.model_keys(sync)?;
+        let model = self.model_keys(sync, Against::Checkpoint)?;
         let (mut plan, _delta) = self.plan_against(
             sync,
             &model,
@@ -362,9 +362,28 @@ impl<'a> Planner<'a> {
         Ok(checkpoint)
     }
 
-    /// Runs the sync's model into the set engine and checks its keys.
-    pub fn model_keys(&self, sync: &SyncConfig) -> Result<ModelKeys<'a>, SyncError> {
-        self.read_model_keys(sync).map_err(|e| self.error(sync, e))
+    /// Runs the sync's model and checks its keys: into the set engine, or, compared `against` the checkpoint when
+    /// the warehouse and the state store are the same PostgreSQL database, into a table of the store (the
+    /// in-warehouse diff).
+    pub fn model_keys(
+        &self,
+        sync: &SyncConfig,
+        against: Against,
+    ) -> Result<ModelKeys<'a>, SyncError> {
+        self.read_model_keys(sync, against)
+            .map_err(|e| self.error(sync, e))
+    }
+
+    /// The PostgreSQL state store, when it is in the (PostgreSQL) warehouse's own database, as the same user.
+    fn store_in_warehouse(&self) -> Option<&'a PgStore> {
+        match (self.warehouse, self.store) {
+            (Warehouse::Postgres { source, .. }, Store::Postgres(store))
+                if source.target() == store.target() =>
+            {
+                Some(store)
+            }
+            _ => None,
+        }
     }
 
     /// Plans one sync's model keys against a baseline. The delta comes with it: keys left in the engine are read
@@ -393,7 +412,11 @@ impl<'a> Planner<'a> {
         let delta = Delta::between(
             model.engine(),
             KeySource::Model(model),
-            KeySource::Snapshot(checkpoint.snapshot_path()),
+            KeySource::Snapshot(
+                checkpoint
+                    .snapshot_path()
+                    .map_err(|e| self.error(sync, e))?,
+            ),
         )
         .map_err(|e| self.error(sync, e))?;
         Ok(delta.entered == 0 && delta.left == 0)
@@ -445,7 +468,7 @@ impl<'a> Planner<'a> {
         let delta = Delta::between(
             engine,
             KeySource::Table(&members),
-            KeySource::Snapshot(checkpoint.snapshot_path()),
+            KeySource::Snapshot(checkpoint.snapshot_path()?),
         )?;
         let left = delta.left_keys()?;
         let removed = left
@@ -482,18 +505,42 @@ impl<'a> Planner<'a> {
         Ok((sql, key))
     }
 
-    fn read_model_keys(&self, sync: &SyncConfig) -> Result<ModelKeys<'a>, PlanError> {
+    fn read_model_keys(
+        &self,
+        sync: &SyncConfig,
+        against: Against,
+    ) -> Result<ModelKeys<'a>, PlanError> {
         let (sql, key) = self.read_model(sync)?;
+        let in_store = match against {
+            Against::Checkpoint => self.store_in_warehouse(),
+            Against::Membership => None,
+        };
         let progress = match self.warehouse {
             Warehouse::DuckDb(_) => {
                 progress::step_spinner(&sync.name, "running the model", self.progress)
             }
             Warehouse::Postgres { .. } => progress::fetch_spinner(&sync.name, self.progress),
         };
-        let model = ModelKeys::load(self.warehouse, &sql, &key, sync.invalid_keys, &progress)?;
+        let model = ModelKeys::load(
+            self.warehouse,
+            &sql,
+            &key,
+            sync.invalid_keys,
+            &progress,
+            in_store,
+        )?;
         progress.finish_and_clear();
         Ok(model)
     }
+}
+
+/// What a sync's model keys are to be compared with, before the baseline itself is at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Against {
+    /// The checkpoint (or nothing, before the first).
+    Checkpoint,
+    /// The segment's real membership.
+    Membership,
 }
 
 /// What a sync's model keys are compared with.
@@ -514,18 +561,34 @@ fn plan_keys<'e>(
 ) -> Result<(SyncPlan, Delta<'e>), PlanError> {
     let engine = model.engine();
     let members_table;
-    let (baseline_keys, baseline_count) = match baseline {
-        Baseline::Checkpoint(Some(checkpoint)) => (
-            KeySource::Snapshot(checkpoint.snapshot_path()),
-            checkpoint.manifest.key_count,
-        ),
-        Baseline::Checkpoint(None) => (KeySource::Nothing, 0),
+    let (diff, baseline_keys, baseline_count) = match baseline {
+        Baseline::Checkpoint(checkpoint) if model.in_warehouse() => {
+            let table = checkpoint
+                .and_then(|c| c.stored_table())
+                .map(|(_, table)| table);
+            let count = checkpoint.map_or(0, |c| c.manifest.key_count);
+            (
+                Delta::in_warehouse(model, table.as_deref())?,
+                KeySource::Nothing,
+                count,
+            )
+        }
+        Baseline::Checkpoint(Some(checkpoint)) => {
+            let snapshot = KeySource::Snapshot(checkpoint.snapshot_path()?);
+            let diff = Delta::between(engine, KeySource::Model(model), snapshot)?;
+            (diff, snapshot, checkpoint.manifest.key_count)
+        }
+        Baseline::Checkpoint(None) => {
+            let diff = Delta::between(engine, KeySource::Model(model), KeySource::Nothing)?;
+            (diff, KeySource::Nothing, 0)
+        }
         Baseline::Membership(members) => {
             members_table = KeyTable::load(engine, members)?;
-            (KeySource::Table(&members_table), members_table.count)
+            let table = KeySource::Table(&members_table);
+            let diff = Delta::between(engine, KeySource::Model(model), table)?;
+            (diff, table, members_table.count)
         }
     };
-    let diff = Delta::between(engine, KeySource::Model(model), baseline_keys)?;
     let stats = model.stats(&diff, baseline_count);
     let (entered, left) = (false, true);
     let (adds, removes) = match (sync.mode, baseline) {

@@ -23,7 +23,7 @@ use crate::journal::{
 };
 use crate::launchdarkly::{ApiError, CallStats, Client, Segment};
 use crate::plan::{
-    Baseline, Drift, GateStop, KeySample, PlanError, PlannedRequest, Planner,
+    Against, Baseline, Drift, GateStop, KeySample, PlanError, PlannedRequest, Planner,
     STANDARD_SEGMENT_MAX_TARGETS, SyncError, SyncPlan,
 };
 use crate::progress;
@@ -490,7 +490,6 @@ impl<'a> Engine<'a> {
         full: bool,
         listing: Listing,
     ) -> Result<RunPlan<'a>, EngineError> {
-        let model = self.planner.model_keys(sync)?;
         let segment = self
             .client
             .get_segment(&sync.segment, &sync.context_kind)
@@ -507,6 +506,13 @@ impl<'a> Engine<'a> {
                 .unwrap_or_default(),
         );
         let baseline = baseline(sync, segment.as_ref(), checkpoint.as_ref(), &members)?;
+        let model = self.planner.model_keys(
+            sync,
+            match baseline {
+                Baseline::Checkpoint(_) => Against::Checkpoint,
+                Baseline::Membership(_) => Against::Membership,
+            },
+        )?;
         let big = match &segment {
             Some(segment) => segment.kind == SegmentKind::Big && segment.excluded.is_empty(),
             None => sync.create_segment == Some(SegmentKind::Big),
@@ -632,11 +638,14 @@ impl<'a> Engine<'a> {
         model: &ModelKeys<'_>,
     ) -> Result<PreparedSnapshot, EngineError> {
         let writing = progress::step_spinner(&sync.name, "writing the snapshot", self.progress);
-        let prepared = self.store.prepare(&sync.name, run_id, |path| {
-            model
-                .write_snapshot(path)
-                .map_err(|e| EngineError::Plan(self.planner.error(sync, e)))
-        });
+        let prepared = match model.prepare_in_warehouse(&sync.name, run_id) {
+            Some(prepared) => prepared.map_err(EngineError::from),
+            None => self.store.prepare(&sync.name, run_id, |path| {
+                model
+                    .write_snapshot(path)
+                    .map_err(|e| EngineError::Plan(self.planner.error(sync, e)))
+            }),
+        };
         writing.finish_and_clear();
         prepared
     }

@@ -177,11 +177,12 @@ impl<'c> Copier<'c> {
             }
             self.refuse_existing(name, existing.run_id, replace)?;
         }
+        let snapshot = checkpoint.snapshot_path().map_err(error)?;
         let prepared = self
             .to
             .1
             .prepare(name, &manifest.run_id, |path| {
-                std::fs::copy(checkpoint.snapshot_path(), path)
+                std::fs::copy(snapshot, path)
                     .map(|_| manifest.key_count)
                     .map_err(|source| StateError::Io {
                         action: "cannot copy the snapshot to",

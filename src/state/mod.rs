@@ -354,11 +354,12 @@ impl LocalStore {
                 path: path.clone(),
                 source,
             })?;
-        check_manifest(&manifest, sync, &path)?;
+        check_manifest(&manifest, sync, &path, true)?;
         Ok(Some(Checkpoint {
             snapshot_path: dir.join(&manifest.snapshot),
             manifest,
             vouched: Vouched::Manifest,
+            stored: None,
         }))
     }
 
@@ -556,10 +557,13 @@ impl Drop for SyncLock {
     }
 }
 
+/// Checks a manifest's format, owner and fingerprint, and that it names a snapshot file and (`hash_required`: the
+/// local store's) the snapshot's hash.
 pub(super) fn check_manifest(
     manifest: &Manifest,
     sync: &str,
     path: &Path,
+    hash_required: bool,
 ) -> Result<(), StateError> {
     let damaged = |problem: String| StateError::Damaged {
         path: path.to_path_buf(),
@@ -574,7 +578,7 @@ pub(super) fn check_manifest(
             )));
         }
     };
-    if !hash_present {
+    if hash_required && !hash_present {
         return Err(damaged("it has no hash for its snapshot".into()));
     }
     if manifest.sync != sync {
@@ -607,6 +611,15 @@ pub struct Checkpoint {
     pub manifest: Manifest,
     snapshot_path: PathBuf,
     vouched: Vouched,
+    /// The snapshot's table, for a checkpoint of the PostgreSQL store (whose `snapshot_path` is a local copy).
+    stored: Option<StoredSnapshot>,
+}
+
+/// A snapshot kept in the PostgreSQL store.
+#[derive(Debug, Clone)]
+struct StoredSnapshot {
+    store: PgStore,
+    id: i64,
 }
 
 /// What a checkpoint's snapshot file is checked against.
@@ -631,21 +644,50 @@ impl Checkpoint {
         })
     }
 
-    /// Where the snapshot lies.
-    pub fn snapshot_path(&self) -> &Path {
-        &self.snapshot_path
+    /// Where the snapshot lies as a Parquet file. A checkpoint of the PostgreSQL store is downloaded the first time
+    /// this host asks for it, and its copy checked against the store's key count.
+    pub fn snapshot_path(&self) -> Result<&Path, StateError> {
+        if let Some(stored) = &self.stored {
+            if !self.snapshot_path.is_file() {
+                stored
+                    .store
+                    .download(&self.manifest.sync, &self.manifest.run_id, stored.id)?;
+            }
+            self.check_key_count()?;
+        }
+        Ok(&self.snapshot_path)
+    }
+
+    /// The PostgreSQL store holding the snapshot as a table, and that table's name.
+    pub fn stored_table(&self) -> Option<(&PgStore, String)> {
+        self.stored
+            .as_ref()
+            .map(|stored| (&stored.store, stored.store.snapshot_table(stored.id)))
     }
 
     /// Checks that the snapshot is the one the manifest describes: its key count (from the Parquet footer) and the
     /// hash of its bytes; a snapshot of format 1 is read through and its keys hashed.
     pub fn verify(&self) -> Result<(), StateError> {
-        let expected_hash = match (self.vouched, &self.manifest.snapshot_hash) {
+        let expected = match (self.vouched, &self.manifest.snapshot_hash) {
             (Vouched::Manifest, None) => {
                 return self.keys()?.try_for_each(|batch| batch.map(drop));
             }
-            (Vouched::Manifest, Some(hash)) => Some(hash),
-            (Vouched::KeyCount, _) => None,
+            (Vouched::Manifest, Some(hash)) => hash,
+            // Its local copy is checked when it is read.
+            (Vouched::KeyCount, _) => return Ok(()),
         };
+        self.check_key_count()?;
+        if &hash_file(&self.snapshot_path)? != expected {
+            return Err(StateError::DamagedSnapshot {
+                path: self.snapshot_path.clone(),
+                problem: "its content hash does not match its manifest".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the key count in the snapshot file's Parquet footer against the manifest's.
+    fn check_key_count(&self) -> Result<(), StateError> {
         let path = &self.snapshot_path;
         use parquet::file::reader::FileReader;
         let rows = parquet::file::reader::SerializedFileReader::new(open(path)?)
@@ -666,13 +708,6 @@ impl Checkpoint {
                 self.manifest.key_count
             )));
         }
-        if let Some(expected) = expected_hash
-            && &hash_file(path)? != expected
-        {
-            return Err(damaged(
-                "its content hash does not match its manifest".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -682,7 +717,11 @@ impl Checkpoint {
             Vouched::Manifest => self.manifest.content_hash.clone(),
             Vouched::KeyCount => None,
         };
-        SnapshotKeys::open(&self.snapshot_path, self.manifest.key_count, expected_hash)
+        SnapshotKeys::open(
+            self.snapshot_path()?,
+            self.manifest.key_count,
+            expected_hash,
+        )
     }
 }
 

@@ -23,12 +23,12 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 
 use super::{
-    Checkpoint, CheckpointSettings, LocalStore, Manifest, PreparedSnapshot, StateError, SyncLock,
-    Vouched, check_manifest, holder_text, manifest_for, remove_stale_snapshots,
-    write_parquet_arrays_to,
+    Checkpoint, CheckpointSettings, LocalStore, Manifest, PreparedSnapshot, StateError,
+    StoredSnapshot, SyncLock, Vouched, check_manifest, holder_text, manifest_for,
+    remove_stale_snapshots, write_parquet_arrays_to,
 };
 use crate::config::PostgresState;
-use crate::pg::{ConnectError, CopyRows, Fed, PgWorker, copy_text};
+use crate::pg::{ConnectError, CopyRows, Fed, PgWorker, WorkerStopped, copy_text};
 
 /// ldsync's migrations, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("sql/migrations");
@@ -108,21 +108,120 @@ impl PgStore {
         format!("\"{}\".{name}", self.shared.schema)
     }
 
-    /// The sync's committed checkpoint, or `None` before its first commit. Its snapshot is read from the local
-    /// copy, downloaded first if this host has none.
+    /// The sync's committed checkpoint, or `None` before its first commit. The set engine reads its snapshot from
+    /// a local copy, downloaded when it is first asked for if this host has none (see
+    /// [`Checkpoint::snapshot_path`]); the in-warehouse diff reads the snapshot's table instead.
     pub fn load(&self, sync: &str) -> Result<Option<Checkpoint>, StateError> {
         let Some((manifest, snapshot_id)) = self.manifest(sync)? else {
             return Ok(None);
         };
-        let snapshot_path = self.shared.copies.sync_dir(sync).join(&manifest.snapshot);
-        if !snapshot_path.is_file() {
-            self.download(sync, &manifest.run_id, snapshot_id)?;
-        }
         Ok(Some(Checkpoint {
+            snapshot_path: self.shared.copies.sync_dir(sync).join(&manifest.snapshot),
             manifest,
-            snapshot_path,
             vouched: Vouched::KeyCount,
+            stored: Some(StoredSnapshot {
+                store: self.clone(),
+                id: snapshot_id,
+            }),
         }))
+    }
+
+    /// `user@host:port/database`: the database the store is in.
+    pub fn target(&self) -> &str {
+        self.shared.worker.target()
+    }
+
+    /// Runs `job` on the store's connections and waits for its answer.
+    pub(crate) fn run<T, Fut>(
+        &self,
+        job: impl FnOnce(PgPool) -> Fut + Send + 'static,
+    ) -> Result<T, WorkerStopped>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        self.shared.worker.call(job)
+    }
+
+    /// Runs `job` on the store's connections, reading what it sends as it comes (see [`PgWorker::stream`]).
+    pub(crate) fn stream<T, Fut>(
+        &self,
+        job: impl FnOnce(PgPool, std::sync::mpsc::SyncSender<T>) -> Fut + Send + 'static,
+    ) -> Result<std::sync::mpsc::Receiver<T>, WorkerStopped>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.shared.worker.stream(job)
+    }
+
+    /// Makes the snapshot of run `run_id` from the distinct keys `select` gives (one text column, in this
+    /// database), in one transaction: the in-warehouse diff's snapshot, which never leaves PostgreSQL.
+    pub(crate) fn prepare_from_query(
+        &self,
+        sync: &str,
+        run_id: &str,
+        select: &str,
+    ) -> Result<PreparedSnapshot, StateError> {
+        let (sync_name, run) = (sync.to_string(), run_id.to_string());
+        let select = select.to_string();
+        let tables = self.clone();
+        let key_count = self.call("make the snapshot", move |pool| async move {
+            let mut tx = pool.begin().await?;
+            let id = tables.new_snapshot(&mut tx, &sync_name, &run).await?;
+            let table = tables.snapshot_table(id);
+            let created = tx
+                .execute(AssertSqlSafe(format!(
+                    "CREATE TABLE {table} AS SELECT k::text COLLATE \"C\" AS key FROM ({select}) AS keys (k)"
+                )))
+                .await?;
+            let key_count = created.rows_affected();
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {} SET key_count = $1 WHERE id = $2",
+                tables.table("snapshots")
+            )))
+            .bind(key_count as i64)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(key_count)
+        })?;
+        Ok(PreparedSnapshot {
+            file: format!("snapshot-{run_id}.parquet"),
+            key_count,
+            content_hash: None,
+            snapshot_hash: None,
+        })
+    }
+
+    /// Registers a new snapshot of run `run` (replacing an earlier attempt of the same run) and returns its id.
+    async fn new_snapshot(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        sync: &str,
+        run: &str,
+    ) -> Result<i64, sqlx::Error> {
+        let snapshots = self.table("snapshots");
+        let earlier: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "DELETE FROM {snapshots} WHERE sync = $1 AND run_id = $2 RETURNING id"
+        )))
+        .bind(sync)
+        .bind(run)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id,) in earlier {
+            let drop = format!("DROP TABLE IF EXISTS {}", self.snapshot_table(id));
+            tx.execute(AssertSqlSafe(drop)).await?;
+        }
+        let (id,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+            "INSERT INTO {snapshots} (sync, run_id, key_count) VALUES ($1, $2, 0) RETURNING id"
+        )))
+        .bind(sync)
+        .bind(run)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(id)
     }
 
     /// The manifest of the sync's committed checkpoint, checked, and the id of its snapshot.
@@ -150,7 +249,7 @@ impl PgStore {
                 path: place.clone(),
                 source,
             })?;
-        check_manifest(&manifest, sync, &place)?;
+        check_manifest(&manifest, sync, &place, false)?;
         if u64::try_from(key_count).ok() != Some(manifest.key_count) {
             return Err(StateError::Damaged {
                 path: place,
@@ -575,7 +674,7 @@ impl PgStore {
     }
 
     /// The table of snapshot `id`'s keys.
-    fn snapshot_table(&self, id: i64) -> String {
+    pub(crate) fn snapshot_table(&self, id: i64) -> String {
         self.table(&format!("snapshot_{id}"))
     }
 
@@ -604,25 +703,14 @@ impl PgStore {
         let tables = self.clone();
         let write = move |pool: PgPool, mut fed: Fed<Vec<u8>>| async move {
             let mut tx = pool.begin().await?;
-            let snapshots = tables.table("snapshots");
-            let earlier: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-                "DELETE FROM {snapshots} WHERE sync = $1 AND run_id = $2 RETURNING id"
+            let id = tables.new_snapshot(&mut tx, &sync_name, &run).await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {} SET key_count = $1 WHERE id = $2",
+                tables.table("snapshots")
             )))
-            .bind(&sync_name)
-            .bind(&run)
-            .fetch_all(&mut *tx)
-            .await?;
-            for (id,) in earlier {
-                let drop = format!("DROP TABLE IF EXISTS {}", tables.snapshot_table(id));
-                tx.execute(AssertSqlSafe(drop)).await?;
-            }
-            let (id,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
-                "INSERT INTO {snapshots} (sync, run_id, key_count) VALUES ($1, $2, $3) RETURNING id"
-            )))
-            .bind(&sync_name)
-            .bind(&run)
             .bind(key_count as i64)
-            .fetch_one(&mut *tx)
+            .bind(id)
+            .execute(&mut *tx)
             .await?;
             let table = tables.snapshot_table(id);
             tx.execute(AssertSqlSafe(format!(
@@ -650,7 +738,12 @@ impl PgStore {
     }
 
     /// Downloads snapshot `snapshot_id` of run `run_id` into its local Parquet copy.
-    fn download(&self, sync: &str, run_id: &str, snapshot_id: i64) -> Result<(), StateError> {
+    pub(super) fn download(
+        &self,
+        sync: &str,
+        run_id: &str,
+        snapshot_id: i64,
+    ) -> Result<(), StateError> {
         let copy = format!("COPY {} (key) TO STDOUT", self.snapshot_table(snapshot_id));
         let batches = self
             .shared
@@ -733,7 +826,7 @@ impl PgStore {
         }
     }
 
-    fn stopped(&self, doing: &'static str, e: crate::pg::WorkerStopped) -> StateError {
+    fn stopped(&self, doing: &'static str, e: WorkerStopped) -> StateError {
         StateError::Postgres {
             location: self.location(),
             doing,

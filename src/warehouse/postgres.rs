@@ -19,6 +19,7 @@ use crate::pg::{ConnectError, CopyError, CopyRows, PgWorker, WorkerStopped};
 /// A pool of connections to the warehouse.
 pub struct Postgres {
     worker: PgWorker,
+    statement_timeout: Duration,
 }
 
 impl Postgres {
@@ -36,7 +37,20 @@ impl Postgres {
                 WarehouseError::PostgresConnect { target, message }
             }
         })?;
-        Ok(Postgres { worker })
+        Ok(Postgres {
+            worker,
+            statement_timeout,
+        })
+    }
+
+    /// `user@host:port/database`: the database the models run in.
+    pub fn target(&self) -> &str {
+        self.worker.target()
+    }
+
+    /// How long one model query may run.
+    pub fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
     }
 
     /// The columns a model returns, from PostgreSQL's description of the prepared statement (nothing runs).
@@ -137,7 +151,7 @@ fn lost(e: sqlx::Error) -> WarehouseError {
 /// PostgreSQL's own message for an error in the model, with its position turned into the model's line and column
 /// when the statement was the model's own text (`model_sql`). Errors of the wrapped query that streams the keys
 /// (division by zero, say) come from running the model, whose text was already checked, and carry no position.
-fn model_error(e: sqlx::Error, model_sql: Option<&str>) -> WarehouseError {
+pub(crate) fn model_error(e: sqlx::Error, model_sql: Option<&str>) -> WarehouseError {
     let Some(database) = e.as_database_error() else {
         return lost(e);
     };

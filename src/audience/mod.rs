@@ -7,6 +7,9 @@
 //! memory stays flat however large the audience; the new snapshot is written from the same table by DuckDB's own
 //! Parquet writer. Keys compare byte by byte (`COLLATE c`): the order of snapshots and of requests.
 //!
+//! When the warehouse and the state store are the same PostgreSQL database, the model's rows stay in it instead,
+//! and PostgreSQL finds what entered and left (see `in_warehouse`).
+//!
 //! A key is rejected when it is null, blank (empty or only white space, as Unicode defines it) or longer than 256
 //! characters. What a rejection does is the sync's `invalid_keys` setting: stop with an error naming the first such
 //! row, or count them and keep a few examples for the report.
@@ -23,6 +26,7 @@ use indicatif::ProgressBar;
 
 use crate::config::{InvalidKeys, MAX_KEY_CHARS, parse_size};
 use crate::keys::{KeyError, KeyStats, RejectedRow, Rejection, Rejections};
+use crate::state::{PgStore, PreparedSnapshot, StateError};
 use crate::warehouse::{
     KeyColumn, Warehouse, WarehouseError, quote_identifier, quote_literal, trim_model,
 };
@@ -42,7 +46,17 @@ pub enum AudienceError {
         doing: &'static str,
         source: duckdb::Error,
     },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(
+        "the model's keys are in PostgreSQL (the in-warehouse diff), not in the set engine, so they cannot be \
+         {doing} there"
+    )]
+    InWarehouse { doing: &'static str },
 }
+
+mod in_warehouse;
+use in_warehouse::WarehouseRows;
 
 fn engine_error(doing: &'static str) -> impl FnOnce(duckdb::Error) -> AudienceError {
     move |source| AudienceError::Engine { doing, source }
@@ -63,10 +77,13 @@ pub enum KeySource<'a> {
 
 impl KeySource<'_> {
     /// A query giving the keys as one column `k`, compared byte by byte.
-    fn sql(&self) -> String {
-        match self {
+    fn sql(&self) -> Result<String, AudienceError> {
+        Ok(match self {
             KeySource::Model(model) => {
-                format!("SELECT k FROM {} WHERE reason = 0", model.table)
+                format!(
+                    "SELECT k FROM {} WHERE reason = 0",
+                    model.engine_table("compared")?
+                )
             }
             KeySource::Snapshot(path) => format!(
                 "SELECT context_key COLLATE c AS k FROM read_parquet({})",
@@ -74,7 +91,7 @@ impl KeySource<'_> {
             ),
             KeySource::Table(table) => format!("SELECT k FROM {}", table.name),
             KeySource::Nothing => "SELECT CAST(NULL AS VARCHAR) COLLATE c AS k WHERE false".into(),
-        }
+        })
     }
 
     /// How many keys it gives (repeats included).
@@ -161,31 +178,53 @@ fn rejection_sql() -> String {
     )
 }
 
-/// A model's rows in the set engine, for one plan: how many there were, which were rejected, and the table that
-/// holds them (dropped with this value).
+/// A model's rows for one plan: how many there were, which were rejected, and the table that holds them (dropped
+/// with this value), in the set engine or, for the in-warehouse diff, in PostgreSQL.
 pub struct ModelKeys<'e> {
     engine: &'e Connection,
-    table: String,
+    held: Held,
     rows: u64,
     rejected: Rejections,
+}
+
+/// Where a model's rows are held.
+enum Held {
+    /// A temporary table of the set engine.
+    Engine(String),
+    /// A table of the PostgreSQL state store, in the warehouse's own database.
+    Warehouse(WarehouseRows),
 }
 
 impl<'e> ModelKeys<'e> {
     /// Runs the model once into the set engine and checks its keys. With a duckdb warehouse the rows never leave
     /// DuckDB, and `progress` (a step spinner) shows how far DuckDB says it is; other warehouses stream them in as
-    /// Arrow, and `progress` (a fetch spinner) counts the rows.
+    /// Arrow, and `progress` (a fetch spinner) counts the rows. Given `in_store`, the PostgreSQL state store in the
+    /// (PostgreSQL) warehouse's own database, the rows go into a table of the store instead and never leave
+    /// PostgreSQL.
     pub fn load(
         warehouse: &'e Warehouse,
         model_sql: &str,
         key: &KeyColumn,
         policy: InvalidKeys,
         progress: &ProgressBar,
+        in_store: Option<&PgStore>,
     ) -> Result<Self, AudienceError> {
         let engine = warehouse.engine()?;
+        if let (Warehouse::Postgres { source, .. }, Some(store)) = (warehouse, in_store) {
+            let rows = WarehouseRows::load(store, model_sql, key, source.statement_timeout())?;
+            let mut model = ModelKeys {
+                engine,
+                held: Held::Warehouse(rows),
+                rows: 0,
+                rejected: Rejections::default(),
+            };
+            model.count_rejections(policy)?;
+            return Ok(model);
+        }
         let table = table_name("model_keys");
         let mut model = ModelKeys {
             engine,
-            table,
+            held: Held::Engine(table.clone()),
             rows: 0,
             rejected: Rejections::default(),
         };
@@ -208,7 +247,6 @@ impl<'e> ModelKeys<'e> {
             &format!(
                 "CREATE OR REPLACE TEMP TABLE {table} AS \
                  SELECT k, {reason} AS reason FROM (SELECT k COLLATE c AS k FROM ({source}))",
-                table = model.table,
                 reason = rejection_sql(),
             ),
             // Rows streamed in from another warehouse were counted as they came.
@@ -229,22 +267,35 @@ impl<'e> ModelKeys<'e> {
         Ok(model)
     }
 
-    /// The set engine holding the rows.
+    /// The set engine: it holds the rows, or the keys that entered and left when PostgreSQL holds the rows.
     pub fn engine(&self) -> &'e Connection {
         self.engine
     }
 
+    /// Whether the rows are in PostgreSQL (the in-warehouse diff).
+    pub fn in_warehouse(&self) -> bool {
+        matches!(self.held, Held::Warehouse(_))
+    }
+
+    /// The engine's table of the rows, for `doing` something with them there.
+    fn engine_table(&self, doing: &'static str) -> Result<&str, AudienceError> {
+        match &self.held {
+            Held::Engine(table) => Ok(table),
+            Held::Warehouse(_) => Err(AudienceError::InWarehouse { doing }),
+        }
+    }
+
     /// Counts rows and rejections; under `invalid_keys: fail`, the first rejected row is an error.
     fn count_rejections(&mut self, policy: InvalidKeys) -> Result<(), AudienceError> {
-        let counts: Vec<(u8, u64)> = query_rows(
-            self.engine,
-            &format!(
-                "SELECT reason, count(*) FROM {} GROUP BY reason",
-                self.table
-            ),
-            "counting the model's rows",
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
+        let counts: Vec<(u8, u64)> = match &self.held {
+            Held::Engine(table) => query_rows(
+                self.engine,
+                &format!("SELECT reason, count(*) FROM {table} GROUP BY reason"),
+                "counting the model's rows",
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?,
+            Held::Warehouse(rows) => rows.count_by_reason()?,
+        };
         for (reason, count) in counts {
             self.rows += count;
             match Rejection::from_code(reason) {
@@ -257,23 +308,25 @@ impl<'e> ModelKeys<'e> {
         if self.rejected.total() == 0 {
             return Ok(());
         }
-        self.rejected.examples = query_rows(
-            self.engine,
-            &format!(
-                "SELECT rowid + 1, reason, k FROM {} WHERE reason > 0 ORDER BY rowid LIMIT {MAX_EXAMPLES}",
-                self.table
-            ),
-            "finding the model's rejected rows",
-            |row| {
-                let reason: u8 = row.get(1)?;
-                let value: Option<String> = row.get(2)?;
-                Ok(RejectedRow {
-                    row: row.get(0)?,
-                    reason: Rejection::from_code(reason).unwrap_or(Rejection::Null),
-                    value: value.as_deref().map(shorten),
-                })
-            },
-        )?;
+        self.rejected.examples = match &self.held {
+            Held::Engine(table) => query_rows(
+                self.engine,
+                &format!(
+                    "SELECT rowid + 1, reason, k FROM {table} WHERE reason > 0 ORDER BY rowid LIMIT {MAX_EXAMPLES}"
+                ),
+                "finding the model's rejected rows",
+                |row| {
+                    let reason: u8 = row.get(1)?;
+                    let value: Option<String> = row.get(2)?;
+                    Ok(RejectedRow {
+                        row: row.get(0)?,
+                        reason: Rejection::from_code(reason).unwrap_or(Rejection::Null),
+                        value: value.as_deref().map(shorten),
+                    })
+                },
+            )?,
+            Held::Warehouse(rows) => rows.rejected_examples()?,
+        };
         match (policy, self.rejected.examples.first()) {
             (InvalidKeys::Fail, Some(first)) => Err(KeyError::Invalid(first.clone()).into()),
             _ => Ok(()),
@@ -297,6 +350,7 @@ impl<'e> ModelKeys<'e> {
     /// are dropped one partition of the keys' hash at a time before the sort, which DuckDB spills on its own.
     pub fn write_snapshot(&self, path: &Path) -> Result<u64, AudienceError> {
         let doing = "writing the snapshot";
+        self.engine_table("written as a Parquet snapshot")?;
         let model = KeySource::Model(self);
         let partitions = partitions_for(self.engine, model.len(self.engine)?)?;
         let distinct = Distinct::of(self.engine, model, partitions)?;
@@ -330,7 +384,7 @@ impl<'e> Distinct<'e> {
             return Ok(Distinct {
                 engine,
                 table: None,
-                query: format!("SELECT DISTINCT k FROM ({})", source.sql()),
+                query: format!("SELECT DISTINCT k FROM ({})", source.sql()?),
             });
         }
         let table = table_name("distinct");
@@ -348,7 +402,7 @@ impl<'e> Distinct<'e> {
             engine
                 .execute_batch(&format!(
                     "INSERT INTO {table} SELECT DISTINCT k FROM ({})",
-                    partition_sql(&source.sql(), partitions, partition)
+                    partition_sql(&source.sql()?, partitions, partition)
                 ))
                 .map_err(engine_error(doing))?;
         }
@@ -368,9 +422,26 @@ impl Drop for Distinct<'_> {
     }
 }
 
+impl ModelKeys<'_> {
+    /// For rows held in PostgreSQL: makes the snapshot of run `run_id` from them, there; `None` for rows held in
+    /// the set engine, whose snapshot is written with [`ModelKeys::write_snapshot`].
+    pub fn prepare_in_warehouse(
+        &self,
+        sync: &str,
+        run_id: &str,
+    ) -> Option<Result<PreparedSnapshot, StateError>> {
+        match &self.held {
+            Held::Engine(_) => None,
+            Held::Warehouse(rows) => Some(rows.prepare_snapshot(sync, run_id)),
+        }
+    }
+}
+
 impl Drop for ModelKeys<'_> {
     fn drop(&mut self) {
-        drop_table(self.engine, &self.table);
+        if let Held::Engine(table) = &self.held {
+            drop_table(self.engine, table);
+        }
     }
 }
 
@@ -522,23 +593,34 @@ impl<'e> Delta<'e> {
         current: KeySource<'_>,
         baseline: KeySource<'_>,
     ) -> Result<Self, AudienceError> {
+        let (current_sql, baseline_sql) = (current.sql()?, baseline.sql()?);
         let keys = current.len(engine)?.max(baseline.len(engine)?);
         let partitions = partitions_for(engine, keys)?;
         if partitions > 1 {
             tracing::debug!(keys, partitions, "comparing the keys in partitions");
         }
-        Self::in_partitions(engine, current, baseline, partitions)
+        Self::in_partitions(engine, &current_sql, &baseline_sql, partitions)
     }
 
-    /// Compares `current` with `baseline` in `partitions` joins, one after another, each over the keys of one
-    /// partition of their hash.
-    fn in_partitions(
-        engine: &'e Connection,
-        current: KeySource<'_>,
-        baseline: KeySource<'_>,
-        partitions: u64,
+    /// Compares the model's rows held in PostgreSQL with the snapshot in the table `snapshot_table` of the same
+    /// database (none: nothing), there; only the keys that entered and left come into the engine.
+    pub fn in_warehouse(
+        model: &ModelKeys<'e>,
+        snapshot_table: Option<&str>,
     ) -> Result<Self, AudienceError> {
-        let mut delta = Delta {
+        let Held::Warehouse(rows) = &model.held else {
+            return Err(AudienceError::InWarehouse {
+                doing: "compared in PostgreSQL while they are in the set engine",
+            });
+        };
+        let delta = Self::create(model.engine)?;
+        rows.delta_into(model.engine, &delta.table, snapshot_table)?;
+        delta.counted()
+    }
+
+    /// An empty delta table.
+    fn create(engine: &'e Connection) -> Result<Self, AudienceError> {
+        let delta = Delta {
             engine,
             table: table_name("delta"),
             entered: 0,
@@ -550,9 +632,39 @@ impl<'e> Delta<'e> {
                 delta.table
             ))
             .map_err(engine_error("comparing keys"))?;
+        Ok(delta)
+    }
+
+    /// This delta with its counts of keys that entered and left.
+    fn counted(mut self) -> Result<Self, AudienceError> {
+        let counts: Vec<(bool, u64)> = query_rows(
+            self.engine,
+            &format!("SELECT gone, count(*) FROM {} GROUP BY gone", self.table),
+            "counting the keys that entered and left",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        for (gone, count) in counts {
+            if gone {
+                self.left = count;
+            } else {
+                self.entered = count;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Compares `current` with `baseline` in `partitions` joins, one after another, each over the keys of one
+    /// partition of their hash.
+    fn in_partitions(
+        engine: &'e Connection,
+        current: &str,
+        baseline: &str,
+        partitions: u64,
+    ) -> Result<Self, AudienceError> {
+        let delta = Self::create(engine)?;
         for partition in 0..partitions {
             // Equal keys hash alike, so each partition holds all of a key's rows on both sides.
-            let part = |source: KeySource<'_>| partition_sql(&source.sql(), partitions, partition);
+            let part = |sql: &str| partition_sql(sql, partitions, partition);
             engine
                 .execute_batch(&format!(
                     "INSERT INTO {table} \
@@ -565,21 +677,7 @@ impl<'e> Delta<'e> {
                 ))
                 .map_err(engine_error("comparing keys"))?;
         }
-
-        let counts: Vec<(bool, u64)> = query_rows(
-            engine,
-            &format!("SELECT gone, count(*) FROM {} GROUP BY gone", delta.table),
-            "counting the keys that entered and left",
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        for (gone, count) in counts {
-            if gone {
-                delta.left = count;
-            } else {
-                delta.entered = count;
-            }
-        }
-        Ok(delta)
+        delta.counted()
     }
 
     /// The keys that entered, sorted by byte order.
@@ -729,8 +827,8 @@ pub fn held_by(
         engine,
         &format!(
             "SELECT DISTINCT a.k FROM ({}) AS a SEMI JOIN ({}) AS b ON a.k = b.k",
-            keys.sql(),
-            of.sql()
+            keys.sql()?,
+            of.sql()?
         ),
     )
 }
@@ -817,7 +915,7 @@ mod tests {
     ) -> Result<ModelKeys<'w>, AudienceError> {
         let sql = "SELECT k FROM m";
         let key = warehouse.key_column(sql, "k").unwrap();
-        ModelKeys::load(warehouse, sql, &key, policy, &ProgressBar::hidden())
+        ModelKeys::load(warehouse, sql, &key, policy, &ProgressBar::hidden(), None)
     }
 
     fn strings(keys: &StringArray) -> Vec<String> {
@@ -1041,7 +1139,13 @@ mod tests {
             } else {
                 KeySource::Table(&table)
             };
-            let delta = Delta::in_partitions(engine, KeySource::Model(&model_keys), baseline, partitions).unwrap();
+            let delta = Delta::in_partitions(
+                engine,
+                &KeySource::Model(&model_keys).sql().unwrap(),
+                &baseline.sql().unwrap(),
+                partitions,
+            )
+            .unwrap();
 
             let valid: BTreeSet<String> = model.iter().filter(|k| !k.trim().is_empty()).cloned().collect();
             let entered: Vec<String> = valid.difference(&previous).cloned().collect();
