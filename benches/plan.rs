@@ -6,8 +6,10 @@
 //! `--dir PATH` for the generated data, default `$TMPDIR/ldsync-bench`, and `--warehouse postgres` to run the model
 //! on the PostgreSQL of `DATABASE_URL` instead of embedded DuckDB).
 //!
-//! On PostgreSQL, `except` is PostgreSQL's own two-way `EXCEPT`, and a `copy` phase adds the anchor for the fetch:
-//! `psql -c "COPY (model) TO STDOUT"` into /dev/null.
+//! On PostgreSQL, `except` is PostgreSQL's own two-way `EXCEPT`, a `copy` phase adds the anchor for the fetch:
+//! `psql -c "COPY (model) TO STDOUT"` into /dev/null, and an `in-wh` phase runs `ldsync plan` with the state store
+//! in the same database (`state.kind: postgres`), so that the diff runs in PostgreSQL (the in-warehouse diff) and
+//! only the delta reaches ldsync.
 //!
 //! Each measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own (the
 //! data is generated in a child too: Linux counts the parent's resident memory at spawn in a child's peak):
@@ -23,7 +25,7 @@ use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef};
 use ldsync::config::Config;
-use ldsync::state::{CheckpointSettings, LocalStore, StateError};
+use ldsync::state::{CheckpointSettings, LocalStore, StateError, Store};
 use ldsync::warehouse::{Warehouse, WarehouseError};
 
 mod common;
@@ -91,6 +93,16 @@ fn main() {
         let mut phases = vec![("fetch", &fetch), ("plan", &plan), ("except", &except)];
         if let Some(bounded) = &bounded {
             phases.push(("except≤", bounded));
+        }
+        let in_warehouse = postgres.then(|| measure(repeat, || in_warehouse_plan_command(&dir)));
+        if let Some(in_warehouse) = &in_warehouse {
+            phases.push(("in-wh", in_warehouse));
+            let peak_mib = in_warehouse.peak_kib as f64 / 1024.0;
+            verdicts.push(format!(
+                "{n} keys: in-warehouse plan {:.2}× the set engine's plan, peak {peak_mib:.0} MiB against {:.0} MiB",
+                in_warehouse.median / plan.median,
+                plan.peak_kib as f64 / 1024.0
+            ));
         }
         let copy = postgres.then(|| measure(repeat, || copy_command(&dir)));
         if let Some(copy) = &copy {
@@ -221,6 +233,9 @@ syncs:
     store
         .commit_prepared(SYNC, "bench-previous", &settings, &snapshot)
         .unwrap();
+    if let Some(schema) = &schema {
+        share_state(dir, schema, &conn);
+    }
     std::fs::write(&done, "").unwrap();
     eprintln!(
         "generated {n} keys in {} in {:.1}s",
@@ -261,19 +276,21 @@ fn phase_command(phase: &str, dir: &Path) -> Command {
 }
 
 fn plan_command(dir: &Path) -> Command {
+    ldsync_plan(&dir.join("connector.yaml"))
+}
+
+/// `ldsync plan --format json` of the configuration `config`, its report thrown away.
+fn ldsync_plan(config: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ldsync"));
-    command
-        .arg("--config")
-        .arg(dir.join("connector.yaml"))
-        .args([
-            "--log-level",
-            "warn",
-            "plan",
-            "--format",
-            "json",
-            "--output",
-            "/dev/null",
-        ]);
+    command.arg("--config").arg(config).args([
+        "--log-level",
+        "warn",
+        "plan",
+        "--format",
+        "json",
+        "--output",
+        "/dev/null",
+    ]);
     command
 }
 
@@ -308,6 +325,47 @@ fn load_into_postgres(dir: &Path, n: u64) -> String {
         .expect("psql runs");
     assert!(status.success(), "loading the CSVs into PostgreSQL failed");
     schema
+}
+
+/// Writes `connector-shared.yaml`, the benchmark's configuration with its state in PostgreSQL (the schema
+/// `<schema>_state`, in the warehouse's database), and commits the same checkpoint there.
+fn share_state(dir: &Path, schema: &str, conn: &duckdb::Connection) {
+    let local = std::fs::read_to_string(dir.join("connector.yaml")).unwrap();
+    let shared = local.replace(
+        "state:\n  kind: local\n",
+        &format!(
+            "state:\n  kind: postgres\n  url: {}\n  schema: {schema}_state\n",
+            database_url()
+        ),
+    );
+    std::fs::write(dir.join("connector-shared.yaml"), shared).unwrap();
+    let config = Config::load(&dir.join("connector-shared.yaml")).unwrap();
+    let settings = CheckpointSettings::of(&config, &config.syncs[0]);
+    let store = Store::open(&config).unwrap();
+    let snapshot = store
+        .prepare::<StateError>(SYNC, "bench-previous", |path| {
+            let written = conn
+                .execute(
+                    &format!(
+                        "COPY (SELECT user_id AS context_key FROM read_csv('{}/previous.csv', header = true, \
+                         types = {{'user_id': 'VARCHAR'}})) TO '{}' (FORMAT parquet, COMPRESSION zstd)",
+                        dir.display(),
+                        path.display()
+                    ),
+                    [],
+                )
+                .unwrap();
+            Ok(written as u64)
+        })
+        .unwrap();
+    store
+        .commit_prepared(SYNC, "bench-previous", &settings, &snapshot)
+        .unwrap();
+}
+
+/// `ldsync plan` with the state in the warehouse's database: the in-warehouse diff.
+fn in_warehouse_plan_command(dir: &Path) -> Command {
+    ldsync_plan(&dir.join("connector-shared.yaml"))
 }
 
 /// `psql` copying the model's key column to standard output, which goes to /dev/null: the fetch's anchor.

@@ -71,12 +71,15 @@ impl WarehouseRows {
             "SET LOCAL statement_timeout = {}",
             statement_timeout.as_millis()
         );
+        let analyze = format!("ANALYZE {}", rows.table);
         let created = store
             .run(move |pool: PgPool| async move {
                 let mut tx = pool.begin().await?;
                 tx.execute(AssertSqlSafe(timeout)).await?;
                 tx.execute(AssertSqlSafe(create)).await?;
-                tx.commit().await
+                tx.commit().await?;
+                // A new table has no statistics: without them PostgreSQL plans the comparison for a few rows.
+                pool.execute(AssertSqlSafe(analyze)).await.map(drop)
             })
             .map_err(|e| stopped(store, e))?;
         created.map_err(|e| model_error(e, None))?;
@@ -121,15 +124,20 @@ impl WarehouseRows {
         delta: &str,
         snapshot_table: Option<&str>,
     ) -> Result<(), AudienceError> {
-        let current = format!("SELECT k FROM {} WHERE reason = 0", self.table);
-        let baseline = match snapshot_table {
-            Some(table) => format!("SELECT key FROM {table}"),
-            None => "SELECT NULL::text WHERE false".to_string(),
+        // Anti-joins: PostgreSQL hashes one side and streams the other, in parallel, where `EXCEPT` sorts or
+        // hashes both (about twice as slow at a million keys).
+        let rows = &self.table;
+        let copy = match snapshot_table {
+            Some(snapshot) => format!(
+                "COPY (SELECT DISTINCT m.k, false FROM {rows} m WHERE m.reason = 0 \
+                   AND NOT EXISTS (SELECT 1 FROM {snapshot} s WHERE s.key = m.k) \
+                 UNION ALL SELECT s.key, true FROM {snapshot} s \
+                   WHERE NOT EXISTS (SELECT 1 FROM {rows} m WHERE m.reason = 0 AND m.k = s.key)) TO STDOUT"
+            ),
+            None => {
+                format!("COPY (SELECT DISTINCT k, false FROM {rows} WHERE reason = 0) TO STDOUT")
+            }
         };
-        let copy = format!(
-            "COPY (SELECT k, false FROM ({current} EXCEPT {baseline}) AS entered \
-             UNION ALL SELECT key, true FROM ({baseline} EXCEPT {current}) AS gone (key)) TO STDOUT"
-        );
         let doing = "taking in the keys that entered and left";
         let mut appender = engine
             .appender_to_catalog_and_db(delta, "temp", "main")
