@@ -483,3 +483,46 @@ fn the_store_is_created_by_its_migrations_once_and_a_bad_url_keeps_its_password(
         stderr(&out)
     );
 }
+
+#[test]
+fn an_events_sync_keeps_its_watermark_and_journal_in_postgres_and_sends_each_order_once() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "state_events", "");
+    let setup = Setup::new();
+    shared_state(&setup.project, &schema);
+    ok(&setup.sync("day1", &["order-events"]));
+    let mut orders = expected_order_events("day1", None);
+    assert_eq!(setup.events_by_key(), orders);
+    let watermark = |schema: &Schema| {
+        schema.query(&format!(
+            "SELECT checkpoint->>'sync', checkpoint->'watermark'->>'row_id' FROM {}.event_checkpoints",
+            schema.name
+        ))
+    };
+    let day1 = watermark(&schema);
+    assert_eq!(day1.len(), 1);
+    assert_eq!(day1[0][0].as_deref(), Some("order-events"));
+    assert!(
+        day1[0][1].is_some(),
+        "the watermark names the last row sent"
+    );
+
+    ok(&setup.sync("day2", &["order-events"]));
+    for (key, count) in expected_order_events("day2", Some("day1")) {
+        *orders.entry(key).or_default() += count;
+    }
+    assert_eq!(setup.events_by_key(), orders, "the new orders, each once");
+    assert_ne!(watermark(&schema), day1, "the watermark moved");
+    assert_eq!(
+        count(
+            &schema,
+            &format!("SELECT count(*) FROM {}.journals", schema.name)
+        ),
+        0
+    );
+    // Nothing more to send: a third run changes nothing.
+    let out = setup.sync("day2", &["order-events", "--format", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["syncs"][0]["outcome"], "nothing_to_change");
+    assert_eq!(setup.events_by_key(), orders);
+}

@@ -176,6 +176,7 @@ impl PgStore {
                 )))
                 .await?;
             let key_count = created.rows_affected();
+            tables.analyze(&mut tx, id).await?;
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE {} SET key_count = $1 WHERE id = $2",
                 tables.table("snapshots")
@@ -193,6 +194,13 @@ impl PgStore {
             content_hash: None,
             snapshot_hash: None,
         })
+    }
+
+    /// Gathers the statistics of snapshot `id`'s new table: without them PostgreSQL plans the in-warehouse diff
+    /// for a table of a few rows (a sort-merge instead of a hash anti-join: three times as slow at 10M keys).
+    async fn analyze(&self, tx: &mut sqlx::PgConnection, id: i64) -> Result<(), sqlx::Error> {
+        let analyze = format!("ANALYZE {}", self.snapshot_table(id));
+        tx.execute(AssertSqlSafe(analyze)).await.map(drop)
     }
 
     /// Registers a new snapshot of run `run` (replacing an earlier attempt of the same run) and returns its id.
@@ -727,6 +735,7 @@ impl PgStore {
             if copied != key_count {
                 return Err(StoreCallError::Count { copied, key_count });
             }
+            tables.analyze(&mut tx, id).await?;
             tx.commit().await?;
             Ok(())
         };
