@@ -305,7 +305,8 @@ fn load_into_postgres(dir: &Path, n: u64) -> String {
     let schema = format!("ldsync_bench_{n}");
     let dir = dir.canonicalize().unwrap();
     let sql = format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP SCHEMA IF EXISTS {schema}_state CASCADE;
+         CREATE SCHEMA {schema};
          CREATE TABLE {schema}.model (user_id text, plan_tier int);
          CREATE TABLE {schema}.previous (user_id text);
          \\copy {schema}.model FROM '{dir}/model.csv' CSV HEADER

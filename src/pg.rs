@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use arrow::array::{ArrayRef, StringBuilder};
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, PgPool};
@@ -63,6 +64,15 @@ impl<I> Fed<I> {
         self.ended = item.is_none();
         Ok(item)
     }
+}
+
+/// Why rows could not be copied out of PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyOutError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Data(#[from] CopyError),
 }
 
 /// A pool of connections to one PostgreSQL database, served by a worker thread.
@@ -191,6 +201,19 @@ impl PgWorker {
         })
     }
 
+    /// Runs `statement` (a `COPY … TO STDOUT`) and reads its rows as they arrive: [`BATCH_ROWS`] at a time, each
+    /// column an Arrow array of text. When the reader stops reading, the copy stops; an error is the last item.
+    pub fn copy_out<E: From<CopyOutError> + Send + 'static>(
+        &self,
+        statement: String,
+    ) -> Result<Receiver<Result<Vec<ArrayRef>, E>>, WorkerStopped> {
+        self.stream(move |pool, reply| async move {
+            if let Err(e) = copy_rows(&pool, &statement, &reply).await {
+                let _ = reply.send(Err(e.into()));
+            }
+        })
+    }
+
     fn send(&self, job: Job) -> Result<(), WorkerStopped> {
         self.jobs
             .as_ref()
@@ -208,6 +231,29 @@ impl Drop for PgWorker {
             let _ = worker.join();
         }
     }
+}
+
+/// Sends the rows `statement` copies out to `reply`, a batch at a time.
+async fn copy_rows<E>(
+    pool: &PgPool,
+    statement: &str,
+    reply: &SyncSender<Result<Vec<ArrayRef>, E>>,
+) -> Result<(), CopyOutError> {
+    let mut conn = pool.acquire().await?;
+    let mut stream = conn.copy_out_raw(statement).await?;
+    let mut rows = CopyRows::default();
+    while let Some(chunk) = stream.next().await {
+        for batch in rows.push(&chunk?)? {
+            // The reader stopped reading (it failed): stop copying.
+            if reply.send(Ok(batch)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if let Some(batch) = rows.finish()? {
+        let _ = reply.send(Ok(batch));
+    }
+    Ok(())
 }
 
 /// The worker: connects, says whether that worked, then runs jobs until the job channel closes.

@@ -49,7 +49,7 @@ fn model_key() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
-fn strings(keys: &StringArray) -> Vec<String> {
+fn array_keys(keys: &StringArray) -> Vec<String> {
     keys.iter().flatten().map(str::to_string).collect()
 }
 
@@ -96,8 +96,8 @@ fn the_in_warehouse_delta_is_exactly_the_set_engines() {
         let snapshot = KeySource::Snapshot(checkpoint.snapshot_path().unwrap());
         let compared = Delta::between(engine, KeySource::Model(&in_engine), snapshot).unwrap();
 
-        prop_assert_eq!(strings(&pushed.entered_keys().unwrap()), strings(&compared.entered_keys().unwrap()));
-        prop_assert_eq!(strings(&pushed.left_keys().unwrap()), strings(&compared.left_keys().unwrap()));
+        prop_assert_eq!(array_keys(&pushed.entered_keys().unwrap()), array_keys(&compared.entered_keys().unwrap()));
+        prop_assert_eq!(array_keys(&pushed.left_keys().unwrap()), array_keys(&compared.left_keys().unwrap()));
         let count = previous.len() as u64;
         prop_assert_eq!(in_warehouse.stats(&pushed, count), in_engine.stats(&compared, count));
 
@@ -110,8 +110,8 @@ fn the_in_warehouse_delta_is_exactly_the_set_engines() {
             .collect();
         let entered: Vec<String> = valid.difference(&previous).cloned().collect();
         let left: Vec<String> = previous.difference(&valid).cloned().collect();
-        prop_assert_eq!(strings(&pushed.entered_keys().unwrap()), entered);
-        prop_assert_eq!(strings(&pushed.left_keys().unwrap()), left);
+        prop_assert_eq!(array_keys(&pushed.entered_keys().unwrap()), entered);
+        prop_assert_eq!(array_keys(&pushed.left_keys().unwrap()), left);
         prop_assert_eq!(in_warehouse.stats(&pushed, count).rows, model.len() as u64);
     });
     let leftover = schema.query(&format!(
@@ -177,7 +177,7 @@ fn a_sync_planned_in_the_warehouse_sends_the_change_and_keeps_its_snapshot_there
     ok(&plan);
     let plan = &json(&plan)["syncs"][0];
     let arrived = active(&mut (3001..=3500));
-    assert_eq!(strings_of(&plan["adds"]), arrived);
+    assert_eq!(strings(&plan["adds"]), arrived);
     assert_eq!(plan["keys"]["rows"], 3500 - 875 + 1);
     assert_eq!(plan["keys"]["rejected"]["null"], 1);
 
@@ -209,13 +209,4 @@ fn a_sync_planned_in_the_warehouse_sends_the_change_and_keeps_its_snapshot_there
         schema.name
     ));
     assert!(!copy.exists(), "the snapshot never left PostgreSQL");
-}
-
-fn strings_of(value: &serde_json::Value) -> BTreeSet<String> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
 }

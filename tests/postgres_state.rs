@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::emulated::*;
 use common::postgres::*;
 use common::*;
+use ldsync::state::{CheckpointSettings, PgStore, Store};
 use ldsync_emulator::Faults;
 
 /// Points the setup's state at the test's schema in PostgreSQL.
@@ -185,14 +186,6 @@ fn a_run_killed_mid_sync_is_finished_from_the_journal_rows_without_resending() {
         latency: Duration::from_millis(15),
         ..Faults::default()
     });
-    let applied = || {
-        setup
-            .emulator
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PATCH" && r.applied)
-            .count()
-    };
     let mut child = setup
         .project
         .command("day1", &["sync", "pro-users"])
@@ -202,7 +195,7 @@ fn a_run_killed_mid_sync_is_finished_from_the_journal_rows_without_resending() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while applied() < 3 {
+    while applied_patches(&setup) < 3 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the run sent batches"
@@ -525,4 +518,36 @@ fn an_events_sync_keeps_its_watermark_and_journal_in_postgres_and_sends_each_ord
     ok(&out);
     assert_eq!(json(&out)["syncs"][0]["outcome"], "nothing_to_change");
     assert_eq!(setup.events_by_key(), orders);
+}
+
+#[test]
+fn a_committed_snapshot_is_never_replaced() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "state_immutable", "");
+    let copies = tempfile::tempdir().unwrap();
+    let state = ldsync::config::PostgresState {
+        url: url.clone(),
+        schema: schema.name.clone(),
+    };
+    let store = Store::Postgres(PgStore::open(&state, copies.path().to_path_buf()).unwrap());
+    let settings = CheckpointSettings {
+        project: "default".into(),
+        environment: "production".into(),
+        segment: "seg".into(),
+        context_kind: "user".into(),
+        mode: ldsync::config::Mode::Add,
+    };
+    store.commit("s", "run-1", &settings, ["a", "b"]).unwrap();
+    let err = store
+        .commit("s", "run-1", &settings, ["c"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("run run-1's snapshot is the committed checkpoint already, and a committed snapshot never changes"),
+        "{err}"
+    );
+    assert_eq!(
+        checkpoint_in(&schema, "s"),
+        Some(("run-1".to_string(), ["a", "b"].map(String::from).into()))
+    );
 }

@@ -698,14 +698,6 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
         latency: Duration::from_millis(15),
         ..Faults::default()
     });
-    let applied_patches = || {
-        setup
-            .emulator
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PATCH" && r.applied)
-            .count()
-    };
     // A fixed seed: a failure replays with the same kill points.
     const SEED: u64 = 20261124;
     let mut rng = fastrand::Rng::with_seed(SEED);
@@ -728,7 +720,7 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
         // A quarter of the kills land at a random moment of the first 300 ms (the model, the read, the journal
         // being written); the others once LaunchDarkly has applied 1 to 4 more batches, up to 15 ms later (before
         // or after the acknowledgement reached ldsync).
-        let sent_before = applied_patches();
+        let sent_before = applied_patches(&setup);
         let target = if rng.u8(0..4) == 0 {
             Err(Duration::from_millis(rng.u64(0..300)))
         } else {
@@ -741,7 +733,7 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
             }
             let due = match target {
                 Err(moment) => started.elapsed() >= moment,
-                Ok(batches) => applied_patches() - sent_before >= batches,
+                Ok(batches) => applied_patches(&setup) - sent_before >= batches,
             };
             if due {
                 std::thread::sleep(Duration::from_millis(rng.u64(0..15)));

@@ -11,13 +11,12 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::Connection;
-use futures_util::StreamExt;
 use sqlx::{AssertSqlSafe, Executor, PgPool};
 
 use super::{AudienceError, MAX_EXAMPLES, engine_error, shorten, table_name};
 use crate::config::MAX_KEY_CHARS;
 use crate::keys::{RejectedRow, Rejection};
-use crate::pg::{CopyRows, WorkerStopped};
+use crate::pg::{CopyOutError, WorkerStopped};
 use crate::state::{PgStore, PreparedSnapshot, StateError};
 use crate::warehouse::postgres::model_error;
 use crate::warehouse::{KeyColumn, WarehouseError, quote_identifier, trim_model};
@@ -144,28 +143,7 @@ impl WarehouseRows {
             .map_err(engine_error(doing))?;
         let batches = self
             .store
-            .stream(move |pool: PgPool, reply| async move {
-                let result: Result<(), AudienceError> = async {
-                    let mut conn = pool.acquire().await.map_err(lost)?;
-                    let mut stream = conn.copy_out_raw(&copy).await.map_err(lost)?;
-                    let mut rows = CopyRows::default();
-                    while let Some(chunk) = stream.next().await {
-                        for batch in rows.push(&chunk.map_err(lost)?).map_err(copy_error)? {
-                            if reply.send(Ok(batch)).is_err() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    if let Some(batch) = rows.finish().map_err(copy_error)? {
-                        let _ = reply.send(Ok(batch));
-                    }
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = result {
-                    let _ = reply.send(Err(e));
-                }
-            })
+            .copy_out::<AudienceError>(copy)
             .map_err(|e| stopped(&self.store, e))?;
         for columns in batches {
             appender
@@ -233,8 +211,10 @@ fn lost(e: sqlx::Error) -> AudienceError {
     }
 }
 
-fn copy_error(e: crate::pg::CopyError) -> AudienceError {
-    WarehouseError::PostgresCopy(e.0).into()
+impl From<CopyOutError> for AudienceError {
+    fn from(e: CopyOutError) -> Self {
+        AudienceError::Warehouse(e.into())
+    }
 }
 
 fn stopped(store: &PgStore, e: WorkerStopped) -> AudienceError {

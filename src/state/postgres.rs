@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, StringArray};
 use chrono::Utc;
-use futures_util::StreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 
@@ -28,7 +27,7 @@ use super::{
     remove_stale_snapshots, write_parquet_arrays_to,
 };
 use crate::config::PostgresState;
-use crate::pg::{ConnectError, CopyRows, Fed, PgWorker, WorkerStopped, copy_text};
+use crate::pg::{ConnectError, Fed, PgWorker, WorkerStopped, copy_text};
 
 /// ldsync's migrations, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("sql/migrations");
@@ -143,16 +142,14 @@ impl PgStore {
         self.shared.worker.call(job)
     }
 
-    /// Runs `job` on the store's connections, reading what it sends as it comes (see [`PgWorker::stream`]).
-    pub(crate) fn stream<T, Fut>(
+    /// Runs a `COPY … TO STDOUT` on the store's connections, reading its rows as they come (see
+    /// [`PgWorker::copy_out`]).
+    pub(crate) fn copy_out<E: From<crate::pg::CopyOutError> + Send + 'static>(
         &self,
-        job: impl FnOnce(PgPool, std::sync::mpsc::SyncSender<T>) -> Fut + Send + 'static,
-    ) -> Result<std::sync::mpsc::Receiver<T>, WorkerStopped>
-    where
-        T: Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
+        statement: String,
+    ) -> Result<std::sync::mpsc::Receiver<Result<Vec<arrow::array::ArrayRef>, E>>, WorkerStopped>
     {
-        self.shared.worker.stream(job)
+        self.shared.worker.copy_out(statement)
     }
 
     /// Makes the snapshot of run `run_id` from the distinct keys `select` gives (one text column, in this
@@ -186,7 +183,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(key_count)
+            Ok::<_, StoreCallError>(key_count)
         })?;
         Ok(PreparedSnapshot {
             file: format!("snapshot-{run_id}.parquet"),
@@ -209,7 +206,20 @@ impl PgStore {
         tx: &mut sqlx::PgConnection,
         sync: &str,
         run: &str,
-    ) -> Result<i64, sqlx::Error> {
+    ) -> Result<i64, StoreCallError> {
+        let committed: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT snapshot_id FROM {} WHERE sync = $1 AND run_id = $2",
+            self.table("checkpoints")
+        )))
+        .bind(sync)
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if committed.is_some() {
+            return Err(StoreCallError::Committed {
+                run: run.to_string(),
+            });
+        }
         let snapshots = self.table("snapshots");
         let earlier: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
             "DELETE FROM {snapshots} WHERE sync = $1 AND run_id = $2 RETURNING id"
@@ -240,14 +250,12 @@ impl PgStore {
             self.table("checkpoints"),
             self.table("snapshots")
         );
-        let sync_name = sync.to_string();
-        let row: Option<(String, i64, i64)> =
-            self.call("read the checkpoint", move |pool| async move {
-                sqlx::query_as(AssertSqlSafe(select))
-                    .bind(sync_name)
-                    .fetch_optional(&pool)
-                    .await
-            })?;
+        let row = self.fetch_one::<(String, i64, i64)>(
+            "read the checkpoint",
+            select,
+            sync,
+            Extra::Nothing,
+        )?;
         let Some((manifest, snapshot_id, key_count)) = row else {
             return Ok(None);
         };
@@ -308,7 +316,7 @@ impl PgStore {
             .fetch_optional(&mut *tx)
             .await?;
             let Some((snapshot_id, _)) = snapshot else {
-                return Ok(true);
+                return Ok::<_, StoreCallError>(true);
             };
             sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO {} (sync, run_id, snapshot_id, manifest, committed_at) \
@@ -376,7 +384,7 @@ impl PgStore {
                 .await?;
             if !taken {
                 conn.close().await?;
-                return Ok(None);
+                return Ok::<_, StoreCallError>(None);
             }
             sqlx::query(AssertSqlSafe(upsert))
                 .bind(sync_name)
@@ -402,15 +410,12 @@ impl PgStore {
              WHERE l.locktype = 'advisory' AND l.pid = r.backend_pid AND l.granted)",
             self.table("run_locks")
         );
-        let sync_name = sync.to_string();
-        let holder: Result<Option<(String,)>, _> =
-            self.call("read the run lock's holder", move |pool| async move {
-                sqlx::query_as(AssertSqlSafe(select))
-                    .bind(sync_name)
-                    .fetch_optional(&pool)
-                    .await
-            });
-        match holder {
+        match self.fetch_one::<(String,)>(
+            "read the run lock's holder",
+            select,
+            sync,
+            Extra::Nothing,
+        ) {
             Ok(Some((holder,))) => holder,
             _ => "a process that has not said who it is".to_string(),
         }
@@ -503,7 +508,7 @@ impl PgStore {
                     .fetch_optional(&mut *tx)
                     .await?;
             let Some((header, refusal)) = header else {
-                return Ok(None);
+                return Ok::<_, StoreCallError>(None);
             };
             let batches: Vec<(i32, i64, bool)> = sqlx::query_as(AssertSqlSafe(batches_sql))
                 .bind(&sync_name)
@@ -547,15 +552,12 @@ impl PgStore {
             "SELECT batch::text FROM {} WHERE sync = $1 AND batch_index = $2",
             self.table("journal_batches")
         );
-        let sync_name = sync.to_string();
-        let batch: Option<(String,)> =
-            self.call("read the run journal", move |pool| async move {
-                sqlx::query_as(AssertSqlSafe(select))
-                    .bind(sync_name)
-                    .bind(index as i32)
-                    .fetch_optional(&pool)
-                    .await
-            })?;
+        let batch = self.fetch_one::<(String,)>(
+            "read the run journal",
+            select,
+            sync,
+            Extra::Index(index as i32),
+        )?;
         Ok(batch.map(|(batch,)| batch))
     }
 
@@ -591,14 +593,7 @@ impl PgStore {
     /// Whether a run of the sync left a journal (false when the store cannot be read: status only reports it).
     pub fn journal_exists(&self, sync: &str) -> bool {
         let select = format!("SELECT 1 FROM {} WHERE sync = $1", self.table("journals"));
-        let sync_name = sync.to_string();
-        let found: Result<Option<(i32,)>, _> =
-            self.call("read the run journal", move |pool| async move {
-                sqlx::query_as(AssertSqlSafe(select))
-                    .bind(sync_name)
-                    .fetch_optional(&pool)
-                    .await
-            });
+        let found = self.fetch_one::<(i32,)>("read the run journal", select, sync, Extra::Nothing);
         matches!(found, Ok(Some(_)))
     }
 
@@ -635,13 +630,7 @@ impl PgStore {
             "SELECT record::text FROM {} WHERE sync = $1 ORDER BY finished_at, run_id",
             self.table("runs")
         );
-        let sync_name = sync.to_string();
-        let rows: Vec<(String,)> = self.call("read the run history", move |pool| async move {
-            sqlx::query_as(AssertSqlSafe(select))
-                .bind(sync_name)
-                .fetch_all(&pool)
-                .await
-        })?;
+        let rows = self.fetch::<(String,)>("read the run history", select, sync, Extra::Nothing)?;
         Ok(rows.into_iter().map(|(record,)| record).collect())
     }
 
@@ -651,14 +640,12 @@ impl PgStore {
             "SELECT checkpoint::text FROM {} WHERE sync = $1",
             self.table("event_checkpoints")
         );
-        let sync_name = sync.to_string();
-        let row: Option<(String,)> =
-            self.call("read the events checkpoint", move |pool| async move {
-                sqlx::query_as(AssertSqlSafe(select))
-                    .bind(sync_name)
-                    .fetch_optional(&pool)
-                    .await
-            })?;
+        let row = self.fetch_one::<(String,)>(
+            "read the events checkpoint",
+            select,
+            sync,
+            Extra::Nothing,
+        )?;
         Ok(row.map(|(checkpoint,)| checkpoint))
     }
 
@@ -757,28 +744,7 @@ impl PgStore {
         let batches = self
             .shared
             .worker
-            .stream(move |pool, reply| async move {
-                let result: Result<(), StoreCallError> = async {
-                    let mut conn = pool.acquire().await?;
-                    let mut stream = conn.copy_out_raw(&copy).await?;
-                    let mut rows = CopyRows::default();
-                    while let Some(chunk) = stream.next().await {
-                        for batch in rows.push(&chunk?).map_err(StoreCallError::Copy)? {
-                            if reply.send(Ok(batch)).is_err() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    if let Some(batch) = rows.finish().map_err(StoreCallError::Copy)? {
-                        let _ = reply.send(Ok(batch));
-                    }
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = result {
-                    let _ = reply.send(Err(e));
-                }
-            })
+            .copy_out::<StoreCallError>(copy)
             .map_err(|e| self.stopped("download the snapshot", e))?;
         self.shared.copies.prepare(sync, run_id, |path| {
             let arrays = batches.into_iter().map(|batch| {
@@ -789,6 +755,43 @@ impl PgStore {
             write_parquet_arrays_to(path, arrays)
         })?;
         Ok(())
+    }
+
+    /// The rows `select` gives for `sync` (`$1`; `$2` is what `extra` holds).
+    fn fetch<T>(
+        &self,
+        doing: &'static str,
+        select: String,
+        sync: &str,
+        extra: Extra,
+    ) -> Result<Vec<T>, StateError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin + 'static,
+    {
+        let sync_name = sync.to_string();
+        self.call(doing, move |pool| async move {
+            let query = sqlx::query_as(AssertSqlSafe(select)).bind(sync_name);
+            let query = match extra {
+                Extra::Nothing => query,
+                Extra::Index(index) => query.bind(index),
+                Extra::Text(text) => query.bind(text),
+            };
+            query.fetch_all(&pool).await
+        })
+    }
+
+    /// The first row `select` gives for `sync`, if any (see [`PgStore::fetch`]).
+    fn fetch_one<T>(
+        &self,
+        doing: &'static str,
+        select: String,
+        sync: &str,
+        extra: Extra,
+    ) -> Result<Option<T>, StateError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin + 'static,
+    {
+        Ok(self.fetch(doing, select, sync, extra)?.into_iter().next())
     }
 
     /// Runs one statement on `sync`'s rows: `$1` is the sync, `$2` what `extra` holds.
@@ -812,17 +815,18 @@ impl PgStore {
     }
 
     /// Runs `job` on the store's connections and waits for it.
-    fn call<T, Fut>(
+    fn call<T, E, Fut>(
         &self,
         doing: &'static str,
         job: impl FnOnce(PgPool) -> Fut + Send + 'static,
     ) -> Result<T, StateError>
     where
         T: Send + 'static,
-        Fut: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+        E: Into<StoreCallError> + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
     {
         match self.shared.worker.call(job) {
-            Ok(result) => result.map_err(|e| self.error(doing, StoreCallError::Sql(e))),
+            Ok(result) => result.map_err(|e| self.error(doing, e.into())),
             Err(stopped) => Err(self.stopped(doing, stopped)),
         }
     }
@@ -856,10 +860,14 @@ enum Extra {
 enum StoreCallError {
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
-    #[error("{0}")]
-    Copy(crate::pg::CopyError),
+    #[error(transparent)]
+    CopyOut(#[from] crate::pg::CopyOutError),
     #[error("the data to write stopped before its end")]
     Aborted(#[from] crate::pg::FeedAborted),
+    #[error(
+        "run {run}'s snapshot is the committed checkpoint already, and a committed snapshot never changes"
+    )]
+    Committed { run: String },
     #[error("{copied} keys were copied, the snapshot holds {key_count}")]
     Count { copied: u64, key_count: u64 },
 }

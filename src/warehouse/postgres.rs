@@ -5,16 +5,14 @@
 //! them into Arrow string arrays of [`BATCH_ROWS`](crate::pg::BATCH_ROWS) rows, handed on through a channel of two batches, so neither the
 //! whole result nor more than a few batches are ever in memory. The pool lives on a [`PgWorker`].
 
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use arrow::array::ArrayRef;
-use futures_util::StreamExt;
 use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
 use sqlx::{AssertSqlSafe, Column as _, Executor, PgPool, SqlSafeStr, Statement, TypeInfo};
 
 use super::{Column, WarehouseError, trim_model};
-use crate::pg::{ConnectError, CopyError, CopyRows, PgWorker, WorkerStopped};
+use crate::pg::{ConnectError, CopyOutError, PgWorker, WorkerStopped};
 
 /// A pool of connections to the warehouse.
 pub struct Postgres {
@@ -67,10 +65,9 @@ impl Postgres {
         select: &str,
         mut sink: impl FnMut(&[ArrayRef]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let select = select.to_string();
         let batches = self
             .worker
-            .stream(move |pool, reply| async move { copy_columns(&pool, &select, &reply).await })
+            .copy_out::<WarehouseError>(format!("COPY ({select}) TO STDOUT"))
             .map_err(|e| self.stopped(e))?;
         // A failure from either side stops the stream (the worker sees the channel close).
         for batch in batches {
@@ -102,45 +99,15 @@ async fn describe(pool: &PgPool, sql: &str) -> Result<Vec<Column>, WarehouseErro
         .collect())
 }
 
-/// Copies the columns of `select` out as text, sending arrays every [`BATCH_ROWS`] rows.
-async fn copy_columns(
-    pool: &PgPool,
-    select: &str,
-    reply: &SyncSender<Result<Vec<ArrayRef>, WarehouseError>>,
-) {
-    let statement = format!("COPY ({select}) TO STDOUT");
-    let result = async {
-        let mut conn = pool.acquire().await.map_err(lost)?;
-        let mut stream = conn
-            .copy_out_raw(&statement)
-            .await
-            .map_err(|e| model_error(e, None))?;
-        let mut rows = CopyRows::default();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| match e {
-                sqlx::Error::Database(_) => model_error(e, None),
-                other => lost(other),
-            })?;
-            for batch in rows.push(&chunk).map_err(copy_error)? {
-                // The planner stopped reading (it failed): stop copying.
-                if reply.send(Ok(batch)).is_err() {
-                    return Ok(());
-                }
-            }
+impl From<CopyOutError> for WarehouseError {
+    fn from(e: CopyOutError) -> Self {
+        match e {
+            // Errors of the wrapped query (division by zero, say) come from running the model.
+            CopyOutError::Sql(e @ sqlx::Error::Database(_)) => model_error(e, None),
+            CopyOutError::Sql(other) => lost(other),
+            CopyOutError::Data(e) => WarehouseError::PostgresCopy(e.0),
         }
-        if let Some(batch) = rows.finish().map_err(copy_error)? {
-            let _ = reply.send(Ok(batch));
-        }
-        Ok(())
     }
-    .await;
-    if let Err(e) = result {
-        let _ = reply.send(Err(e));
-    }
-}
-
-fn copy_error(e: CopyError) -> WarehouseError {
-    WarehouseError::PostgresCopy(e.0)
 }
 
 /// A failure of the connection itself, rather than of the model.

@@ -202,6 +202,16 @@ pub fn small_batches(setup: &Setup, size: usize) {
     );
 }
 
+/// How many batches LaunchDarkly has applied to segments so far.
+pub fn applied_patches(setup: &Setup) -> usize {
+    setup
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.applied)
+        .count()
+}
+
 /// How many requests LaunchDarkly answered with `status`.
 pub fn answered(setup: &Setup, status: u16) -> usize {
     setup

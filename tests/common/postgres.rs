@@ -43,17 +43,42 @@ impl Schema {
     }
 
     pub fn execute(&self, sql: &str) {
+        self.with_pool(async |pool| {
+            pool.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
+                .await
+                .unwrap();
+        });
+    }
+
+    /// The rows `sql` returns, each as its columns read as text (cast them in the query).
+    pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.with_pool(async |pool| {
+            let rows = sqlx::query(AssertSqlSafe(sql.to_string()))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|row| {
+                    (0..sqlx::Row::len(row))
+                        .map(|i| sqlx::Row::try_get::<Option<String>, _>(row, i).unwrap())
+                        .collect()
+                })
+                .collect()
+        })
+    }
+
+    /// Runs `work` with a pool of its own, closed after.
+    fn with_pool<T>(&self, work: impl AsyncFnOnce(&sqlx::PgPool) -> T) -> T {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
             let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
-            pool.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
-                .await
-                .unwrap();
+            let result = work(&pool).await;
             pool.close().await;
-        });
+            result
+        })
     }
 
     pub fn warehouse(&self) -> Warehouse {
@@ -69,30 +94,5 @@ impl Schema {
 impl Drop for Schema {
     fn drop(&mut self) {
         self.execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
-    }
-}
-
-impl Schema {
-    /// The rows `sql` returns, each as its columns cast to text.
-    pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
-            let rows = sqlx::query(AssertSqlSafe(sql.to_string()))
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            rows.iter()
-                .map(|row| {
-                    (0..sqlx::Row::len(row))
-                        .map(|i| sqlx::Row::try_get::<Option<String>, _>(row, i).unwrap())
-                        .collect()
-                })
-                .collect()
-        })
     }
 }
