@@ -208,7 +208,11 @@ impl PgWorker {
         statement: String,
     ) -> Result<Receiver<Result<Vec<ArrayRef>, E>>, WorkerStopped> {
         self.stream(move |pool, reply| async move {
-            if let Err(e) = copy_rows(&pool, &statement, &reply).await {
+            let copied = match pool.acquire().await {
+                Ok(mut conn) => copy_rows(&mut conn, &statement, &reply).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = copied {
                 let _ = reply.send(Err(e.into()));
             }
         })
@@ -233,13 +237,12 @@ impl Drop for PgWorker {
     }
 }
 
-/// Sends the rows `statement` copies out to `reply`, a batch at a time.
-async fn copy_rows<E>(
-    pool: &PgPool,
+/// Sends the rows `statement` copies out on `conn` to `reply`, a batch at a time.
+pub async fn copy_rows<E>(
+    conn: &mut sqlx::PgConnection,
     statement: &str,
     reply: &SyncSender<Result<Vec<ArrayRef>, E>>,
 ) -> Result<(), CopyOutError> {
-    let mut conn = pool.acquire().await?;
     let mut stream = conn.copy_out_raw(statement).await?;
     let mut rows = CopyRows::default();
     while let Some(chunk) = stream.next().await {

@@ -210,3 +210,77 @@ fn a_sync_planned_in_the_warehouse_sends_the_change_and_keeps_its_snapshot_there
     ));
     assert!(!copy.exists(), "the snapshot never left PostgreSQL");
 }
+
+#[test]
+fn a_plan_killed_in_the_warehouse_leaves_nothing_behind_and_the_next_one_runs() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(
+        &url,
+        "pushdown_kill",
+        "CREATE TABLE people (id int8);
+         INSERT INTO people SELECT g FROM generate_series(1, 4000) g;",
+    );
+    let project = Project::example();
+    project.write(
+        "connector.yaml",
+        &format!(
+            "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\nlaunchdarkly:\n  project: default\n  \
+             environment: production\nstate:\n  kind: postgres\n  url: {url}\n  schema: {schema}\n\
+             syncs:\n  - name: slow-people\n    model: slow_people\n    segment: slow-people\n    mode: add\n",
+            schema = schema.name,
+        ),
+    );
+    // A model that takes seconds: 4,000 rows of half a millisecond (or more) each.
+    project.write(
+        "sql/slow_people.sql",
+        &format!(
+            "SELECT id AS context_key, pg_sleep(0.0005) AS pause FROM {}.people",
+            schema.name
+        ),
+    );
+    let store = Store::open(&project.config()).unwrap();
+    let settings = CheckpointSettings::of(&project.config(), &project.config().syncs[0]);
+    store
+        .commit("slow-people", "run-0", &settings, ["1", "2", "gone"])
+        .unwrap();
+    let model_tables = || {
+        schema.query("SELECT count(*)::text FROM pg_class WHERE relname = 'ldsync_model_rows'")[0]
+            [0]
+        .clone()
+        .unwrap()
+    };
+
+    let mut plan = project.command("day1", &["plan"]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while model_tables() == "0"
+        && schema
+            .query("SELECT count(*)::text FROM pg_stat_activity WHERE query LIKE 'CREATE TEMPORARY TABLE pg_temp.ldsync_model_rows%'")[0][0]
+            .as_deref()
+            == Some("0")
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the plan ran its model");
+        assert!(plan.try_wait().unwrap().is_none(), "the plan is still running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    plan.kill().unwrap(); // SIGKILL
+    plan.wait().unwrap();
+
+    // The next plan runs (a table of the same name may still be there in the killed session: it is not this
+    // session's), and says exactly what changed.
+    let out = project.ldsync("day1", &["plan", "--format", "json"]);
+    ok(&out);
+    let plan = &json(&out)["syncs"][0];
+    assert_eq!(plan["adds"].as_array().unwrap().len(), 3998);
+    assert_eq!(plan["entered"], 3998);
+    assert_eq!(plan["left"], 1, "{plan}");
+
+    // Once the killed session's query ends, PostgreSQL drops its table with it.
+    let started = std::time::Instant::now();
+    while model_tables() != "0" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the killed plan's table went with its session"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -1,5 +1,5 @@
 //! The in-warehouse diff: when the warehouse and the state store are the same PostgreSQL database, a model's rows
-//! never leave it. The model runs once into an unlogged table of the state schema (its keys checked in SQL, as the
+//! never leave it. The model runs once into a temporary table of a session of ldsync's own (its keys checked in SQL, as the
 //! set engine checks them), the keys that entered and left are found by PostgreSQL (`EXCEPT` against the
 //! checkpoint's snapshot table), and only they travel to ldsync, streamed into the set engine's delta table; the
 //! run's snapshot is made from the same table, inside PostgreSQL. This is how ldsync grows past one machine: the
@@ -11,22 +11,25 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::Connection;
-use sqlx::{AssertSqlSafe, Executor, PgPool};
+use sqlx::{AssertSqlSafe, Connection as _, Executor};
 
-use super::{AudienceError, MAX_EXAMPLES, engine_error, shorten, table_name};
+use super::{AudienceError, MAX_EXAMPLES, engine_error, shorten};
 use crate::config::MAX_KEY_CHARS;
 use crate::keys::{RejectedRow, Rejection};
-use crate::pg::{CopyOutError, WorkerStopped};
-use crate::state::{PgStore, PreparedSnapshot, StateError};
+use crate::pg::CopyOutError;
+use crate::state::{PgStore, PreparedSnapshot, Session, StateError};
 use crate::warehouse::postgres::model_error;
 use crate::warehouse::{KeyColumn, WarehouseError, quote_identifier, trim_model};
 
-/// A model's rows in an unlogged table of the state schema: `row` (the model's order), `k` (the key as text,
-/// compared byte by byte) and `reason` (why it is rejected, 0 if it is not). Dropped with this value.
+/// A model's rows in a temporary table of a session of the store's own: `row` (the model's order), `k` (the key as
+/// text, compared byte by byte) and `reason` (why it is rejected, 0 if it is not). The table goes with the session,
+/// which closes with this value, or with the process if it dies.
 pub(super) struct WarehouseRows {
-    store: PgStore,
-    table: String,
+    session: Session,
 }
+
+/// The rows' table, in the session's temporary schema.
+const ROWS: &str = "pg_temp.ldsync_model_rows";
 
 /// Why the key `k` is rejected, in PostgreSQL: 0 when it is not, else the [`Rejection`] code. Blank means empty or
 /// only Unicode White_Space, the code points Rust's `char::is_whitespace` accepts.
@@ -47,21 +50,16 @@ fn rejection_sql() -> String {
 }
 
 impl WarehouseRows {
-    /// Runs the model once into a new table of the store's schema, under the warehouse's statement timeout.
+    /// Runs the model once into the table, on a new session, under the warehouse's statement timeout.
     pub(super) fn load(
         store: &PgStore,
         model_sql: &str,
         key: &KeyColumn,
         statement_timeout: Duration,
     ) -> Result<Self, AudienceError> {
-        let rows = WarehouseRows {
-            store: store.clone(),
-            table: store.table(&table_name("model_rows")),
-        };
         let create = format!(
-            "CREATE UNLOGGED TABLE {table} AS SELECT row_number() OVER () AS row, k, ({reason})::int2 AS reason \
+            "CREATE TEMPORARY TABLE {ROWS} AS SELECT row_number() OVER () AS row, k, ({reason})::int2 AS reason \
              FROM (SELECT ({column})::text COLLATE \"C\" AS k FROM ({model}) AS ldsync_model) AS keys",
-            table = rows.table,
             reason = rejection_sql(),
             column = quote_identifier(&key.name),
             model = trim_model(model_sql),
@@ -70,27 +68,31 @@ impl WarehouseRows {
             "SET LOCAL statement_timeout = {}",
             statement_timeout.as_millis()
         );
-        let analyze = format!("ANALYZE {}", rows.table);
-        let created = store
-            .run(move |pool: PgPool| async move {
-                let mut tx = pool.begin().await?;
-                tx.execute(AssertSqlSafe(timeout)).await?;
-                tx.execute(AssertSqlSafe(create)).await?;
-                tx.commit().await?;
-                // A new table has no statistics: without them PostgreSQL plans the comparison for a few rows.
-                pool.execute(AssertSqlSafe(analyze)).await.map(drop)
-            })
-            .map_err(|e| stopped(store, e))?;
-        created.map_err(|e| model_error(e, None))?;
+        let rows = WarehouseRows {
+            session: store.session()?,
+        };
+        rows.session
+            .run("run the model", move |mut conn| async move {
+                let created = async {
+                    let mut tx = conn.begin().await?;
+                    tx.execute(AssertSqlSafe(timeout)).await?;
+                    tx.execute(AssertSqlSafe(create)).await?;
+                    tx.commit().await?;
+                    // A new table has no statistics: without them PostgreSQL plans the comparison for a few rows.
+                    conn.execute(AssertSqlSafe(format!("ANALYZE {ROWS}")))
+                        .await
+                        .map(drop)
+                }
+                .await;
+                (conn, created)
+            })?
+            .map_err(|e| model_error(e, None))?;
         Ok(rows)
     }
 
     /// How many rows the model gave for each rejection code (0: valid).
     pub(super) fn count_by_reason(&self) -> Result<Vec<(u8, u64)>, AudienceError> {
-        let select = format!(
-            "SELECT reason, count(*) FROM {} GROUP BY reason",
-            self.table
-        );
+        let select = format!("SELECT reason, count(*) FROM {ROWS} GROUP BY reason");
         let counts: Vec<(i16, i64)> = self.fetch(select)?;
         Ok(counts
             .into_iter()
@@ -101,8 +103,7 @@ impl WarehouseRows {
     /// The first rejected rows, in the model's order.
     pub(super) fn rejected_examples(&self) -> Result<Vec<RejectedRow>, AudienceError> {
         let select = format!(
-            "SELECT row, reason, k FROM {} WHERE reason > 0 ORDER BY row LIMIT {MAX_EXAMPLES}",
-            self.table
+            "SELECT row, reason, k FROM {ROWS} WHERE reason > 0 ORDER BY row LIMIT {MAX_EXAMPLES}"
         );
         let rows: Vec<(i64, i16, Option<String>)> = self.fetch(select)?;
         Ok(rows
@@ -125,7 +126,7 @@ impl WarehouseRows {
     ) -> Result<(), AudienceError> {
         // Anti-joins: PostgreSQL hashes one side and streams the other, in parallel, where `EXCEPT` sorts or
         // hashes both (about twice as slow at a million keys).
-        let rows = &self.table;
+        let rows = ROWS;
         let copy = match snapshot_table {
             Some(snapshot) => format!(
                 "COPY (SELECT DISTINCT m.k, false FROM {rows} m WHERE m.reason = 0 \
@@ -141,15 +142,11 @@ impl WarehouseRows {
         let mut appender = engine
             .appender_to_catalog_and_db(delta, "temp", "main")
             .map_err(engine_error(doing))?;
-        let batches = self
-            .store
-            .copy_out::<AudienceError>(copy)
-            .map_err(|e| stopped(&self.store, e))?;
-        for columns in batches {
+        self.session.copy_out::<AudienceError>(copy, |columns| {
             appender
-                .append_record_batch(delta_batch(&columns?)?)
-                .map_err(engine_error(doing))?;
-        }
+                .append_record_batch(delta_batch(&columns)?)
+                .map_err(engine_error(doing))
+        })?;
         appender.flush().map_err(engine_error(doing))
     }
 
@@ -159,32 +156,22 @@ impl WarehouseRows {
         sync: &str,
         run_id: &str,
     ) -> Result<PreparedSnapshot, StateError> {
-        let select = format!("SELECT DISTINCT k FROM {} WHERE reason = 0", self.table);
-        self.store.prepare_from_query(sync, run_id, &select)
+        let select = format!("SELECT DISTINCT k FROM {ROWS} WHERE reason = 0");
+        self.session.prepare_snapshot(sync, run_id, &select)
     }
 
     fn fetch<T>(&self, select: String) -> Result<Vec<T>, AudienceError>
     where
         T: Send + Unpin + 'static + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
-        self.store
-            .run(move |pool: PgPool| async move {
-                sqlx::query_as(AssertSqlSafe(select)).fetch_all(&pool).await
-            })
-            .map_err(|e| stopped(&self.store, e))?
+        self.session
+            .run("read the model's rows", move |mut conn| async move {
+                let rows = sqlx::query_as(AssertSqlSafe(select))
+                    .fetch_all(&mut conn)
+                    .await;
+                (conn, rows)
+            })?
             .map_err(lost)
-    }
-}
-
-impl Drop for WarehouseRows {
-    fn drop(&mut self) {
-        let drop = format!("DROP TABLE IF EXISTS {}", self.table);
-        let dropped = self
-            .store
-            .run(move |pool: PgPool| async move { pool.execute(AssertSqlSafe(drop)).await });
-        if !matches!(dropped, Ok(Ok(_))) {
-            tracing::debug!(table = %self.table, "could not drop the model's rows in PostgreSQL");
-        }
     }
 }
 
@@ -215,12 +202,4 @@ impl From<CopyOutError> for AudienceError {
     fn from(e: CopyOutError) -> Self {
         AudienceError::Warehouse(e.into())
     }
-}
-
-fn stopped(store: &PgStore, e: WorkerStopped) -> AudienceError {
-    WarehouseError::PostgresConnect {
-        target: store.location(),
-        message: e.to_string(),
-    }
-    .into()
 }

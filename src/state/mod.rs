@@ -41,6 +41,7 @@ use crate::config::{Config, Mode, PostgresState, SyncConfig};
 pub mod copy;
 mod postgres;
 pub use postgres::PgStore;
+pub(crate) use postgres::Session;
 
 /// The manifest format this build writes.
 pub const MANIFEST_FORMAT: u32 = 2;

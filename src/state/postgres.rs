@@ -130,42 +130,31 @@ impl PgStore {
         self.shared.worker.target()
     }
 
-    /// Runs `job` on the store's connections and waits for its answer.
-    pub(crate) fn run<T, Fut>(
-        &self,
-        job: impl FnOnce(PgPool) -> Fut + Send + 'static,
-    ) -> Result<T, WorkerStopped>
-    where
-        T: Send + 'static,
-        Fut: std::future::Future<Output = T> + Send + 'static,
-    {
-        self.shared.worker.call(job)
+    /// A connection of its own, for work that lives in one session (temporary tables); closed when dropped.
+    pub(crate) fn session(&self) -> Result<Session, StateError> {
+        let conn = self.call("open a session", move |pool| async move {
+            let options: PgConnectOptions = (*pool.connect_options()).clone();
+            PgConnection::connect_with(&options).await
+        })?;
+        Ok(Session {
+            store: self.clone(),
+            conn: std::sync::Mutex::new(Some(conn)),
+        })
     }
 
-    /// Runs a `COPY … TO STDOUT` on the store's connections, reading its rows as they come (see
-    /// [`PgWorker::copy_out`]).
-    pub(crate) fn copy_out<E: From<crate::pg::CopyOutError> + Send + 'static>(
+    /// Makes the snapshot of run `run_id` from the distinct keys `select` gives on `conn` (one text column), in
+    /// one transaction: the in-warehouse diff's snapshot, which never leaves PostgreSQL.
+    async fn snapshot_from(
         &self,
-        statement: String,
-    ) -> Result<std::sync::mpsc::Receiver<Result<Vec<arrow::array::ArrayRef>, E>>, WorkerStopped>
-    {
-        self.shared.worker.copy_out(statement)
-    }
-
-    /// Makes the snapshot of run `run_id` from the distinct keys `select` gives (one text column, in this
-    /// database), in one transaction: the in-warehouse diff's snapshot, which never leaves PostgreSQL.
-    pub(crate) fn prepare_from_query(
-        &self,
+        conn: &mut PgConnection,
         sync: &str,
-        run_id: &str,
+        run: &str,
         select: &str,
-    ) -> Result<PreparedSnapshot, StateError> {
-        let (sync_name, run) = (sync.to_string(), run_id.to_string());
-        let select = select.to_string();
-        let tables = self.clone();
-        let key_count = self.call("make the snapshot", move |pool| async move {
-            let mut tx = pool.begin().await?;
-            let id = tables.new_snapshot(&mut tx, &sync_name, &run).await?;
+    ) -> Result<u64, StoreCallError> {
+        let tables = self;
+        {
+            let mut tx = conn.begin().await?;
+            let id = tables.new_snapshot(&mut tx, sync, run).await?;
             let table = tables.snapshot_table(id);
             let created = tx
                 .execute(AssertSqlSafe(format!(
@@ -183,14 +172,8 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok::<_, StoreCallError>(key_count)
-        })?;
-        Ok(PreparedSnapshot {
-            file: format!("snapshot-{run_id}.parquet"),
-            key_count,
-            content_hash: None,
-            snapshot_hash: None,
-        })
+            Ok(key_count)
+        }
     }
 
     /// Gathers the statistics of snapshot `id`'s new table: without them PostgreSQL plans the in-warehouse diff
@@ -396,7 +379,8 @@ impl PgStore {
         Ok(connection.map(|conn| SyncLock::postgres(self.clone(), conn)))
     }
 
-    /// Closes a lock's connection, which releases the lock.
+    /// Closes a connection of its own (a run lock's, which releases the lock; a session's, which drops its
+    /// temporary tables).
     pub(super) fn release(&self, conn: PgConnection) {
         let _ = self.shared.worker.call(move |_| async move {
             let _ = conn.close().await;
@@ -844,6 +828,137 @@ impl PgStore {
             location: self.location(),
             doing,
             message: e.to_string(),
+        }
+    }
+}
+
+/// A connection of the store's own, held between jobs: each job takes it and gives it back.
+pub(crate) struct Session {
+    store: PgStore,
+    conn: std::sync::Mutex<Option<PgConnection>>,
+}
+
+impl Session {
+    /// Runs `job` on the session's connection; `doing` names it in errors.
+    pub(crate) fn run<T, Fut>(
+        &self,
+        doing: &'static str,
+        job: impl FnOnce(PgConnection) -> Fut + Send + 'static,
+    ) -> Result<Result<T, sqlx::Error>, StateError>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = (PgConnection, Result<T, sqlx::Error>)> + Send + 'static,
+    {
+        let conn = self.take(doing)?;
+        let (conn, result) = self
+            .store
+            .shared
+            .worker
+            .call(move |_| job(conn))
+            .map_err(|e| self.store.stopped(doing, e))?;
+        self.give_back(conn);
+        Ok(result)
+    }
+
+    /// Copies rows out on the session (see [`PgWorker::copy_out`]), handing each batch to `sink`.
+    pub(crate) fn copy_out<E: From<crate::pg::CopyOutError> + From<StateError> + Send + 'static>(
+        &self,
+        statement: String,
+        mut sink: impl FnMut(Vec<arrow::array::ArrayRef>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let doing = "copy rows out";
+        let mut conn = self.take(doing)?;
+        let (back, returned) = std::sync::mpsc::sync_channel(1);
+        let batches = self
+            .store
+            .shared
+            .worker
+            .stream(move |_, reply| async move {
+                if let Err(e) = crate::pg::copy_rows(&mut conn, &statement, &reply).await {
+                    let _ = reply.send(Err(E::from(e)));
+                }
+                let _ = back.send(conn);
+            })
+            .map_err(|e| self.store.stopped(doing, e))?;
+        let mut drained = Ok(());
+        for batch in batches {
+            if let Err(e) = batch.and_then(&mut sink) {
+                drained = Err(e);
+                break;
+            }
+        }
+        // The job gives the connection back once it sees the reader gone or the copy done.
+        if let Ok(conn) = returned.recv() {
+            self.give_back(conn);
+        }
+        drained
+    }
+
+    /// Makes the snapshot of run `run_id` from the distinct keys `select` gives on the session (see
+    /// [`PgStore::snapshot_from`]).
+    pub(crate) fn prepare_snapshot(
+        &self,
+        sync: &str,
+        run_id: &str,
+        select: &str,
+    ) -> Result<PreparedSnapshot, StateError> {
+        let doing = "make the snapshot";
+        let mut conn = self.take(doing)?;
+        let (store, sync_name, run, select) = (
+            self.store.clone(),
+            sync.to_string(),
+            run_id.to_string(),
+            select.to_string(),
+        );
+        let (conn, made) = self
+            .store
+            .shared
+            .worker
+            .call(move |_| async move {
+                let made = store
+                    .snapshot_from(&mut conn, &sync_name, &run, &select)
+                    .await;
+                (conn, made)
+            })
+            .map_err(|e| self.store.stopped(doing, e))?;
+        self.give_back(conn);
+        Ok(PreparedSnapshot {
+            file: format!("snapshot-{run_id}.parquet"),
+            key_count: made.map_err(|e| self.store.error(doing, e))?,
+            content_hash: None,
+            snapshot_hash: None,
+        })
+    }
+
+    fn take(&self, doing: &'static str) -> Result<PgConnection, StateError> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| StateError::Postgres {
+                location: self.store.location(),
+                doing,
+                message: "the session's connection was lost".into(),
+            })
+    }
+
+    fn give_back(&self, conn: PgConnection) {
+        *self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(conn) = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            self.store.release(conn);
         }
     }
 }
