@@ -15,7 +15,7 @@ use arrow::array::{ArrayRef, StringBuilder};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Executor, PgPool};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Executor, PgPool};
 
 /// Rows per Arrow array read out of `COPY`.
 pub const BATCH_ROWS: usize = 65_536;
@@ -93,6 +93,9 @@ impl PgWorker {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| ConnectError::Url(e.to_string().replace(url, "<the url>")))?;
+        // sqlx would log every statement, and warn of each that takes over a second (a model's, most): ldsync
+        // says what it runs and how long it took in its own terms.
+        let options = options.disable_statement_logging();
         let target = describe_target(&options);
         let refused = |message: String| ConnectError::Refused {
             target: target.clone(),
