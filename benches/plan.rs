@@ -211,28 +211,12 @@ syncs:
     .unwrap();
     let config = Config::load(&dir.join("connector.yaml")).unwrap();
     let settings = CheckpointSettings::of(&config, &config.syncs[0]);
-    // The checkpoint as a sync writes it: sorted keys, ZSTD, through the store's prepare-and-commit protocol.
-    let store = LocalStore::new(dir.join("state"));
-    let snapshot = store
-        .prepare::<StateError>(SYNC, "bench-previous", |path| {
-            let written = conn
-                .execute(
-                    &format!(
-                        "COPY (SELECT user_id AS context_key FROM read_csv('{}/previous.csv', header = true, \
-                         types = {{'user_id': 'VARCHAR'}}) ORDER BY context_key COLLATE c) TO '{}' \
-                         (FORMAT parquet, COMPRESSION zstd)",
-                        dir.display(),
-                        path.display()
-                    ),
-                    [],
-                )
-                .unwrap();
-            Ok(written as u64)
-        })
-        .unwrap();
-    store
-        .commit_prepared(SYNC, "bench-previous", &settings, &snapshot)
-        .unwrap();
+    commit_previous(
+        &Store::Local(LocalStore::new(dir.join("state"))),
+        &settings,
+        &conn,
+        dir,
+    );
     if let Some(schema) = &schema {
         share_state(dir, schema, &conn);
     }
@@ -342,14 +326,25 @@ fn share_state(dir: &Path, schema: &str, conn: &duckdb::Connection) {
     std::fs::write(dir.join("connector-shared.yaml"), shared).unwrap();
     let config = Config::load(&dir.join("connector-shared.yaml")).unwrap();
     let settings = CheckpointSettings::of(&config, &config.syncs[0]);
-    let store = Store::open(&config).unwrap();
+    commit_previous(&Store::open(&config).unwrap(), &settings, conn, dir);
+}
+
+/// Commits the previous key set as the sync's checkpoint in `store`, as a sync writes it: sorted keys, ZSTD,
+/// through the store's prepare-and-commit protocol.
+fn commit_previous(
+    store: &Store,
+    settings: &CheckpointSettings,
+    conn: &duckdb::Connection,
+    dir: &Path,
+) {
     let snapshot = store
         .prepare::<StateError>(SYNC, "bench-previous", |path| {
             let written = conn
                 .execute(
                     &format!(
                         "COPY (SELECT user_id AS context_key FROM read_csv('{}/previous.csv', header = true, \
-                         types = {{'user_id': 'VARCHAR'}})) TO '{}' (FORMAT parquet, COMPRESSION zstd)",
+                         types = {{'user_id': 'VARCHAR'}}) ORDER BY context_key COLLATE c) TO '{}' \
+                         (FORMAT parquet, COMPRESSION zstd)",
                         dir.display(),
                         path.display()
                     ),
@@ -360,7 +355,7 @@ fn share_state(dir: &Path, schema: &str, conn: &duckdb::Connection) {
         })
         .unwrap();
     store
-        .commit_prepared(SYNC, "bench-previous", &settings, &snapshot)
+        .commit_prepared(SYNC, "bench-previous", settings, &snapshot)
         .unwrap();
 }
 

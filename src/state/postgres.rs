@@ -162,25 +162,32 @@ impl PgStore {
                 )))
                 .await?;
             let key_count = created.rows_affected();
-            tables.analyze(&mut tx, id).await?;
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {} SET key_count = $1 WHERE id = $2",
-                tables.table("snapshots")
-            )))
-            .bind(key_count as i64)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            tables.seal(&mut tx, id, key_count).await?;
             tx.commit().await?;
             Ok(key_count)
         }
     }
 
-    /// Gathers the statistics of snapshot `id`'s new table: without them PostgreSQL plans the in-warehouse diff
-    /// for a table of a few rows (a sort-merge instead of a hash anti-join: three times as slow at 10M keys).
-    async fn analyze(&self, tx: &mut sqlx::PgConnection, id: i64) -> Result<(), sqlx::Error> {
+    /// Finishes snapshot `id` once its table holds its `key_count` keys: records the count and gathers the table's
+    /// statistics (without them PostgreSQL plans the in-warehouse diff for a table of a few rows, a sort-merge
+    /// instead of a hash anti-join: three times as slow at 10M keys).
+    async fn seal(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        id: i64,
+        key_count: u64,
+    ) -> Result<(), sqlx::Error> {
         let analyze = format!("ANALYZE {}", self.snapshot_table(id));
-        tx.execute(AssertSqlSafe(analyze)).await.map(drop)
+        tx.execute(AssertSqlSafe(analyze)).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET key_count = $1 WHERE id = $2",
+            self.table("snapshots")
+        )))
+        .bind(key_count as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map(drop)
     }
 
     /// Registers a new snapshot of run `run` (replacing an earlier attempt of the same run) and returns its id.
@@ -683,14 +690,6 @@ impl PgStore {
         let write = move |pool: PgPool, mut fed: Fed<Vec<u8>>| async move {
             let mut tx = pool.begin().await?;
             let id = tables.new_snapshot(&mut tx, &sync_name, &run).await?;
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {} SET key_count = $1 WHERE id = $2",
-                tables.table("snapshots")
-            )))
-            .bind(key_count as i64)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
             let table = tables.snapshot_table(id);
             tx.execute(AssertSqlSafe(format!(
                 "CREATE TABLE {table} (key text COLLATE \"C\" NOT NULL)"
@@ -706,7 +705,7 @@ impl PgStore {
             if copied != key_count {
                 return Err(StoreCallError::Count { copied, key_count });
             }
-            tables.analyze(&mut tx, id).await?;
+            tables.seal(&mut tx, id, key_count).await?;
             tx.commit().await?;
             Ok(())
         };
