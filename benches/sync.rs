@@ -13,7 +13,8 @@
 //!
 //! `cargo bench --bench sync -- --first-sync N` measures something else: a first sync of an N-key model into a new
 //! big segment of the emulator, with no rate limit (the time and peak memory of ldsync itself; the target at 10M
-//! keys is a peak of at most 512 MiB).
+//! keys is a peak of at most 512 MiB). Add `--state postgres` to keep its checkpoint and journal in the PostgreSQL
+//! state store of `DATABASE_URL` (schema `ldsync_bench_sync`) instead of the local one.
 
 mod common;
 
@@ -41,9 +42,17 @@ fn main() {
         PathBuf::from,
     );
     if let Some(keys) = option(&args, "--first-sync") {
+        let state = match option(&args, "--state").as_deref() {
+            None | Some("local") => State::Local,
+            Some("postgres") => State::Postgres(std::env::var("DATABASE_URL").expect(
+                "--state postgres needs DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/test",
+            )),
+            Some(other) => panic!("--state takes local or postgres, not {other}"),
+        };
         first_sync(
             &dir,
             keys.parse().expect("--first-sync takes a number of keys"),
+            &state,
         );
         return;
     }
@@ -54,7 +63,7 @@ fn main() {
     let (adds, removes, stay) = (add_batches * BATCH, remove_batches * BATCH, 10_000);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("sql")).unwrap();
-    write_project(&dir);
+    write_project(&dir, &State::Local);
     // Day 1: `removes` keys that will leave and `stay` keys that stay; day 2: the stayers and `adds` newcomers.
     write_keys(
         &dir.join("day1.csv"),
@@ -130,10 +139,10 @@ fn main() {
 }
 
 /// A first sync of `n` keys into a new big segment, unlimited: its wall time and peak resident memory.
-fn first_sync(dir: &Path, n: u64) {
+fn first_sync(dir: &Path, n: u64, state: &State) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("sql")).unwrap();
-    write_project(dir);
+    write_project(dir, state);
     write_keys(
         &dir.join("first.csv"),
         (0..n).map(|i| format!("usr_{i:012}")),
@@ -149,7 +158,15 @@ fn first_sync(dir: &Path, n: u64) {
         .len() as u64;
     assert_eq!(members, n, "the big segment holds every model key");
     let peak_mib = peak_kib as f64 / 1024.0;
-    println!("machine: {} cores, {}", cores(), memory_total());
+    println!(
+        "machine: {} cores, {}; state: {}",
+        cores(),
+        memory_total(),
+        match state {
+            State::Local => "local",
+            State::Postgres(_) => "PostgreSQL",
+        }
+    );
     println!(
         "first sync of {n} keys into a new big segment: {elapsed:.1} s ({:.0} keys/s), {} requests, peak RSS {peak_mib:.1} MiB",
         n as f64 / elapsed,
@@ -172,7 +189,35 @@ fn write_keys(path: &Path, keys: impl Iterator<Item = String>) {
     std::fs::write(path, text).unwrap();
 }
 
-fn write_project(dir: &Path) {
+/// Where a benchmark's sync keeps its state.
+enum State {
+    Local,
+    /// The PostgreSQL store at this URL, in the schema `ldsync_bench_sync`, emptied first.
+    Postgres(String),
+}
+
+fn write_project(dir: &Path, state: &State) {
+    let state = match state {
+        State::Local => "  kind: local\n  directory: state\n".to_string(),
+        State::Postgres(url) => {
+            let dropped = Command::new("psql")
+                .args([
+                    url,
+                    "-q",
+                    "-c",
+                    "DROP SCHEMA IF EXISTS ldsync_bench_sync CASCADE",
+                ])
+                .status()
+                .expect("psql runs");
+            assert!(
+                dropped.success(),
+                "emptying the benchmark's state schema failed"
+            );
+            format!(
+                "  kind: postgres\n  url: {url}\n  schema: ldsync_bench_sync\n  directory: state\n"
+            )
+        }
+    };
     std::fs::write(
         dir.join("sql/audience.sql"),
         "SELECT user_id AS context_key FROM audience\n",
@@ -180,20 +225,19 @@ fn write_project(dir: &Path) {
     .unwrap();
     std::fs::write(
         dir.join("connector.yaml"),
-        "version: 1
+        format!(
+            "version: 1
 warehouse:
   kind: duckdb
   startup_sql:
     - >-
-      CREATE VIEW audience AS SELECT * FROM read_csv('${BENCH_DAY}', header = true, types = {'user_id': 'VARCHAR'})
+      CREATE VIEW audience AS SELECT * FROM read_csv('${{BENCH_DAY}}', header = true, types = {{'user_id': 'VARCHAR'}})
 launchdarkly:
-  base_url: ${BENCH_EMULATOR}
+  base_url: ${{BENCH_EMULATOR}}
   project: default
   environment: production
 state:
-  kind: local
-  directory: state
-syncs:
+{state}syncs:
   - name: audience
     model: audience
     segment: audience
@@ -201,7 +245,8 @@ syncs:
     create_segment: big
     gates:
       max_remove_percent: 100
-",
+"
+        ),
     )
     .unwrap();
 }

@@ -68,6 +68,14 @@ pub enum WarehouseError {
     PostgresCopy(String),
     #[error("a column of the model's result cannot be read as text: {0}")]
     NotText(String),
+    #[error(
+        "cannot create {path}, where the set engine spills past its memory limit: {message}; set \
+         engine.temp_directory to a writable directory"
+    )]
+    SpillDirectory {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("cannot set up the set engine (embedded DuckDB): {setting}: {source}")]
     Engine {
         setting: String,
@@ -276,6 +284,14 @@ fn apply_engine_settings(
         statements.push(format!("SET threads = {threads}"));
     }
     if let Some(dir) = &settings.temp_directory {
+        // DuckDB creates its spill directory when it first spills, but not the directories above it (a state
+        // directory no run has made yet, say): without them a model too large for memory fails mid-way.
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| WarehouseError::SpillDirectory {
+                path: parent.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        }
         statements.push(format!(
             "SET temp_directory = {}",
             quote_literal(&dir.to_string_lossy())
