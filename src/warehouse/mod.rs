@@ -10,7 +10,7 @@
 
 pub mod postgres;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::ArrayRef;
 
@@ -68,14 +68,6 @@ pub enum WarehouseError {
     PostgresCopy(String),
     #[error("a column of the model's result cannot be read as text: {0}")]
     NotText(String),
-    #[error(
-        "cannot create {path}, where the set engine spills past its memory limit: {message}; set \
-         engine.temp_directory to a writable directory"
-    )]
-    SpillDirectory {
-        path: std::path::PathBuf,
-        message: String,
-    },
     #[error("cannot set up the set engine (embedded DuckDB): {setting}: {source}")]
     Engine {
         setting: String,
@@ -272,6 +264,18 @@ fn open_engine(settings: &EngineSettings) -> Result<duckdb::Connection, Warehous
 }
 
 /// Applies the set engine's memory limit, threads and spill directory to a DuckDB connection.
+/// Where the engine spills: `dir` when its parent exists, else a directory of the same name in the nearest
+/// ancestor that exists. DuckDB creates its spill directory when it first spills, but not the directories above it
+/// (a state directory no run has made yet: a first plan, or any run on the PostgreSQL store), and opening the engine
+/// creates nothing itself (`plan` writes nothing).
+fn spill_directory(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or(dir.as_os_str());
+    dir.ancestors()
+        .skip(1)
+        .find(|ancestor| ancestor.is_dir())
+        .map_or_else(|| dir.to_path_buf(), |ancestor| ancestor.join(name))
+}
+
 fn apply_engine_settings(
     conn: &duckdb::Connection,
     settings: &EngineSettings,
@@ -284,17 +288,9 @@ fn apply_engine_settings(
         statements.push(format!("SET threads = {threads}"));
     }
     if let Some(dir) = &settings.temp_directory {
-        // DuckDB creates its spill directory when it first spills, but not the directories above it (a state
-        // directory no run has made yet, say): without them a model too large for memory fails mid-way.
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| WarehouseError::SpillDirectory {
-                path: parent.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        }
         statements.push(format!(
             "SET temp_directory = {}",
-            quote_literal(&dir.to_string_lossy())
+            quote_literal(&spill_directory(dir).to_string_lossy())
         ));
     }
     for sql in statements {
