@@ -167,12 +167,11 @@ enum Record<H, B> {
 /// The lines of a journal that carry no header or batch.
 type Mark = Record<(), ()>;
 
-/// Where a batch's line lies in the journal file, and how much it carries.
+/// Where a batch's line lies in the journal file.
 #[derive(Debug, Clone, Copy)]
 struct BatchLine {
     offset: u64,
     length: usize,
-    units: u64,
 }
 
 /// A journal whose run has not committed yet. Only where each batch lies is held in memory; a batch is read from
@@ -180,7 +179,8 @@ struct BatchLine {
 #[derive(Debug)]
 pub struct Journal<H = RunHeader, B = Batch> {
     pub header: H,
-    lines: Vec<BatchLine>,
+    /// What each batch carries (keys, events), in batch order.
+    units: Vec<u64>,
     acknowledged: BTreeSet<usize>,
     refusal: Option<Refusal>,
     place: Place,
@@ -190,8 +190,11 @@ pub struct Journal<H = RunHeader, B = Batch> {
 /// Where a journal is kept.
 #[derive(Debug)]
 enum Place {
-    /// The local store's `journal.jsonl`.
-    File(PathBuf),
+    /// The local store's `journal.jsonl`, and where each batch's line lies in it.
+    File {
+        path: PathBuf,
+        lines: Vec<BatchLine>,
+    },
     /// The PostgreSQL store's rows for `sync`.
     Postgres { store: PgStore, sync: String },
 }
@@ -227,24 +230,19 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
         let run = header.run().clone();
         let header_json =
             serde_json::to_string(&header).expect("a journal header always serializes");
-        let mut lines = Vec::with_capacity(header.batch_count());
+        let mut units = Vec::with_capacity(header.batch_count());
         let rows = batches.into_iter().map(|batch| {
             let batch = batch.map_err(JournalError::Batches)?;
-            let units = batch.units();
-            lines.push(BatchLine {
-                offset: 0,
-                length: 0,
-                units,
-            });
+            units.push(batch.units());
             Ok::<_, JournalError>((
-                units,
+                batch.units(),
                 serde_json::to_string(&batch).expect("a batch always serializes"),
             ))
         });
         pg.create_journal(&run.sync, &run.run_id, header_json, rows)?;
         Ok(Journal {
             header,
-            lines,
+            units,
             acknowledged: BTreeSet::new(),
             refusal: None,
             place: Place::Postgres {
@@ -282,18 +280,9 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
             .map(|refusal| serde_json::from_str::<Refusal>(&refusal))
             .transpose()
             .map_err(|e| damaged(e.to_string()))?;
-        let lines = rows
-            .units
-            .into_iter()
-            .map(|units| BatchLine {
-                offset: 0,
-                length: 0,
-                units,
-            })
-            .collect();
         Ok(Some(Journal {
             header,
-            lines,
+            units: rows.units,
             acknowledged: rows.acknowledged,
             refusal,
             place,
@@ -307,6 +296,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
         batches: impl IntoIterator<Item = std::io::Result<B>>,
     ) -> Result<Self, JournalError> {
         let mut lines = Vec::with_capacity(header.batch_count());
+        let mut units = Vec::with_capacity(header.batch_count());
         write_file_atomically_with(dir, JOURNAL_FILE, |out| {
             let mut offset = write_record(out, &Record::<&H, ()>::Run(&header))? as u64;
             for batch in batches {
@@ -315,8 +305,8 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
                 lines.push(BatchLine {
                     offset,
                     length: length - 1,
-                    units: batch.units(),
                 });
+                units.push(batch.units());
                 offset += length as u64;
             }
             Ok(())
@@ -324,10 +314,13 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
         debug_assert_eq!(lines.len(), header.batch_count());
         Ok(Journal {
             header,
-            lines,
+            units,
             acknowledged: BTreeSet::new(),
             refusal: None,
-            place: Place::File(dir.join(JOURNAL_FILE)),
+            place: Place::File {
+                path: dir.join(JOURNAL_FILE),
+                lines,
+            },
             batch: PhantomData,
         })
     }
@@ -387,19 +380,16 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
             line: index + 2,
             problem: format!("batch {index} cannot be read back"),
         };
-        let bytes = match &self.place {
-            Place::File(path) => read_line(path, self.lines[index])?,
+        let batch = match &self.place {
+            Place::File { path, lines } => {
+                match serde_json::from_slice::<Record<H, B>>(&read_line(path, lines[index])?) {
+                    Ok(Record::Batch(batch)) => Some(batch),
+                    _ => None,
+                }
+            }
             Place::Postgres { store, sync } => store
                 .journal_batch(sync, index)?
-                .ok_or_else(unreadable)?
-                .into_bytes(),
-        };
-        let batch = match &self.place {
-            Place::File(_) => match serde_json::from_slice::<Record<H, B>>(&bytes) {
-                Ok(Record::Batch(batch)) => Some(batch),
-                _ => None,
-            },
-            Place::Postgres { .. } => serde_json::from_slice::<B>(&bytes).ok(),
+                .and_then(|json| serde_json::from_str::<B>(&json).ok()),
         };
         batch
             .filter(|batch| batch.index() == index)
@@ -408,17 +398,17 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
 
     /// The indices of the batches not acknowledged yet, in the order they are to be sent.
     pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.lines.len()).filter(|index| !self.acknowledged.contains(index))
+        (0..self.units.len()).filter(|index| !self.acknowledged.contains(index))
     }
 
     /// What the batches not acknowledged yet carry (keys, events), in all.
     pub fn pending_units(&self) -> u64 {
-        self.pending().map(|index| self.lines[index].units).sum()
+        self.pending().map(|index| self.units[index]).sum()
     }
 
     /// What batch `index` carries.
     pub fn units(&self, index: usize) -> u64 {
-        self.lines[index].units
+        self.units[index]
     }
 
     /// Where the journal is, for messages.
@@ -427,7 +417,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     }
 
     pub fn batch_count(&self) -> usize {
-        self.lines.len()
+        self.units.len()
     }
 
     pub fn acknowledged_count(&self) -> usize {
@@ -442,7 +432,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     /// Records, durably, that LaunchDarkly acknowledged batch `index`.
     pub fn acknowledge(&mut self, index: usize) -> Result<(), JournalError> {
         match &self.place {
-            Place::File(path) => append(
+            Place::File { path, .. } => append(
                 path,
                 &Mark::Ack {
                     index,
@@ -463,7 +453,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
             reason: reason.to_string(),
         };
         match &self.place {
-            Place::File(path) => append(path, &Mark::Refused(refusal.clone()))?,
+            Place::File { path, .. } => append(path, &Mark::Refused(refusal.clone()))?,
             Place::Postgres { store, sync } => {
                 let json = serde_json::to_string(&refusal).expect("a refusal always serializes");
                 store.refuse(sync, json)?;
@@ -476,7 +466,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     /// Removes the journal: its run committed, or it is abandoned (refused, or replaced by a `--full` run).
     pub fn close(self) -> Result<(), JournalError> {
         let path = match self.place {
-            Place::File(path) => path,
+            Place::File { path, .. } => path,
             Place::Postgres { store, sync } => return Ok(store.close_journal(&sync)?),
         };
         std::fs::remove_file(&path).map_err(|source| StateError::Io {
@@ -492,7 +482,7 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
 impl Place {
     fn describe(&self) -> String {
         match self {
-            Place::File(path) => path.display().to_string(),
+            Place::File { path, .. } => path.display().to_string(),
             Place::Postgres { store, sync } => format!("{} journals[{sync}]", store.location()),
         }
     }
@@ -570,6 +560,7 @@ struct JournalReader<'a, H, B> {
     sync: &'a str,
     header: Option<H>,
     lines: Vec<BatchLine>,
+    units: Vec<u64>,
     acknowledged: BTreeSet<usize>,
     refusal: Option<Refusal>,
     line_number: usize,
@@ -583,6 +574,7 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
             sync,
             header: None,
             lines: Vec::new(),
+            units: Vec::new(),
             acknowledged: BTreeSet::new(),
             refusal: None,
             line_number: 0,
@@ -619,8 +611,8 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
                 self.lines.push(BatchLine {
                     offset,
                     length: text.len(),
-                    units: batch.units(),
                 });
+                self.units.push(batch.units());
             }
             Record::Ack { index, .. } if index < batch_count => {
                 self.acknowledged.insert(index);
@@ -646,16 +638,19 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
         if self.lines.len() != header.batch_count() {
             return Err(self.damaged(format!(
                 "it lists {} batches, its header says {}",
-                self.lines.len(),
+                self.units.len(),
                 header.batch_count()
             )));
         }
         Ok(Journal {
             header,
-            lines: self.lines,
+            units: self.units,
             acknowledged: self.acknowledged,
             refusal: self.refusal,
-            place: Place::File(self.path.to_path_buf()),
+            place: Place::File {
+                path: self.path.to_path_buf(),
+                lines: self.lines,
+            },
             batch: PhantomData,
         })
     }

@@ -309,14 +309,6 @@ impl Store {
             Store::Postgres(pg) => pg.host_dir(sync),
         }
     }
-
-    /// Where the store is, for messages: its directory, or its database and schema.
-    pub fn location(&self) -> String {
-        match self {
-            Store::Local(local) => local.root.display().to_string(),
-            Store::Postgres(pg) => pg.location(),
-        }
-    }
 }
 
 /// Where the PostgreSQL store keeps its snapshot copies on this host: a directory of the state directory whose
@@ -359,7 +351,6 @@ impl LocalStore {
         Ok(Some(Checkpoint {
             snapshot_path: dir.join(&manifest.snapshot),
             manifest,
-            vouched: Vouched::Manifest,
             stored: None,
         }))
     }
@@ -611,8 +602,9 @@ pub(super) fn check_manifest(
 pub struct Checkpoint {
     pub manifest: Manifest,
     snapshot_path: PathBuf,
-    vouched: Vouched,
-    /// The snapshot's table, for a checkpoint of the PostgreSQL store (whose `snapshot_path` is a local copy).
+    /// The snapshot's table, for a checkpoint of the PostgreSQL store: `snapshot_path` is then a local copy, checked
+    /// against the key count (the transaction that wrote the table vouches for its keys), where the local store's
+    /// own snapshot is checked against the manifest's hash too.
     stored: Option<StoredSnapshot>,
 }
 
@@ -621,16 +613,6 @@ pub struct Checkpoint {
 struct StoredSnapshot {
     store: PgStore,
     id: i64,
-}
-
-/// What a checkpoint's snapshot file is checked against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Vouched {
-    /// The manifest's hash (of the file, or of its keys) and key count: the local store's own snapshot.
-    Manifest,
-    /// The key count: a local copy of a snapshot kept in PostgreSQL, where the transaction that wrote it vouches
-    /// for it.
-    KeyCount,
 }
 
 impl Checkpoint {
@@ -669,13 +651,11 @@ impl Checkpoint {
     /// Checks that the snapshot is the one the manifest describes: its key count (from the Parquet footer) and the
     /// hash of its bytes; a snapshot of format 1 is read through and its keys hashed.
     pub fn verify(&self) -> Result<(), StateError> {
-        let expected = match (self.vouched, &self.manifest.snapshot_hash) {
-            (Vouched::Manifest, None) => {
-                return self.keys()?.try_for_each(|batch| batch.map(drop));
-            }
-            (Vouched::Manifest, Some(hash)) => hash,
+        let expected = match (&self.stored, &self.manifest.snapshot_hash) {
             // Its local copy is checked when it is read.
-            (Vouched::KeyCount, _) => return Ok(()),
+            (Some(_), _) => return Ok(()),
+            (None, None) => return self.keys()?.try_for_each(|batch| batch.map(drop)),
+            (None, Some(hash)) => hash,
         };
         self.check_key_count()?;
         if &hash_file(&self.snapshot_path)? != expected {
@@ -714,9 +694,9 @@ impl Checkpoint {
 
     /// Streams the committed keys in order. The last item is an error if the keys do not match the manifest.
     pub fn keys(&self) -> Result<SnapshotKeys, StateError> {
-        let expected_hash = match self.vouched {
-            Vouched::Manifest => self.manifest.content_hash.clone(),
-            Vouched::KeyCount => None,
+        let expected_hash = match self.stored {
+            None => self.manifest.content_hash.clone(),
+            Some(_) => None,
         };
         SnapshotKeys::open(
             self.snapshot_path()?,

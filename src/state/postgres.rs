@@ -23,11 +23,11 @@ use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 
 use super::{
     Checkpoint, CheckpointSettings, LocalStore, Manifest, PreparedSnapshot, StateError,
-    StoredSnapshot, SyncLock, Vouched, check_manifest, holder_text, manifest_for,
-    remove_stale_snapshots, write_parquet_arrays_to,
+    StoredSnapshot, SyncLock, check_manifest, holder_text, manifest_for, remove_stale_snapshots,
+    write_parquet_arrays_to,
 };
 use crate::config::PostgresState;
-use crate::pg::{ConnectError, Fed, PgWorker, WorkerStopped, copy_text};
+use crate::pg::{ConnectError, Fed, PgWorker, copy_text};
 
 /// ldsync's migrations, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("sql/migrations");
@@ -117,7 +117,6 @@ impl PgStore {
         Ok(Some(Checkpoint {
             snapshot_path: self.shared.copies.sync_dir(sync).join(&manifest.snapshot),
             manifest,
-            vouched: Vouched::KeyCount,
             stored: Some(StoredSnapshot {
                 store: self.clone(),
                 id: snapshot_id,
@@ -133,8 +132,7 @@ impl PgStore {
     /// A connection of its own, for work that lives in one session (temporary tables); closed when dropped.
     pub(crate) fn session(&self) -> Result<Session, StateError> {
         let conn = self.call("open a session", move |pool| async move {
-            let options: PgConnectOptions = (*pool.connect_options()).clone();
-            PgConnection::connect_with(&options).await
+            own_connection(&pool).await
         })?;
         Ok(Session {
             store: self.clone(),
@@ -151,21 +149,18 @@ impl PgStore {
         run: &str,
         select: &str,
     ) -> Result<u64, StoreCallError> {
-        let tables = self;
-        {
-            let mut tx = conn.begin().await?;
-            let id = tables.new_snapshot(&mut tx, sync, run).await?;
-            let table = tables.snapshot_table(id);
-            let created = tx
-                .execute(AssertSqlSafe(format!(
-                    "CREATE TABLE {table} AS SELECT k::text COLLATE \"C\" AS key FROM ({select}) AS keys (k)"
-                )))
-                .await?;
-            let key_count = created.rows_affected();
-            tables.seal(&mut tx, id, key_count).await?;
-            tx.commit().await?;
-            Ok(key_count)
-        }
+        let mut tx = conn.begin().await?;
+        let id = self.new_snapshot(&mut tx, sync, run).await?;
+        let table = self.snapshot_table(id);
+        let created = tx
+            .execute(AssertSqlSafe(format!(
+                "CREATE TABLE {table} AS SELECT k::text COLLATE \"C\" AS key FROM ({select}) AS keys (k)"
+            )))
+            .await?;
+        let key_count = created.rows_affected();
+        self.seal(&mut tx, id, key_count).await?;
+        tx.commit().await?;
+        Ok(key_count)
     }
 
     /// Finishes snapshot `id` once its table holds its `key_count` keys: records the count and gathers the table's
@@ -188,6 +183,20 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map(drop)
+    }
+
+    /// Drops the tables of the snapshots whose rows were just deleted (`ids`, as `DELETE … RETURNING id` gives
+    /// them).
+    async fn drop_snapshot_tables(
+        &self,
+        tx: &mut PgConnection,
+        ids: Vec<(i64,)>,
+    ) -> Result<(), sqlx::Error> {
+        for (id,) in ids {
+            let drop = format!("DROP TABLE IF EXISTS {}", self.snapshot_table(id));
+            tx.execute(AssertSqlSafe(drop)).await?;
+        }
+        Ok(())
     }
 
     /// Registers a new snapshot of run `run` (replacing an earlier attempt of the same run) and returns its id.
@@ -218,10 +227,7 @@ impl PgStore {
         .bind(run)
         .fetch_all(&mut *tx)
         .await?;
-        for (id,) in earlier {
-            let drop = format!("DROP TABLE IF EXISTS {}", self.snapshot_table(id));
-            tx.execute(AssertSqlSafe(drop)).await?;
-        }
+        self.drop_snapshot_tables(tx, earlier).await?;
         let (id,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
             "INSERT INTO {snapshots} (sync, run_id, key_count) VALUES ($1, $2, 0) RETURNING id"
         )))
@@ -329,10 +335,7 @@ impl PgStore {
             .bind(snapshot_id)
             .fetch_all(&mut *tx)
             .await?;
-            for (id,) in replaced {
-                let drop = format!("DROP TABLE IF EXISTS {}", tables.snapshot_table(id));
-                tx.execute(AssertSqlSafe(drop)).await?;
-            }
+            tables.drop_snapshot_tables(&mut tx, replaced).await?;
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {} WHERE sync = $1 AND run_id = $2",
                 tables.table("journals")
@@ -366,8 +369,7 @@ impl PgStore {
         );
         let sync_name = sync.to_string();
         let connection = self.call("take the run lock", move |pool| async move {
-            let options: PgConnectOptions = (*pool.connect_options()).clone();
-            let mut conn = PgConnection::connect_with(&options).await?;
+            let mut conn = own_connection(&pool).await?;
             let (taken,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                 .bind(key)
                 .fetch_one(&mut conn)
@@ -471,11 +473,7 @@ impl PgStore {
             tx.commit().await?;
             Ok::<_, StoreCallError>(())
         };
-        match self.shared.worker.feed(write, batches) {
-            Ok(Ok(result)) => result.map_err(|e| self.error("write the run journal", e).into()),
-            Ok(Err(feeder)) => Err(feeder),
-            Err(stopped) => Err(self.stopped("write the run journal", stopped).into()),
-        }
+        self.feed("write the run journal", write, batches)
     }
 
     /// The sync's open journal, if a run left one: its header, what each batch carries, which were acknowledged
@@ -709,11 +707,7 @@ impl PgStore {
             tx.commit().await?;
             Ok(())
         };
-        match self.shared.worker.feed(write, chunks) {
-            Ok(Ok(result)) => result.map_err(|e| self.error("upload the snapshot", e)),
-            Ok(Err(feeder)) => Err(feeder),
-            Err(stopped) => Err(self.stopped("upload the snapshot", stopped)),
-        }
+        self.feed("upload the snapshot", write, chunks)
     }
 
     /// Downloads snapshot `snapshot_id` of run `run_id` into its local Parquet copy.
@@ -728,12 +722,12 @@ impl PgStore {
             .shared
             .worker
             .copy_out::<StoreCallError>(copy)
-            .map_err(|e| self.stopped("download the snapshot", e))?;
+            .map_err(|e| self.failed("download the snapshot", e))?;
         self.shared.copies.prepare(sync, run_id, |path| {
             let arrays = batches.into_iter().map(|batch| {
                 batch
                     .map(|columns| columns[0].as_string::<i32>().clone())
-                    .map_err(|e| self.error("download the snapshot", e))
+                    .map_err(|e| self.failed("download the snapshot", e))
             });
             write_parquet_arrays_to(path, arrays)
         })?;
@@ -797,6 +791,26 @@ impl PgStore {
         })
     }
 
+    /// Runs `job` on the store's connections while this thread hands it `items` (see [`PgWorker::feed`]); an error
+    /// from `items` is returned as it is.
+    fn feed<I, E, Fut>(
+        &self,
+        doing: &'static str,
+        job: impl FnOnce(PgPool, Fed<I>) -> Fut + Send + 'static,
+        items: impl IntoIterator<Item = Result<I, E>>,
+    ) -> Result<(), E>
+    where
+        I: Send + 'static,
+        E: From<StateError>,
+        Fut: std::future::Future<Output = Result<(), StoreCallError>> + Send + 'static,
+    {
+        match self.shared.worker.feed(job, items) {
+            Ok(Ok(written)) => written.map_err(|e| self.failed(doing, e).into()),
+            Ok(Err(feeder)) => Err(feeder),
+            Err(stopped) => Err(self.failed(doing, stopped).into()),
+        }
+    }
+
     /// Runs `job` on the store's connections and waits for it.
     fn call<T, E, Fut>(
         &self,
@@ -809,20 +823,13 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
     {
         match self.shared.worker.call(job) {
-            Ok(result) => result.map_err(|e| self.error(doing, e.into())),
-            Err(stopped) => Err(self.stopped(doing, stopped)),
+            Ok(result) => result.map_err(|e| self.failed(doing, e.into())),
+            Err(stopped) => Err(self.failed(doing, stopped)),
         }
     }
 
-    fn error(&self, doing: &'static str, e: StoreCallError) -> StateError {
-        StateError::Postgres {
-            location: self.location(),
-            doing,
-            message: e.to_string(),
-        }
-    }
-
-    fn stopped(&self, doing: &'static str, e: WorkerStopped) -> StateError {
+    /// The store could not do what `doing` says, because of `e`.
+    fn failed(&self, doing: &'static str, e: impl std::fmt::Display) -> StateError {
         StateError::Postgres {
             location: self.location(),
             doing,
@@ -843,10 +850,10 @@ impl Session {
         &self,
         doing: &'static str,
         job: impl FnOnce(PgConnection) -> Fut + Send + 'static,
-    ) -> Result<Result<T, sqlx::Error>, StateError>
+    ) -> Result<T, StateError>
     where
         T: Send + 'static,
-        Fut: std::future::Future<Output = (PgConnection, Result<T, sqlx::Error>)> + Send + 'static,
+        Fut: std::future::Future<Output = (PgConnection, T)> + Send + 'static,
     {
         let conn = self.take(doing)?;
         let (conn, result) = self
@@ -854,7 +861,7 @@ impl Session {
             .shared
             .worker
             .call(move |_| job(conn))
-            .map_err(|e| self.store.stopped(doing, e))?;
+            .map_err(|e| self.store.failed(doing, e))?;
         self.give_back(conn);
         Ok(result)
     }
@@ -878,7 +885,7 @@ impl Session {
                 }
                 let _ = back.send(conn);
             })
-            .map_err(|e| self.store.stopped(doing, e))?;
+            .map_err(|e| self.store.failed(doing, e))?;
         let mut drained = Ok(());
         for batch in batches {
             if let Err(e) = batch.and_then(&mut sink) {
@@ -902,28 +909,21 @@ impl Session {
         select: &str,
     ) -> Result<PreparedSnapshot, StateError> {
         let doing = "make the snapshot";
-        let mut conn = self.take(doing)?;
         let (store, sync_name, run, select) = (
             self.store.clone(),
             sync.to_string(),
             run_id.to_string(),
             select.to_string(),
         );
-        let (conn, made) = self
-            .store
-            .shared
-            .worker
-            .call(move |_| async move {
-                let made = store
-                    .snapshot_from(&mut conn, &sync_name, &run, &select)
-                    .await;
-                (conn, made)
-            })
-            .map_err(|e| self.store.stopped(doing, e))?;
-        self.give_back(conn);
+        let made = self.run(doing, move |mut conn| async move {
+            let made = store
+                .snapshot_from(&mut conn, &sync_name, &run, &select)
+                .await;
+            (conn, made)
+        })?;
         Ok(PreparedSnapshot {
             file: format!("snapshot-{run_id}.parquet"),
-            key_count: made.map_err(|e| self.store.error(doing, e))?,
+            key_count: made.map_err(|e| self.store.failed(doing, e))?,
             content_hash: None,
             snapshot_hash: None,
         })
@@ -984,6 +984,12 @@ enum StoreCallError {
     Committed { run: String },
     #[error("{copied} keys were copied, the snapshot holds {key_count}")]
     Count { copied: u64, key_count: u64 },
+}
+
+/// A connection outside the pool, with the pool's settings: for a lock or a session that must outlive one job.
+async fn own_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let options: PgConnectOptions = (*pool.connect_options()).clone();
+    PgConnection::connect_with(&options).await
 }
 
 /// Creates the store's schema if needed and applies the migrations, on a connection of their own whose
