@@ -567,26 +567,28 @@ fn plan_keys<'e>(
                 .and_then(|c| c.stored_table())
                 .map(|(_, table)| table);
             let count = checkpoint.map_or(0, |c| c.manifest.key_count);
+            // The baseline's keys are read again only to remove what a segment's members hold (a comparison with
+            // the membership, which never runs in the warehouse).
+            let delta = Delta::in_warehouse(model, table.as_deref())?;
+            (delta, KeySource::Nothing, count)
+        }
+        _ => {
+            let (keys, count) = match baseline {
+                Baseline::Checkpoint(Some(checkpoint)) => (
+                    KeySource::Snapshot(checkpoint.snapshot_path()?),
+                    checkpoint.manifest.key_count,
+                ),
+                Baseline::Checkpoint(None) => (KeySource::Nothing, 0),
+                Baseline::Membership(members) => {
+                    members_table = KeyTable::load(engine, members)?;
+                    (KeySource::Table(&members_table), members_table.count)
+                }
+            };
             (
-                Delta::in_warehouse(model, table.as_deref())?,
-                KeySource::Nothing,
+                Delta::between(engine, KeySource::Model(model), keys)?,
+                keys,
                 count,
             )
-        }
-        Baseline::Checkpoint(Some(checkpoint)) => {
-            let snapshot = KeySource::Snapshot(checkpoint.snapshot_path()?);
-            let diff = Delta::between(engine, KeySource::Model(model), snapshot)?;
-            (diff, snapshot, checkpoint.manifest.key_count)
-        }
-        Baseline::Checkpoint(None) => {
-            let diff = Delta::between(engine, KeySource::Model(model), KeySource::Nothing)?;
-            (diff, KeySource::Nothing, 0)
-        }
-        Baseline::Membership(members) => {
-            members_table = KeyTable::load(engine, members)?;
-            let table = KeySource::Table(&members_table);
-            let diff = Delta::between(engine, KeySource::Model(model), table)?;
-            (diff, table, members_table.count)
         }
     };
     let stats = model.stats(&diff, baseline_count);

@@ -13,12 +13,12 @@ use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::Connection;
 use sqlx::{AssertSqlSafe, Connection as _, Executor};
 
-use super::{AudienceError, MAX_EXAMPLES, engine_error, shorten};
+use super::{AudienceError, MAX_EXAMPLES, engine_error, rejected_row};
 use crate::config::MAX_KEY_CHARS;
 use crate::keys::{RejectedRow, Rejection};
 use crate::pg::CopyOutError;
 use crate::state::{PgStore, PreparedSnapshot, Session, StateError};
-use crate::warehouse::postgres::model_error;
+use crate::warehouse::postgres::running_model_error;
 use crate::warehouse::{KeyColumn, WarehouseError, quote_identifier, trim_model};
 
 /// A model's rows in a temporary table of a session of the store's own: `row` (the model's order), `k` (the key as
@@ -86,7 +86,7 @@ impl WarehouseRows {
                 .await;
                 (conn, created)
             })?
-            .map_err(|e| model_error(e, None))?;
+            .map_err(lost)?;
         Ok(rows)
     }
 
@@ -108,11 +108,7 @@ impl WarehouseRows {
         let rows: Vec<(i64, i16, Option<String>)> = self.fetch(select)?;
         Ok(rows
             .into_iter()
-            .map(|(row, reason, value)| RejectedRow {
-                row: row as u64,
-                reason: Rejection::from_code(reason as u8).unwrap_or(Rejection::Null),
-                value: value.as_deref().map(shorten),
-            })
+            .map(|(row, reason, value)| rejected_row(row as u64, reason as u8, value))
             .collect())
     }
 
@@ -192,10 +188,7 @@ fn delta_batch(columns: &[ArrayRef]) -> Result<RecordBatch, AudienceError> {
 }
 
 fn lost(e: sqlx::Error) -> AudienceError {
-    match e {
-        sqlx::Error::Database(_) => model_error(e, None).into(),
-        other => WarehouseError::PostgresLost(other.to_string()).into(),
-    }
+    running_model_error(e).into()
 }
 
 impl From<CopyOutError> for AudienceError {

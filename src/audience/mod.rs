@@ -315,15 +315,7 @@ impl<'e> ModelKeys<'e> {
                     "SELECT rowid + 1, reason, k FROM {table} WHERE reason > 0 ORDER BY rowid LIMIT {MAX_EXAMPLES}"
                 ),
                 "finding the model's rejected rows",
-                |row| {
-                    let reason: u8 = row.get(1)?;
-                    let value: Option<String> = row.get(2)?;
-                    Ok(RejectedRow {
-                        row: row.get(0)?,
-                        reason: Rejection::from_code(reason).unwrap_or(Rejection::Null),
-                        value: value.as_deref().map(shorten),
-                    })
-                },
+                |row| Ok(rejected_row(row.get(0)?, row.get(1)?, row.get(2)?)),
             )?,
             Held::Warehouse(rows) => rows.rejected_examples()?,
         };
@@ -874,6 +866,15 @@ fn query_rows<T>(
     let mut statement = engine.prepare(sql).map_err(engine_error(doing))?;
     let rows = statement.query_map([], map).map_err(engine_error(doing))?;
     rows.collect::<Result<_, _>>().map_err(engine_error(doing))
+}
+
+/// Rejected row `row` (from 1, in the model's order), with its rejection code and its key as an example shows it.
+fn rejected_row(row: u64, code: u8, value: Option<String>) -> RejectedRow {
+    RejectedRow {
+        row,
+        reason: Rejection::from_code(code).unwrap_or(Rejection::Null),
+        value: value.as_deref().map(shorten),
+    }
 }
 
 fn shorten(key: &str) -> String {

@@ -102,11 +102,18 @@ async fn describe(pool: &PgPool, sql: &str) -> Result<Vec<Column>, WarehouseErro
 impl From<CopyOutError> for WarehouseError {
     fn from(e: CopyOutError) -> Self {
         match e {
-            // Errors of the wrapped query (division by zero, say) come from running the model.
-            CopyOutError::Sql(e @ sqlx::Error::Database(_)) => model_error(e, None),
-            CopyOutError::Sql(other) => lost(other),
+            CopyOutError::Sql(e) => running_model_error(e),
             CopyOutError::Data(e) => WarehouseError::PostgresCopy(e.0),
         }
+    }
+}
+
+/// An error while a query over the model ran: PostgreSQL's own (division by zero, say) is the model's, anything
+/// else is the connection's.
+pub(crate) fn running_model_error(e: sqlx::Error) -> WarehouseError {
+    match e {
+        sqlx::Error::Database(_) => model_error(e, None),
+        other => lost(other),
     }
 }
 
@@ -118,7 +125,7 @@ fn lost(e: sqlx::Error) -> WarehouseError {
 /// PostgreSQL's own message for an error in the model, with its position turned into the model's line and column
 /// when the statement was the model's own text (`model_sql`). Errors of the wrapped query that streams the keys
 /// (division by zero, say) come from running the model, whose text was already checked, and carry no position.
-pub(crate) fn model_error(e: sqlx::Error, model_sql: Option<&str>) -> WarehouseError {
+fn model_error(e: sqlx::Error, model_sql: Option<&str>) -> WarehouseError {
     let Some(database) = e.as_database_error() else {
         return lost(e);
     };
