@@ -2,10 +2,6 @@
 //! run`'s status) can tell what happened without reading logs. The local store keeps a JSON line a run in
 //! `<sync>/runs.jsonl`; the PostgreSQL store a row a run.
 
-use std::fs::File;
-use std::io::Write;
-use std::path::Path;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +9,6 @@ use crate::events::BadRows;
 use crate::launchdarkly::CallStats;
 use crate::plan::{Drift, KeySample};
 use crate::state::{StateError, Store};
-
-const HISTORY_FILE: &str = "runs.jsonl";
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,62 +97,24 @@ pub struct EventCounts {
 /// Appends `record` to its sync's history, durably.
 pub fn append(store: &Store, record: &RunRecord) -> Result<(), StateError> {
     let line = serde_json::to_string(record).expect("run records always serialize");
-    match store {
-        Store::Local(local) => {
-            let dir = local.sync_dir(&record.sync);
-            append_line(&dir, line).map_err(|source| StateError::Io {
-                action: "cannot append to",
-                path: dir.join(HISTORY_FILE),
-                source,
-            })
-        }
-        Store::Postgres(pg) => {
-            pg.append_run(&record.sync, &record.run_id, record.finished_at, line)
-        }
-    }
+    store.append_run(&record.sync, &record.run_id, record.finished_at, line)
 }
 
 /// The sync's run records, oldest first. A torn last line of the local store's file (a crash while appending) is
 /// left out.
 pub fn read(store: &Store, sync: &str) -> Result<Vec<RunRecord>, StateError> {
-    let lines = match store {
-        Store::Local(local) => {
-            let path = local.sync_dir(sync).join(HISTORY_FILE);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => text.lines().map(str::to_string).collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(source) => {
-                    return Err(StateError::Io {
-                        action: "cannot read",
-                        path,
-                        source,
-                    });
-                }
-            }
-        }
-        Store::Postgres(pg) => pg.runs(sync)?,
-    };
-    Ok(lines
+    Ok(store
+        .runs(sync)?
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
-}
-
-fn append_line(dir: &Path, mut line: String) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    line.push('\n');
-    let mut file = File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join(HISTORY_FILE))?;
-    file.write_all(line.as_bytes())?;
-    file.sync_data()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::LocalStore;
+    use std::io::Write;
 
     #[test]
     fn records_append_and_read_back_in_order() {
@@ -191,7 +147,7 @@ mod tests {
         append(&store, &record("r2", RunOutcome::Synced)).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
-            .open(dir.path().join("s").join(HISTORY_FILE))
+            .open(dir.path().join("s").join("runs.jsonl"))
             .unwrap()
             .write_all(b"{\"sync\":")
             .unwrap();

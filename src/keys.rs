@@ -1,6 +1,6 @@
 //! What a model's key column held, as reports show it: rows, distinct keys, repeats, and the rows whose key was
 //! rejected (null, blank, or longer than 256 characters), with examples. The checking itself is SQL, in
-//! [`crate::audience`].
+//! [`crate::set_engine`].
 
 use std::fmt;
 

@@ -1,33 +1,39 @@
-//! ldsync: a reverse-ETL connector from warehouse SQL models to LaunchDarkly segments.
+//! ldsync: a reverse-ETL connector from warehouse SQL models to LaunchDarkly segments and experiments.
 //!
-//! The pipeline of one sync, module by module: [`config`] reads `connector.yaml`; [`warehouse`] runs the model
-//! and, with [`audience`], loads its keys into the set engine (embedded DuckDB), which checks them ([`keys`] says
-//! what it found) and compares them with the committed checkpoint that [`state`] keeps; [`plan`] turns the
-//! difference into requests and checks the removal gates; [`report`] shows the result. [`sync`] applies a plan
-//! through the [`launchdarkly`]
-//! client, writing each run's batches to its [`journal`] first and its outcome to the run [`history`]. [`daemon`] runs
-//! syncs on their [`schedule`] until a [`shutdown`] signal, serving [`metrics`]; [`status`] reads what runs did;
-//! [`cli`] is the command line over all of it. [`events`] syncs send metric events from a model to LaunchDarkly's
-//! metric import API, incrementally, through the same journal, engine and history.
+//! The crate is layered; each module imports only from the layers below it (checked by `layers.rs` in `cargo test`):
+//!
+//! - [`cli`] parses the command line, runs one command, and turns its outcome or error into an exit code;
+//!   [`daemon`] runs the scheduled syncs until a [`shutdown`] signal, serving metrics.
+//! - [`status`] and [`validate`] read what runs did and check a project; [`report`] renders plans and runs.
+//! - [`run`] executes a plan: lock, settle the journal, plan, send, commit, record, for segment and events syncs.
+//! - [`history`] is the record each run leaves.
+//! - [`plan`] turns a model and a baseline into one plan value: the requests, the gates, the events to send.
+//! - [`set_engine`] does the set work in embedded DuckDB; [`events`] is the events model and its batching.
+//! - [`state`] keeps checkpoints, journals, history and locks (in files or PostgreSQL); [`warehouse`] runs models;
+//!   [`launchdarkly`] is the API client.
+//! - [`pg`], [`keys`], [`progress`]: PostgreSQL connections, what a model's keys held, progress bars.
+//! - [`config`] reads `connector.yaml`; [`schedule`] and [`vocab`] are the words every layer shares.
 
-pub mod audience;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod history;
-pub mod journal;
 pub mod keys;
 pub mod launchdarkly;
-pub mod metrics;
 pub mod pg;
 pub mod plan;
 pub mod progress;
 pub mod report;
+pub mod run;
 pub mod schedule;
+pub mod set_engine;
 pub mod shutdown;
 pub mod state;
 pub mod status;
-pub mod sync;
 pub mod validate;
+pub mod vocab;
 pub mod warehouse;
+
+#[cfg(test)]
+mod layers;

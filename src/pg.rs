@@ -40,7 +40,7 @@ pub struct WorkerStopped;
 /// `COPY` data that does not read as ldsync wrote or expects it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct CopyError(pub String);
+pub struct CopyTextError(pub String);
 
 /// What a job run by [`PgWorker::feed`] reads.
 pub struct Fed<I> {
@@ -72,7 +72,7 @@ pub enum CopyOutError {
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
-    Data(#[from] CopyError),
+    Data(#[from] CopyTextError),
 }
 
 /// A pool of connections to one PostgreSQL database, served by a worker thread.
@@ -349,7 +349,7 @@ pub struct CopyRows {
 
 impl CopyRows {
     /// Takes a chunk of COPY data; returns the batches of arrays that filled up.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<ArrayRef>>, CopyError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<ArrayRef>>, CopyTextError> {
         let mut full = Vec::new();
         let mut rest = chunk;
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -372,9 +372,11 @@ impl CopyRows {
     }
 
     /// The last, partly filled array; an error if the data ended in the middle of a line.
-    pub fn finish(mut self) -> Result<Option<Vec<ArrayRef>>, CopyError> {
+    pub fn finish(mut self) -> Result<Option<Vec<ArrayRef>>, CopyTextError> {
         if !self.partial.is_empty() {
-            return Err(CopyError("the data ended in the middle of a row".into()));
+            return Err(CopyTextError(
+                "the data ended in the middle of a row".into(),
+            ));
         }
         Ok((self.rows > 0).then(|| self.take()))
     }
@@ -389,7 +391,7 @@ impl CopyRows {
 }
 
 /// Appends one line of COPY text (fields separated by tabs; a tab inside a value is escaped) to `builders`.
-fn append_row(builders: &mut Vec<StringBuilder>, line: &[u8]) -> Result<(), CopyError> {
+fn append_row(builders: &mut Vec<StringBuilder>, line: &[u8]) -> Result<(), CopyTextError> {
     let fields = line.split(|&b| b == b'\t');
     if builders.is_empty() {
         builders.resize_with(fields.clone().count(), StringBuilder::new);
@@ -400,7 +402,7 @@ fn append_row(builders: &mut Vec<StringBuilder>, line: &[u8]) -> Result<(), Copy
         count += 1;
     }
     if count != builders.len() || fields.count() != builders.len() {
-        return Err(CopyError(format!(
+        return Err(CopyTextError(format!(
             "a row has a different number of columns than the first ({})",
             builders.len()
         )));
@@ -410,7 +412,7 @@ fn append_row(builders: &mut Vec<StringBuilder>, line: &[u8]) -> Result<(), Copy
 
 /// One value of COPY's text format: `\N` is NULL; backslash escapes stand for control characters, octal and hex
 /// bytes and the backslash itself.
-fn decode_copy_text(line: &[u8]) -> Result<Option<String>, CopyError> {
+fn decode_copy_text(line: &[u8]) -> Result<Option<String>, CopyTextError> {
     if line == b"\\N" {
         return Ok(None);
     }
@@ -461,8 +463,8 @@ fn decode_copy_text(line: &[u8]) -> Result<Option<String>, CopyError> {
     String::from_utf8(bytes).map(Some).map_err(not_utf8)
 }
 
-fn not_utf8(e: std::string::FromUtf8Error) -> CopyError {
-    CopyError(format!("a value is not valid UTF-8: {e}"))
+fn not_utf8(e: std::string::FromUtf8Error) -> CopyTextError {
+    CopyTextError(format!("a value is not valid UTF-8: {e}"))
 }
 
 #[cfg(test)]

@@ -11,23 +11,32 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
-use crate::audience::KeyList;
-use crate::events::EventPlan;
 use crate::history::{EventCounts, RunOutcome};
 use crate::launchdarkly::CallStats;
-use crate::plan::{Action, PlanOutcome, SyncError, SyncPlan};
-use crate::sync::SyncReport;
+use crate::plan::EventPlan;
+use crate::plan::{PlanOutcome, SyncPlan, SyncPlanError};
+use crate::run::SyncReport;
+use crate::set_engine::KeyList;
+use crate::vocab::Action;
 
 /// The result of planning one segment sync.
-pub type PlanResult = Result<SyncPlan, SyncError>;
+pub type PlanResult = Result<SyncPlan, SyncPlanError>;
 /// The result of planning one events sync.
-pub type EventPlanResult = Result<EventPlan, SyncError>;
+pub type EventPlanResult = Result<EventPlan, SyncPlanError>;
 
 /// What `ldsync plan` found, for every selected sync.
 #[derive(Debug, Default)]
 pub struct PlanResults {
     pub segments: Vec<PlanResult>,
     pub events: Vec<EventPlanResult>,
+}
+
+impl PlanResults {
+    /// The syncs that could not be planned.
+    pub fn failures(&self) -> impl Iterator<Item = &SyncPlanError> {
+        let segments = self.segments.iter().filter_map(|r| r.as_ref().err());
+        segments.chain(self.events.iter().filter_map(|r| r.as_ref().err()))
+    }
 }
 
 /// How a report is written.
@@ -158,7 +167,7 @@ fn json_report(all: &PlanResults) -> JsonReport<'_> {
 }
 
 fn json_syncs<P>(
-    results: &[Result<P, SyncError>],
+    results: &[Result<P, SyncPlanError>],
     outcome: fn(&P) -> PlanOutcome,
 ) -> Vec<JsonSync<'_, P>> {
     results

@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Mode, SyncEntry};
-use crate::events::checkpoint::{self as event_checkpoint, EventSettings};
 use crate::history::{self, RunRecord};
 use crate::plan::CheckpointInfo;
 use crate::report::{
     RUN_COLUMNS, RunCells, SyncFormat, added_or_sent, run_cells, table, time, write_json_document,
 };
 use crate::schedule::Schedule;
+use crate::state::events::{self as event_checkpoint, EventSettings};
 use crate::state::{StateError, Store};
 
 /// Where one sync stands.

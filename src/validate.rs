@@ -1,8 +1,8 @@
 //! `ldsync validate`: every check that can be made without running a model in full or calling LaunchDarkly.
 
 use crate::config::{Config, EventSyncConfig, SyncConfig};
-use crate::events::EventPlanner;
-use crate::plan::{Planner, SyncError};
+use crate::plan::EventPlanner;
+use crate::plan::{Planner, SyncPlanError};
 
 /// Checks one sync: its model file exists and prepares against the warehouse, its key column exists with a type
 /// that can be a context key, and its checkpoint (if any) is readable and was made with its current settings.
@@ -11,7 +11,7 @@ pub fn check_sync(
     config: &Config,
     planner: &Planner,
     sync: &SyncConfig,
-) -> Result<String, SyncError> {
+) -> Result<String, SyncPlanError> {
     let model_path = config.model_path(sync);
     let (_, key) = planner.prepare_model(sync)?;
     let checkpoint_text = match planner.checkpoint(sync)? {
@@ -46,7 +46,7 @@ pub fn check_events_sync(
     config: &Config,
     planner: &EventPlanner,
     sync: &EventSyncConfig,
-) -> Result<String, SyncError> {
+) -> Result<String, SyncPlanError> {
     planner.prepare(sync)?;
     let checkpoint_text = match planner.checkpoint(sync)? {
         Some(c) => match c.progress.watermark {

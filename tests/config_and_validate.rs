@@ -414,7 +414,7 @@ fn validate_reports_each_broken_sync() {
         "SELECT account_id FROM accounts",
     );
     let out = project.ldsync("day1", &["validate"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let text = stdout(&out);
     assert!(text.contains("✓ sync `pro-users`"), "{text}");
     assert!(
@@ -439,7 +439,7 @@ fn broken_startup_sql_names_the_statement() {
         "fixtures/missing/accounts.csv",
     );
     let out = project.ldsync("day1", &["validate"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let err = stderr(&out);
     assert!(
         err.contains("warehouse.startup_sql[1] failed")
@@ -449,11 +449,11 @@ fn broken_startup_sql_names_the_statement() {
 }
 
 #[test]
-fn config_errors_exit_one_and_say_which_file() {
+fn config_errors_exit_five_and_say_which_file() {
     let project = Project::example();
     project.edit_config("mode: add", "mode: append");
     let out = project.ldsync("day1", &["plan"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let err = stderr(&out);
     assert!(
         err.contains("connector.yaml: syncs[1].mode: unknown variant `append`"),

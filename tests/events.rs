@@ -437,7 +437,7 @@ fn bad_rows_are_counted_and_reported_and_never_sent() {
     let strict = EventsProject::new(Faults::default(), "    invalid_rows: fail\n");
     strict.write_orders(&orders);
     let failed = strict.ldsync(&["sync"]);
-    assert_eq!(failed.status.code(), Some(1));
+    assert_eq!(failed.status.code(), Some(6));
     let message = stdout(&failed) + &stderr(&failed);
     assert!(
         message.contains("sync `orders`")
@@ -520,7 +520,7 @@ fn events_sync_settings_are_checked_with_their_field_and_line() {
     let project = EventsProject::new(Faults::default(), "");
     project.edit_config("lateness: 1h", "lateness: soon");
     let out = project.ldsync(&["validate"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let message = stderr(&out);
     assert!(
         message.contains("events[0].lateness") && message.contains("`lateness` takes a duration"),
@@ -531,7 +531,7 @@ fn events_sync_settings_are_checked_with_their_field_and_line() {
     project.edit_config("timestamp_column: placed_at", "timestamp_column: amount");
     project.write_orders(&day_one());
     let out = project.ldsync(&["validate"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6));
     assert!(
         stdout(&out).contains("the timestamp column `amount` is VARCHAR"),
         "{}",
@@ -549,7 +549,7 @@ fn events_sync_settings_are_checked_with_their_field_and_line() {
         stdout(&out)
     );
     let full = project.ldsync(&["sync", "--full"]);
-    assert_eq!(full.status.code(), Some(1));
+    assert_eq!(full.status.code(), Some(5));
     assert!(
         stdout(&full).contains("an events sync has no --full"),
         "{}",

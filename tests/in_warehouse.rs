@@ -14,8 +14,8 @@ use common::emulated::*;
 use common::postgres::*;
 use common::*;
 use indicatif::ProgressBar;
-use ldsync::audience::{Delta, KeySource, ModelKeys};
 use ldsync::config::{InvalidKeys, Mode, PostgresState};
+use ldsync::set_engine::{Delta, KeySource, ModelKeys};
 use ldsync::state::{CheckpointSettings, PgStore, Store};
 use ldsync_emulator::SegmentSeed;
 use proptest::prelude::*;
@@ -93,7 +93,7 @@ fn the_in_warehouse_delta_is_exactly_the_set_engines() {
         prop_assert!(in_warehouse.in_warehouse());
         let pushed = Delta::in_warehouse(&in_warehouse, Some(&snapshot_table)).unwrap();
         let in_engine = load(None);
-        let snapshot = KeySource::Snapshot(checkpoint.snapshot_path().unwrap());
+        let snapshot = KeySource::Snapshot(checkpoint.fetch_snapshot().unwrap());
         let compared = Delta::between(engine, KeySource::Model(&in_engine), snapshot).unwrap();
 
         prop_assert_eq!(array_keys(&pushed.entered_keys().unwrap()), array_keys(&compared.entered_keys().unwrap()));

@@ -8,7 +8,7 @@ use ldsync::config::{LaunchDarklyConfig, SegmentKind, TokenSource};
 use ldsync::launchdarkly::pacing::{MAX_RETRIES, RetryWaits};
 use ldsync::launchdarkly::token::AccessToken;
 use ldsync::launchdarkly::{ApiError, Client};
-use ldsync::plan::Action;
+use ldsync::vocab::Action;
 use ldsync_emulator::{Emulator, EmulatorConfig, Faults, RateLimit, SegmentSeed, ThrottleHeaders};
 
 fn connect(emulator: &Emulator, token: &str, environment: &str) -> Client {

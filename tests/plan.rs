@@ -345,7 +345,7 @@ fn invalid_keys_fail_by_default_naming_the_row() {
     let project = Project::example();
     project.edit_config("    invalid_keys: skip         # the fixtures hold a null and a blank user_id: count them, leave them out\n", "");
     let out = project.ldsync("day1", &["plan", "--detailed-exitcode", "pro-users"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6));
     let text = stdout(&out);
     assert!(
         text.contains("sync `pro-users` (model ")
@@ -365,8 +365,8 @@ fn a_failing_sync_is_reported_and_the_others_still_planned() {
     let out = project.ldsync("day1", &["plan", "--detailed-exitcode", "--format", "json"]);
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "one failed sync makes the run an error"
+        Some(6),
+        "one failed sync makes the run fail with its class: the model's data"
     );
     let report = json(&out);
     assert_eq!(report["outcome"], "error");
@@ -457,7 +457,7 @@ fn damaged_checkpoints_are_errors_not_empty_sets() {
 fn unknown_sync_names_list_the_known_ones() {
     let project = Project::example();
     let out = project.ldsync("day1", &["plan", "--detailed-exitcode", "pro-userz"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     assert!(
         stderr(&out).contains("no sync named `pro-userz` in the configuration; its syncs are: pro-users, dormant-winback, enterprise-orgs, churned-beta"),
         "{}",

@@ -16,7 +16,7 @@ use arrow::array::{Array, AsArray};
 use common::postgres::*;
 use common::*;
 use ldsync::config::{EngineSettings, WarehouseConfig};
-use ldsync::events::checkpoint::{
+use ldsync::state::events::{
     EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress, Watermark,
 };
 use ldsync::state::{LocalStore, Store};
@@ -149,7 +149,7 @@ fn a_broken_model_names_the_sync_the_file_and_where_postgres_stopped() {
         ),
     );
     let out = project.ldsync("day1", &["plan"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6));
     let text = stdout(&out) + &stderr(&out);
     for expected in [
         "sync `pg-users`",
@@ -292,7 +292,7 @@ fn an_events_model_streams_every_column_and_filters_by_the_window_in_postgres() 
         },
     };
     let store = Store::Local(LocalStore::new(config.state_dir()));
-    ldsync::events::checkpoint::commit(&store, &checkpoint).unwrap();
+    ldsync::state::events::commit(&store, &checkpoint).unwrap();
     let out = project.ldsync("day1", &["plan", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let plan = &json(&out)["events"][0];

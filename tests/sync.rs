@@ -368,16 +368,16 @@ fn big_segments_are_created_with_their_context_kind_and_fed_through_contexts() {
     )));
 }
 
-/// Runs a sync that must fail, and checks its message, that no write reached LaunchDarkly, and that the
-/// checkpoint did not move.
-fn assert_fails_cleanly(setup: &Setup, token: &str, args: &[&str], message: &str) {
+/// Runs a sync that must fail with exit code `code`, and checks its message, that no write reached LaunchDarkly,
+/// and that the checkpoint did not move.
+fn assert_fails_cleanly(setup: &Setup, token: &str, args: &[&str], code: i32, message: &str) {
     let manifest = setup.manifest_bytes("pro-users");
     let before = setup.members("pro-users", "user");
     setup.emulator.clear_requests();
     let out = setup.sync_with_token("day2", token, args);
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(code),
         "stdout: {}\nstderr: {}",
         stdout(&out),
         stderr(&out)
@@ -414,12 +414,14 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         &setup,
         "api-wrong",
         &["pro-users"],
+        1,
         "LaunchDarkly refused the access token while reading segment `pro-users` (401",
     );
     assert_fails_cleanly(
         &setup,
         "sdk-0a1b2c3d-aaaa-bbbb-cccc-0123456789ab",
         &["pro-users"],
+        1,
         "it is wrong or revoked, or it is an SDK key, mobile key or client-side ID",
     );
 
@@ -430,6 +432,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         &setup,
         TOKEN,
         &["pro-users", "--full"],
+        5,
         "environment `staging` does not exist in project `default` (404)",
     );
     setup
@@ -442,6 +445,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         &setup,
         TOKEN,
         &["pro-users", "--full"],
+        5,
         "project `nope` does not exist in this LaunchDarkly account (404)",
     );
     setup
@@ -459,6 +463,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         &setup,
         TOKEN,
         &["pro-users", "--full"],
+        1,
         "segment `pro-users-v2` does not exist in default/production; create it in LaunchDarkly, or set the sync's create_segment",
     );
     setup
@@ -484,6 +489,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         &setup,
         TOKEN,
         &["pro-users"],
+        6,
         "is a standard segment, which holds at most 15000 targets",
     );
 
@@ -499,6 +505,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         &setup,
         READER,
         &["pro-users"],
+        1,
         "the access token's role may not updateIncluded",
     );
     assert!(
@@ -514,7 +521,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
     );
 
     let out = setup.project.ldsync("day2", &["sync", "pro-users"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     assert!(
         stderr(&out).contains("the access token variable LD_ACCESS_TOKEN is not set"),
         "{}",
@@ -558,7 +565,7 @@ fn the_access_token_never_appears_in_output_logs_reports_or_state() {
     }
     ok(&outputs[0]);
     ok(&outputs[1]);
-    assert_eq!(outputs[2].status.code(), Some(1));
+    assert_eq!(outputs[2].status.code(), Some(5));
     for out in &outputs {
         assert!(
             !stdout(out).contains("canary"),

@@ -9,6 +9,7 @@ use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EventSyncConfig, MAX_KEY_CHARS};
+use crate::vocab::ErrorClass;
 use crate::warehouse::{Column, Warehouse, WarehouseError, quote_identifier, trim_model};
 
 /// Why an events model cannot be read.
@@ -35,6 +36,15 @@ pub enum EventModelError {
         "row `{row_id}` is not a valid event: {problem} (set invalid_rows: skip to leave such rows out)"
     )]
     InvalidRow { row_id: String, problem: RowProblem },
+}
+
+impl EventModelError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EventModelError::Warehouse(e) => e.class(),
+            _ => ErrorClass::Data,
+        }
+    }
 }
 
 /// What is wrong with a row that cannot become an event.

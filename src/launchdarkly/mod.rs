@@ -4,8 +4,14 @@
 //! and retried by [`pacing::RetrySchedule`] where retrying is safe (429, 5xx, 409, timeouts, lost connections),
 //! and every refusal becomes an [`ApiError`] that says what to fix.
 
+mod error;
 pub mod pacing;
+mod segment;
 pub mod token;
+
+pub use error::ApiError;
+use segment::parse_segment;
+pub use segment::{Segment, semantic_patch};
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -16,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::LaunchDarklyConfig;
-use crate::plan::Action;
+use crate::vocab::Action;
 use pacing::{Pacer, RetrySchedule, RetryWaits};
 use token::AccessToken;
 
@@ -26,94 +32,6 @@ pub const API_VERSION: &str = "20240415";
 pub const SEMANTIC_PATCH: &str = "application/json; domain-model=launchdarkly.semanticpatch";
 
 pub use crate::config::SegmentKind;
-
-/// What ldsync needs to know of a segment before changing it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment {
-    pub kind: SegmentKind,
-    pub version: u64,
-    /// A big segment's only context kind.
-    pub big_context_kind: Option<String>,
-    /// The included targets of the sync's context kind. LaunchDarkly lists them for standard segments only.
-    pub members: Option<Vec<String>>,
-    /// The excluded targets of the sync's context kind, sorted (standard segments; empty for big ones).
-    /// LaunchDarkly refuses to include a key it holds as excluded.
-    pub excluded: Vec<String>,
-    /// How many contexts the segment includes (of the sync's kind for standard segments; all for big ones).
-    pub member_count: u64,
-    /// Every individual target of a standard segment, of all kinds, included or excluded: the 15,000 limit.
-    pub total_targets: u64,
-}
-
-/// Why a LaunchDarkly call failed. The messages say what to change; none carries the token.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error(
-        "LaunchDarkly refused the access token while {what} (401: {message}): it is wrong or revoked, or it is an \
-         SDK key, mobile key or client-side ID, which cannot call the REST API (use a personal or service access \
-         token), or its role may not `{action}`"
-    )]
-    Unauthorized {
-        what: String,
-        action: &'static str,
-        message: String,
-    },
-    #[error(
-        "the access token's role may not {action} on {target} (403: {message}); give the role the `{action}` action"
-    )]
-    Forbidden {
-        action: &'static str,
-        target: String,
-        message: String,
-    },
-    #[error(
-        "project `{project}` does not exist in this LaunchDarkly account (404); check launchdarkly.project in connector.yaml"
-    )]
-    UnknownProject { project: String },
-    #[error(
-        "environment `{environment}` does not exist in project `{project}` (404); check launchdarkly.environment in connector.yaml"
-    )]
-    UnknownEnvironment {
-        project: String,
-        environment: String,
-    },
-    #[error(
-        "segment `{segment}` does not exist in {project}/{environment}; create it in LaunchDarkly, or set the sync's \
-         create_segment to standard or big"
-    )]
-    UnknownSegment {
-        segment: String,
-        project: String,
-        environment: String,
-    },
-    #[error("LaunchDarkly rejected {what} ({status} {code}): {message}")]
-    Rejected {
-        what: String,
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("{what}: gave up after {attempts} attempts; the last one failed with {last}")]
-    GaveUp {
-        what: String,
-        attempts: u64,
-        last: String,
-    },
-    #[error("{what}: LaunchDarkly's answer could not be read: {problem}")]
-    BadAnswer { what: String, problem: String },
-}
-
-impl ApiError {
-    /// Whether LaunchDarkly refused a change for good, so that sending the same batch again would fail the same
-    /// way: a request it rejected (400, 405, 422), or a segment that is gone. A wrong token or a missing role
-    /// action is not: once fixed, the same batch goes through.
-    pub fn is_final_for_batch(&self) -> bool {
-        matches!(
-            self,
-            ApiError::Rejected { .. } | ApiError::UnknownSegment { .. }
-        )
-    }
-}
 
 impl CallStats {
     /// What was done since `before` was taken.
@@ -642,162 +560,4 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(bytes)?;
     encoder.finish()
-}
-
-/// The semantic patch that adds or removes included targets of one context kind.
-pub fn semantic_patch(
-    environment: &str,
-    context_kind: &str,
-    action: Action,
-    keys: &[String],
-    comment: &str,
-) -> String {
-    let kind = match action {
-        Action::Add => "addIncludedTargets",
-        Action::Remove => "removeIncludedTargets",
-    };
-    json!({
-        "environmentKey": environment,
-        "comment": comment,
-        "instructions": [{"kind": kind, "contextKind": context_kind, "values": keys}],
-    })
-    .to_string()
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SegmentRep {
-    version: u64,
-    #[serde(default)]
-    unbounded: bool,
-    unbounded_context_kind: Option<String>,
-    #[serde(default)]
-    included: Vec<String>,
-    #[serde(default)]
-    excluded: Vec<String>,
-    #[serde(default)]
-    included_contexts: Vec<ContextTargets>,
-    #[serde(default)]
-    excluded_contexts: Vec<ContextTargets>,
-    #[serde(rename = "_unboundedMetadata")]
-    unbounded_metadata: Option<UnboundedMetadata>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ContextTargets {
-    context_kind: String,
-    #[serde(default)]
-    values: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UnboundedMetadata {
-    #[serde(default)]
-    included_count: u64,
-}
-
-/// Reads a segment representation. User keys may sit in `included` or under `includedContexts`; both count.
-fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
-    let rep: SegmentRep = serde_json::from_str(body).map_err(|e| e.to_string())?;
-    if rep.unbounded {
-        let member_count = rep.unbounded_metadata.map_or(0, |m| m.included_count);
-        return Ok(Segment {
-            kind: SegmentKind::Big,
-            version: rep.version,
-            big_context_kind: Some(rep.unbounded_context_kind.unwrap_or_else(|| "user".into())),
-            members: None,
-            excluded: Vec::new(),
-            member_count,
-            total_targets: member_count,
-        });
-    }
-    let of_kind = |lists: &[ContextTargets]| {
-        lists
-            .iter()
-            .filter(|c| c.context_kind == context_kind)
-            .flat_map(|c| c.values.iter().cloned())
-            .collect::<Vec<_>>()
-    };
-    let targets_of_kind = |contexts: &[ContextTargets], users: &[String]| {
-        let mut keys = of_kind(contexts);
-        if context_kind == "user" {
-            keys.extend(users.iter().cloned());
-        }
-        keys.sort_unstable();
-        keys.dedup();
-        keys
-    };
-    let members = targets_of_kind(&rep.included_contexts, &rep.included);
-    let excluded = targets_of_kind(&rep.excluded_contexts, &rep.excluded);
-    let listed =
-        |lists: &[ContextTargets]| lists.iter().map(|c| c.values.len() as u64).sum::<u64>();
-    let total_targets = (rep.included.len() + rep.excluded.len()) as u64
-        + listed(&rep.included_contexts)
-        + listed(&rep.excluded_contexts);
-    Ok(Segment {
-        kind: SegmentKind::Standard,
-        version: rep.version,
-        big_context_kind: None,
-        member_count: members.len() as u64,
-        members: Some(members),
-        excluded,
-        total_targets,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-
-    #[test]
-    fn standard_segments_give_the_included_targets_of_the_sync_kind() {
-        let body = r#"{"key":"s","version":3,"included":["u2","u1"],"excluded":["u9"],
-            "includedContexts":[{"contextKind":"user","values":["u3","u1"]},{"contextKind":"organization","values":["o1"]}],
-            "excludedContexts":[{"contextKind":"organization","values":["o7"]}],"unbounded":false}"#;
-        let users = parse_segment(body, "user").unwrap();
-        assert_eq!(users.kind, SegmentKind::Standard);
-        assert_eq!(
-            users.members.as_deref(),
-            Some(&["u1".to_string(), "u2".into(), "u3".into()][..])
-        );
-        assert_eq!(
-            (users.member_count, users.total_targets, users.version),
-            (3, 7, 3)
-        );
-        assert_eq!(users.excluded, ["u9"]);
-        let orgs = parse_segment(body, "organization").unwrap();
-        assert_eq!(orgs.members, Some(vec!["o1".to_string()]));
-        assert_eq!(orgs.excluded, ["o7"]);
-    }
-
-    #[test]
-    fn big_segments_give_counts_not_members() {
-        let body = r#"{"key":"b","version":1,"unbounded":true,"unboundedContextKind":"organization","included":[],
-            "_unboundedMetadata":{"includedCount":12,"excludedCount":0}}"#;
-        let big = parse_segment(body, "organization").unwrap();
-        assert_eq!(big.kind, SegmentKind::Big);
-        assert_eq!(big.members, None);
-        assert_eq!(big.member_count, 12);
-        assert_eq!(big.big_context_kind.as_deref(), Some("organization"));
-    }
-
-    #[test]
-    fn semantic_patches_name_the_environment_kind_and_keys() {
-        let body = semantic_patch(
-            "production",
-            "organization",
-            Action::Remove,
-            &["o1".into(), "o2".into()],
-            "c",
-        );
-        let value: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(
-            value,
-            json!({"environmentKey": "production", "comment": "c", "instructions": [
-                {"kind": "removeIncludedTargets", "contextKind": "organization", "values": ["o1", "o2"]}]})
-        );
-    }
 }

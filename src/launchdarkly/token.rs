@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use reqwest::header::HeaderValue;
 
 use crate::config::TokenSource;
+use crate::vocab::ErrorClass;
 
 /// Why the access token could not be read. The messages name where it was looked for, never its value.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,13 @@ pub enum TokenError {
     EmptyFile { path: PathBuf },
     #[error("the access token from {origin} holds characters that cannot go in an HTTP header")]
     NotAHeader { origin: String },
+}
+
+impl TokenError {
+    /// The token comes from the environment or a file connector.yaml names.
+    pub fn class(&self) -> ErrorClass {
+        ErrorClass::Config
+    }
 }
 
 /// A secret that only the HTTP layer ever sees.

@@ -7,8 +7,9 @@
 //! journal belongs to the store it started in, and finishing it there first is what keeps it from being lost.
 
 use crate::config::{Config, SyncEntry};
-use crate::events::checkpoint::{self as event_checkpoint, EventCheckpointError, EventSettings};
+use crate::state::events::{self as event_checkpoint, EventCheckpointError, EventSettings};
 use crate::state::{CheckpointSettings, LocalStore, PgStore, StateError, Store, postgres_copies};
+use crate::vocab::ErrorClass;
 
 /// Which store a copy reads from; the other is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,7 +31,7 @@ impl std::fmt::Display for StoreKind {
 
 /// Why a sync's checkpoint was not copied.
 #[derive(Debug, thiserror::Error)]
-pub enum CopyError {
+pub enum CopyCheckpointError {
     #[error(
         "copy-checkpoints moves checkpoints between state.directory and a PostgreSQL store: set state.kind: postgres \
          and state.url in the configuration first"
@@ -68,6 +69,21 @@ pub enum CopyError {
     },
 }
 
+impl CopyCheckpointError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            CopyCheckpointError::NoPostgres => ErrorClass::Config,
+            CopyCheckpointError::Open(e) | CopyCheckpointError::State { source: e, .. } => {
+                e.class()
+            }
+            CopyCheckpointError::Events { source, .. } => source.class(),
+            CopyCheckpointError::Locked { .. }
+            | CopyCheckpointError::Unfinished { .. }
+            | CopyCheckpointError::Exists { .. } => ErrorClass::StateStore,
+        }
+    }
+}
+
 /// What was copied for one sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Copied {
@@ -88,16 +104,16 @@ pub struct Copier<'c> {
 
 impl<'c> Copier<'c> {
     /// Opens both stores (connecting to PostgreSQL and applying its migrations).
-    pub fn open(config: &'c Config, from: StoreKind) -> Result<Self, CopyError> {
+    pub fn open(config: &'c Config, from: StoreKind) -> Result<Self, CopyCheckpointError> {
         let postgres = config
             .state
             .postgres
             .as_ref()
-            .ok_or(CopyError::NoPostgres)?;
+            .ok_or(CopyCheckpointError::NoPostgres)?;
         let local = Store::Local(LocalStore::new(config.state_dir()));
         let shared = PgStore::open(postgres, postgres_copies(config, postgres))
             .map(Store::Postgres)
-            .map_err(CopyError::Open)?;
+            .map_err(CopyCheckpointError::Open)?;
         let (from, to) = match from {
             StoreKind::Local => ((StoreKind::Local, local), (StoreKind::Postgres, shared)),
             StoreKind::Postgres => ((StoreKind::Postgres, shared), (StoreKind::Local, local)),
@@ -106,7 +122,7 @@ impl<'c> Copier<'c> {
     }
 
     /// Copies one sync's checkpoint, holding both stores' run locks.
-    pub fn copy(&self, sync: SyncEntry<'_>, replace: bool) -> Result<Copied, CopyError> {
+    pub fn copy(&self, sync: SyncEntry<'_>, replace: bool) -> Result<Copied, CopyCheckpointError> {
         let name = sync.name();
         let run_id = uuid::Uuid::now_v7().to_string();
         let _locks = [&self.from, &self.to]
@@ -115,7 +131,7 @@ impl<'c> Copier<'c> {
             .collect::<Result<Vec<_>, _>>()?;
         for (kind, store) in [&self.from, &self.to] {
             if store.journal_exists(name) {
-                return Err(CopyError::Unfinished {
+                return Err(CopyCheckpointError::Unfinished {
                     sync: name.to_string(),
                     store: *kind,
                 });
@@ -128,7 +144,7 @@ impl<'c> Copier<'c> {
             }
             SyncEntry::Events(events) => {
                 let settings = EventSettings::of(self.config);
-                let events_error = |source| CopyError::Events {
+                let events_error = |source| CopyCheckpointError::Events {
                     sync: name.to_string(),
                     source,
                 };
@@ -156,7 +172,7 @@ impl<'c> Copier<'c> {
         name: &str,
         settings: &CheckpointSettings,
         replace: bool,
-    ) -> Result<Copied, CopyError> {
+    ) -> Result<Copied, CopyCheckpointError> {
         let error = |source| self.state_error(name, source);
         let Some(checkpoint) = self.from.1.load(name).map_err(error)? else {
             return Ok(Copied::Nothing);
@@ -177,7 +193,7 @@ impl<'c> Copier<'c> {
             }
             self.refuse_existing(name, existing.run_id, replace)?;
         }
-        let snapshot = checkpoint.snapshot_path().map_err(error)?;
+        let snapshot = checkpoint.fetch_snapshot().map_err(error)?;
         let prepared = self
             .to
             .1
@@ -204,30 +220,35 @@ impl<'c> Copier<'c> {
         store: &Store,
         sync: &str,
         run_id: &str,
-    ) -> Result<crate::state::SyncLock, CopyError> {
+    ) -> Result<crate::state::SyncLock, CopyCheckpointError> {
         store
             .try_lock(sync, run_id)
             .map_err(|source| self.state_error(sync, source))?
-            .ok_or_else(|| CopyError::Locked {
+            .ok_or_else(|| CopyCheckpointError::Locked {
                 sync: sync.to_string(),
                 store: kind,
                 holder: store.holder(sync),
             })
     }
 
-    fn refuse_existing(&self, sync: &str, run_id: String, replace: bool) -> Result<(), CopyError> {
+    fn refuse_existing(
+        &self,
+        sync: &str,
+        run_id: String,
+        replace: bool,
+    ) -> Result<(), CopyCheckpointError> {
         if replace {
             return Ok(());
         }
-        Err(CopyError::Exists {
+        Err(CopyCheckpointError::Exists {
             sync: sync.to_string(),
             store: self.to.0,
             run_id,
         })
     }
 
-    fn state_error(&self, sync: &str, source: StateError) -> CopyError {
-        CopyError::State {
+    fn state_error(&self, sync: &str, source: StateError) -> CopyCheckpointError {
+        CopyCheckpointError::State {
             sync: sync.to_string(),
             source,
         }

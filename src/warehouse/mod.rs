@@ -5,7 +5,7 @@
 //! here; PostgreSQL in [`postgres`].
 //!
 //! Every warehouse comes with the set engine, an embedded DuckDB connection that does ldsync's set work (see
-//! [`crate::audience`]): with a duckdb warehouse it is the warehouse's own connection, so a model's keys go into it
+//! [`crate::set_engine`]): with a duckdb warehouse it is the warehouse's own connection, so a model's keys go into it
 //! without leaving DuckDB; with PostgreSQL it is a separate in-memory DuckDB that the keys are streamed into.
 
 pub mod postgres;
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::ArrayRef;
 
 use crate::config::{EngineSettings, WarehouseConfig};
+use crate::vocab::ErrorClass;
 
 /// Why the warehouse could not run something.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,26 @@ pub enum WarehouseError {
         setting: String,
         source: duckdb::Error,
     },
+}
+
+impl WarehouseError {
+    /// The model's own failures are its data's; settings are the configuration's; the rest is the warehouse's.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            WarehouseError::Model(_)
+            | WarehouseError::MissingKeyColumn { .. }
+            | WarehouseError::KeyColumnType { .. }
+            | WarehouseError::PostgresModel { .. }
+            | WarehouseError::NotText(_) => ErrorClass::Data,
+            WarehouseError::Startup { .. }
+            | WarehouseError::PostgresUrl(_)
+            | WarehouseError::Engine { .. } => ErrorClass::Config,
+            WarehouseError::Open { .. }
+            | WarehouseError::PostgresConnect { .. }
+            | WarehouseError::PostgresLost(_)
+            | WarehouseError::PostgresCopy(_) => ErrorClass::Warehouse,
+        }
+    }
 }
 
 /// One column of a model's result, as the warehouse describes it.

@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::Connection;
 use sqlx::{AssertSqlSafe, Connection as _, Executor};
 
-use super::{AudienceError, MAX_EXAMPLES, engine_error, rejected_row};
+use super::{MAX_EXAMPLES, SetEngineError, engine_error, rejected_row};
 use crate::config::MAX_KEY_CHARS;
 use crate::keys::{RejectedRow, Rejection};
 use crate::pg::CopyOutError;
@@ -56,7 +56,7 @@ impl WarehouseRows {
         model_sql: &str,
         key: &KeyColumn,
         statement_timeout: Duration,
-    ) -> Result<Self, AudienceError> {
+    ) -> Result<Self, SetEngineError> {
         let create = format!(
             "CREATE TEMPORARY TABLE {ROWS} AS SELECT row_number() OVER () AS row, k, ({reason})::int2 AS reason \
              FROM (SELECT ({column})::text COLLATE \"C\" AS k FROM ({model}) AS ldsync_model) AS keys",
@@ -91,7 +91,7 @@ impl WarehouseRows {
     }
 
     /// How many rows the model gave for each rejection code (0: valid).
-    pub(super) fn count_by_reason(&self) -> Result<Vec<(u8, u64)>, AudienceError> {
+    pub(super) fn count_by_reason(&self) -> Result<Vec<(u8, u64)>, SetEngineError> {
         let select = format!("SELECT reason, count(*) FROM {ROWS} GROUP BY reason");
         let counts: Vec<(i16, i64)> = self.fetch(select)?;
         Ok(counts
@@ -101,7 +101,7 @@ impl WarehouseRows {
     }
 
     /// The first rejected rows, in the model's order.
-    pub(super) fn rejected_examples(&self) -> Result<Vec<RejectedRow>, AudienceError> {
+    pub(super) fn rejected_examples(&self) -> Result<Vec<RejectedRow>, SetEngineError> {
         let select = format!(
             "SELECT row, reason, k FROM {ROWS} WHERE reason > 0 ORDER BY row LIMIT {MAX_EXAMPLES}"
         );
@@ -119,7 +119,7 @@ impl WarehouseRows {
         engine: &Connection,
         delta: &str,
         snapshot_table: Option<&str>,
-    ) -> Result<(), AudienceError> {
+    ) -> Result<(), SetEngineError> {
         // Anti-joins: PostgreSQL hashes one side and streams the other, in parallel, where `EXCEPT` sorts or
         // hashes both (about twice as slow at a million keys).
         let rows = ROWS;
@@ -138,7 +138,7 @@ impl WarehouseRows {
         let mut appender = engine
             .appender_to_catalog_and_db(delta, "temp", "main")
             .map_err(engine_error(doing))?;
-        self.session.copy_out::<AudienceError>(copy, |columns| {
+        self.session.copy_out::<SetEngineError>(copy, |columns| {
             appender
                 .append_record_batch(delta_batch(&columns)?)
                 .map_err(engine_error(doing))
@@ -156,7 +156,7 @@ impl WarehouseRows {
         self.session.prepare_snapshot(sync, run_id, &select)
     }
 
-    fn fetch<T>(&self, select: String) -> Result<Vec<T>, AudienceError>
+    fn fetch<T>(&self, select: String) -> Result<Vec<T>, SetEngineError>
     where
         T: Send + Unpin + 'static + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
@@ -172,7 +172,7 @@ impl WarehouseRows {
 }
 
 /// One `COPY` batch of `k` and `gone` (as text) as a batch of the delta table.
-fn delta_batch(columns: &[ArrayRef]) -> Result<RecordBatch, AudienceError> {
+fn delta_batch(columns: &[ArrayRef]) -> Result<RecordBatch, SetEngineError> {
     let keys = columns[0].clone();
     let gone: BooleanArray = columns[1]
         .as_string::<i32>()
@@ -187,12 +187,12 @@ fn delta_batch(columns: &[ArrayRef]) -> Result<RecordBatch, AudienceError> {
         .map_err(|e| WarehouseError::NotText(e.to_string()).into())
 }
 
-fn lost(e: sqlx::Error) -> AudienceError {
+fn lost(e: sqlx::Error) -> SetEngineError {
     running_model_error(e).into()
 }
 
-impl From<CopyOutError> for AudienceError {
+impl From<CopyOutError> for SetEngineError {
     fn from(e: CopyOutError) -> Self {
-        AudienceError::Warehouse(e.into())
+        SetEngineError::Warehouse(e.into())
     }
 }

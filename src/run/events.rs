@@ -1,4 +1,4 @@
-//! `ldsync sync` for an events sync: take the sync's lock; finish the run an interruption left in the journal (or
+//! An events sync's run: take the sync's lock; finish the run an interruption left in the journal (or
 //! abandon it when LaunchDarkly refused one of its batches); plan from the checkpoint; write the batches and the
 //! checkpoint they lead to into the journal; send each batch to the metric import API, recording each
 //! acknowledgement; commit the checkpoint only when every batch is acknowledged.
@@ -9,13 +9,16 @@
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress};
-use super::{EventBatch, EventPlan, Spool};
+use super::send::abandon_or_resume;
+use super::{RunError, Runner, SyncOptions, Tally};
 use crate::config::EventSyncConfig;
+use crate::events::{EventBatch, Spool};
 use crate::history::{EventCounts, RunOutcome};
-use crate::journal::{Journal, JournalHeader, RunIdentity};
-use crate::state::StateError;
-use crate::sync::{Engine, EngineError, SyncOptions, Tally, abandon_or_resume};
+use crate::plan::EventPlan;
+use crate::state::events::{
+    self as checkpoint, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress,
+};
+use crate::state::{Journal, JournalHeader, RunIdentity, StateError};
 
 /// What an events run is, and the checkpoint it commits once every batch is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +45,7 @@ impl JournalHeader for EventRunHeader {
 /// An events sync's run journal.
 type EventJournal = Journal<EventRunHeader, EventBatch>;
 
-impl Engine<'_> {
+impl Runner<'_> {
     /// Runs one events sync; see the module's comment.
     pub(crate) async fn run_events(
         &self,
@@ -50,11 +53,11 @@ impl Engine<'_> {
         run_id: &str,
         options: SyncOptions,
         tally: &mut Tally,
-    ) -> Result<RunOutcome, EngineError> {
+    ) -> Result<RunOutcome, RunError> {
         let dir = self.store.host_dir(&sync.name);
         if options.full {
-            let checkpoint = checkpoint::location(self.store, &sync.name);
-            return Err(EngineError::NoFullEventsRun { checkpoint });
+            let checkpoint = self.store.event_checkpoint_location(&sync.name);
+            return Err(RunError::NoFullEventsRun { checkpoint });
         }
         let _lock = self.lock(&sync.name, run_id).await?;
         Spool::remove_stale(&dir);
@@ -84,7 +87,7 @@ impl Engine<'_> {
             return Ok(RunOutcome::NothingToChange);
         }
         if self.shutdown.requested() {
-            return Err(EngineError::StoppedBeforeSending);
+            return Err(RunError::StoppedBeforeSending);
         }
         let journal = self.write_event_journal(sync, run_id, &settings, plan, spool)?;
         self.finish_events(sync, journal, &settings, tally).await?;
@@ -97,7 +100,7 @@ impl Engine<'_> {
         sync: &EventSyncConfig,
         settings: &EventSettings,
         tally: &mut Tally,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), RunError> {
         let Some(journal) = EventJournal::open(self.store, &sync.name)? else {
             return Ok(());
         };
@@ -122,7 +125,7 @@ impl Engine<'_> {
         settings: &EventSettings,
         plan: EventPlan,
         spool: Spool,
-    ) -> Result<EventJournal, EngineError> {
+    ) -> Result<EventJournal, RunError> {
         let header = EventRunHeader {
             run: RunIdentity::starting(&sync.name, run_id),
             settings: settings.clone(),
@@ -146,10 +149,10 @@ impl Engine<'_> {
         mut journal: EventJournal,
         settings: &EventSettings,
         tally: &mut Tally,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), RunError> {
         let header = journal.header.clone();
         if &header.settings != settings {
-            return Err(EngineError::EventJournalSettings {
+            return Err(RunError::EventJournalSettings {
                 run_id: header.run.run_id,
                 was: header.settings.to_string(),
                 now: settings.to_string(),

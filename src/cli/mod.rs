@@ -1,58 +1,35 @@
 //! The command line: what each command takes, what it prints, and the exit codes a scheduler can branch on.
 
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, SyncConfig, SyncEntry, TokenSource};
+use crate::config::Config;
 use crate::daemon::{self, DaemonOptions, Stopped};
-use crate::events::EventPlanner;
-use crate::history::RunOutcome;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
-use crate::plan::{PlanOutcome, Planner};
-use crate::report::{
-    EventPlanResult, Format, PlanResult, PlanResults, SyncFormat, overall_outcome,
-    write_plan_report, write_sync_report,
-};
+use crate::report::{Format, SyncFormat};
+use crate::run::SyncOptions;
 use crate::shutdown;
-use crate::state::Store;
-use crate::state::copy::{Copied, Copier, StoreKind};
-use crate::status;
-use crate::sync::{Engine, SyncOptions, SyncReport};
-use crate::warehouse::Warehouse;
+use crate::state::copy::StoreKind;
 
-/// Exit codes, documented in `--help` and the README.
-pub mod exit {
-    /// Success: the command did what it was asked (with plan --detailed-exitcode: nothing to change).
-    pub const OK: u8 = 0;
-    /// Something failed: the configuration, a model, the warehouse, a checkpoint, or writing the report.
-    pub const ERROR: u8 = 1;
-    /// The command line itself was wrong (clap's own code).
-    pub const USAGE: u8 = 2;
-    /// --detailed-exitcode: plan: at least one sync has changes to make, and no gate would stop it;
-    /// sync: at least one sync sent changes, and none failed or was stopped by a gate.
-    pub const CHANGES: u8 = 3;
-    /// plan --detailed-exitcode: a removal gate would stop at least one sync before its first call;
-    /// sync: a removal gate stopped at least one sync before its first call (and none failed).
-    pub const GATE_STOPPED: u8 = 4;
-    /// sync: a signal stopped a run, whose journal the next run finishes; run: a second signal stopped it at once.
-    pub const INTERRUPTED: u8 = 130;
-}
+mod commands;
+pub mod exit;
 
 const AFTER_HELP: &str = "\
 Exit codes:
   0    success (with --detailed-exitcode: nothing to change); run: stopped cleanly by SIGINT or SIGTERM
-  1    error: configuration, model SQL, keys, warehouse, checkpoint or LaunchDarkly
+  1    LaunchDarkly, the warehouse or the state store failed (running again later may succeed)
   2    the command line was wrong
   3    --detailed-exitcode: plan: changes to make; sync: changes were sent
   4    plan --detailed-exitcode: a removal gate would stop a sync before any call;
        sync: a removal gate stopped a sync before any call (--override-gates lets it through)
+  5    the configuration is wrong: connector.yaml, the environment it reads, the token, a sync name
+  6    a model's data is wrong: its SQL, its keys or its rows
   130  sync: a signal stopped a run (the next run finishes it); run: a second signal stopped it at once
 
 Logs go to standard error; reports go to standard output or --output.";
@@ -97,12 +74,16 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check connector.yaml, the models and the checkpoints; changes nothing.
+    ///
     /// Check the configuration, that every model exists and prepares against the warehouse with a usable key
     /// column, and that every checkpoint is readable and matches its sync's settings. Changes nothing.
     Validate {
         /// Syncs to check (default: all).
         syncs: Vec<String>,
     },
+    /// Dry run: report what each sync would change; writes nothing but the report.
+    ///
     /// Dry run: run the models, diff them against their checkpoints, and report exactly which keys a sync would
     /// add and remove, the requests that would carry them, and the removal gates that would stop it; for an events
     /// sync, the events it would send (by event key, their time range, the requests) and the rows it would leave
@@ -130,6 +111,8 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Apply each sync's plan to LaunchDarkly, journaled and crash-safe.
+    ///
     /// Apply each sync's plan to its LaunchDarkly segment: adds before removes, in batches of at most batch_size,
     /// written to the sync's journal before they are sent. The checkpoint moves only when LaunchDarkly has
     /// acknowledged every batch; a run that was interrupted is finished by the next one, without sending an
@@ -157,6 +140,8 @@ pub enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
     },
+    /// Run the scheduled syncs as a daemon until SIGINT or SIGTERM.
+    ///
     /// Run every scheduled sync on its schedule (an interval such as 15m, or a cron expression in a time zone)
     /// until SIGINT or SIGTERM. A sync never overlaps itself, and ticks missed during a long run or downtime give
     /// one run, not one per tick; a failing sync is tried again with backoff while the others go on. The first
@@ -173,6 +158,8 @@ pub enum Command {
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
         failure_backoff: Duration,
     },
+    /// Show each sync's last run, checkpoint, unfinished run and next time.
+    ///
     /// Show each sync's last run (outcome, counts, requests, 429s, duration), its checkpoint, any unfinished run,
     /// and when ldsync run runs it next. Reads the state store only.
     Status {
@@ -181,6 +168,8 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
         format: SyncFormat,
     },
+    /// Copy checkpoints between the local and the PostgreSQL state store.
+    ///
     /// Copy syncs' checkpoints between the local store (the files in state.directory) and the PostgreSQL store
     /// (state.kind: postgres, state.url), to move a team to shared state, or back, without a full resync. Each
     /// checkpoint is copied as it is (its keys, run and settings; an events sync's watermark) under both stores'
@@ -197,6 +186,9 @@ pub enum Command {
         replace: bool,
     },
     /// Show past runs, oldest first, from the state store.
+    ///
+    /// Each run's outcome, counts, requests, 429s and duration, as the run history of the state store (the local
+    /// store's files or the PostgreSQL store) keeps them. Reads the state store only.
     History {
         /// Syncs whose runs to show (default: all).
         syncs: Vec<String>,
@@ -214,11 +206,14 @@ pub fn run(cli: Cli) -> ExitCode {
     let code = match execute(&cli) {
         Ok(code) => code,
         Err(e) => {
+            let class = exit::class_of(&e);
             match cli.log_format {
                 LogFormat::Text => eprintln!("error: {e:#}"),
-                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "ldsync failed"),
+                LogFormat::Json => {
+                    tracing::error!(error = %format!("{e:#}"), class = class.as_str(), "ldsync failed")
+                }
             }
-            exit::ERROR
+            exit::for_class(class)
         }
     };
     ExitCode::from(code)
@@ -232,7 +227,7 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
         )
     })?;
     match &cli.command {
-        Command::Validate { syncs } => validate(&config, syncs),
+        Command::Validate { syncs } => commands::validate(&config, syncs),
         Command::Plan {
             syncs,
             format,
@@ -240,10 +235,10 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
             show,
             detailed_exitcode,
             full,
-        } => plan(
+        } => commands::plan(
             &config,
             syncs,
-            PlanOptions {
+            commands::PlanOptions {
                 format: *format,
                 output: output.as_deref(),
                 show: *show,
@@ -263,8 +258,8 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
                 full: *full,
                 override_gates: *override_gates,
             };
-            let reports = sync(&config, syncs, options, *format, show_progress(cli))?;
-            Ok(sync_exit_code(&reports, *detailed_exitcode))
+            let reports = commands::sync(&config, syncs, options, *format, show_progress(cli))?;
+            Ok(commands::sync_exit_code(&reports, *detailed_exitcode))
         }
         Command::Run {
             syncs,
@@ -283,17 +278,17 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
                 Stopped::AtOnce => exit::INTERRUPTED,
             })
         }
-        Command::Status { syncs, format } => status(&config, syncs, *format),
+        Command::Status { syncs, format } => commands::status(&config, syncs, *format),
         Command::History {
             syncs,
             limit,
             format,
-        } => history(&config, syncs, *limit, *format),
+        } => commands::history(&config, syncs, *limit, *format),
         Command::CopyCheckpoints {
             syncs,
             from,
             replace,
-        } => copy_checkpoints(&config, syncs, *from, *replace),
+        } => commands::copy_checkpoints(&config, syncs, *from, *replace),
     }
 }
 
@@ -319,264 +314,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn sync(
-    config: &Config,
-    names: &[String],
-    options: SyncOptions,
-    format: SyncFormat,
-    progress: bool,
-) -> anyhow::Result<Vec<SyncReport>> {
-    let syncs = config.select_syncs(names)?;
-    let client = client(config)?;
-    let warehouse = Warehouse::open(
-        &config.warehouse,
-        &config.engine_settings(),
-        &config.project_dir,
-    )?;
-    let store = Store::open(config)?;
-    let shutdown = shutdown::listen().context("cannot listen for signals")?;
-    let engine = Engine::new(config, &warehouse, &store, client)
-        .with_progress(progress)
-        .with_shutdown(shutdown.clone());
-    let runtime = runtime()?;
-    let reports: Vec<SyncReport> = runtime.block_on(async {
-        let mut reports = Vec::new();
-        for sync in syncs {
-            if shutdown.requested() {
-                tracing::warn!(sync = %sync.name(), "not started: ldsync is stopping");
-                continue;
-            }
-            let report = engine.run(sync, options).await;
-            report.log();
-            reports.push(report);
-        }
-        reports
-    });
-    let mut out = BufWriter::new(std::io::stdout());
-    write_sync_report(&reports, format, &mut out)?;
-    out.flush()?;
-    Ok(reports)
-}
-
-fn sync_exit_code(reports: &[SyncReport], detailed: bool) -> u8 {
-    let any = |outcome| reports.iter().any(|r| r.outcome == outcome);
-    if any(RunOutcome::Failed) {
-        exit::ERROR
-    } else if any(RunOutcome::Interrupted) {
-        exit::INTERRUPTED
-    } else if any(RunOutcome::GateStopped) {
-        exit::GATE_STOPPED
-    } else if detailed && any(RunOutcome::Synced) {
-        exit::CHANGES
-    } else {
-        exit::OK
-    }
-}
-
-fn status(config: &Config, names: &[String], format: SyncFormat) -> anyhow::Result<u8> {
-    let now = chrono::Utc::now();
-    let syncs = config.select_syncs(names)?;
-    let store = Store::open(config)?;
-    let statuses = syncs
-        .into_iter()
-        .map(|sync| status::status_of(config, &store, sync, now))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut out = BufWriter::new(std::io::stdout());
-    status::write_status(&statuses, now, format, &mut out)?;
-    out.flush()?;
-    Ok(exit::OK)
-}
-
-fn history(
-    config: &Config,
-    names: &[String],
-    limit: usize,
-    format: SyncFormat,
-) -> anyhow::Result<u8> {
-    let syncs = config.select_syncs(names)?;
-    let runs = status::history_of(&Store::open(config)?, &syncs, limit)?;
-    let mut out = BufWriter::new(std::io::stdout());
-    status::write_history(&runs, format, &mut out)?;
-    out.flush()?;
-    Ok(exit::OK)
-}
-
-fn copy_checkpoints(
-    config: &Config,
-    names: &[String],
-    from: StoreKind,
-    replace: bool,
-) -> anyhow::Result<u8> {
-    let syncs = config.select_syncs(names)?;
-    let copier = Copier::open(config, from)?;
-    let (from, to) = copier.direction();
-    let mut failures = 0;
-    for sync in syncs {
-        let name = sync.name();
-        match copier.copy(sync, replace) {
-            Ok(Copied::Checkpoint { run_id, key_count }) => {
-                println!(
-                    "✓ {name}: checkpoint of run {run_id} ({key_count} keys) copied from {from} to {to}"
-                )
-            }
-            Ok(Copied::Events { run_id }) => {
-                println!("✓ {name}: events checkpoint of run {run_id} copied from {from} to {to}")
-            }
-            Ok(Copied::Nothing) => println!("- {name}: no checkpoint in the {from} store"),
-            Err(e) => {
-                failures += 1;
-                println!("✗ {e}");
-            }
-        }
-    }
-    Ok(if failures == 0 { exit::OK } else { exit::ERROR })
-}
-
-/// How `ldsync plan` was asked to run.
-struct PlanOptions<'a> {
-    format: Format,
-    output: Option<&'a Path>,
-    show: usize,
-    detailed_exitcode: bool,
-    full: bool,
-    progress: bool,
-}
-
-fn plan(config: &Config, names: &[String], options: PlanOptions<'_>) -> anyhow::Result<u8> {
-    let PlanOptions {
-        format,
-        output,
-        show,
-        detailed_exitcode,
-        full,
-        progress,
-    } = options;
-    if format == Format::Parquet && output.is_none() {
-        anyhow::bail!("--format parquet writes a binary file: give it --output PATH");
-    }
-    let syncs = config.select_syncs(names)?;
-    let warehouse = Warehouse::open(
-        &config.warehouse,
-        &config.engine_settings(),
-        &config.project_dir,
-    )?;
-    let store = Store::open(config)?;
-    let segment_syncs: Vec<&SyncConfig> = syncs.iter().filter_map(|s| s.segment()).collect();
-    let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full && !segment_syncs.is_empty()
-    {
-        let engine =
-            Engine::new(config, &warehouse, &store, client(config)?).with_progress(progress);
-        let runtime = runtime()?;
-        Box::new(move |sync| runtime.block_on(engine.plan_full(sync)))
-    } else {
-        let planner = Planner::new(config, &warehouse, &store).with_progress(progress);
-        Box::new(move |sync| planner.plan(sync))
-    };
-    let events = EventPlanner::new(config, &warehouse, &store).with_progress(progress);
-    let event_results: Vec<EventPlanResult> = syncs
-        .iter()
-        .filter_map(|s| s.events())
-        .map(|sync| {
-            let result = events.plan(sync);
-            match &result {
-                Ok(p) => tracing::info!(sync = %p.sync, rows = p.rows, events = p.events, bad_rows = p.bad_rows.count, "planned"),
-                Err(e) => tracing::error!(sync = %e.sync, "{e}"),
-            }
-            result
-        })
-        .collect();
-    let results: Vec<PlanResult> = segment_syncs
-        .iter()
-        .map(|sync| {
-            let started = std::time::Instant::now();
-            let result = plan_one(sync);
-            match &result {
-                Ok(p) => tracing::info!(
-                    sync = %p.sync,
-                    rows = p.keys.rows,
-                    keys = p.keys.distinct,
-                    adds = p.adds.len(),
-                    removes = p.removes.len(),
-                    seconds = started.elapsed().as_secs_f64(),
-                    "planned"
-                ),
-                Err(e) => tracing::error!(sync = %e.sync, "{e}"),
-            }
-            result
-        })
-        .collect();
-    let results = PlanResults {
-        segments: results,
-        events: event_results,
-    };
-    write_report(&results, format, output, show)?;
-    Ok(match overall_outcome(&results) {
-        None => exit::ERROR,
-        Some(_) if !detailed_exitcode => exit::OK,
-        Some(PlanOutcome::NoChanges) => exit::OK,
-        Some(PlanOutcome::Changes) => exit::CHANGES,
-        Some(PlanOutcome::GateStopped) => exit::GATE_STOPPED,
-    })
-}
-
-fn write_report(
-    results: &PlanResults,
-    format: Format,
-    output: Option<&Path>,
-    show: usize,
-) -> anyhow::Result<()> {
-    match output {
-        Some(path) => {
-            let file =
-                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            let mut out = BufWriter::new(file);
-            write_plan_report(results, format, show, &mut out)?;
-            out.flush()
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        None => {
-            let mut out = BufWriter::new(std::io::stdout());
-            write_plan_report(results, format, show, &mut out)?;
-            out.flush()?;
-        }
-    }
-    Ok(())
-}
-
-fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
-    let syncs = config.select_syncs(names)?;
-    let warehouse = Warehouse::open(
-        &config.warehouse,
-        &config.engine_settings(),
-        &config.project_dir,
-    )?;
-    let store = Store::open(config)?;
-    let planner = Planner::new(config, &warehouse, &store);
-    let events = EventPlanner::new(config, &warehouse, &store);
-    let mut failures = 0;
-    for sync in syncs {
-        let checked = match sync {
-            SyncEntry::Segment(sync) => crate::validate::check_sync(config, &planner, sync),
-            SyncEntry::Events(sync) => crate::validate::check_events_sync(config, &events, sync),
-        };
-        match checked {
-            Ok(summary) => println!("✓ {summary}"),
-            Err(e) => {
-                failures += 1;
-                println!("✗ {e}");
-            }
-        }
-    }
-    if let TokenSource::Env(var) = &config.launchdarkly.token
-        && std::env::var_os(var).is_none()
-    {
-        println!(
-            "! the access token variable {var} is not set: plan works without it, sync will need it"
-        );
-    }
-    Ok(if failures == 0 { exit::OK } else { exit::ERROR })
-}
-
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -587,5 +324,37 @@ fn init_logging(format: LogFormat, level: &str) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn help_lists_each_command_in_one_line_and_explains_it_in_its_own_help() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for command in cli.get_subcommands() {
+            let name = command.get_name();
+            let about = command
+                .get_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                !about.is_empty() && !about.contains('\n') && about.len() <= 80,
+                "`ldsync --help` shows {name} as {about:?}"
+            );
+            let long = command
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                long.len() > about.len() + 40,
+                "`ldsync help {name}` explains no more than its summary: {long:?}"
+            );
+        }
     }
 }

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::{StateError, Store};
 use crate::config::{Config, EventSyncConfig};
-use crate::state::{StateError, Store, read_if_present, write_file_atomically_with};
+use crate::vocab::ErrorClass;
 
 /// The checkpoint format this build writes and reads.
 pub const EVENT_CHECKPOINT_FORMAT: u32 = 1;
-const CHECKPOINT_FILE: &str = "events-checkpoint.json";
 
 /// Why an events checkpoint cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,17 @@ pub enum EventCheckpointError {
         was: String,
         now: String,
     },
+}
+
+impl EventCheckpointError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EventCheckpointError::State(e) => e.class(),
+            EventCheckpointError::Damaged { .. } | EventCheckpointError::SettingsChanged { .. } => {
+                ErrorClass::StateStore
+            }
+        }
+    }
 }
 
 /// Where an events sync sends its events: change it and the checkpoint says nothing about what was sent there.
@@ -115,30 +126,14 @@ pub struct EventCheckpoint {
     pub progress: Progress,
 }
 
-/// Where `sync`'s events checkpoint is kept, for messages: its file, or its row.
-pub fn location(store: &Store, sync: &str) -> String {
-    match store {
-        Store::Local(local) => local
-            .sync_dir(sync)
-            .join(CHECKPOINT_FILE)
-            .display()
-            .to_string(),
-        Store::Postgres(pg) => format!("{} event_checkpoints[{sync}]", pg.location()),
-    }
-}
-
 /// The sync's committed checkpoint, checked against its settings; `None` before its first commit.
 pub fn load(
     store: &Store,
     sync: &EventSyncConfig,
     settings: &EventSettings,
 ) -> Result<Option<EventCheckpoint>, EventCheckpointError> {
-    let path = PathBuf::from(location(store, &sync.name));
-    let bytes = match store {
-        Store::Local(_) => read_if_present(&path)?,
-        Store::Postgres(pg) => pg.event_checkpoint(&sync.name)?.map(String::into_bytes),
-    };
-    let Some(bytes) = bytes else {
+    let path = PathBuf::from(store.event_checkpoint_location(&sync.name));
+    let Some(bytes) = store.read_event_checkpoint(&sync.name)? else {
         return Ok(None);
     };
     let damaged = |problem: String| EventCheckpointError::Damaged {
@@ -171,23 +166,8 @@ pub fn load(
 
 /// Commits `checkpoint` atomically.
 pub fn commit(store: &Store, checkpoint: &EventCheckpoint) -> Result<(), StateError> {
-    let local = match store {
-        Store::Local(local) => local,
-        Store::Postgres(pg) => {
-            let json = serde_json::to_string(checkpoint).expect("a checkpoint always serializes");
-            return pg.commit_event_checkpoint(&checkpoint.sync, json);
-        }
-    };
-    let sync_dir = &local.sync_dir(&checkpoint.sync);
-    std::fs::create_dir_all(sync_dir).map_err(|source| StateError::Io {
-        action: "cannot create",
-        path: sync_dir.to_path_buf(),
-        source,
-    })?;
-    write_file_atomically_with(sync_dir, CHECKPOINT_FILE, |out| {
-        serde_json::to_writer_pretty(&mut *out, checkpoint)?;
-        out.write_all(b"\n")
-    })
+    let json = serde_json::to_vec_pretty(checkpoint).expect("a checkpoint always serializes");
+    store.write_event_checkpoint(&checkpoint.sync, json)
 }
 
 /// Unix milliseconds as a time (the latest representable time when out of range).

@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::history::RunOutcome;
-use crate::sync::SyncReport;
+use crate::run::SyncReport;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SyncLabel {
@@ -284,6 +284,7 @@ mod tests {
             gate_stops: Vec::new(),
             notes: Vec::new(),
             error: None,
+            error_class: None,
         }
     }
 

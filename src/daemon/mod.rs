@@ -7,6 +7,8 @@
 //! time, and the other syncs go on. The loops share one thread and one warehouse connection: a model query holds
 //! the thread while it runs, and the LaunchDarkly calls and waits of different syncs interleave.
 
+mod metrics;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +20,13 @@ use crate::config::{Config, SyncEntry};
 use crate::history::RunOutcome;
 use crate::launchdarkly::Client;
 use crate::launchdarkly::token::AccessToken;
-use crate::metrics::{self, Metrics};
+use crate::run::{Runner, SyncOptions};
 use crate::schedule::Schedule;
 use crate::shutdown::{Shutdown, Stage};
 use crate::state::Store;
 use crate::status::{last_success, runs_of};
-use crate::sync::{Engine, SyncOptions};
 use crate::warehouse::Warehouse;
+use metrics::Metrics;
 
 /// The longest wait between tries of a failing sync (its schedule may bring the next try sooner).
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(3600);
@@ -73,12 +75,12 @@ pub fn run(
         }
         let client = Client::new(&config.launchdarkly, token.clone(), options.request_timeout)
             .context("cannot set up the HTTP client")?;
-        let engine =
-            Engine::new(config, &warehouse, &store, client).with_shutdown(shutdown.clone());
+        let runner =
+            Runner::new(config, &warehouse, &store, client).with_shutdown(shutdown.clone());
         let scheduler = SyncLoop {
             sync,
             schedule,
-            engine,
+            runner,
             metrics: &metrics,
             shutdown: &shutdown,
             failure_backoff: options.failure_backoff,
@@ -138,7 +140,7 @@ fn backoff(first: Duration, failures: u32) -> Duration {
 struct SyncLoop<'a> {
     sync: SyncEntry<'a>,
     schedule: &'a Schedule,
-    engine: Engine<'a>,
+    runner: Runner<'a>,
     metrics: &'a Metrics,
     shutdown: &'a Shutdown,
     failure_backoff: Duration,
@@ -169,7 +171,7 @@ impl SyncLoop<'_> {
             if self.shutdown.requested() {
                 return;
             }
-            let report = self.engine.run(self.sync, SyncOptions::default()).await;
+            let report = self.runner.run(self.sync, SyncOptions::default()).await;
             report.log();
             self.metrics.record(&report);
             last_start = Some(report.started_at);

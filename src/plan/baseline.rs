@@ -1,0 +1,64 @@
+//! What a segment sync's model is compared with, decided before the model runs: the checkpoint, the segment's
+//! real membership, or nothing. Pure; the segment and the checkpoint are read by the caller.
+
+use arrow::array::StringArray;
+
+use super::PlanError;
+use crate::config::{Mode, SyncConfig};
+use crate::launchdarkly::Segment;
+use crate::state::Checkpoint;
+
+/// What a sync's model keys are compared with.
+#[derive(Clone, Copy)]
+pub enum Baseline<'a> {
+    /// The last committed checkpoint; `None` on a first run, which compares with nothing.
+    Checkpoint(Option<&'a Checkpoint>),
+    /// The segment's real membership of the sync's context kind, distinct (first runs and `--full`).
+    Membership(&'a StringArray),
+}
+
+impl Baseline<'_> {
+    /// Whether this is the checkpoint (or nothing before the first): only then may the in-warehouse diff compare.
+    pub fn is_checkpoint(&self) -> bool {
+        matches!(self, Baseline::Checkpoint(_))
+    }
+}
+
+/// What a run compares the model with:
+/// - a standard segment's real membership in mirror mode (every run, so hand edits are repaired), and on a first
+///   run or `--full` in any mode;
+/// - the checkpoint otherwise;
+/// - nothing on a first add- or remove-mode run against a big segment that has members: LaunchDarkly cannot list
+///   them cheaply, and adding a member or removing a non-member changes nothing, so every model key is sent.
+///
+/// Only a mirror run needs a big segment's members; without a checkpoint it stops rather than guess them.
+pub fn choose_baseline<'p>(
+    sync: &SyncConfig,
+    segment: Option<&Segment>,
+    checkpoint: Option<&'p Checkpoint>,
+    members: &'p StringArray,
+) -> Result<Baseline<'p>, PlanError> {
+    let Some(segment) = segment else {
+        return match checkpoint {
+            Some(checkpoint) => Err(PlanError::SegmentDeleted {
+                segment: sync.segment.clone(),
+                run_id: checkpoint.manifest.run_id.clone(),
+                keys: checkpoint.manifest.key_count,
+            }),
+            None => Ok(Baseline::Membership(members)),
+        };
+    };
+    let listed = segment.members.is_some();
+    Ok(match checkpoint {
+        _ if listed && sync.mode == Mode::Mirror => Baseline::Membership(members),
+        Some(checkpoint) => Baseline::Checkpoint(Some(checkpoint)),
+        None if listed || segment.member_count == 0 => Baseline::Membership(members),
+        None if sync.mode != Mode::Mirror => Baseline::Checkpoint(None),
+        None => {
+            return Err(PlanError::BigSegmentMembersUnknown {
+                segment: sync.segment.clone(),
+                count: segment.member_count,
+            });
+        }
+    })
+}

@@ -1,0 +1,531 @@
+//! The plan of one sync: run its model, diff the keys against its checkpoint, and say exactly what a sync would
+//! send to LaunchDarkly and which removal gates would stop it. Planning reads; it never writes anything.
+
+mod baseline;
+mod events;
+mod sync_plan;
+
+use std::path::PathBuf;
+
+use arrow::array::{Array, StringArray};
+
+use crate::config::{Config, Mode, SegmentKind, SyncConfig};
+use crate::launchdarkly::Segment;
+use crate::progress;
+use crate::set_engine::{
+    Delta, KeyList, KeyRead, KeySource, KeyTable, Listing, ModelKeys, SetEngineError, held_by,
+};
+use crate::state::{Checkpoint, CheckpointSettings, PgStore, StateError, Store};
+use crate::vocab::Direction;
+use crate::vocab::ErrorClass;
+use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
+
+pub use baseline::Baseline;
+use baseline::choose_baseline;
+pub use events::{EventPlan, EventPlanner};
+pub use sync_plan::{
+    CheckpointInfo, Drift, GateStop, KeySample, PlanOutcome, PlannedRequest,
+    STANDARD_SEGMENT_MAX_TARGETS, SyncPlan, requests,
+};
+use sync_plan::{gate_stops, notes, remove_mode_percent_gate, sorted_contains};
+
+/// Why one sync could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read the model {path}: {source}")]
+    ModelFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    SetEngine(#[from] SetEngineError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    EventModel(#[from] crate::events::model::EventModelError),
+    #[error(transparent)]
+    EventCheckpoint(#[from] crate::state::events::EventCheckpointError),
+    #[error("cannot spool the run's event batches in the state directory: {0}")]
+    Spool(std::io::Error),
+    #[error(
+        "segment `{segment}` no longer exists, although checkpoint run {run_id} says it held {keys} targets; run \
+         `ldsync sync --full` to rebuild it from the model"
+    )]
+    SegmentDeleted {
+        segment: String,
+        run_id: String,
+        keys: u64,
+    },
+    #[error(
+        "segment `{segment}` is a big segment that already includes {count} contexts, and LaunchDarkly cannot list a \
+         big segment's members cheaply, so ldsync cannot tell which to remove and will not assume it is empty; \
+         point the sync at a new segment key (with create_segment: big), or empty the segment in LaunchDarkly, then \
+         run again"
+    )]
+    BigSegmentMembersUnknown { segment: String, count: u64 },
+    /// Reading the segment for a plan against its real membership (`plan --full`) failed.
+    #[error("{0}")]
+    LaunchDarkly(String),
+}
+
+impl PlanError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PlanError::ModelFile { .. } => ErrorClass::Config,
+            PlanError::Warehouse(e) => e.class(),
+            PlanError::SetEngine(e) => e.class(),
+            PlanError::State(e) => e.class(),
+            PlanError::EventModel(e) => e.class(),
+            PlanError::EventCheckpoint(e) => e.class(),
+            PlanError::Spool(_) => ErrorClass::Internal,
+            PlanError::SegmentDeleted { .. }
+            | PlanError::BigSegmentMembersUnknown { .. }
+            | PlanError::LaunchDarkly(_) => ErrorClass::LaunchDarkly,
+        }
+    }
+}
+
+/// A planning error with the sync and model it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("sync `{sync}` (model {model}): {source}")]
+pub struct SyncPlanError {
+    pub sync: String,
+    pub model: String,
+    pub source: Box<PlanError>,
+}
+
+impl SyncPlanError {
+    pub fn class(&self) -> ErrorClass {
+        self.source.class()
+    }
+}
+
+/// A segment sync's plan with what executing it needs: the model's keys (written as the run's snapshot) and the
+/// delta its key lists are read from (a big segment's keys stay in the set engine until the journal is written),
+/// and the segment as it was read. Dropping it frees the set engine's tables.
+pub struct ExecutablePlan<'e> {
+    pub plan: SyncPlan,
+    pub model: ModelKeys<'e>,
+    /// Keeps the plan's `KeyList::InEngine` lists readable.
+    delta: Delta<'e>,
+    /// The segment as read before planning; `None` when it does not exist yet.
+    pub segment: Option<Segment>,
+    /// Whether the model's keys equal the checkpoint's, so that a run with nothing to send leaves it be.
+    pub model_matches_checkpoint: bool,
+}
+
+impl ExecutablePlan<'_> {
+    /// Reads one of the plan's key lists (its adds or removes), in order, from the set engine where it is held.
+    pub fn read<'k>(&'k self, keys: &'k KeyList) -> Result<KeyRead<'k>, SetEngineError> {
+        KeyRead::prepare(self.delta.engine(), keys)
+    }
+}
+
+/// Plans syncs of one configuration against its warehouse and checkpoint store.
+pub struct Planner<'a> {
+    config: &'a Config,
+    warehouse: &'a Warehouse,
+    store: &'a Store,
+    progress: bool,
+}
+
+impl<'a> Planner<'a> {
+    /// Plans against an open warehouse and the checkpoints in `store`.
+    pub fn new(config: &'a Config, warehouse: &'a Warehouse, store: &'a Store) -> Self {
+        Planner {
+            config,
+            warehouse,
+            store,
+            progress: false,
+        }
+    }
+
+    /// Shows the rows fetched so far on standard error while a model runs.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Plans one sync against its committed checkpoint: what `ldsync plan` shows.
+    pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncPlanError> {
+        let checkpoint = self.checkpoint(sync)?;
+        let baseline = Baseline::Checkpoint(checkpoint.as_ref());
+        let model = self.model_keys(sync, baseline)?;
+        let mut plan = self
+            .plan_against(sync, model, baseline, Listing::Listed)?
+            .plan;
+        if plan.mode == Mode::Remove && !plan.removes.is_empty() {
+            plan.notes.push(
+                "gates.max_remove_percent is a share of the segment's members, which `ldsync sync` reads before \
+                 any change; this offline plan does not check it"
+                    .to_string(),
+            );
+        }
+        Ok(plan)
+    }
+
+    /// Plans one sync against the segment as LaunchDarkly holds it (`None`: it does not exist yet): compares the
+    /// model with the segment's membership (mirror syncs of standard segments, first runs, `full`) or with the
+    /// checkpoint, and leaves out keys the segment excludes. What `sync` executes and `plan --full` shows. With
+    /// `Listing::InEngine`, the keys for a big segment (which has no excluded targets) stay in the set engine.
+    pub fn plan_for_segment(
+        &self,
+        sync: &SyncConfig,
+        segment: Option<Segment>,
+        full: bool,
+        listing: Listing,
+    ) -> Result<ExecutablePlan<'a>, SyncPlanError> {
+        let checkpoint = if full { None } else { self.checkpoint(sync)? };
+        let members = StringArray::from_iter_values(
+            segment
+                .as_ref()
+                .and_then(|s| s.members.as_deref())
+                .unwrap_or_default(),
+        );
+        let baseline = choose_baseline(sync, segment.as_ref(), checkpoint.as_ref(), &members)
+            .map_err(|e| self.error(sync, e))?;
+        let model = self.model_keys(sync, baseline)?;
+        let big = match &segment {
+            Some(segment) => segment.kind == SegmentKind::Big && segment.excluded.is_empty(),
+            None => sync.create_segment == Some(SegmentKind::Big),
+        };
+        let listing = if big { listing } else { Listing::Listed };
+        let mut planned = self.plan_against(sync, model, baseline, listing)?;
+        planned.model_matches_checkpoint = match (&checkpoint, baseline) {
+            (None, _) => false,
+            (Some(_), Baseline::Checkpoint(_)) => {
+                planned.plan.entered == 0 && planned.plan.left == 0
+            }
+            // Compared with the membership (a standard segment: small), a second comparison says it.
+            (Some(checkpoint), Baseline::Membership(_)) => {
+                self.matches_checkpoint(sync, &planned.model, checkpoint)?
+            }
+        };
+        if let Some(segment) = &segment {
+            self.fit_to_segment(
+                sync,
+                &mut planned.plan,
+                segment,
+                baseline,
+                checkpoint.as_ref(),
+            )?;
+        }
+        planned.segment = segment;
+        Ok(planned)
+    }
+
+    /// The sync's committed checkpoint, checked against its settings and its manifest; `None` before its first
+    /// commit.
+    pub fn checkpoint(&self, sync: &SyncConfig) -> Result<Option<Checkpoint>, SyncPlanError> {
+        let settings = CheckpointSettings::of(self.config, sync);
+        let checkpoint = self
+            .store
+            .load(&sync.name)
+            .map_err(|e| self.error(sync, e))?;
+        if let Some(checkpoint) = &checkpoint {
+            checkpoint
+                .check_settings(&settings)
+                .and_then(|()| checkpoint.verify())
+                .map_err(|e| self.error(sync, e))?;
+        }
+        Ok(checkpoint)
+    }
+
+    /// Runs the sync's model and checks its keys: into the set engine, or, compared with the checkpoint when
+    /// the warehouse and the state store are the same PostgreSQL database, into a table of the store (the
+    /// in-warehouse diff).
+    fn model_keys(
+        &self,
+        sync: &SyncConfig,
+        baseline: Baseline<'_>,
+    ) -> Result<ModelKeys<'a>, SyncPlanError> {
+        self.read_model_keys(sync, baseline)
+            .map_err(|e| self.error(sync, e))
+    }
+
+    /// The PostgreSQL state store, when it is in the (PostgreSQL) warehouse's own database, as the same user.
+    fn store_in_warehouse(&self) -> Option<&'a PgStore> {
+        match self.warehouse {
+            Warehouse::Postgres { source, .. } => self.store.in_database(source.target()),
+            Warehouse::DuckDb(_) => None,
+        }
+    }
+
+    /// Plans one sync's model keys against a baseline, keeping the model and the delta its key lists are read from.
+    fn plan_against<'e>(
+        &self,
+        sync: &SyncConfig,
+        model: ModelKeys<'e>,
+        baseline: Baseline<'_>,
+        listing: Listing,
+    ) -> Result<ExecutablePlan<'e>, SyncPlanError> {
+        let model_path = self.config.model_path(sync);
+        let comparing = progress::step_spinner(&sync.name, "comparing keys", self.progress);
+        let planned = plan_keys(sync, &model_path, &model, baseline, listing);
+        comparing.finish_and_clear();
+        let (plan, delta) = planned.map_err(|e| self.error(sync, e))?;
+        Ok(ExecutablePlan {
+            plan,
+            model,
+            delta,
+            segment: None,
+            model_matches_checkpoint: false,
+        })
+    }
+
+    /// Whether the model's valid keys are exactly the checkpoint's.
+    fn matches_checkpoint(
+        &self,
+        sync: &SyncConfig,
+        model: &ModelKeys<'_>,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool, SyncPlanError> {
+        let delta = Delta::between(
+            model.engine(),
+            KeySource::Model(model),
+            KeySource::Snapshot(
+                checkpoint
+                    .fetch_snapshot()
+                    .map_err(|e| self.error(sync, e))?,
+            ),
+        )
+        .map_err(|e| self.error(sync, e))?;
+        Ok(delta.entered == 0 && delta.left == 0)
+    }
+
+    /// Fits a plan to the segment as LaunchDarkly holds it: leaves out the keys it holds as excluded targets, finds
+    /// what was changed by hand since the checkpoint (when the plan compared with its real membership), and checks
+    /// a remove-mode plan's percent gate against the segment's real size.
+    fn fit_to_segment(
+        &self,
+        sync: &SyncConfig,
+        plan: &mut SyncPlan,
+        segment: &Segment,
+        baseline: Baseline<'_>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), SyncPlanError> {
+        plan.leave_out_excluded(&segment.excluded, sync.batch_size);
+        if let (Baseline::Membership(members), Some(checkpoint)) = (baseline, checkpoint) {
+            plan.drift = Some(self.drift(sync, checkpoint, members, &segment.excluded)?);
+        }
+        if sync.mode == Mode::Remove && matches!(baseline, Baseline::Checkpoint(_)) {
+            plan.gate_stops
+                .extend(remove_mode_percent_gate(sync, segment, plan));
+        }
+        Ok(())
+    }
+
+    /// What was changed by hand in the segment since the checkpoint: its real `members` against the
+    /// checkpoint's keys, leaving aside keys it holds as `excluded` (sorted) targets (never added, so never missing).
+    fn drift(
+        &self,
+        sync: &SyncConfig,
+        checkpoint: &Checkpoint,
+        members: &StringArray,
+        excluded: &[String],
+    ) -> Result<Drift, SyncPlanError> {
+        self.find_drift(checkpoint, members, excluded)
+            .map_err(|e| self.error(sync, e))
+    }
+
+    fn find_drift(
+        &self,
+        checkpoint: &Checkpoint,
+        members: &StringArray,
+        excluded: &[String],
+    ) -> Result<Drift, SetEngineError> {
+        let engine = self.warehouse.engine()?;
+        let members = KeyTable::load(engine, members)?;
+        let delta = Delta::between(
+            engine,
+            KeySource::Table(&members),
+            KeySource::Snapshot(checkpoint.fetch_snapshot()?),
+        )?;
+        let left = delta.left_keys()?;
+        let removed = left
+            .iter()
+            .flatten()
+            .filter(|key| !sorted_contains(excluded, key));
+        Ok(Drift {
+            added_by_hand: KeySample::of(delta.entered_keys()?.iter().flatten()),
+            removed_by_hand: KeySample::of(removed),
+        })
+    }
+
+    /// A planning error about `sync`, naming its model.
+    pub(crate) fn error(&self, sync: &SyncConfig, source: impl Into<PlanError>) -> SyncPlanError {
+        SyncPlanError {
+            sync: sync.name.clone(),
+            model: self.config.model_path(sync).display().to_string(),
+            source: Box::new(source.into()),
+        }
+    }
+
+    /// The model's SQL and its key column, as the warehouse describes it.
+    pub fn prepare_model(&self, sync: &SyncConfig) -> Result<(String, KeyColumn), SyncPlanError> {
+        self.read_model(sync).map_err(|e| self.error(sync, e))
+    }
+
+    fn read_model(&self, sync: &SyncConfig) -> Result<(String, KeyColumn), PlanError> {
+        let model_path = self.config.model_path(sync);
+        let sql = std::fs::read_to_string(&model_path).map_err(|source| PlanError::ModelFile {
+            path: model_path,
+            source,
+        })?;
+        let key = self.warehouse.key_column(&sql, &sync.key_column)?;
+        Ok((sql, key))
+    }
+
+    fn read_model_keys(
+        &self,
+        sync: &SyncConfig,
+        baseline: Baseline<'_>,
+    ) -> Result<ModelKeys<'a>, PlanError> {
+        let (sql, key) = self.read_model(sync)?;
+        let in_store = if baseline.is_checkpoint() {
+            self.store_in_warehouse()
+        } else {
+            None
+        };
+        let progress = match self.warehouse {
+            Warehouse::DuckDb(_) => {
+                progress::step_spinner(&sync.name, "running the model", self.progress)
+            }
+            Warehouse::Postgres { .. } => progress::fetch_spinner(&sync.name, self.progress),
+        };
+        let model = ModelKeys::load(
+            self.warehouse,
+            &sql,
+            &key,
+            sync.invalid_keys,
+            &progress,
+            in_store,
+        )?;
+        progress.finish_and_clear();
+        Ok(model)
+    }
+}
+
+fn plan_keys<'e>(
+    sync: &SyncConfig,
+    model_path: &std::path::Path,
+    model: &ModelKeys<'e>,
+    baseline: Baseline<'_>,
+    listing: Listing,
+) -> Result<(SyncPlan, Delta<'e>), PlanError> {
+    let engine = model.engine();
+    let members_table;
+    let (diff, baseline_keys, baseline_count) = match baseline {
+        Baseline::Checkpoint(checkpoint) if model.in_warehouse() => {
+            let table = checkpoint
+                .and_then(|c| c.stored_table())
+                .map(|(_, table)| table);
+            let count = checkpoint.map_or(0, |c| c.manifest.key_count);
+            // The baseline's keys are read again only to remove what a segment's members hold (a comparison with
+            // the membership, which never runs in the warehouse).
+            let delta = Delta::in_warehouse(model, table.as_deref())?;
+            (delta, KeySource::Nothing, count)
+        }
+        _ => {
+            let (keys, count) = match baseline {
+                Baseline::Checkpoint(Some(checkpoint)) => (
+                    KeySource::Snapshot(checkpoint.fetch_snapshot()?),
+                    checkpoint.manifest.key_count,
+                ),
+                Baseline::Checkpoint(None) => (KeySource::Nothing, 0),
+                Baseline::Membership(members) => {
+                    members_table = KeyTable::load(engine, members)?;
+                    (KeySource::Table(&members_table), members_table.count)
+                }
+            };
+            (
+                Delta::between(engine, KeySource::Model(model), keys)?,
+                keys,
+                count,
+            )
+        }
+    };
+    let stats = model.stats(&diff, baseline_count);
+    let (adds, removes) = match (sync.mode, baseline) {
+        (Mode::Add, _) => (diff.list(Direction::Entered, listing)?, KeyList::empty()),
+        // Every model key is in the segment or not: remove those that are (the members are listed anyway).
+        (Mode::Remove, Baseline::Membership(_)) => (
+            KeyList::empty(),
+            KeyList::Listed(held_by(engine, baseline_keys, KeySource::Model(model))?),
+        ),
+        // Keys that were in the model at the checkpoint were removed then.
+        (Mode::Remove, Baseline::Checkpoint(_)) => {
+            (KeyList::empty(), diff.list(Direction::Entered, listing)?)
+        }
+        (Mode::Mirror, _) => (
+            diff.list(Direction::Entered, listing)?,
+            diff.list(Direction::Left, listing)?,
+        ),
+    };
+    let members = match baseline {
+        Baseline::Checkpoint(_) if sync.mode == Mode::Remove => None,
+        Baseline::Checkpoint(checkpoint) => Some(checkpoint.map_or(0, |c| c.manifest.key_count)),
+        Baseline::Membership(members) => Some(members.len() as u64),
+    };
+    let mut plan = SyncPlan {
+        sync: sync.name.clone(),
+        mode: sync.mode,
+        segment: sync.segment.clone(),
+        context_kind: sync.context_kind.clone(),
+        model: model_path.display().to_string(),
+        gate_stops: gate_stops(sync, &stats, members, removes.len() as u64),
+        requests: requests(adds.len(), removes.len(), sync.batch_size),
+        keys: stats,
+        checkpoint: match baseline {
+            Baseline::Checkpoint(checkpoint) => checkpoint.map(|c| CheckpointInfo::of(&c.manifest)),
+            Baseline::Membership(_) => None,
+        },
+        entered: diff.entered,
+        left: diff.left,
+        adds,
+        removes,
+        excluded: KeyList::empty(),
+        drift: None,
+        notes: Vec::new(),
+    };
+    plan.notes = notes(&plan, baseline);
+    Ok((plan, diff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::Action;
+
+    #[test]
+    fn requests_carry_adds_then_removes_in_full_batches() {
+        assert_eq!(requests(0, 0, 1500), vec![]);
+        assert_eq!(
+            requests(3001, 1500, 1500),
+            vec![
+                PlannedRequest {
+                    action: Action::Add,
+                    keys: 1500
+                },
+                PlannedRequest {
+                    action: Action::Add,
+                    keys: 1500
+                },
+                PlannedRequest {
+                    action: Action::Add,
+                    keys: 1
+                },
+                PlannedRequest {
+                    action: Action::Remove,
+                    keys: 1500
+                },
+            ]
+        );
+        assert_eq!(
+            requests(5, 0, 2).iter().map(|r| r.keys).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! `ldsync sync`: the runner that applies a sync's plan to LaunchDarkly without ever losing, repeating or
+//! inventing a change, for both kinds of sync.
+//!
+//! Every run is the same list of steps: take the sync's run lock ([`Runner::lock`]); settle the journal a crash
+//! or a refusal left (finish it, or abandon it); plan; stop at a removal gate; write the journal of batches before
+//! anything is sent; send each batch, recording each acknowledgement ([`send`]); commit the checkpoint only when
+//! every batch is acknowledged; and record the run in the sync's history ([`Runner::run`]). [`segment`] holds the
+//! steps of a segment sync, [`events`] those of an events sync.
+
+mod events;
+mod segment;
+mod send;
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, SyncEntry};
+use crate::history::{self, EventCounts, RunOutcome, RunRecord};
+use crate::launchdarkly::{ApiError, CallStats, Client};
+use crate::plan::{Drift, EventPlanner, GateStop, KeySample, Planner, SyncPlan, SyncPlanError};
+use crate::shutdown::{Shutdown, Stage};
+use crate::state::{JournalError, StateError, Store, SyncLock};
+use crate::vocab::ErrorClass;
+use crate::warehouse::Warehouse;
+
+pub use segment::{Batch, RunHeader, SegmentJournal};
+
+/// How often a run waiting for another run of its sync tries the lock again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How a run may depart from the defaults, for this run only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncOptions {
+    /// Compare with the segment's real membership instead of the checkpoint, and repair it.
+    pub full: bool,
+    /// Let a run through that a removal gate would stop.
+    pub override_gates: bool,
+}
+
+/// Why a sync run failed. None of these leaves a moved checkpoint behind.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Plan(#[from] SyncPlanError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(
+        "segment `{segment}` is a big segment of context kind `{segment_kind}`, but the sync sends `{sync_kind}` keys; \
+         a big segment holds one context kind"
+    )]
+    BigSegmentKind {
+        segment: String,
+        segment_kind: String,
+        sync_kind: String,
+    },
+    #[error(
+        "segment `{segment}` is a standard segment, which holds at most {max} targets, and this run would leave it \
+         with {after}; nothing was sent. Use a big segment: set create_segment: big and a new segment key"
+    )]
+    StandardSegmentFull {
+        segment: String,
+        after: u64,
+        max: u64,
+    },
+    #[error(
+        "segment `{segment}` was created by someone else while this run was creating it, as {found}, but this sync \
+         creates {wanted}; nothing was sent. Delete that segment in LaunchDarkly, or change the sync's \
+         create_segment or context_kind to match it"
+    )]
+    CreatedElsewhere {
+        segment: String,
+        wanted: String,
+        found: String,
+    },
+    #[error(
+        "an unfinished run ({run_id}) of this sync was started with other settings ({changes}); restore them so that \
+         it can finish, or run `ldsync sync --full` to abandon it and reconcile the segment with the model"
+    )]
+    JournalSettings {
+        run_id: String,
+        changes: String,
+        path: String,
+    },
+    #[error(
+        "{source}; {acknowledged} of {total} batches of run {run_id} were acknowledged and the checkpoint did not \
+         move: the next `ldsync sync` sends the rest first"
+    )]
+    FailedPartway {
+        run_id: String,
+        acknowledged: usize,
+        total: usize,
+        source: ApiError,
+    },
+    #[error(
+        "LaunchDarkly refused batch {batch} of {total} of run {run_id} ({action} {keys}): {source}; {acknowledged} \
+         batches were acknowledged and the checkpoint did not move. The refusal is recorded in the journal, so the \
+         next `ldsync sync` will not send this run again: it plans afresh from the checkpoint and the segment's \
+         real state"
+    )]
+    Refused {
+        run_id: String,
+        batch: usize,
+        total: usize,
+        action: &'static str,
+        keys: String,
+        acknowledged: usize,
+        source: Box<ApiError>,
+    },
+    #[error(
+        "an events sync has no --full: LaunchDarkly cannot be asked which events it already holds, and sending them \
+         all again would count them twice. To send the model's events again from its first row (into a new \
+         environment, say), move {checkpoint} aside"
+    )]
+    NoFullEventsRun { checkpoint: String },
+    #[error(
+        "an unfinished run ({run_id}) of this sync sends to {was}, not {now}; restore the settings so that it can \
+         finish, or move its journal {path} aside"
+    )]
+    EventJournalSettings {
+        run_id: String,
+        was: String,
+        now: String,
+        path: String,
+    },
+    #[error("stopped by a shutdown signal before sending anything; the checkpoint did not move")]
+    StoppedBeforeSending,
+    #[error(
+        "stopped by a shutdown signal after {acknowledged} of {total} batches of run {run_id} were acknowledged; the \
+         checkpoint did not move: the next run sends the rest first"
+    )]
+    Stopped {
+        run_id: String,
+        acknowledged: usize,
+        total: usize,
+    },
+    #[error(
+        "stopped at once by a second shutdown signal; the checkpoint did not move, and batches not yet acknowledged \
+         stay in the journal for the next run"
+    )]
+    StoppedAtOnce,
+}
+
+impl RunError {
+    /// Who must act on this failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Plan(e) => e.class(),
+            RunError::State(e) => e.class(),
+            RunError::Journal(e) => e.class(),
+            RunError::Api(e) => e.class(),
+            RunError::BigSegmentKind { .. } | RunError::NoFullEventsRun { .. } => {
+                ErrorClass::Config
+            }
+            RunError::StandardSegmentFull { .. } => ErrorClass::Data,
+            RunError::CreatedElsewhere { .. }
+            | RunError::FailedPartway { .. }
+            | RunError::Refused { .. } => ErrorClass::LaunchDarkly,
+            RunError::JournalSettings { .. } | RunError::EventJournalSettings { .. } => {
+                ErrorClass::StateStore
+            }
+            // A signal is not a failure; its exit code is 130 whatever the class says.
+            RunError::StoppedBeforeSending | RunError::Stopped { .. } | RunError::StoppedAtOnce => {
+                ErrorClass::Internal
+            }
+        }
+    }
+
+    /// The outcome a run that failed with this error records.
+    fn outcome(&self) -> RunOutcome {
+        match self {
+            RunError::StoppedBeforeSending | RunError::Stopped { .. } | RunError::StoppedAtOnce => {
+                RunOutcome::Interrupted
+            }
+            _ => RunOutcome::Failed,
+        }
+    }
+}
+
+/// What one sync run did, as the command prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub sync: String,
+    pub run_id: String,
+    pub outcome: RunOutcome,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// An interrupted run this run finished first.
+    pub resumed_run: Option<String>,
+    pub adds: u64,
+    pub removes: u64,
+    pub batches_planned: u64,
+    pub batches_acknowledged: u64,
+    pub calls: CallStats,
+    pub duration_ms: u64,
+    /// Model keys left out because LaunchDarkly holds them as excluded targets.
+    pub excluded: KeySample,
+    /// Hand edits found in the segment and repaired by this run (mirror syncs of standard segments).
+    pub drift: Option<Drift>,
+    /// What an events sync sent and left out.
+    pub events: Option<EventCounts>,
+    pub gate_stops: Vec<String>,
+    pub notes: Vec<String>,
+    pub error: Option<String>,
+    /// Who must act on the error, when the run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<ErrorClass>,
+}
+
+impl SyncReport {
+    /// Logs how the run ended.
+    pub fn log(&self) {
+        match &self.error {
+            None => tracing::info!(
+                sync = %self.sync,
+                outcome = self.outcome.as_str(),
+                adds = self.adds,
+                removes = self.removes,
+                requests = self.calls.requests,
+                seconds = self.duration_ms as f64 / 1000.0,
+                "sync finished"
+            ),
+            Some(error) => {
+                tracing::error!(sync = %self.sync, outcome = self.outcome.as_str(), "{error}")
+            }
+        }
+    }
+}
+
+/// What a run counts as it goes, whatever way it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) resumed_run: Option<String>,
+    adds: u64,
+    removes: u64,
+    pub(crate) batches_planned: u64,
+    pub(crate) batches_acknowledged: u64,
+    excluded: KeySample,
+    drift: Option<Drift>,
+    gate_stops: Vec<GateStop>,
+    pub(crate) notes: Vec<String>,
+    /// An events sync's counts.
+    pub(crate) events: Option<EventCounts>,
+}
+
+impl Tally {
+    /// Takes what the run's plan says into the tally.
+    fn planned(&mut self, plan: &SyncPlan) {
+        self.adds = plan.adds.len() as u64;
+        self.removes = plan.removes.len() as u64;
+        self.excluded = KeySample::of(plan.excluded.iter().flatten());
+        self.drift = plan.drift.clone().filter(|d| !d.is_empty());
+        self.notes.extend(plan.notes.iter().cloned());
+        if let Some(drift) = &self.drift {
+            self.notes.push(drift.to_string());
+        }
+    }
+}
+
+/// Runs syncs of one configuration.
+pub struct Runner<'a> {
+    pub(crate) config: &'a Config,
+    planner: Planner<'a>,
+    pub(crate) events: EventPlanner<'a>,
+    pub(crate) store: &'a Store,
+    pub(crate) client: Client,
+    progress: bool,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl<'a> Runner<'a> {
+    /// Syncs models of an open warehouse through `client`, keeping their state in `store`.
+    pub fn new(
+        config: &'a Config,
+        warehouse: &'a Warehouse,
+        store: &'a Store,
+        client: Client,
+    ) -> Self {
+        Runner {
+            config,
+            planner: Planner::new(config, warehouse, store),
+            events: EventPlanner::new(config, warehouse, store),
+            store,
+            client,
+            progress: false,
+            shutdown: Shutdown::never(),
+        }
+    }
+
+    /// Draws a progress bar on standard error while batches are sent.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self.planner = self.planner.with_progress(progress);
+        self.events = self.events.with_progress(progress);
+        self
+    }
+
+    /// Stops runs when `shutdown` says so: after the request in flight at the first signal, at once at the second.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// Runs one sync, of either kind, and records the run in its history.
+    pub async fn run(&self, sync: SyncEntry<'_>, options: SyncOptions) -> SyncReport {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        // Time-ordered and unique: a run's snapshot never shares a name with the committed one.
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let calls_before = self.client.stats();
+        let mut tally = Tally::default();
+        // Dropping the run at an await point is safe: every write to the journal and the store happens between them.
+        let inner = async {
+            match sync {
+                SyncEntry::Segment(sync) => {
+                    self.run_segment(sync, &run_id, options, &mut tally).await
+                }
+                SyncEntry::Events(sync) => {
+                    self.run_events(sync, &run_id, options, &mut tally).await
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = inner => result,
+            () = self.shutdown.reached(Stage::StopNow) => Err(RunError::StoppedAtOnce),
+        };
+        let name = sync.name();
+        let error_class = result.as_ref().err().map(RunError::class);
+        let (outcome, error) = match result {
+            Ok(outcome) => (outcome, None),
+            Err(RunError::Plan(e)) => (RunOutcome::Failed, Some(e.to_string())),
+            Err(e) => (e.outcome(), Some(format!("sync `{name}`: {e}"))),
+        };
+        let error = error.map(|e| self.client.token().scrub(&e));
+        let record = RunRecord {
+            sync: name.to_string(),
+            run_id: run_id.clone(),
+            started_at,
+            finished_at: Utc::now(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            outcome,
+            resumed_run: tally.resumed_run.clone(),
+            adds: tally.adds,
+            removes: tally.removes,
+            batches_acknowledged: tally.batches_acknowledged,
+            batches_planned: tally.batches_planned,
+            excluded: tally.excluded.clone(),
+            drift: tally.drift.clone(),
+            events: tally.events.clone(),
+            calls: self.client.stats().since(&calls_before),
+            error: error.clone(),
+        };
+        if let Err(e) = history::append(self.store, &record) {
+            tracing::warn!(sync = %name, error = %e, "could not append to the run history");
+        }
+        SyncReport {
+            sync: record.sync,
+            run_id,
+            outcome,
+            started_at,
+            finished_at: record.finished_at,
+            resumed_run: record.resumed_run,
+            adds: record.adds,
+            removes: record.removes,
+            batches_planned: record.batches_planned,
+            batches_acknowledged: record.batches_acknowledged,
+            calls: record.calls,
+            duration_ms: record.duration_ms,
+            excluded: record.excluded,
+            drift: record.drift,
+            events: record.events,
+            gate_stops: tally.gate_stops.iter().map(ToString::to_string).collect(),
+            notes: tally.notes,
+            error,
+            error_class,
+        }
+    }
+
+    /// Takes the sync's run lock, waiting up to `state.lock_wait` for a run under way (without holding up other
+    /// syncs of the same process, which share its thread), then stops naming the holder.
+    pub(crate) async fn lock(&self, sync: &str, run_id: &str) -> Result<SyncLock, RunError> {
+        let wait = self.config.lock_wait();
+        let started = Instant::now();
+        loop {
+            if let Some(lock) = self.store.try_lock(sync, run_id)? {
+                return Ok(lock);
+            }
+            if started.elapsed() >= wait {
+                return Err(StateError::Locked {
+                    sync: sync.to_string(),
+                    holder: self.store.holder(sync),
+                    waited: wait,
+                }
+                .into());
+            }
+            tokio::time::sleep(LOCK_POLL.min(wait - started.elapsed())).await;
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The local store's run history: `<sync>/runs.jsonl`, one JSON line a run, each appended and fsynced.
+
+use std::fs::File;
+use std::io::Write;
+
+use super::LocalStore;
+use crate::state::StateError;
+
+const HISTORY_FILE: &str = "runs.jsonl";
+
+impl LocalStore {
+    /// Appends one run's record (a JSON line) to `sync`'s history, durably.
+    pub(in crate::state) fn append_run(
+        &self,
+        sync: &str,
+        mut line: String,
+    ) -> Result<(), StateError> {
+        let dir = self.sync_dir(sync);
+        let path = dir.join(HISTORY_FILE);
+        let mut append = || {
+            std::fs::create_dir_all(&dir)?;
+            line.push('\n');
+            let mut file = File::options().create(true).append(true).open(&path)?;
+            file.write_all(line.as_bytes())?;
+            file.sync_data()
+        };
+        append().map_err(|source| StateError::Io {
+            action: "cannot append to",
+            path: dir.join(HISTORY_FILE),
+            source,
+        })
+    }
+
+    /// `sync`'s run records, oldest first, as stored.
+    pub(in crate::state) fn runs(&self, sync: &str) -> Result<Vec<String>, StateError> {
+        let path = self.sync_dir(sync).join(HISTORY_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(StateError::Io {
+                action: "cannot read",
+                path,
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The PostgreSQL store's run journals: a row of `journals` and a row of `journal_batches` a batch, written in one
+//! transaction before the first request; each acknowledgement or refusal is an update committed before the next
+//! batch is sent.
+
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+
+use sqlx::{AssertSqlSafe, PgPool};
+
+use super::{Extra, PgStore, StoreCallError};
+use crate::pg::Fed;
+use crate::state::journal::{
+    Journal, JournalBatch, JournalError, JournalHeader, Refusal, check_header,
+};
+use crate::state::{JournalPlace, StateError};
+
+/// Journal batches inserted by one statement.
+const INSERT_BATCHES: usize = 500;
+
+/// A journal as its rows hold it.
+struct JournalRows {
+    pub header: String,
+    /// What each batch carries, in batch order.
+    pub units: Vec<u64>,
+    pub acknowledged: BTreeSet<usize>,
+    pub refusal: Option<String>,
+}
+
+impl PgStore {
+    /// Writes a run's journal, whole, in one transaction: its header, then the batches `batches` yields, each
+    /// with what it carries. An error from `batches` rolls it back.
+    fn insert_journal<E: From<StateError>>(
+        &self,
+        sync: &str,
+        run_id: &str,
+        header: String,
+        batches: impl Iterator<Item = Result<(u64, String), E>>,
+    ) -> Result<(), E> {
+        let (sync_name, run) = (sync.to_string(), run_id.to_string());
+        let tables = self.clone();
+        let write = move |pool: PgPool, mut fed: Fed<(u64, String)>| async move {
+            let mut tx = pool.begin().await?;
+            let journals = tables.table("journals");
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {journals} WHERE sync = $1"
+            )))
+            .bind(&sync_name)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {journals} (sync, run_id, header) VALUES ($1, $2, $3::jsonb)"
+            )))
+            .bind(&sync_name)
+            .bind(&run)
+            .bind(header)
+            .execute(&mut *tx)
+            .await?;
+            let insert = format!(
+                "INSERT INTO {} (sync, batch_index, units, batch) \
+                 SELECT $1, i, u, b::jsonb FROM UNNEST($2::int4[], $3::int8[], $4::text[]) AS t(i, u, b)",
+                tables.table("journal_batches")
+            );
+            let mut index = 0i32;
+            loop {
+                let (mut indices, mut units, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+                while bodies.len() < INSERT_BATCHES {
+                    let Some((carried, body)) = fed.take()? else {
+                        break;
+                    };
+                    indices.push(index);
+                    units.push(carried as i64);
+                    bodies.push(body);
+                    index += 1;
+                }
+                if bodies.is_empty() {
+                    break;
+                }
+                sqlx::query(AssertSqlSafe(insert.clone()))
+                    .bind(&sync_name)
+                    .bind(indices)
+                    .bind(units)
+                    .bind(bodies)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreCallError>(())
+        };
+        self.feed("write the run journal", write, batches)
+    }
+
+    /// The sync's open journal, if a run left one: its header, what each batch carries, which were acknowledged
+    /// and LaunchDarkly's refusal.
+    fn journal_rows(&self, sync: &str) -> Result<Option<JournalRows>, StateError> {
+        let header_sql = format!(
+            "SELECT header::text, refusal::text FROM {} WHERE sync = $1",
+            self.table("journals")
+        );
+        let batches_sql = format!(
+            "SELECT batch_index, units, acknowledged_at IS NOT NULL FROM {} WHERE sync = $1 \
+             ORDER BY batch_index",
+            self.table("journal_batches")
+        );
+        let sync_name = sync.to_string();
+        let rows = self.call("read the run journal", move |pool| async move {
+            let mut tx = pool.begin().await?;
+            let header: Option<(String, Option<String>)> =
+                sqlx::query_as(AssertSqlSafe(header_sql))
+                    .bind(&sync_name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((header, refusal)) = header else {
+                return Ok::<_, StoreCallError>(None);
+            };
+            let batches: Vec<(i32, i64, bool)> = sqlx::query_as(AssertSqlSafe(batches_sql))
+                .bind(&sync_name)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some((header, refusal, batches)))
+        })?;
+        let Some((header, refusal, batches)) = rows else {
+            return Ok(None);
+        };
+        let mut units = Vec::with_capacity(batches.len());
+        let mut acknowledged = BTreeSet::new();
+        for (position, (index, carried, acked)) in batches.into_iter().enumerate() {
+            if usize::try_from(index).ok() != Some(position) {
+                return Err(StateError::Damaged {
+                    path: PathBuf::from(format!("{} journal_batches[{sync}]", self.location())),
+                    problem: format!("batch {position} is missing"),
+                });
+            }
+            units.push(carried.max(0) as u64);
+            if acked {
+                acknowledged.insert(position);
+            }
+        }
+        Ok(Some(JournalRows {
+            header,
+            units,
+            acknowledged,
+            refusal,
+        }))
+    }
+
+    /// Batch `index` of the sync's open journal, as JSON.
+    fn journal_batch(&self, sync: &str, index: usize) -> Result<Option<String>, StateError> {
+        let select = format!(
+            "SELECT batch::text FROM {} WHERE sync = $1 AND batch_index = $2",
+            self.table("journal_batches")
+        );
+        let batch = self.fetch_one::<(String,)>(
+            "read the run journal",
+            select,
+            sync,
+            Extra::Index(index as i32),
+        )?;
+        Ok(batch.map(|(batch,)| batch))
+    }
+
+    /// Records, committed, that LaunchDarkly acknowledged batch `index` of the sync's open journal.
+    fn acknowledge(&self, sync: &str, index: usize) -> Result<(), StateError> {
+        let update = format!(
+            "UPDATE {} SET acknowledged_at = now() WHERE sync = $1 AND batch_index = $2",
+            self.table("journal_batches")
+        );
+        self.execute(
+            "record an acknowledgement",
+            update,
+            sync,
+            Extra::Index(index as i32),
+        )
+    }
+
+    /// Records, committed, LaunchDarkly's refusal (as JSON) of a batch of the sync's open journal.
+    fn refuse(&self, sync: &str, refusal: String) -> Result<(), StateError> {
+        let update = format!(
+            "UPDATE {} SET refusal = $2::jsonb WHERE sync = $1",
+            self.table("journals")
+        );
+        self.execute("record a refusal", update, sync, Extra::Text(refusal))
+    }
+
+    /// Deletes the sync's open journal (its batches go with it).
+    fn close_journal(&self, sync: &str) -> Result<(), StateError> {
+        let delete = format!("DELETE FROM {} WHERE sync = $1", self.table("journals"));
+        self.execute("remove the run journal", delete, sync, Extra::Nothing)
+    }
+
+    /// Whether a run of the sync left a journal (false when the store cannot be read: status only reports it).
+    pub(in crate::state) fn journal_exists(&self, sync: &str) -> bool {
+        let select = format!("SELECT 1 FROM {} WHERE sync = $1", self.table("journals"));
+        let found = self.fetch_one::<(i32,)>("read the run journal", select, sync, Extra::Nothing);
+        matches!(found, Ok(Some(_)))
+    }
+}
+
+/// A journal's rows: the store and the sync they belong to.
+#[derive(Debug)]
+pub(crate) struct JournalAt {
+    store: PgStore,
+    sync: String,
+}
+
+impl PgStore {
+    /// Writes the run's journal, whole, in one transaction.
+    pub(in crate::state) fn create_journal<H: JournalHeader, B: JournalBatch>(
+        &self,
+        header: H,
+        batches: impl IntoIterator<Item = std::io::Result<B>>,
+    ) -> Result<Journal<H, B>, JournalError> {
+        let run = header.run().clone();
+        let header_json =
+            serde_json::to_string(&header).expect("a journal header always serializes");
+        let mut units = Vec::with_capacity(header.batch_count());
+        let rows = batches.into_iter().map(|batch| {
+            let batch = batch.map_err(JournalError::Batches)?;
+            units.push(batch.units());
+            Ok::<_, JournalError>((
+                batch.units(),
+                serde_json::to_string(&batch).expect("a batch always serializes"),
+            ))
+        });
+        self.insert_journal(&run.sync, &run.run_id, header_json, rows)?;
+        Ok(Journal {
+            header,
+            units,
+            acknowledged: BTreeSet::new(),
+            refusal: None,
+            place: JournalPlace::Rows(JournalAt {
+                store: self.clone(),
+                sync: run.sync,
+            }),
+            batch: PhantomData,
+        })
+    }
+
+    /// The open journal of `sync`, if a run left one.
+    pub(in crate::state) fn open_journal<H: JournalHeader, B: JournalBatch>(
+        &self,
+        sync: &str,
+    ) -> Result<Option<Journal<H, B>>, JournalError> {
+        let Some(rows) = self.journal_rows(sync)? else {
+            return Ok(None);
+        };
+        let place = JournalAt {
+            store: self.clone(),
+            sync: sync.to_string(),
+        };
+        let damaged = |problem: String| JournalError::Damaged {
+            path: PathBuf::from(place.describe()),
+            line: 1,
+            problem,
+        };
+        let header: H = serde_json::from_str(&rows.header).map_err(|e| damaged(e.to_string()))?;
+        check_header(&header, sync).map_err(damaged)?;
+        if rows.units.len() != header.batch_count() {
+            return Err(damaged(format!(
+                "it lists {} batches, its header says {}",
+                rows.units.len(),
+                header.batch_count()
+            )));
+        }
+        let refusal = rows
+            .refusal
+            .map(|refusal| serde_json::from_str::<Refusal>(&refusal))
+            .transpose()
+            .map_err(|e| damaged(e.to_string()))?;
+        Ok(Some(Journal {
+            header,
+            units: rows.units,
+            acknowledged: rows.acknowledged,
+            refusal,
+            place: JournalPlace::Rows(place),
+            batch: PhantomData,
+        }))
+    }
+}
+
+impl JournalAt {
+    pub(in crate::state) fn describe(&self) -> String {
+        format!("{} journals[{}]", self.store.location(), self.sync)
+    }
+
+    /// Batch `index`, read back from its row; `None` when the row is missing or not a batch.
+    pub(in crate::state) fn batch<B: JournalBatch>(
+        &self,
+        index: usize,
+    ) -> Result<Option<B>, JournalError> {
+        Ok(self
+            .store
+            .journal_batch(&self.sync, index)?
+            .and_then(|json| serde_json::from_str::<B>(&json).ok()))
+    }
+
+    pub(in crate::state) fn acknowledge(&self, index: usize) -> Result<(), JournalError> {
+        Ok(self.store.acknowledge(&self.sync, index)?)
+    }
+
+    pub(in crate::state) fn refuse(&self, refusal: &Refusal) -> Result<(), JournalError> {
+        let json = serde_json::to_string(refusal).expect("a refusal always serializes");
+        Ok(self.store.refuse(&self.sync, json)?)
+    }
+
+    pub(in crate::state) fn close(self) -> Result<(), JournalError> {
+        Ok(self.store.close_journal(&self.sync)?)
+    }
+}
