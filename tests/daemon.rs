@@ -3,8 +3,6 @@
 //! on disk (how often each sync ran, that runs never overlapped), the segment's members, the journal a signal left,
 //! the exit code, and the metrics endpoint.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -12,12 +10,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::emulated::*;
-use common::*;
 use ldsync::history::{self, RunOutcome, RunRecord};
 use ldsync::launchdarkly::CallStats;
 use ldsync::state::{LocalStore, Store};
 use ldsync_emulator::Faults;
+
+use crate::util::emulated::*;
+use crate::util::*;
 
 /// A daemon started in the background, its standard error going to a file the test can read while it runs.
 struct Daemon {

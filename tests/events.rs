@@ -1,17 +1,16 @@
 //! Events syncs end to end: the real binary sends an orders table's events to the emulator's metric import API,
 //! run after run, with late rows, lost acknowledgements, bad rows and a kill in the middle of a run.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, TimeZone, Utc};
-use common::emulated::{TOKEN, ok};
-use common::{json, stderr, stdout};
 use ldsync_emulator::{Emulator, EmulatorConfig, Faults};
 use serde_json::{Value, json};
+
+use crate::util::emulated::{TOKEN, ok};
+use crate::util::{json, stderr, stdout};
 
 const IMPORT_ROUTE: &str = "POST /v2/event-data-import/{projectKey}/{environmentKey}";
 

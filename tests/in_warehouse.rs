@@ -3,22 +3,21 @@
 //! model and checkpoint (a property test on random sets, rejected keys and repeats included); a sync planned that
 //! way sends exactly the change and commits a snapshot that never left PostgreSQL.
 //!
-//! They need `DATABASE_URL` (see tests/postgres.rs); under `CI=true` they must run.
-
-mod common;
+//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI=true` they must run.
 
 use std::collections::BTreeSet;
 
 use arrow::array::StringArray;
-use common::emulated::*;
-use common::postgres::*;
-use common::*;
 use indicatif::ProgressBar;
 use ldsync::audience::{Delta, KeySource, ModelKeys};
 use ldsync::config::{InvalidKeys, Mode, PostgresState};
 use ldsync::state::{CheckpointSettings, PgStore, Store};
 use ldsync_emulator::SegmentSeed;
 use proptest::prelude::*;
+
+use crate::util::emulated::*;
+use crate::util::postgres::*;
+use crate::util::*;
 
 fn settings() -> CheckpointSettings {
     CheckpointSettings {

@@ -3,19 +3,18 @@
 //! batch again; two runs of one sync from two hosts never overlap; checkpoints move between the local store and
 //! PostgreSQL without a resync. Each test works in a schema of its own, so the tests run in parallel.
 //!
-//! They need `DATABASE_URL` (see tests/postgres.rs); under `CI=true` they must run.
-
-mod common;
+//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI=true` they must run.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::emulated::*;
-use common::postgres::*;
-use common::*;
 use ldsync::state::{CheckpointSettings, PgStore, Store};
 use ldsync_emulator::Faults;
+
+use crate::util::emulated::*;
+use crate::util::postgres::*;
+use crate::util::*;
 
 /// Points the setup's state at the test's schema in PostgreSQL.
 fn shared_state(project: &Project, schema: &Schema) {

@@ -2,18 +2,17 @@
 //! fixture days. Every test checks what a user depends on: the segment's final membership, the exact requests
 //! LaunchDarkly saw, the checkpoint left on disk, and the error text.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::emulated::*;
-use common::*;
 use ldsync_emulator::{
     EmulatorConfig, Faults, RateLimit, RecordedRequest, SegmentSeed, ThrottleHeaders, TokenGrant,
 };
 use serde_json::Value;
+
+use crate::util::emulated::*;
+use crate::util::*;
 
 #[test]
 fn every_mode_syncs_two_days_exactly() {

@@ -3,15 +3,14 @@
 //! wrong token when nothing changed. Each test runs the real binary against the emulator and checks the segment,
 //! the requests LaunchDarkly saw, the journal and checkpoint on disk, and the message.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::emulated::*;
-use common::*;
 use ldsync_emulator::{EmulatorConfig, Faults, RateLimit, SegmentSeed, ThrottleHeaders};
 use serde_json::Value;
+
+use crate::util::emulated::*;
+use crate::util::*;
 
 fn journal_path(setup: &Setup, sync: &str) -> std::path::PathBuf {
     setup
