@@ -1,13 +1,12 @@
 //! connector.yaml mistakes are errors naming the field and its line, and `ldsync validate` checks models and
 //! checkpoints without changing anything.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use ldsync::config::{Config, Mode, TokenSource, WarehouseConfig};
 use ldsync::schedule::Schedule;
+
+use crate::util::*;
 
 const GOOD: &str = "\
 version: 1

@@ -3,8 +3,6 @@
 //! on disk (how often each sync ran, that runs never overlapped), the segment's members, the journal a signal left,
 //! the exit code, and the metrics endpoint.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -12,12 +10,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::emulated::*;
-use common::*;
 use ldsync::history::{self, RunOutcome, RunRecord};
 use ldsync::launchdarkly::CallStats;
 use ldsync::state::{LocalStore, Store};
 use ldsync_emulator::Faults;
+
+use crate::util::emulated::*;
+use crate::util::*;
 
 /// A daemon started in the background, its standard error going to a file the test can read while it runs.
 struct Daemon {
@@ -146,27 +145,9 @@ fn past_run(sync: &str, started_at: DateTime<Utc>) -> RunRecord {
 #[test]
 fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm() {
     let setup = Setup::new();
-    set_schedule(&setup, "name: pro-users", "schedule: 4h", "schedule: 1s");
-    set_schedule(
-        &setup,
-        "name: dormant-winback",
-        "schedule: \"0 6 * * *\"",
-        "schedule: {cron: \"0 6 1 1 *\", time_zone: Europe/Berlin}",
-    );
-    set_schedule(
-        &setup,
-        "name: enterprise-orgs",
-        "schedule: 1h",
-        "schedule: 2s",
-    );
-    // churned-beta (1h) last ran two hours ago: ldsync was down for a tick, so it runs once at start, not twice.
-    let two_hours_ago = Utc::now() - TimeDelta::hours(2);
-    history::append(
-        &local_store(&setup),
-        &past_run("churned-beta", two_hours_ago),
-    )
-    .unwrap();
+    schedule_in_seconds_with_a_missed_tick(&setup);
 
+    // The daemon runs until pro-users has run five times; SIGTERM stops it cleanly.
     let started = Instant::now();
     let mut daemon = Daemon::start(&setup, &[]);
     wait_until(
@@ -179,7 +160,57 @@ fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm()
     assert_eq!(daemon.exit_within(Duration::from_secs(10)), Some(0));
     let elapsed = started.elapsed().as_secs_f64();
 
-    let pro = runs(&setup, "pro-users");
+    let pro = assert_interval_syncs_kept_their_schedules(&setup, elapsed);
+    let beta = assert_the_missed_tick_ran_once_and_the_cron_sync_waits(&setup);
+    assert_status_shows_each_last_and_next_run(&setup, &beta);
+
+    // history: the last runs of one sync, oldest first.
+    let out = setup.project.ldsync(
+        "day1",
+        &["history", "pro-users", "--limit", "2", "--format", "json"],
+    );
+    let listed: Vec<String> = json(&out)["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect();
+    let last_two: Vec<String> = pro[pro.len() - 2..]
+        .iter()
+        .map(|r| r.run_id.clone())
+        .collect();
+    assert_eq!(listed, last_two);
+}
+
+/// pro-users every second, enterprise-orgs every two, dormant-winback on January 1st in Berlin, and churned-beta
+/// (hourly) last run two hours ago.
+fn schedule_in_seconds_with_a_missed_tick(setup: &Setup) {
+    set_schedule(setup, "name: pro-users", "schedule: 4h", "schedule: 1s");
+    set_schedule(
+        setup,
+        "name: dormant-winback",
+        "schedule: \"0 6 * * *\"",
+        "schedule: {cron: \"0 6 1 1 *\", time_zone: Europe/Berlin}",
+    );
+    set_schedule(
+        setup,
+        "name: enterprise-orgs",
+        "schedule: 1h",
+        "schedule: 2s",
+    );
+    // churned-beta (1h) last ran two hours ago: ldsync was down for a tick, so it runs once at start, not twice.
+    let two_hours_ago = Utc::now() - TimeDelta::hours(2);
+    history::append(
+        &local_store(setup),
+        &past_run("churned-beta", two_hours_ago),
+    )
+    .unwrap();
+}
+
+/// pro-users (1s) and enterprise-orgs (2s) ran no more often than their schedules, never overlapping, and synced
+/// their segments; pro-users' runs.
+fn assert_interval_syncs_kept_their_schedules(setup: &Setup, elapsed: f64) -> Vec<RunRecord> {
+    let pro = runs(setup, "pro-users");
     assert_eq!(pro[0].outcome, RunOutcome::Synced, "{:?}", pro[0]);
     assert!(
         pro[1..]
@@ -198,7 +229,7 @@ fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm()
         expected_pro_users("day1")
     );
 
-    let orgs = runs(&setup, "enterprise-orgs");
+    let orgs = runs(setup, "enterprise-orgs");
     assert!(!orgs.is_empty());
     assert!(gaps(&orgs).iter().all(|g| *g >= 1.99), "{:?}", gaps(&orgs));
     assert!(orgs.len() as f64 <= elapsed / 2.0 + 1.0);
@@ -206,8 +237,13 @@ fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm()
         setup.members("enterprise-orgs", "organization"),
         expected_enterprise_orgs("day1")
     );
+    pro
+}
 
-    let beta = runs(&setup, "churned-beta");
+/// churned-beta caught up on its missed tick with one run, and dormant-winback's cron tick never came; churned-beta's
+/// runs.
+fn assert_the_missed_tick_ran_once_and_the_cron_sync_waits(setup: &Setup) -> Vec<RunRecord> {
+    let beta = runs(setup, "churned-beta");
     assert_eq!(
         beta.len(),
         2,
@@ -215,11 +251,14 @@ fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm()
     );
     assert!(beta[1].started_at - beta[0].started_at >= TimeDelta::hours(2) - TimeDelta::seconds(1));
     assert!(
-        runs(&setup, "dormant-winback").is_empty(),
+        runs(setup, "dormant-winback").is_empty(),
         "its cron tick is on January 1st"
     );
+    beta
+}
 
-    // status: the last run of each, and when each runs next.
+/// status: the last run of each sync, and when each runs next (`beta`: churned-beta's runs).
+fn assert_status_shows_each_last_and_next_run(setup: &Setup, beta: &[RunRecord]) {
     let status = json(
         &setup
             .project
@@ -254,23 +293,6 @@ fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm()
     );
     assert_eq!(pro_status["unfinished_run"], false);
     assert_eq!(pro_status["last_run"]["outcome"], "nothing_to_change");
-
-    // history: the last runs of one sync, oldest first.
-    let out = setup.project.ldsync(
-        "day1",
-        &["history", "pro-users", "--limit", "2", "--format", "json"],
-    );
-    let listed: Vec<String> = json(&out)["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["run_id"].as_str().unwrap().to_string())
-        .collect();
-    let last_two: Vec<String> = pro[pro.len() - 2..]
-        .iter()
-        .map(|r| r.run_id.clone())
-        .collect();
-    assert_eq!(listed, last_two);
 }
 
 #[test]
@@ -537,35 +559,15 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
         "every interval sync ran once",
         || interval_syncs.iter().all(|s| runs(&setup, s).len() == 1),
     );
-    let log = daemon.log();
-    let addr = log
-        .split("serving Prometheus metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split("/metrics").next())
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
-        .to_string();
+    let addr = metrics_address(&daemon);
     // The history is written just before the metrics count the run: scrape until they have.
-    let counted = |text: &str, sync: &str| -> f64 {
-        RunOutcome::ALL
-            .iter()
-            .map(|o| {
-                metric(
-                    text,
-                    &format!(
-                        "ldsync_runs_total{{sync=\"{sync}\",outcome=\"{}\"}}",
-                        o.as_str()
-                    ),
-                )
-            })
-            .sum()
-    };
     wait_until(
         &daemon,
         Duration::from_secs(10),
         "the metrics counted every run",
         || {
             let text = scrape(&addr);
-            interval_syncs.iter().all(|s| counted(&text, s) == 1.0)
+            interval_syncs.iter().all(|s| runs_counted(&text, s) == 1.0)
         },
     );
     let text = scrape(&addr);
@@ -573,38 +575,7 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
     assert_eq!(daemon.exit_within(Duration::from_secs(10)), Some(0));
 
     for sync in interval_syncs {
-        let run = &runs(&setup, sync)[0];
-        let label = format!("{{sync=\"{sync}\"}}");
-        let outcome = format!(
-            "ldsync_runs_total{{sync=\"{sync}\",outcome=\"{}\"}}",
-            run.outcome.as_str()
-        );
-        assert_eq!(metric(&text, &outcome), 1.0);
-        let sent = |keys| {
-            if run.outcome == RunOutcome::Synced {
-                keys as f64
-            } else {
-                0.0
-            }
-        };
-        assert_eq!(
-            metric(&text, &format!("ldsync_keys_added_total{label}")),
-            sent(run.adds)
-        );
-        assert_eq!(
-            metric(&text, &format!("ldsync_keys_removed_total{label}")),
-            sent(run.removes)
-        );
-        assert_eq!(
-            metric(&text, &format!("ldsync_requests_total{label}")),
-            run.calls.requests as f64
-        );
-        assert_eq!(
-            metric(&text, &format!("ldsync_rate_limited_total{label}")),
-            0.0
-        );
-        let age = metric(&text, &format!("ldsync_seconds_since_last_success{label}"));
-        assert!((0.0..30.0).contains(&age), "{sync}: {age}");
+        assert_metrics_count_the_run(&text, sync, &runs(&setup, sync)[0]);
     }
     let orders: u64 = expected_order_events("day1", None).values().sum();
     assert_eq!(
@@ -629,4 +600,65 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
         ),
         0.0
     );
+}
+
+/// The address the daemon's log says it serves metrics on.
+fn metrics_address(daemon: &Daemon) -> String {
+    let log = daemon.log();
+    log.split("serving Prometheus metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/metrics").next())
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
+        .to_string()
+}
+
+/// The runs of `sync` that the metrics `text` counts, of every outcome.
+fn runs_counted(text: &str, sync: &str) -> f64 {
+    RunOutcome::ALL
+        .iter()
+        .map(|o| {
+            metric(
+                text,
+                &format!(
+                    "ldsync_runs_total{{sync=\"{sync}\",outcome=\"{}\"}}",
+                    o.as_str()
+                ),
+            )
+        })
+        .sum()
+}
+
+/// The metrics `text` count `run`, the one run of `sync`: its outcome, keys, requests and the time since it.
+fn assert_metrics_count_the_run(text: &str, sync: &str, run: &RunRecord) {
+    let label = format!("{{sync=\"{sync}\"}}");
+    let outcome = format!(
+        "ldsync_runs_total{{sync=\"{sync}\",outcome=\"{}\"}}",
+        run.outcome.as_str()
+    );
+    assert_eq!(metric(text, &outcome), 1.0);
+    let sent = |keys| {
+        if run.outcome == RunOutcome::Synced {
+            keys as f64
+        } else {
+            0.0
+        }
+    };
+    assert_eq!(
+        metric(text, &format!("ldsync_keys_added_total{label}")),
+        sent(run.adds)
+    );
+    assert_eq!(
+        metric(text, &format!("ldsync_keys_removed_total{label}")),
+        sent(run.removes)
+    );
+    assert_eq!(
+        metric(text, &format!("ldsync_requests_total{label}")),
+        run.calls.requests as f64
+    );
+    assert_eq!(
+        metric(text, &format!("ldsync_rate_limited_total{label}")),
+        0.0
+    );
+    let age = metric(text, &format!("ldsync_seconds_since_last_success{label}"));
+    assert!((0.0..30.0).contains(&age), "{sync}: {age}");
 }

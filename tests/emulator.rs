@@ -107,12 +107,18 @@ fn assert_refused(i: usize, (got, answer): (u16, &Value), status: u16, message: 
     );
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn strict_refusals_name_the_problem_and_change_nothing() {
-    let emulator = emulator();
-    let token = Some("api-emulator-token");
+/// Semantic patches of `beta` that LaunchDarkly refuses: a missing, malformed or wrong token, then a missing version,
+/// the wrong content type, a malformed body, and instructions it cannot apply.
+fn refused_patches() -> Vec<Case<'static>> {
+    let mut cases = refused_tokens();
+    cases.extend(refused_headers_and_bodies());
+    cases
+}
+
+/// A good patch of `beta` sent without a token, with `Bearer`, with an SDK key and with a client-side ID.
+fn refused_tokens() -> Vec<Case<'static>> {
     let version = Some("20240415");
-    let cases: Vec<Case> = vec![
+    vec![
         (
             None,
             version,
@@ -145,6 +151,14 @@ async fn strict_refusals_name_the_problem_and_change_nothing() {
             401,
             "client-side IDs",
         ),
+    ]
+}
+
+/// Patches of `beta` with the right token that LaunchDarkly refuses for their headers or their body.
+fn refused_headers_and_bodies() -> Vec<Case<'static>> {
+    let token = Some("api-emulator-token");
+    let version = Some("20240415");
+    vec![
         (
             token,
             None,
@@ -206,8 +220,15 @@ async fn strict_refusals_name_the_problem_and_change_nothing() {
             400,
             "needs a non-empty `values`",
         ),
-    ];
-    for (i, (auth, version, content_type, body, status, message)) in cases.into_iter().enumerate() {
+    ]
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn strict_refusals_name_the_problem_and_change_nothing() {
+    let emulator = emulator();
+    for (i, (auth, version, content_type, body, status, message)) in
+        refused_patches().into_iter().enumerate()
+    {
         let (got, answer) = send(
             &emulator,
             Method::PATCH,
@@ -295,24 +316,13 @@ async fn lists_paginate_under_the_current_version_only() {
     );
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn every_route_checks_its_content_type_context_kinds_and_segment_type() {
-    let emulator = emulator();
-    emulator.seed_segment(
-        "default",
-        "production",
-        SegmentSeed {
-            unbounded: true,
-            context_kind: "organization".into(),
-            ..SegmentSeed::standard("big", "organization", &[])
-        },
-    );
-    let token = Some("api-emulator-token");
-    let version = Some("20240415");
+/// Requests of each route that LaunchDarkly refuses for their content type, an unknown context kind, or a segment of
+/// the wrong type (`big` is a big segment, `beta` a standard one).
+fn refused_route_requests() -> Vec<RouteCase<'static>> {
     let segments = "/api/v2/segments/default/production";
     let new_segment = json!({"key": "fresh", "name": "fresh"});
     let members = json!({"included": {"add": ["o1"]}});
-    let cases: Vec<RouteCase> = vec![
+    vec![
         (
             Method::POST,
             segments.to_string(),
@@ -371,8 +381,26 @@ async fn every_route_checks_its_content_type_context_kinds_and_segment_type() {
             400,
             "unknown context kind `planet`",
         ),
-    ];
-    for (i, (method, path, content_type, body, status, message)) in cases.into_iter().enumerate() {
+    ]
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_route_checks_its_content_type_context_kinds_and_segment_type() {
+    let emulator = emulator();
+    emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            unbounded: true,
+            context_kind: "organization".into(),
+            ..SegmentSeed::standard("big", "organization", &[])
+        },
+    );
+    let token = Some("api-emulator-token");
+    let version = Some("20240415");
+    for (i, (method, path, content_type, body, status, message)) in
+        refused_route_requests().into_iter().enumerate()
+    {
         let (got, answer) = send(
             &emulator,
             method,

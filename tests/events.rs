@@ -1,17 +1,16 @@
 //! Events syncs end to end: the real binary sends an orders table's events to the emulator's metric import API,
 //! run after run, with late rows, lost acknowledgements, bad rows and a kill in the middle of a run.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, TimeZone, Utc};
-use common::emulated::{TOKEN, ok};
-use common::{json, stderr, stdout};
 use ldsync_emulator::{Emulator, EmulatorConfig, Faults};
 use serde_json::{Value, json};
+
+use crate::util::emulated::{TOKEN, ok};
+use crate::util::{json, stderr, stdout};
 
 const IMPORT_ROUTE: &str = "POST /v2/event-data-import/{projectKey}/{environmentKey}";
 
@@ -246,6 +245,45 @@ fn incremental_runs_send_each_event_once_with_late_rows_inside_the_window() {
     let mut orders = day_one();
     project.write_orders(&orders);
 
+    // Day one's plan says what a sync would send, and sends nothing.
+    assert_day_one_planned_and_nothing_sent(&project);
+
+    // Day one's sync sends each order once, in batches of 2, and keeps the latest as its watermark.
+    ok(&project.ldsync(&["sync"]));
+    assert_day_one_sent_in_three_batches(&project, &orders);
+
+    // Nothing new: nothing sent.
+    let quiet = project.ldsync(&["sync", "--detailed-exitcode"]);
+    assert_eq!(quiet.status.code(), Some(0), "{}", stderr(&quiet));
+    assert_eq!(project.imports().len(), 3);
+
+    // New rows: one later, one at the watermark's very time, one late but inside the hour of lateness, one later
+    // than that window allows (never sent: it arrived more than `lateness` behind the watermark).
+    orders.extend(later_and_late_orders());
+    project.write_orders(&orders);
+    let busy = project.ldsync(&["sync", "--detailed-exitcode"]);
+    assert_eq!(busy.status.code(), Some(3), "{}", stderr(&busy));
+    let all: Vec<Value> = orders[..8].iter().map(expected).collect();
+    assert_eq!(counted(&project.received()), counted(&all));
+    assert_eq!(project.checkpoint()["watermark"]["row_id"], "o6");
+    // The window now starts at 09:30: every row sent at or after it is remembered, o7 at its very start.
+    let checkpoint = project.checkpoint();
+    let recent: Vec<&str> = checkpoint["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["row_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(recent, ["o0", "o1", "o2", "o3", "o4", "o5", "o6", "o7"]);
+
+    // A run after that reads the window again and sends nothing twice.
+    ok(&project.ldsync(&["sync"]));
+    assert_eq!(counted(&project.received()), counted(&all));
+
+    assert_history_and_status_count_every_event(&project);
+}
+
+fn assert_day_one_planned_and_nothing_sent(project: &EventsProject) {
     let plan = project.ldsync(&["plan", "--format", "json"]);
     ok(&plan);
     let planned = &json(&plan)["events"][0];
@@ -258,8 +296,9 @@ fn incremental_runs_send_each_event_once_with_late_rows_inside_the_window() {
     assert_eq!(planned["first_event_at"], "2026-11-20T10:00:00Z");
     assert_eq!(planned["last_event_at"], "2026-11-20T10:05:00Z");
     assert!(project.imports().is_empty(), "plan sends nothing");
+}
 
-    ok(&project.ldsync(&["sync"]));
+fn assert_day_one_sent_in_three_batches(project: &EventsProject, orders: &[Order]) {
     let first: Vec<Value> = orders.iter().map(expected).collect();
     assert_eq!(counted(&project.received()), counted(&first));
     let imports = project.imports();
@@ -275,15 +314,12 @@ fn incremental_runs_send_each_event_once_with_late_rows_inside_the_window() {
         json!({"at_ms": millis("2026-11-20 10:05:00"), "row_id": "o5"})
     );
     assert_eq!(checkpoint["events_sent"], 5);
+}
 
-    // Nothing new: nothing sent.
-    let quiet = project.ldsync(&["sync", "--detailed-exitcode"]);
-    assert_eq!(quiet.status.code(), Some(0), "{}", stderr(&quiet));
-    assert_eq!(project.imports().len(), 3);
-
-    // New rows: one later, one at the watermark's very time, one late but inside the hour of lateness, one later
-    // than that window allows (never sent: it arrived more than `lateness` behind the watermark).
-    orders.extend([
+/// Orders after day one's: o6 later than its watermark, o0 at its very time, o7 late but inside the hour of
+/// lateness, o8 later than that window allows.
+fn later_and_late_orders() -> [Order; 4] {
+    [
         order(
             "o6",
             "order-completed",
@@ -309,27 +345,11 @@ fn incremental_runs_send_each_event_once_with_late_rows_inside_the_window() {
             "2026-11-20 08:00:00",
             "1",
         ),
-    ]);
-    project.write_orders(&orders);
-    let busy = project.ldsync(&["sync", "--detailed-exitcode"]);
-    assert_eq!(busy.status.code(), Some(3), "{}", stderr(&busy));
-    let all: Vec<Value> = orders[..8].iter().map(expected).collect();
-    assert_eq!(counted(&project.received()), counted(&all));
-    assert_eq!(project.checkpoint()["watermark"]["row_id"], "o6");
-    // The window now starts at 09:30: every row sent at or after it is remembered, o7 at its very start.
-    let checkpoint = project.checkpoint();
-    let recent: Vec<&str> = checkpoint["recent"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["row_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(recent, ["o0", "o1", "o2", "o3", "o4", "o5", "o6", "o7"]);
+    ]
+}
 
-    // A run after that reads the window again and sends nothing twice.
-    ok(&project.ldsync(&["sync"]));
-    assert_eq!(counted(&project.received()), counted(&all));
-
+/// history counts the events each of the four runs sent; status, the events sent in all and the watermark.
+fn assert_history_and_status_count_every_event(project: &EventsProject) {
     let history = json(&project.ldsync(&["history", "--format", "json"]));
     let sent: Vec<u64> = history["runs"]
         .as_array()

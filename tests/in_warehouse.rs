@@ -3,22 +3,21 @@
 //! model and checkpoint (a property test on random sets, rejected keys and repeats included); a sync planned that
 //! way sends exactly the change and commits a snapshot that never left PostgreSQL.
 //!
-//! They need `DATABASE_URL` (see tests/postgres.rs); under `CI=true` they must run.
-
-mod common;
+//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI=true` they must run.
 
 use std::collections::BTreeSet;
 
 use arrow::array::StringArray;
-use common::emulated::*;
-use common::postgres::*;
-use common::*;
 use indicatif::ProgressBar;
 use ldsync::config::{InvalidKeys, Mode, PostgresState};
 use ldsync::set_engine::{Delta, KeySource, ModelKeys};
 use ldsync::state::{CheckpointSettings, PgStore, Store};
 use ldsync_emulator::SegmentSeed;
 use proptest::prelude::*;
+
+use crate::util::emulated::*;
+use crate::util::postgres::*;
+use crate::util::*;
 
 fn settings() -> CheckpointSettings {
     CheckpointSettings {
@@ -136,6 +135,51 @@ fn a_sync_planned_in_the_warehouse_sends_the_change_and_keeps_its_snapshot_there
          INSERT INTO people VALUES (NULL, true);",
     );
     let setup = Setup::new();
+    sync_active_people_from_postgres(&setup, &url, &schema);
+    let active = |ids: &mut dyn Iterator<Item = i64>| -> BTreeSet<String> {
+        ids.filter(|i| i % 4 != 0).map(|i| i.to_string()).collect()
+    };
+
+    // The first run compares with the segment's members (in the set engine).
+    ok(&setup.sync("day1", &["pg-people"]));
+    let first = active(&mut (1..=3000));
+    assert_eq!(setup.members("pg-people", "user"), first);
+
+    // New people arrive: the next run compares with the checkpoint, in PostgreSQL.
+    schema.execute(&format!(
+        "INSERT INTO {}.people SELECT g, g % 4 <> 0 FROM generate_series(3001, 3500) g",
+        schema.name
+    ));
+    let plan = setup.project.ldsync("day1", &["plan", "--format", "json"]);
+    ok(&plan);
+    let plan = &json(&plan)["syncs"][0];
+    let arrived = active(&mut (3001..=3500));
+    assert_eq!(strings(&plan["adds"]), arrived);
+    assert_eq!(plan["keys"]["rows"], 3500 - 875 + 1);
+    assert_eq!(plan["keys"]["rejected"]["null"], 1);
+
+    // The sync sends only the new people, and commits a snapshot that stays in PostgreSQL.
+    let requests_before = setup.segment_requests().len();
+    let out = setup.sync("day1", &["pg-people", "--format", "json"]);
+    ok(&out);
+    let run_id = json(&out)["syncs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent: BTreeSet<String> = described(&setup.segment_requests()[requests_before..])
+        .into_iter()
+        .filter(|(method, ..)| method == "PATCH")
+        .flat_map(|(_, _, _, keys)| keys)
+        .collect();
+    assert_eq!(sent, arrived, "only the new people were sent");
+    let all = active(&mut (1..=3500));
+    assert_eq!(setup.members("pg-people", "user"), all);
+    assert_snapshot_committed_in_postgres_only(&setup, &schema, &run_id, all.len());
+}
+
+/// Points the setup at one add sync, pg-people, of the active people in `schema`, with the warehouse and the state
+/// store both in PostgreSQL at `url`.
+fn sync_active_people_from_postgres(setup: &Setup, url: &str, schema: &Schema) {
     setup.emulator.seed_segment(
         "default",
         "production",
@@ -159,50 +203,22 @@ fn a_sync_planned_in_the_warehouse_sends_the_change_and_keeps_its_snapshot_there
             schema.name
         ),
     );
-    let active = |ids: &mut dyn Iterator<Item = i64>| -> BTreeSet<String> {
-        ids.filter(|i| i % 4 != 0).map(|i| i.to_string()).collect()
-    };
+}
 
-    // The first run compares with the segment's members (in the set engine).
-    ok(&setup.sync("day1", &["pg-people"]));
-    let first = active(&mut (1..=3000));
-    assert_eq!(setup.members("pg-people", "user"), first);
-
-    // New people arrive: the next run compares with the checkpoint, in PostgreSQL.
-    schema.execute(&format!(
-        "INSERT INTO {}.people SELECT g, g % 4 <> 0 FROM generate_series(3001, 3500) g",
-        schema.name
-    ));
-    let plan = setup.project.ldsync("day1", &["plan", "--format", "json"]);
-    ok(&plan);
-    let plan = &json(&plan)["syncs"][0];
-    let arrived = active(&mut (3001..=3500));
-    assert_eq!(strings(&plan["adds"]), arrived);
-    assert_eq!(plan["keys"]["rows"], 3500 - 875 + 1);
-    assert_eq!(plan["keys"]["rejected"]["null"], 1);
-
-    let requests_before = setup.segment_requests().len();
-    let out = setup.sync("day1", &["pg-people", "--format", "json"]);
-    ok(&out);
-    let run_id = json(&out)["syncs"][0]["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sent: BTreeSet<String> = described(&setup.segment_requests()[requests_before..])
-        .into_iter()
-        .filter(|(method, ..)| method == "PATCH")
-        .flat_map(|(_, _, _, keys)| keys)
-        .collect();
-    assert_eq!(sent, arrived, "only the new people were sent");
-    let all = active(&mut (1..=3500));
-    assert_eq!(setup.members("pg-people", "user"), all);
+/// pg-people's checkpoint is `run_id`'s snapshot of `keys` keys, in PostgreSQL and not copied to the local disk.
+fn assert_snapshot_committed_in_postgres_only(
+    setup: &Setup,
+    schema: &Schema,
+    run_id: &str,
+    keys: usize,
+) {
     let committed = schema.query(&format!(
         "SELECT c.run_id, s.key_count::text FROM {0}.checkpoints c JOIN {0}.snapshots s ON s.id = c.snapshot_id",
         schema.name
     ));
     assert_eq!(
         committed,
-        [[Some(run_id.clone()), Some(all.len().to_string())]]
+        [[Some(run_id.to_string()), Some(keys.to_string())]]
     );
     let copy = setup.project.path(&format!(
         ".ldsync/state/postgres@{}/pg-people/snapshot-{run_id}.parquet",

@@ -1,11 +1,9 @@
 //! `ldsync plan` against the shipped example: the exact keys, counts, requests, gates and exit codes, and that
 //! planning writes nothing.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::util::*;
 
 fn sync<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["syncs"]

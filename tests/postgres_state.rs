@@ -3,19 +3,18 @@
 //! batch again; two runs of one sync from two hosts never overlap; checkpoints move between the local store and
 //! PostgreSQL without a resync. Each test works in a schema of its own, so the tests run in parallel.
 //!
-//! They need `DATABASE_URL` (see tests/postgres.rs); under `CI=true` they must run.
-
-mod common;
+//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI=true` they must run.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::emulated::*;
-use common::postgres::*;
-use common::*;
 use ldsync::state::{CheckpointSettings, PgStore, Store};
 use ldsync_emulator::Faults;
+
+use crate::util::emulated::*;
+use crate::util::postgres::*;
+use crate::util::*;
 
 /// Points the setup's state at the test's schema in PostgreSQL.
 fn shared_state(project: &Project, schema: &Schema) {
@@ -81,6 +80,8 @@ fn syncs_keep_their_checkpoint_journal_and_history_in_postgres() {
     let setup = Setup::new();
     shared_state(&setup.project, &schema);
 
+    // Day 1: the checkpoint and the run's history go to PostgreSQL, the journal goes with the commit, and nothing
+    // goes to the local store.
     let out = setup.sync("day1", &["pro-users", "--format", "json"]);
     ok(&out);
     let run_id = json(&out)["syncs"][0]["run_id"]
@@ -89,56 +90,15 @@ fn syncs_keep_their_checkpoint_journal_and_history_in_postgres() {
         .to_string();
     let day1 = expected_pro_users("day1");
     assert_eq!(setup.members("pro-users", "user"), day1);
-    assert_eq!(
-        checkpoint_in(&schema, "pro-users"),
-        Some((run_id.clone(), day1.clone()))
-    );
-    let table = |name: &str| format!("{}.{name}", schema.name);
-    assert_eq!(
-        count(
-            &schema,
-            &format!("SELECT count(*) FROM {}", table("journals"))
-        ),
-        0
-    );
-    assert_eq!(
-        schema.query(&format!(
-            "SELECT record->>'outcome', record->>'run_id' FROM {} WHERE sync = 'pro-users'",
-            table("runs")
-        )),
-        [[Some("synced".to_string()), Some(run_id.clone())]]
-    );
-    assert!(
-        !setup
-            .project
-            .path(".ldsync/state/pro-users/manifest.json")
-            .exists(),
-        "nothing went to the local store"
-    );
+    assert_day_one_is_kept_in_postgres_only(&setup, &schema, &run_id, &day1);
 
+    // Day 2: planned from the checkpoint in PostgreSQL, it sends only what changed and replaces the snapshot.
     let requests_before = setup.segment_requests().len();
     ok(&setup.sync("day2", &["pro-users"]));
     let day2 = expected_pro_users("day2");
     assert_eq!(setup.members("pro-users", "user"), day2);
     assert_eq!(checkpoint_in(&schema, "pro-users").unwrap().1, day2);
-    let sent: BTreeSet<(String, String)> = described(&setup.segment_requests()[requests_before..])
-        .into_iter()
-        .filter(|(method, ..)| method == "PATCH")
-        .flat_map(|(_, _, kind, keys)| keys.into_iter().map(move |k| (kind.clone(), k)))
-        .collect();
-    let expected: BTreeSet<(String, String)> = difference(&day2, &day1)
-        .into_iter()
-        .map(|k| ("addIncludedTargets".to_string(), k))
-        .chain(
-            difference(&day1, &day2)
-                .into_iter()
-                .map(|k| ("removeIncludedTargets".to_string(), k)),
-        )
-        .collect();
-    assert_eq!(
-        sent, expected,
-        "day 2 sent only what changed since the checkpoint"
-    );
+    assert_day_two_sent_only_the_change(&setup, requests_before, &day1, &day2);
     assert_eq!(
         count(
             &schema,
@@ -152,8 +112,75 @@ fn syncs_keep_their_checkpoint_journal_and_history_in_postgres() {
     );
 
     // Another host: its own state directory, the same store. It sees the checkpoint and has nothing to do.
+    assert_another_host_has_nothing_to_do(&setup, &schema, &day2);
+}
+
+fn assert_day_one_is_kept_in_postgres_only(
+    setup: &Setup,
+    schema: &Schema,
+    run_id: &str,
+    day1: &BTreeSet<String>,
+) {
+    assert_eq!(
+        checkpoint_in(schema, "pro-users"),
+        Some((run_id.to_string(), day1.clone()))
+    );
+    let table = |name: &str| format!("{}.{name}", schema.name);
+    assert_eq!(
+        count(
+            schema,
+            &format!("SELECT count(*) FROM {}", table("journals"))
+        ),
+        0
+    );
+    assert_eq!(
+        schema.query(&format!(
+            "SELECT record->>'outcome', record->>'run_id' FROM {} WHERE sync = 'pro-users'",
+            table("runs")
+        )),
+        [[Some("synced".to_string()), Some(run_id.to_string())]]
+    );
+    assert!(
+        !setup
+            .project
+            .path(".ldsync/state/pro-users/manifest.json")
+            .exists(),
+        "nothing went to the local store"
+    );
+}
+
+/// The PATCHes since request `requests_before` added exactly the keys that entered between `day1` and `day2` and
+/// removed exactly those that left.
+fn assert_day_two_sent_only_the_change(
+    setup: &Setup,
+    requests_before: usize,
+    day1: &BTreeSet<String>,
+    day2: &BTreeSet<String>,
+) {
+    let sent: BTreeSet<(String, String)> = described(&setup.segment_requests()[requests_before..])
+        .into_iter()
+        .filter(|(method, ..)| method == "PATCH")
+        .flat_map(|(_, _, kind, keys)| keys.into_iter().map(move |k| (kind.clone(), k)))
+        .collect();
+    let expected: BTreeSet<(String, String)> = difference(day2, day1)
+        .into_iter()
+        .map(|k| ("addIncludedTargets".to_string(), k))
+        .chain(
+            difference(day1, day2)
+                .into_iter()
+                .map(|k| ("removeIncludedTargets".to_string(), k)),
+        )
+        .collect();
+    assert_eq!(
+        sent, expected,
+        "day 2 sent only what changed since the checkpoint"
+    );
+}
+
+/// A second host with its own state directory and the same store plans nothing on day 2 and shows the checkpoint.
+fn assert_another_host_has_nothing_to_do(setup: &Setup, schema: &Schema, day2: &BTreeSet<String>) {
     let other = Project::example();
-    shared_state(&other, &schema);
+    shared_state(&other, schema);
     other.edit_config(
         "  directory: .ldsync/state\n",
         "  directory: other-host-state\n",
@@ -256,6 +283,61 @@ fn runs_of_one_sync_on_two_hosts_never_overlap() {
     });
     // The store's tables, made by its migrations, for the lock's holder to be read from.
     ok(&setup.project.ldsync("day1", &["status"]));
+    let (first, holder) = start_a_run_holding_the_lock(&setup, &schema);
+
+    // The second host: the same store, a state directory of its own.
+    let second = Project::example();
+    shared_state(&second, &schema);
+    second.edit_config(
+        "instance: us ",
+        &format!("base_url: {} ", setup.emulator.base_url()),
+    );
+    second.edit_config("  directory: .ldsync/state\n", "  directory: second-host\n");
+    let sync_second = || {
+        second
+            .command("day1", &["sync", "pro-users", "--format", "json"])
+            .env("LD_ACCESS_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+
+    // Without lock_wait it stops at once, naming the first run's holder, and makes no request.
+    let out = sync_second();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another run of sync `pro-users` is under way (run ")
+            && stderr(&out).contains(&holder),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        schema.query(&format!(
+            "SELECT record->'calls'->>'requests' FROM {}.runs WHERE record->>'outcome' = 'failed'",
+            schema.name
+        )),
+        [[Some("0".to_string())]],
+        "the refused run made no request"
+    );
+
+    // With lock_wait it waits for the first run, then finds nothing to change.
+    second.edit_config(
+        "  directory: second-host\n",
+        "  directory: second-host\n  lock_wait: 60s\n",
+    );
+    let out = sync_second();
+    let first = first.wait_with_output().unwrap();
+    ok(&first);
+    ok(&out);
+    assert_eq!(json(&first)["syncs"][0]["outcome"], "synced");
+    assert_eq!(json(&out)["syncs"][0]["outcome"], "nothing_to_change");
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day1")
+    );
+}
+
+/// Starts `ldsync sync pro-users` and waits until the store's lock names it; the run, and the holder it is named by.
+fn start_a_run_holding_the_lock(setup: &Setup, schema: &Schema) -> (std::process::Child, String) {
     let first = setup
         .project
         .command("day1", &["sync", "pro-users", "--format", "json"])
@@ -283,53 +365,7 @@ fn runs_of_one_sync_on_two_hosts_never_overlap() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-
-    // The second host: the same store, a state directory of its own.
-    let second = Project::example();
-    shared_state(&second, &schema);
-    second.edit_config(
-        "instance: us ",
-        &format!("base_url: {} ", setup.emulator.base_url()),
-    );
-    second.edit_config("  directory: .ldsync/state\n", "  directory: second-host\n");
-    let sync_second = || {
-        second
-            .command("day1", &["sync", "pro-users", "--format", "json"])
-            .env("LD_ACCESS_TOKEN", TOKEN)
-            .output()
-            .unwrap()
-    };
-    let out = sync_second();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("another run of sync `pro-users` is under way (run ")
-            && stderr(&out).contains(&holder),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(
-        schema.query(&format!(
-            "SELECT record->'calls'->>'requests' FROM {}.runs WHERE record->>'outcome' = 'failed'",
-            schema.name
-        )),
-        [[Some("0".to_string())]],
-        "the refused run made no request"
-    );
-
-    second.edit_config(
-        "  directory: second-host\n",
-        "  directory: second-host\n  lock_wait: 60s\n",
-    );
-    let out = sync_second();
-    let first = first.wait_with_output().unwrap();
-    ok(&first);
-    ok(&out);
-    assert_eq!(json(&first)["syncs"][0]["outcome"], "synced");
-    assert_eq!(json(&out)["syncs"][0]["outcome"], "nothing_to_change");
-    assert_eq!(
-        setup.members("pro-users", "user"),
-        expected_pro_users("day1")
-    );
+    (first, holder)
 }
 
 #[test]
@@ -337,6 +373,7 @@ fn checkpoints_move_between_the_local_store_and_postgres_without_a_resync() {
     let Some(url) = database_url() else { return };
     let schema = Schema::new(&url, "state_copy", "");
     let setup = Setup::new();
+    // Day 1 on the local store.
     ok(&setup.sync("day1", &["pro-users", "order-events"]));
     let local_run = setup.checkpoint("pro-users").map(|_| ()).and_then(|()| {
         let manifest: serde_json::Value =
@@ -345,7 +382,35 @@ fn checkpoints_move_between_the_local_store_and_postgres_without_a_resync() {
     });
     let local_run = local_run.expect("the local store has a checkpoint");
 
+    // The checkpoints copied to PostgreSQL, which becomes the sync's store.
     shared_state(&setup.project, &schema);
+    copy_every_checkpoint_to_postgres(&setup, &schema, &local_run);
+
+    // Planned from the copied checkpoints: nothing to do on day 1, and no order sent twice.
+    let plan = setup.project.ldsync(
+        "day1",
+        &["plan", "pro-users", "order-events", "--format", "json"],
+    );
+    ok(&plan);
+    let plan = json(&plan);
+    assert_eq!(plan["syncs"][0]["adds"].as_array().unwrap().len(), 0);
+    assert_eq!(plan["syncs"][0]["removes"].as_array().unwrap().len(), 0);
+    assert_eq!(plan["events"][0]["events"], 0, "{}", plan["events"][0]);
+
+    // The copy again: the same run is there already, so nothing is refused.
+    ok(&setup.project.ldsync(
+        "day1",
+        &["copy-checkpoints", "pro-users", "--from", "local"],
+    ));
+
+    // Day 2 on the shared store, then back to the local one: refused without --replace, then copied.
+    ok(&setup.sync("day2", &["pro-users"]));
+    copy_day_two_back_to_the_local_store(&setup, &schema, &local_run);
+}
+
+/// `copy-checkpoints --from local` copies pro-users' checkpoint of `local_run` and order-events', and says that
+/// enterprise-orgs had none.
+fn copy_every_checkpoint_to_postgres(setup: &Setup, schema: &Schema, local_run: &str) {
     let out = setup
         .project
         .ldsync("day1", &["copy-checkpoints", "--from", "local"]);
@@ -369,30 +434,15 @@ fn checkpoints_move_between_the_local_store_and_postgres_without_a_resync() {
         stdout(&out)
     );
     assert_eq!(
-        checkpoint_in(&schema, "pro-users"),
-        Some((local_run.clone(), expected_pro_users("day1")))
+        checkpoint_in(schema, "pro-users"),
+        Some((local_run.to_string(), expected_pro_users("day1")))
     );
+}
 
-    // Planned from the copied checkpoints: nothing to do on day 1, and no order sent twice.
-    let plan = setup.project.ldsync(
-        "day1",
-        &["plan", "pro-users", "order-events", "--format", "json"],
-    );
-    ok(&plan);
-    let plan = json(&plan);
-    assert_eq!(plan["syncs"][0]["adds"].as_array().unwrap().len(), 0);
-    assert_eq!(plan["syncs"][0]["removes"].as_array().unwrap().len(), 0);
-    assert_eq!(plan["events"][0]["events"], 0, "{}", plan["events"][0]);
-
-    // The copy again: the same run is there already, so nothing is refused.
-    ok(&setup.project.ldsync(
-        "day1",
-        &["copy-checkpoints", "pro-users", "--from", "local"],
-    ));
-
-    // Day 2 on the shared store, then back to the local one: refused without --replace, then copied.
-    ok(&setup.sync("day2", &["pro-users"]));
-    let (shared_run, day2) = checkpoint_in(&schema, "pro-users").unwrap();
+/// pro-users' day-2 checkpoint in PostgreSQL is refused over the local one of `local_run` without --replace, and
+/// copied with it.
+fn copy_day_two_back_to_the_local_store(setup: &Setup, schema: &Schema, local_run: &str) {
+    let (shared_run, day2) = checkpoint_in(schema, "pro-users").unwrap();
     let back = setup.project.ldsync(
         "day2",
         &["copy-checkpoints", "pro-users", "--from", "postgres"],

@@ -2,22 +2,54 @@
 //! fixture days. Every test checks what a user depends on: the segment's final membership, the exact requests
 //! LaunchDarkly saw, the checkpoint left on disk, and the error text.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::emulated::*;
-use common::*;
 use ldsync_emulator::{
     EmulatorConfig, Faults, RateLimit, RecordedRequest, SegmentSeed, ThrottleHeaders, TokenGrant,
 };
 use serde_json::Value;
 
+use crate::util::emulated::*;
+use crate::util::*;
+
 #[test]
 fn every_mode_syncs_two_days_exactly() {
     let setup = Setup::new();
+    let seeded = seed_before_day_one(&setup);
+
+    // Day 1: every segment is brought to its model, in the fewest requests.
+    let out = setup.sync("day1", &[]);
+    ok(&out);
+    let day1 = assert_day_one_synced(&setup, &seeded);
+    assert_every_patch_is_a_semantic_patch_from_ldsync(&setup);
+    // Each checkpoint is the model's key set; for mirror syncs that is the segment itself.
+    assert_eq!(
+        setup.checkpoint("pro-users").unwrap(),
+        setup.members("pro-users", "user")
+    );
+    assert_eq!(setup.checkpoint("enterprise-orgs").unwrap(), day1.orgs);
+    assert_eq!(setup.checkpoint("churned-beta").unwrap(), day1.churned);
+
+    // Day 2: only what changed since day 1 is sent; add mode never removes, remove mode never adds.
+    setup.emulator.clear_requests();
+    let out = setup.sync("day2", &[]);
+    ok(&out);
+    assert_day_two_synced(&setup, &day1);
+}
+
+/// What the example's segments hold before day 1 of `every_mode_syncs_two_days_exactly`.
+struct Seeded {
+    /// pro-users' members: part of day 1's audience, and `stale`.
+    pro_users: BTreeSet<String>,
+    /// Three keys in pro-users that no model returns.
+    stale: BTreeSet<String>,
+    /// beta-testers' members: every user who opted into the beta on day 1.
+    beta_testers: BTreeSet<String>,
+}
+
+fn seed_before_day_one(setup: &Setup) -> Seeded {
     // pro-users (mirror) starts with part of day 1's audience and three keys that do not belong.
     let pro1 = expected_pro_users("day1");
     let stale = ["usr_stale_1", "usr_stale_2", "usr_stale_3"];
@@ -40,23 +72,40 @@ fn every_mode_syncs_two_days_exactly() {
         "beta-testers",
         &beta_testers.iter().map(String::as_str).collect::<Vec<_>>(),
     );
+    Seeded {
+        pro_users: seeded.iter().map(|s| s.to_string()).collect(),
+        stale: stale.iter().map(|s| s.to_string()).collect(),
+        beta_testers,
+    }
+}
 
-    let out = setup.sync("day1", &[]);
-    ok(&out);
+/// The example's audiences on day 1, and the beta testers left after its removals.
+struct DayOne {
+    pro: BTreeSet<String>,
+    orgs: BTreeSet<String>,
+    dormant: BTreeSet<String>,
+    churned: BTreeSet<String>,
+    stayers: BTreeSet<String>,
+    orders: BTreeMap<String, u64>,
+}
+
+/// Checks the segments, the requests and the events after day 1's sync from `seeded`.
+fn assert_day_one_synced(setup: &Setup, seeded: &Seeded) -> DayOne {
+    let pro1 = expected_pro_users("day1");
+    let churned1 = expected_churned_beta_users("day1");
     let orgs1 = expected_enterprise_orgs("day1");
     let dormant1 = expected_dormant_users("day1");
     assert_eq!(setup.members("pro-users", "user"), pro1);
     assert_eq!(setup.members("winback-experiment", "user"), dormant1);
     assert_eq!(setup.members("enterprise-orgs", "organization"), orgs1);
-    let stayers = difference(&beta_testers, &churned1);
+    let stayers = difference(&seeded.beta_testers, &churned1);
     assert_eq!(setup.members("beta-testers", "user"), stayers);
 
-    let seeded_set: BTreeSet<String> = seeded.iter().map(|s| s.to_string()).collect();
     let none = BTreeSet::new();
     let mut expected = expected_requests(
         "pro-users",
-        &difference(&pro1, &seeded_set),
-        &stale.iter().map(|s| s.to_string()).collect(),
+        &difference(&pro1, &seeded.pro_users),
+        &seeded.stale,
         1500,
     );
     expected.extend(expected_requests(
@@ -70,6 +119,18 @@ fn every_mode_syncs_two_days_exactly() {
     assert_eq!(described(&setup.segment_requests()), expected);
     let orders1 = expected_order_events("day1", None);
     assert_eq!(setup.events_by_key(), orders1);
+    DayOne {
+        pro: pro1,
+        orgs: orgs1,
+        dormant: dormant1,
+        churned: churned1,
+        stayers,
+        orders: orders1,
+    }
+}
+
+/// Every PATCH is a semantic patch of the pinned API version, from ldsync, saying which sync sent it.
+fn assert_every_patch_is_a_semantic_patch_from_ldsync(setup: &Setup) {
     for request in setup
         .emulator
         .requests()
@@ -98,17 +159,10 @@ fn every_mode_syncs_two_days_exactly() {
             "{body}"
         );
     }
-    // Each checkpoint is the model's key set; for mirror syncs that is the segment itself.
-    assert_eq!(
-        setup.checkpoint("pro-users").unwrap(),
-        setup.members("pro-users", "user")
-    );
-    assert_eq!(setup.checkpoint("enterprise-orgs").unwrap(), orgs1);
-    assert_eq!(setup.checkpoint("churned-beta").unwrap(), churned1);
+}
 
-    setup.emulator.clear_requests();
-    let out = setup.sync("day2", &[]);
-    ok(&out);
+/// Checks the segments, the requests, the events and the checkpoints after day 2's sync, which followed `day1`'s.
+fn assert_day_two_synced(setup: &Setup, day1: &DayOne) {
     let (pro2, orgs2) = (expected_pro_users("day2"), expected_enterprise_orgs("day2"));
     let (dormant2, churned2) = (
         expected_dormant_users("day2"),
@@ -118,39 +172,40 @@ fn every_mode_syncs_two_days_exactly() {
     assert_eq!(setup.members("enterprise-orgs", "organization"), orgs2);
     assert_eq!(
         setup.members("winback-experiment", "user"),
-        dormant1.union(&dormant2).cloned().collect(),
+        day1.dormant.union(&dormant2).cloned().collect(),
         "add mode never removes"
     );
     assert_eq!(
         setup.members("beta-testers", "user"),
-        difference(&stayers, &churned2),
+        difference(&day1.stayers, &churned2),
         "remove mode removes newly churned testers"
     );
+    let none = BTreeSet::new();
     let mut expected = expected_requests(
         "pro-users",
-        &difference(&pro2, &pro1),
-        &difference(&pro1, &pro2),
+        &difference(&pro2, &day1.pro),
+        &difference(&day1.pro, &pro2),
         1500,
     );
     // Every run reads its segment, even one with nothing to send.
     expected.extend(expected_requests(
         "winback-experiment",
-        &difference(&dormant2, &dormant1),
+        &difference(&dormant2, &day1.dormant),
         &none,
         1500,
     ));
     expected.extend(expected_requests(
         "enterprise-orgs",
-        &difference(&orgs2, &orgs1),
-        &difference(&orgs1, &orgs2),
+        &difference(&orgs2, &day1.orgs),
+        &difference(&day1.orgs, &orgs2),
         500,
     ));
-    let churned_new = difference(&churned2, &churned1);
+    let churned_new = difference(&churned2, &day1.churned);
     assert!(!churned_new.is_empty(), "testers churn on day 2");
     expected.extend(expected_requests("beta-testers", &none, &churned_new, 1500));
     assert_eq!(described(&setup.segment_requests()), expected);
     // The day's new orders and the one that arrived late but inside the lateness window; nothing twice.
-    let mut orders = orders1.clone();
+    let mut orders = day1.orders.clone();
     for (key, count) in expected_order_events("day2", Some("day1")) {
         *orders.entry(key).or_default() += count;
     }
@@ -410,6 +465,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
     let setup = Setup::with_reader(EmulatorConfig::default());
     ok(&setup.sync("day1", &["pro-users"]));
 
+    // A token LaunchDarkly does not know, and a key of the wrong kind.
     assert_fails_cleanly(
         &setup,
         "api-wrong",
@@ -424,12 +480,27 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         1,
         "it is wrong or revoked, or it is an SDK key, mobile key or client-side ID",
     );
+    refusals_of_what_does_not_exist(&setup);
+    refusal_past_the_standard_segment_limit(&setup);
+    refusal_by_the_role_then_finished_by_the_next_run(&setup);
 
+    // No token at all.
+    let out = setup.project.ldsync("day2", &["sync", "pro-users"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).contains("the access token variable LD_ACCESS_TOKEN is not set"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// An environment, a project and a segment that do not exist, each restored after its refusal.
+fn refusals_of_what_does_not_exist(setup: &Setup) {
     setup
         .project
         .edit_config("environment: production", "environment: staging");
     assert_fails_cleanly(
-        &setup,
+        setup,
         TOKEN,
         &["pro-users", "--full"],
         5,
@@ -442,7 +513,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         .project
         .edit_config("project: default", "project: nope");
     assert_fails_cleanly(
-        &setup,
+        setup,
         TOKEN,
         &["pro-users", "--full"],
         5,
@@ -460,7 +531,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         "    # create_segment: standard   #",
     );
     assert_fails_cleanly(
-        &setup,
+        setup,
         TOKEN,
         &["pro-users", "--full"],
         1,
@@ -473,8 +544,10 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         "    # create_segment: standard   #",
         "    create_segment: standard   #",
     );
+}
 
-    // A standard segment that the run would push past 15,000 targets (of every kind): stopped before any write.
+/// A standard segment that the run would push past 15,000 targets (of every kind): stopped before any write.
+fn refusal_past_the_standard_segment_limit(setup: &Setup) {
     let crowd: Vec<String> = (0..14_990).map(|i| format!("dev_crowd_{i:05}")).collect();
     let members: Vec<String> = expected_pro_users("day1").into_iter().collect();
     setup.emulator.seed_segment(
@@ -486,14 +559,16 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
         },
     );
     assert_fails_cleanly(
-        &setup,
+        setup,
         TOKEN,
         &["pro-users"],
         6,
         "is a standard segment, which holds at most 15000 targets",
     );
+}
 
-    // Refused at the first write: the journal stays, so the next run finishes this one once the role is fixed.
+/// Refused at the first write: the journal stays, so the next run finishes this one once the role is fixed.
+fn refusal_by_the_role_then_finished_by_the_next_run(setup: &Setup) {
     setup.seed(
         "pro-users",
         &expected_pro_users("day1")
@@ -502,7 +577,7 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
             .collect::<Vec<_>>(),
     );
     assert_fails_cleanly(
-        &setup,
+        setup,
         READER,
         &["pro-users"],
         1,
@@ -518,14 +593,6 @@ fn every_refusal_has_its_message_and_leaves_the_checkpoint_alone() {
     assert_eq!(
         setup.members("pro-users", "user"),
         expected_pro_users("day2")
-    );
-
-    let out = setup.project.ldsync("day2", &["sync", "pro-users"]);
-    assert_eq!(out.status.code(), Some(5));
-    assert!(
-        stderr(&out).contains("the access token variable LD_ACCESS_TOKEN is not set"),
-        "{}",
-        stderr(&out)
     );
 }
 
@@ -696,7 +763,6 @@ fn rate_limits_are_met_with_pacing_and_waits_of_every_header_shape() {
     }
 }
 
-/// The batches a killed run had recorded as acknowledged, read from its journal.
 #[test]
 fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
     let setup = Setup::new();
@@ -713,46 +779,14 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
     let mut kills = 0;
     // Kills that landed after at least one batch of the run was acknowledged: the interesting ones.
     let mut kills_mid_send = 0;
+    // Sixteen runs, eight on each fixture day, each killed at a random moment unless it finished first.
     for round in 0..16 {
         let before = acknowledged_in_journal(&setup.project);
         let day = if round < 8 { "day1" } else { "day2" };
-        let mut child = setup
-            .project
-            .command(day, &["sync", "pro-users"])
-            .env("LD_ACCESS_TOKEN", TOKEN)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // A quarter of the kills land at a random moment of the first 300 ms (the model, the read, the journal
-        // being written); the others once LaunchDarkly has applied 1 to 4 more batches, up to 15 ms later (before
-        // or after the acknowledgement reached ldsync).
-        let sent_before = applied_patches(&setup);
-        let target = if rng.u8(0..4) == 0 {
-            Err(Duration::from_millis(rng.u64(0..300)))
-        } else {
-            Ok(rng.usize(1..=4))
-        };
-        let started = Instant::now();
-        let killed = loop {
-            if child.try_wait().unwrap().is_some() {
-                break false;
-            }
-            let due = match target {
-                Err(moment) => started.elapsed() >= moment,
-                Ok(batches) => applied_patches(&setup) - sent_before >= batches,
-            };
-            if due {
-                std::thread::sleep(Duration::from_millis(rng.u64(0..15)));
-                break child.try_wait().unwrap().is_none();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let killed = sync_killed_at_random(&setup, day, &mut rng);
         if killed {
-            child.kill().unwrap(); // SIGKILL
             kills += 1;
         }
-        child.wait().unwrap();
         let after = acknowledged_in_journal(&setup.project);
         if killed && !after.is_subset(&before) {
             kills_mid_send += 1;
@@ -767,6 +801,8 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
         kills_mid_send * 2 > kills,
         "seed {SEED}: most kills came after a batch was acknowledged ({kills_mid_send} of {kills})"
     );
+
+    // A run left to finish brings the segment and the checkpoint to day 2 exactly.
     ok(&setup.sync("day2", &["pro-users"]));
     let pro2 = expected_pro_users("day2");
     assert_eq!(setup.members("pro-users", "user"), pro2);
@@ -786,6 +822,48 @@ fn killed_runs_finish_exactly_and_never_resend_an_acknowledged_batch() {
     for (acked, seen) in acknowledged {
         assert_not_resent(&requests[seen..], &acked);
     }
+}
+
+/// Starts `ldsync sync pro-users` on `day` and SIGKILLs it at a moment drawn from `rng`, unless it has finished by
+/// then; whether it was killed.
+fn sync_killed_at_random(setup: &Setup, day: &str, rng: &mut fastrand::Rng) -> bool {
+    let mut child = setup
+        .project
+        .command(day, &["sync", "pro-users"])
+        .env("LD_ACCESS_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A quarter of the kills land at a random moment of the first 300 ms (the model, the read, the journal
+    // being written); the others once LaunchDarkly has applied 1 to 4 more batches, up to 15 ms later (before
+    // or after the acknowledgement reached ldsync).
+    let sent_before = applied_patches(setup);
+    let target = if rng.u8(0..4) == 0 {
+        Err(Duration::from_millis(rng.u64(0..300)))
+    } else {
+        Ok(rng.usize(1..=4))
+    };
+    let started = Instant::now();
+    let killed = loop {
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        let due = match target {
+            Err(moment) => started.elapsed() >= moment,
+            Ok(batches) => applied_patches(setup) - sent_before >= batches,
+        };
+        if due {
+            std::thread::sleep(Duration::from_millis(rng.u64(0..15)));
+            break child.try_wait().unwrap().is_none();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    if killed {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    killed
 }
 
 #[test]

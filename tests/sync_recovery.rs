@@ -3,15 +3,14 @@
 //! wrong token when nothing changed. Each test runs the real binary against the emulator and checks the segment,
 //! the requests LaunchDarkly saw, the journal and checkpoint on disk, and the message.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::emulated::*;
-use common::*;
 use ldsync_emulator::{EmulatorConfig, Faults, RateLimit, SegmentSeed, ThrottleHeaders};
 use serde_json::Value;
+
+use crate::util::emulated::*;
+use crate::util::*;
 
 fn journal_path(setup: &Setup, sync: &str) -> std::path::PathBuf {
     setup
@@ -474,6 +473,8 @@ fn removal_gates_fire_in_plan_and_sync_in_mirror_and_remove_mode() {
     let pro_removed = difference(&expected_pro_users("day1"), &expected_pro_users("day2")).len();
     let churned = expected_churned_beta_users("day2").len();
     assert!(pro_removed > 1 && churned > 1, "{pro_removed} {churned}");
+
+    // Gates tighter than day 2's removals: a percent gate on pro-users, a count gate on churned-beta.
     setup.project.edit_config(
         "    gates:\n      max_remove_percent: 5\n      max_remove_count: 500\n",
         "    gates:\n      max_remove_percent: 0.01\n",
@@ -495,32 +496,9 @@ fn removal_gates_fire_in_plan_and_sync_in_mirror_and_remove_mode() {
         ),
     ];
     for (sync, day, message) in &cases {
-        let plan = setup
-            .project
-            .ldsync(day, &["plan", sync, "--detailed-exitcode"]);
-        assert_eq!(
-            plan.status.code(),
-            Some(4),
-            "plan {sync}: {}",
-            stdout(&plan)
-        );
-        assert!(
-            stdout(&plan).contains(message.as_str()),
-            "plan {sync}: {}",
-            stdout(&plan)
-        );
-        let manifest = setup.manifest_bytes(sync);
-        setup.emulator.clear_requests();
-        let out = setup.sync(day, &[sync]);
-        assert_eq!(out.status.code(), Some(4), "sync {sync}: {}", stderr(&out));
-        assert!(
-            stdout(&out).contains(message.as_str()),
-            "sync {sync}: {}",
-            stdout(&out)
-        );
-        assert!(only_reads(&setup));
-        assert_eq!(setup.manifest_bytes(sync), manifest);
+        assert_plan_and_sync_stop_at_the_gate(&setup, sync, day, message);
     }
+
     // The remove sync's percent gate is a share of the segment's members, which only sync can read.
     setup.project.edit_config(
         "    gates:\n      max_remove_count: 1\n",
@@ -541,6 +519,36 @@ fn removal_gates_fire_in_plan_and_sync_in_mirror_and_remove_mode() {
         setup.members("beta-testers", "user"),
         difference(&testers, &expected_churned_beta_users("day2"))
     );
+}
+
+/// Both `plan` and `sync` of `sync` on `day` stop at a gate with exit code 4 and `message`; the sync only reads and
+/// leaves the checkpoint alone.
+fn assert_plan_and_sync_stop_at_the_gate(setup: &Setup, sync: &str, day: &str, message: &str) {
+    let plan = setup
+        .project
+        .ldsync(day, &["plan", sync, "--detailed-exitcode"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(4),
+        "plan {sync}: {}",
+        stdout(&plan)
+    );
+    assert!(
+        stdout(&plan).contains(message),
+        "plan {sync}: {}",
+        stdout(&plan)
+    );
+    let manifest = setup.manifest_bytes(sync);
+    setup.emulator.clear_requests();
+    let out = setup.sync(day, &[sync]);
+    assert_eq!(out.status.code(), Some(4), "sync {sync}: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains(message),
+        "sync {sync}: {}",
+        stdout(&out)
+    );
+    assert!(only_reads(setup));
+    assert_eq!(setup.manifest_bytes(sync), manifest);
 }
 
 #[test]

@@ -6,21 +6,20 @@
 //! They need `DATABASE_URL` (for example `postgres://postgres@127.0.0.1:5432/test`); `.ci/run` sets it. Without it
 //! they are skipped, except under `CI=true`, where they must run.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use common::postgres::*;
-use common::*;
 use ldsync::config::{EngineSettings, WarehouseConfig};
 use ldsync::state::events::{
     EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress, Watermark,
 };
 use ldsync::state::{LocalStore, Store};
 use ldsync::warehouse::{Warehouse, WarehouseError};
+
+use crate::util::postgres::*;
+use crate::util::*;
 
 /// The example project with its warehouse pointed at PostgreSQL and one sync whose model is `model_sql`.
 fn project_on(url: &str, model_sql: &str) -> Project {

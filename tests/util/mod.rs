@@ -1,8 +1,6 @@
 //! Shared helpers for ldsync's integration tests: a copy of the shipped example in a temporary directory, the
 //! real `ldsync` binary run against it, and an independent reading of the fixture CSVs to compare with.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 pub mod emulated;
 pub mod postgres;
 

@@ -1,7 +1,9 @@
 //! The real PostgreSQL for the tests that need it: its URL, and a schema of each test's own, so that tests run in
-//! parallel.
+//! parallel, in this process and beside another run of them.
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ldsync::config::{EngineSettings, WarehouseConfig};
@@ -29,7 +31,14 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// `test` names the schema within this process (the process ID names it among others): no two tests may share
+    /// it, or one would drop the other's tables.
     pub fn new(url: &str, test: &str, setup_sql: &str) -> Schema {
+        static TAKEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+        assert!(
+            TAKEN.lock().unwrap().insert(test.to_string()),
+            "two tests use the schema name {test:?}"
+        );
         let name = format!("ldsync_{test}_{}", std::process::id());
         let schema = Schema {
             url: url.to_string(),
