@@ -551,38 +551,38 @@ pub fn write_sync_report(
     }
     let mut table = table(["sync"].into_iter().chain(RUN_COLUMNS).collect());
     for report in reports {
-        let mut row = vec![report.sync.clone()];
+        let mut row = vec![report.run.sync.clone()];
         row.extend(run_cells(&RunCells {
-            outcome: report.outcome,
-            sent: added_or_sent(report.adds, report.events.as_ref()),
-            removes: report.removes,
-            batches: (report.batches_acknowledged, report.batches_planned),
-            calls: &report.calls,
-            duration_ms: report.duration_ms,
+            outcome: report.run.outcome,
+            sent: added_or_sent(report.run.adds, report.run.events.as_ref()),
+            removes: report.run.removes,
+            batches: (report.run.batches_acknowledged, report.run.batches_planned),
+            calls: &report.run.calls,
+            duration_ms: report.run.duration_ms,
         }));
         table.add_row(row);
     }
     writeln!(out, "{table}")?;
     for report in reports {
-        if let Some(run) = &report.resumed_run {
+        if let Some(run) = &report.run.resumed_run {
             writeln!(
                 out,
                 "• {}: finished interrupted run {run} first",
-                report.sync
+                report.run.sync
             )?;
         }
         for stop in &report.gate_stops {
             writeln!(
                 out,
                 "✗ {}: stopped before any change: {stop} (--override-gates lets this run through)",
-                report.sync
+                report.run.sync
             )?;
         }
-        if let Some(error) = &report.error {
+        if let Some(error) = &report.run.error {
             writeln!(out, "✗ {error}")?;
         }
         for note in &report.notes {
-            writeln!(out, "• {}: {note}", report.sync)?;
+            writeln!(out, "• {}: {note}", report.run.sync)?;
         }
     }
     Ok(())

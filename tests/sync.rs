@@ -632,7 +632,13 @@ fn the_access_token_never_appears_in_output_logs_reports_or_state() {
     }
     ok(&outputs[0]);
     ok(&outputs[1]);
-    assert_eq!(outputs[2].status.code(), Some(5));
+    assert_eq!(
+        outputs[2].status.code(),
+        Some(5),
+        "{}\n{}",
+        stdout(&outputs[2]),
+        stderr(&outputs[2])
+    );
     for out in &outputs {
         assert!(
             !stdout(out).contains("canary"),

@@ -33,11 +33,7 @@ pub(super) fn sync(
 ) -> anyhow::Result<Vec<SyncReport>> {
     let syncs = config.select_syncs(names)?;
     let client = client(config)?;
-    let warehouse = Warehouse::open(
-        &config.warehouse,
-        &config.engine_settings(),
-        &config.project_dir,
-    )?;
+    let warehouse = Warehouse::for_project(config)?;
     let store = Store::open(config)?;
     let shutdown = shutdown::listen().context("cannot listen for signals")?;
     let runner = Runner::new(config, &warehouse, &store, client)
@@ -64,7 +60,7 @@ pub(super) fn sync(
 }
 
 pub(super) fn sync_exit_code(reports: &[SyncReport], detailed: bool) -> u8 {
-    let any = |outcome| reports.iter().any(|r| r.outcome == outcome);
+    let any = |outcome| reports.iter().any(|r| r.run.outcome == outcome);
     if any(RunOutcome::Failed) {
         exit::for_failures(reports.iter().filter_map(|r| r.error_class))
     } else if any(RunOutcome::Interrupted) {
@@ -168,11 +164,7 @@ pub(super) fn plan(
         anyhow::bail!("--format parquet writes a binary file: give it --output PATH");
     }
     let syncs = config.select_syncs(names)?;
-    let warehouse = Warehouse::open(
-        &config.warehouse,
-        &config.engine_settings(),
-        &config.project_dir,
-    )?;
+    let warehouse = Warehouse::for_project(config)?;
     let store = Store::open(config)?;
     let segment_syncs: Vec<&SyncConfig> = syncs.iter().filter_map(|s| s.segment()).collect();
     let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full && !segment_syncs.is_empty()
@@ -258,11 +250,7 @@ fn write_report(
 
 pub(super) fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
     let syncs = config.select_syncs(names)?;
-    let warehouse = Warehouse::open(
-        &config.warehouse,
-        &config.engine_settings(),
-        &config.project_dir,
-    )?;
+    let warehouse = Warehouse::for_project(config)?;
     let store = Store::open(config)?;
     let planner = Planner::new(config, &warehouse, &store);
     let events = EventPlanner::new(config, &warehouse, &store);

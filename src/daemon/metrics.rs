@@ -126,31 +126,31 @@ impl Metrics {
 
     /// Counts what one run did.
     pub fn record(&self, report: &SyncReport) {
-        let sync = report.sync.as_str();
+        let sync = report.run.sync.as_str();
         self.runs
-            .get_or_create(&run_labels(sync, report.outcome))
+            .get_or_create(&run_labels(sync, report.run.outcome))
             .inc();
         let label = label(sync);
         self.keys_added
             .get_or_create(&label)
-            .inc_by(report_count(report, report.adds));
+            .inc_by(report_count(report, report.run.adds));
         self.keys_removed
             .get_or_create(&label)
-            .inc_by(report_count(report, report.removes));
+            .inc_by(report_count(report, report.run.removes));
         self.events_sent
             .get_or_create(&label)
-            .inc_by(report.events.as_ref().map_or(0, |e| e.sent));
+            .inc_by(report.run.events.as_ref().map_or(0, |e| e.sent));
         self.requests
             .get_or_create(&label)
-            .inc_by(report.calls.requests);
+            .inc_by(report.run.calls.requests);
         self.rate_limited
             .get_or_create(&label)
-            .inc_by(report.calls.rate_limited);
+            .inc_by(report.run.calls.rate_limited);
         self.retries
             .get_or_create(&label)
-            .inc_by(report.calls.retries);
-        if report.outcome.succeeded() {
-            self.succeeded_at(sync, report.finished_at);
+            .inc_by(report.run.calls.retries);
+        if report.run.outcome.succeeded() {
+            self.succeeded_at(sync, report.run.finished_at);
         }
     }
 
@@ -171,7 +171,7 @@ impl Metrics {
 
 /// Keys count as added or removed only when the run sent them.
 fn report_count(report: &SyncReport, keys: u64) -> u64 {
-    if report.outcome == RunOutcome::Synced {
+    if report.run.outcome == RunOutcome::Synced {
         keys
     } else {
         0
@@ -257,33 +257,36 @@ fn answer(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::RunRecord;
     use crate::launchdarkly::CallStats;
 
     fn report(sync: &str, outcome: RunOutcome, finished_at: DateTime<Utc>) -> SyncReport {
         SyncReport {
-            sync: sync.into(),
-            run_id: "r".into(),
-            outcome,
-            started_at: finished_at,
-            finished_at,
-            resumed_run: None,
-            adds: 7,
-            removes: 2,
-            batches_planned: 2,
-            batches_acknowledged: 2,
-            calls: CallStats {
-                requests: 4,
-                retries: 1,
-                rate_limited: 1,
-                ..CallStats::default()
+            run: RunRecord {
+                sync: sync.into(),
+                run_id: "r".into(),
+                outcome,
+                started_at: finished_at,
+                finished_at,
+                resumed_run: None,
+                adds: 7,
+                removes: 2,
+                batches_planned: 2,
+                batches_acknowledged: 2,
+                calls: CallStats {
+                    requests: 4,
+                    retries: 1,
+                    rate_limited: 1,
+                    ..CallStats::default()
+                },
+                duration_ms: 10,
+                excluded: Default::default(),
+                drift: None,
+                events: None,
+                error: None,
             },
-            duration_ms: 10,
-            excluded: Default::default(),
-            drift: None,
-            events: None,
             gate_stops: Vec::new(),
             notes: Vec::new(),
-            error: None,
             error_class: None,
         }
     }

@@ -60,11 +60,7 @@ pub fn run(
 ) -> anyhow::Result<Stopped> {
     let scheduled = scheduled_syncs(syncs)?;
     let token = AccessToken::read(&config.launchdarkly.token, &config.project_dir)?;
-    let warehouse = Warehouse::open(
-        &config.warehouse,
-        &config.engine_settings(),
-        &config.project_dir,
-    )?;
+    let warehouse = Warehouse::for_project(config)?;
     let store = Store::open(config)?;
     let metrics = Arc::new(Metrics::new(scheduled.iter().map(|(s, _)| s.name())));
     let mut loops = Vec::new();
@@ -174,15 +170,15 @@ impl SyncLoop<'_> {
             let report = self.runner.run(self.sync, SyncOptions::default()).await;
             report.log();
             self.metrics.record(&report);
-            last_start = Some(report.started_at);
-            match report.outcome {
+            last_start = Some(report.run.started_at);
+            match report.run.outcome {
                 RunOutcome::Interrupted => return,
                 RunOutcome::Failed => {
                     failures += 1;
                     let wait = backoff(self.failure_backoff, failures);
                     retry_at = TimeDelta::from_std(wait)
                         .ok()
-                        .and_then(|wait| report.finished_at.checked_add_signed(wait));
+                        .and_then(|wait| report.run.finished_at.checked_add_signed(wait));
                     tracing::warn!(
                         sync = %self.sync.name(),
                         failures,

@@ -448,22 +448,7 @@ fn plan_keys<'e>(
         }
     };
     let stats = model.stats(&diff, baseline_count);
-    let (adds, removes) = match (sync.mode, baseline) {
-        (Mode::Add, _) => (diff.list(Direction::Entered, listing)?, KeyList::empty()),
-        // Every model key is in the segment or not: remove those that are (the members are listed anyway).
-        (Mode::Remove, Baseline::Membership(_)) => (
-            KeyList::empty(),
-            KeyList::Listed(held_by(engine, baseline_keys, KeySource::Model(model))?),
-        ),
-        // Keys that were in the model at the checkpoint were removed then.
-        (Mode::Remove, Baseline::Checkpoint(_)) => {
-            (KeyList::empty(), diff.list(Direction::Entered, listing)?)
-        }
-        (Mode::Mirror, _) => (
-            diff.list(Direction::Entered, listing)?,
-            diff.list(Direction::Left, listing)?,
-        ),
-    };
+    let (adds, removes) = key_changes(sync, model, &diff, baseline, baseline_keys, listing)?;
     let members = match baseline {
         Baseline::Checkpoint(_) if sync.mode == Mode::Remove => None,
         Baseline::Checkpoint(checkpoint) => Some(checkpoint.map_or(0, |c| c.manifest.key_count)),
@@ -492,6 +477,34 @@ fn plan_keys<'e>(
     };
     plan.notes = notes(&plan, baseline);
     Ok((plan, diff))
+}
+
+/// The keys a sync's mode adds and removes, given what entered and left the model since `baseline`.
+fn key_changes(
+    sync: &SyncConfig,
+    model: &ModelKeys<'_>,
+    diff: &Delta<'_>,
+    baseline: Baseline<'_>,
+    baseline_keys: KeySource<'_>,
+    listing: Listing,
+) -> Result<(KeyList, KeyList), PlanError> {
+    let engine = model.engine();
+    Ok(match (sync.mode, baseline) {
+        (Mode::Add, _) => (diff.list(Direction::Entered, listing)?, KeyList::empty()),
+        // Every model key is in the segment or not: remove those that are (the members are listed anyway).
+        (Mode::Remove, Baseline::Membership(_)) => (
+            KeyList::empty(),
+            KeyList::Listed(held_by(engine, baseline_keys, KeySource::Model(model))?),
+        ),
+        // Keys that were in the model at the checkpoint were removed then.
+        (Mode::Remove, Baseline::Checkpoint(_)) => {
+            (KeyList::empty(), diff.list(Direction::Entered, listing)?)
+        }
+        (Mode::Mirror, _) => (
+            diff.list(Direction::Entered, listing)?,
+            diff.list(Direction::Left, listing)?,
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -13,12 +13,12 @@ mod send;
 
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Serialize;
 
 use crate::config::{Config, SyncEntry};
 use crate::history::{self, EventCounts, RunOutcome, RunRecord};
-use crate::launchdarkly::{ApiError, CallStats, Client};
+use crate::launchdarkly::{ApiError, Client};
 use crate::plan::{Drift, EventPlanner, GateStop, KeySample, Planner, SyncPlan, SyncPlanError};
 use crate::shutdown::{Shutdown, Stage};
 use crate::state::{JournalError, StateError, Store, SyncLock};
@@ -182,31 +182,14 @@ impl RunError {
     }
 }
 
-/// What one sync run did, as the command prints it.
+/// What one sync run did, as the command prints it: the record it left in the run history, and what only this
+/// invocation shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncReport {
-    pub sync: String,
-    pub run_id: String,
-    pub outcome: RunOutcome,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    /// An interrupted run this run finished first.
-    pub resumed_run: Option<String>,
-    pub adds: u64,
-    pub removes: u64,
-    pub batches_planned: u64,
-    pub batches_acknowledged: u64,
-    pub calls: CallStats,
-    pub duration_ms: u64,
-    /// Model keys left out because LaunchDarkly holds them as excluded targets.
-    pub excluded: KeySample,
-    /// Hand edits found in the segment and repaired by this run (mirror syncs of standard segments).
-    pub drift: Option<Drift>,
-    /// What an events sync sent and left out.
-    pub events: Option<EventCounts>,
+    #[serde(flatten)]
+    pub run: RunRecord,
     pub gate_stops: Vec<String>,
     pub notes: Vec<String>,
-    pub error: Option<String>,
     /// Who must act on the error, when the run failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_class: Option<ErrorClass>,
@@ -215,18 +198,19 @@ pub struct SyncReport {
 impl SyncReport {
     /// Logs how the run ended.
     pub fn log(&self) {
-        match &self.error {
+        let run = &self.run;
+        match &run.error {
             None => tracing::info!(
-                sync = %self.sync,
-                outcome = self.outcome.as_str(),
-                adds = self.adds,
-                removes = self.removes,
-                requests = self.calls.requests,
-                seconds = self.duration_ms as f64 / 1000.0,
+                sync = %run.sync,
+                outcome = run.outcome.as_str(),
+                adds = run.adds,
+                removes = run.removes,
+                requests = run.calls.requests,
+                seconds = run.duration_ms as f64 / 1000.0,
                 "sync finished"
             ),
             Some(error) => {
-                tracing::error!(sync = %self.sync, outcome = self.outcome.as_str(), "{error}")
+                tracing::error!(sync = %run.sync, outcome = run.outcome.as_str(), "{error}")
             }
         }
     }
@@ -339,44 +323,29 @@ impl<'a> Runner<'a> {
         let error = error.map(|e| self.client.token().scrub(&e));
         let record = RunRecord {
             sync: name.to_string(),
-            run_id: run_id.clone(),
+            run_id,
             started_at,
             finished_at: Utc::now(),
             duration_ms: started.elapsed().as_millis() as u64,
             outcome,
-            resumed_run: tally.resumed_run.clone(),
+            resumed_run: tally.resumed_run,
             adds: tally.adds,
             removes: tally.removes,
             batches_acknowledged: tally.batches_acknowledged,
             batches_planned: tally.batches_planned,
-            excluded: tally.excluded.clone(),
-            drift: tally.drift.clone(),
-            events: tally.events.clone(),
+            excluded: tally.excluded,
+            drift: tally.drift,
+            events: tally.events,
             calls: self.client.stats().since(&calls_before),
-            error: error.clone(),
+            error,
         };
         if let Err(e) = history::append(self.store, &record) {
             tracing::warn!(sync = %name, error = %e, "could not append to the run history");
         }
         SyncReport {
-            sync: record.sync,
-            run_id,
-            outcome,
-            started_at,
-            finished_at: record.finished_at,
-            resumed_run: record.resumed_run,
-            adds: record.adds,
-            removes: record.removes,
-            batches_planned: record.batches_planned,
-            batches_acknowledged: record.batches_acknowledged,
-            calls: record.calls,
-            duration_ms: record.duration_ms,
-            excluded: record.excluded,
-            drift: record.drift,
-            events: record.events,
+            run: record,
             gate_stops: tally.gate_stops.iter().map(ToString::to_string).collect(),
             notes: tally.notes,
-            error,
             error_class,
         }
     }

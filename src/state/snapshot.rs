@@ -150,16 +150,21 @@ impl ContentHasher {
     }
 }
 
+/// Creates (or truncates) the file at `path` for a snapshot.
+fn create(path: &Path) -> Result<File, StateError> {
+    File::create(path).map_err(|source| StateError::Io {
+        action: "cannot create",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Writes `keys` as a new Parquet file at `path` with ldsync's own writer; returns how many.
 pub(crate) fn write_parquet_keys_to<'a>(
     path: &Path,
     keys: impl IntoIterator<Item = &'a str>,
 ) -> Result<u64, StateError> {
-    let file = File::create(path).map_err(|source| StateError::Io {
-        action: "cannot create",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = create(path)?;
     let mut count = 0;
     write_parquet_keys(file, keys.into_iter().inspect(|_| count += 1)).map_err(|source| {
         StateError::Parquet {
@@ -175,11 +180,7 @@ pub(crate) fn write_parquet_arrays_to(
     path: &Path,
     arrays: impl Iterator<Item = Result<StringArray, StateError>>,
 ) -> Result<u64, StateError> {
-    let file = File::create(path).map_err(|source| StateError::Io {
-        action: "cannot create",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = create(path)?;
     let parquet_error = |source| StateError::Parquet {
         path: path.to_path_buf(),
         source,

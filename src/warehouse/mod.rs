@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::ArrayRef;
 
-use crate::config::{EngineSettings, WarehouseConfig};
+use crate::config::{Config, EngineSettings, WarehouseConfig};
 use crate::vocab::ErrorClass;
 
 /// Why the warehouse could not run something.
@@ -123,6 +123,15 @@ pub enum Warehouse {
 }
 
 impl Warehouse {
+    /// Opens the warehouse `config` (connector.yaml) names, with its set engine's settings, from its project.
+    pub fn for_project(config: &Config) -> Result<Warehouse, WarehouseError> {
+        Warehouse::open(
+            &config.warehouse,
+            &config.engine_settings(),
+            &config.project_dir,
+        )
+    }
+
     /// Opens the configured warehouse and its set engine, then runs the warehouse's start-up SQL (after the engine's
     /// settings, so that it may change them). Relative file paths in that SQL (and in models) resolve from
     /// `project_dir`, wherever ldsync is started from.
