@@ -40,15 +40,56 @@ impl Schedule {
                     .unwrap_or(DateTime::<Utc>::MAX_UTC),
                 None => now,
             },
-            Schedule::Cron { cron, zone, .. } => {
-                let after = last_start.unwrap_or(now).with_timezone(zone);
-                cron.find_next_occurrence(&after, false)
-                    .map(|next| next.with_timezone(&Utc))
-                    // croner finds no next time only for expressions that never match (February 31st).
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC)
-            }
+            // croner finds no next time only for expressions that never match (February 31st).
+            Schedule::Cron { cron, zone, .. } => next_tick(cron, *zone, last_start.unwrap_or(now))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
         }
     }
+}
+
+/// The first tick of `cron` in `zone` strictly after `after`, in real time. Cron expressions name wall times, and
+/// on the night daylight saving ends the clock shows an hour's wall times twice: a tick is taken in each pass
+/// (every 15 minutes stays every 15 minutes), and never before `after`, so the repeated hour cannot run a sync back
+/// to back.
+fn next_tick(cron: &croner::Cron, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::{Offset, TimeZone};
+    let first = next_wall_tick(cron, zone, after.with_timezone(&zone), after)?;
+    let offset = |t: DateTime<Utc>| t.with_timezone(&zone).offset().fix().local_minus_utc();
+    let fold = offset(after) - offset(first);
+    if fold <= 0 {
+        return Some(first);
+    }
+    // The clocks went back between `after` and `first`: the wall times they show again may hold a sooner tick.
+    let replay = after.with_timezone(&zone).naive_local() - TimeDelta::seconds(i64::from(fold));
+    let replay_from = zone.from_local_datetime(&replay).earliest()?;
+    let replayed = next_wall_tick(cron, zone, replay_from, after);
+    Some(replayed.map_or(first, |tick| tick.min(first)))
+}
+
+/// The first tick of `cron` at a wall time after `from`'s whose instant is after `after`. A wall time the clock
+/// shows twice has two instants, and croner answers with the first; when that one is not after `after`, the
+/// second is taken, or the search goes on from it.
+fn next_wall_tick(
+    cron: &croner::Cron,
+    zone: Tz,
+    mut from: DateTime<Tz>,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    use chrono::{LocalResult, TimeZone};
+    // Each round moves `from` past one wall time; two rounds cover a repeated hour.
+    for _ in 0..4 {
+        let next = cron.find_next_occurrence(&from, false).ok()?;
+        let instants = match zone.from_local_datetime(&next.naive_local()) {
+            LocalResult::Ambiguous(first, second) => [first, second],
+            LocalResult::Single(only) => [only, only],
+            LocalResult::None => [next, next],
+        };
+        if let Some(tick) = instants.iter().find(|t| t.with_timezone(&Utc) > after) {
+            return Some(tick.with_timezone(&Utc));
+        }
+        from = instants[1];
+    }
+    None
 }
 
 impl fmt::Display for Schedule {
@@ -210,6 +251,42 @@ mod tests {
             at("2026-11-21T05:00:00Z")
         );
         assert_eq!(berlin.to_string(), "cron 0 6 * * * (Europe/Berlin)");
+    }
+
+    #[test]
+    fn the_repeated_hour_of_the_fall_back_night_never_runs_a_sync_back_to_back() {
+        // On 2026-10-25 Berlin's clocks go from 03:00 CEST back to 02:00 CET: 02:00-02:59 happens twice, first at
+        // 00:00-00:59 UTC, then at 01:00-01:59 UTC.
+        let berlin = ZonedCron {
+            cron: "*/15 * * * *".into(),
+            time_zone: "Europe/Berlin".into(),
+        }
+        .parse()
+        .unwrap();
+        // A run that started at 02:20 CET (the second pass): the next tick is 02:30 CET, not 02:30 CEST an hour
+        // earlier, which would make the sync due at once again and again.
+        let second_pass = at("2026-10-25T01:20:00Z");
+        assert_eq!(
+            berlin.next_due(Some(second_pass), second_pass),
+            at("2026-10-25T01:30:00Z")
+        );
+        // In the first pass, ticks follow each other as on any night.
+        let first_pass = at("2026-10-25T00:20:00Z");
+        assert_eq!(
+            berlin.next_due(Some(first_pass), first_pass),
+            at("2026-10-25T00:30:00Z")
+        );
+        // Every tick of the night comes after the start it follows, fifteen minutes on, across both passes.
+        let mut start = at("2026-10-24T23:50:00Z");
+        for _ in 0..12 {
+            let next = berlin.next_due(Some(start), start);
+            assert!(
+                next > start && next - start <= TimeDelta::minutes(15),
+                "{start} -> {next}"
+            );
+            start = next;
+        }
+        assert_eq!(start, at("2026-10-25T02:45:00Z"));
     }
 
     #[test]

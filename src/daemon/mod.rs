@@ -125,7 +125,7 @@ fn scheduled_syncs<'c>(
 }
 
 /// The wait before trying a sync again after `failures` failures in a row.
-fn backoff(first: Duration, failures: u32) -> Duration {
+fn backoff_after(first: Duration, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
     first
         .saturating_mul(1 << doublings)
@@ -142,20 +142,42 @@ struct SyncLoop<'a> {
     failure_backoff: Duration,
 }
 
+/// A sync waiting to be tried again: since when (its failed run ended, or the start of a run that finishes an
+/// interrupted one) and until when.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+}
+
+/// When a sync is next due: its `scheduled` time, or, while it backs off after a failure, the end of the backoff,
+/// sooner only for a scheduled tick that comes after the failure. A tick the failed run itself outlasted does not
+/// cut the backoff short (it would run the failing sync again at once, time after time).
+fn due(scheduled: DateTime<Utc>, backoff: Option<Backoff>) -> DateTime<Utc> {
+    match backoff {
+        None => scheduled,
+        Some(backoff) if scheduled > backoff.since => backoff.until.min(scheduled),
+        Some(backoff) => backoff.until,
+    }
+}
+
 impl SyncLoop<'_> {
     /// Runs the sync on its schedule; `unfinished` (a journal an interrupted run left) makes the first run due at
     /// once, so that the interrupted run is finished without waiting for the next tick.
     async fn run(self, mut last_start: Option<DateTime<Utc>>, unfinished: bool) {
         let mut failures = 0;
-        let mut retry_at: Option<DateTime<Utc>> = None;
+        let mut backoff: Option<Backoff> = None;
         if unfinished {
             tracing::info!(sync = %self.sync.name(), "an interrupted run is waiting in the journal: finishing it now");
-            retry_at = Some(Utc::now());
+            let now = Utc::now();
+            backoff = Some(Backoff {
+                since: now,
+                until: now,
+            });
         }
         loop {
             let now = Utc::now();
-            let scheduled = self.schedule.next_due(last_start, now);
-            let due = retry_at.map_or(scheduled, |retry| retry.min(scheduled));
+            let due = due(self.schedule.next_due(last_start, now), backoff);
             if due > now {
                 tracing::info!(sync = %self.sync.name(), next_run = %due.to_rfc3339(), "waiting for the next run");
             }
@@ -175,10 +197,13 @@ impl SyncLoop<'_> {
                 RunOutcome::Interrupted => return,
                 RunOutcome::Failed => {
                     failures += 1;
-                    let wait = backoff(self.failure_backoff, failures);
-                    retry_at = TimeDelta::from_std(wait)
+                    let wait = backoff_after(self.failure_backoff, failures);
+                    let since = report.run.finished_at;
+                    let until = TimeDelta::from_std(wait)
                         .ok()
-                        .and_then(|wait| report.run.finished_at.checked_add_signed(wait));
+                        .and_then(|wait| since.checked_add_signed(wait))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                    backoff = Some(Backoff { since, until });
                     tracing::warn!(
                         sync = %self.sync.name(),
                         failures,
@@ -188,7 +213,7 @@ impl SyncLoop<'_> {
                 }
                 _ => {
                     failures = 0;
-                    retry_at = None;
+                    backoff = None;
                 }
             }
         }
@@ -200,12 +225,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_run_backs_off_even_when_it_outlasted_its_scheduled_tick() {
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        // Hourly in Berlin on the fall-back night; the run that started at 01:00 UTC failed at 02:10, after the 02:00
+        // tick had passed, and backs off for a minute.
+        let schedule =
+            crate::schedule::parse_schedule("0 * * * *", "Europe/Berlin".parse().unwrap()).unwrap();
+        let scheduled =
+            schedule.next_due(Some(at("2026-10-25T01:00:00Z")), at("2026-10-25T02:10:00Z"));
+        assert_eq!(scheduled, at("2026-10-25T02:00:00Z"));
+        let backoff = Backoff {
+            since: at("2026-10-25T02:10:00Z"),
+            until: at("2026-10-25T02:11:00Z"),
+        };
+        assert_eq!(due(scheduled, Some(backoff)), at("2026-10-25T02:11:00Z"));
+        // A tick that comes after the failure still comes first when it is sooner than the backoff's end.
+        let long = Backoff {
+            until: at("2026-10-25T04:10:00Z"),
+            ..backoff
+        };
+        let next_tick =
+            schedule.next_due(Some(at("2026-10-25T02:10:00Z")), at("2026-10-25T02:10:00Z"));
+        assert_eq!(due(next_tick, Some(long)), at("2026-10-25T03:00:00Z"));
+        assert_eq!(due(scheduled, None), scheduled);
+    }
+
+    #[test]
     fn backoff_doubles_up_to_an_hour() {
         let first = Duration::from_secs(30);
-        assert_eq!(backoff(first, 1), Duration::from_secs(30));
-        assert_eq!(backoff(first, 2), Duration::from_secs(60));
-        assert_eq!(backoff(first, 4), Duration::from_secs(240));
-        assert_eq!(backoff(first, 9), MAX_FAILURE_BACKOFF);
-        assert_eq!(backoff(first, 1000), MAX_FAILURE_BACKOFF);
+        assert_eq!(backoff_after(first, 1), Duration::from_secs(30));
+        assert_eq!(backoff_after(first, 2), Duration::from_secs(60));
+        assert_eq!(backoff_after(first, 4), Duration::from_secs(240));
+        assert_eq!(backoff_after(first, 9), MAX_FAILURE_BACKOFF);
+        assert_eq!(backoff_after(first, 1000), MAX_FAILURE_BACKOFF);
     }
 }
