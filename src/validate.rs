@@ -1,6 +1,6 @@
 //! `ldsync validate`: every check that can be made without running a model in full or calling LaunchDarkly.
 
-use crate::config::{Config, EventSyncConfig, SyncConfig};
+use crate::config::{Config, EventSyncConfig, SegmentSyncConfig};
 use crate::plan::EventPlanner;
 use crate::plan::{Planner, SyncPlanError};
 
@@ -10,7 +10,7 @@ use crate::plan::{Planner, SyncPlanError};
 pub fn check_sync(
     config: &Config,
     planner: &Planner,
-    sync: &SyncConfig,
+    sync: &SegmentSyncConfig,
 ) -> Result<String, SyncPlanError> {
     let model_path = config.model_path(sync);
     let (_, key) = planner.prepare_model(sync)?;

@@ -1,6 +1,7 @@
-//! The words every layer of ldsync shares: what a request does to a segment ([`Action`]) and which way a key
-//! moved between a baseline and the model ([`Direction`]). Plain data; nothing here does I/O or knows about the
-//! warehouse, the state store or LaunchDarkly.
+//! The words every layer of ldsync shares: what a request does to a segment ([`Action`]), which kind of segment it
+//! is ([`SegmentKind`]), which way a key moved between a baseline and the model ([`Direction`]), and who must act
+//! on an error ([`ErrorClass`]). Plain data; nothing here does I/O or knows about the warehouse, the state store
+//! or LaunchDarkly.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,15 @@ impl Action {
             Action::Remove => "remove",
         }
     }
+}
+
+/// A standard segment (at most 15,000 targets) or a big one (unbounded, one context kind, Enterprise plans).
+/// LaunchDarkly never changes a segment's type after it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentKind {
+    Standard,
+    Big,
 }
 
 /// Which way a key moved between a baseline (checkpoint or membership) and the model.

@@ -4,11 +4,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ldsync::config::{LaunchDarklyConfig, SegmentKind, TokenSource};
+use ldsync::config::{LaunchDarklyConfig, TokenSource};
 use ldsync::launchdarkly::pacing::{MAX_RETRIES, RetryWaits};
 use ldsync::launchdarkly::token::AccessToken;
 use ldsync::launchdarkly::{ApiError, Client};
 use ldsync::vocab::Action;
+use ldsync::vocab::SegmentKind;
 use ldsync_emulator::{Emulator, EmulatorConfig, Faults, RateLimit, SegmentSeed, ThrottleHeaders};
 
 fn connect(emulator: &Emulator, token: &str, environment: &str) -> Client {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use ldsync::config::{EngineSettings, WarehouseConfig};
+use ldsync::config::{SetEngineSettings, WarehouseConfig};
 use ldsync::state::events::{
     EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress, Watermark,
 };
@@ -211,7 +211,7 @@ fn a_wrong_url_or_an_unreachable_server_is_a_clear_error() {
         statement_timeout: Duration::from_secs(5),
         pool_size: 1,
     };
-    let err = Warehouse::open(&config, &EngineSettings::default(), Path::new("."))
+    let err = Warehouse::open(&config, &SetEngineSettings::default(), Path::new("."))
         .err()
         .unwrap()
         .to_string();

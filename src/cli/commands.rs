@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::{client, exit, runtime};
-use crate::config::{Config, SyncConfig, SyncEntry, TokenSource};
+use crate::config::{Config, SegmentSyncConfig, SyncEntry, TokenSource};
 use crate::history::RunOutcome;
 use crate::plan::EventPlanner;
 use crate::plan::SyncPlanError;
@@ -166,17 +166,17 @@ pub(super) fn plan(
     let syncs = config.select_syncs(names)?;
     let warehouse = Warehouse::for_project(config)?;
     let store = Store::open(config)?;
-    let segment_syncs: Vec<&SyncConfig> = syncs.iter().filter_map(|s| s.segment()).collect();
-    let plan_one: Box<dyn Fn(&SyncConfig) -> PlanResult + '_> = if full && !segment_syncs.is_empty()
-    {
-        let runner =
-            Runner::new(config, &warehouse, &store, client(config)?).with_progress(progress);
-        let runtime = runtime()?;
-        Box::new(move |sync| runtime.block_on(runner.plan_full(sync)))
-    } else {
-        let planner = Planner::new(config, &warehouse, &store).with_progress(progress);
-        Box::new(move |sync| planner.plan(sync))
-    };
+    let segment_syncs: Vec<&SegmentSyncConfig> = syncs.iter().filter_map(|s| s.segment()).collect();
+    let plan_one: Box<dyn Fn(&SegmentSyncConfig) -> PlanResult + '_> =
+        if full && !segment_syncs.is_empty() {
+            let runner =
+                Runner::new(config, &warehouse, &store, client(config)?).with_progress(progress);
+            let runtime = runtime()?;
+            Box::new(move |sync| runtime.block_on(runner.plan_full(sync)))
+        } else {
+            let planner = Planner::new(config, &warehouse, &store).with_progress(progress);
+            Box::new(move |sync| planner.plan(sync))
+        };
     let events = EventPlanner::new(config, &warehouse, &store).with_progress(progress);
     let event_results: Vec<EventPlanResult> = syncs
         .iter()

@@ -12,7 +12,7 @@ use super::visit::from_map;
 /// writes checkpoints, spilling to disk past its memory limit. With a duckdb warehouse it is the warehouse's own
 /// connection, so these settings apply to the models too.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineConfig {
+pub struct SetEngineConfig {
     /// DuckDB's `memory_limit`, such as `256MB` or `2GB`.
     pub memory_limit: String,
     /// How many threads DuckDB uses; all cores when absent.
@@ -26,9 +26,9 @@ pub struct EngineConfig {
 /// without spilling much, small enough for a shared host.
 pub const DEFAULT_ENGINE_MEMORY: &str = "256MB";
 
-impl Default for EngineConfig {
+impl Default for SetEngineConfig {
     fn default() -> Self {
-        EngineConfig {
+        SetEngineConfig {
             memory_limit: DEFAULT_ENGINE_MEMORY.to_string(),
             threads: None,
             temp_directory: None,
@@ -38,7 +38,7 @@ impl Default for EngineConfig {
 
 /// The set engine's settings as the warehouse applies them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineSettings {
+pub struct SetEngineSettings {
     pub memory_limit: String,
     pub threads: Option<u32>,
     /// Absent: DuckDB's own default.
@@ -46,9 +46,9 @@ pub struct EngineSettings {
 }
 
 /// The defaults, spilling where DuckDB spills by default.
-impl Default for EngineSettings {
+impl Default for SetEngineSettings {
     fn default() -> Self {
-        EngineSettings {
+        SetEngineSettings {
             memory_limit: DEFAULT_ENGINE_MEMORY.to_string(),
             threads: None,
             temp_directory: None,
@@ -56,13 +56,13 @@ impl Default for EngineSettings {
     }
 }
 
-impl<'de> Deserialize<'de> for EngineConfig {
+impl<'de> Deserialize<'de> for SetEngineConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_map(deserializer, EngineConfig::from_raw)
+        from_map(deserializer, SetEngineConfig::from_raw)
     }
 }
 
-impl EngineConfig {
+impl SetEngineConfig {
     fn from_raw(raw: RawEngine) -> Result<Self, String> {
         let memory_limit = raw
             .memory_limit
@@ -84,7 +84,7 @@ impl EngineConfig {
         if raw.threads == Some(0) {
             return Err("`threads` must be at least 1".into());
         }
-        Ok(EngineConfig {
+        Ok(SetEngineConfig {
             memory_limit,
             threads: raw.threads,
             temp_directory: raw.temp_directory.map(|d| PathBuf::from(d.0)),
@@ -124,21 +124,21 @@ mod tests {
 
     #[test]
     fn engine_settings_take_sizes_and_default_to_a_bounded_engine() {
-        let engine: EngineConfig =
+        let engine: SetEngineConfig =
             serde_yaml_ng::from_str("memory_limit: 1.5GB\nthreads: 2\ntemp_directory: spill\n")
                 .unwrap();
         assert_eq!(
             engine,
-            EngineConfig {
+            SetEngineConfig {
                 memory_limit: "1.5GB".into(),
                 threads: Some(2),
                 temp_directory: Some(PathBuf::from("spill")),
             }
         );
-        let defaults: EngineConfig = serde_yaml_ng::from_str("{}").unwrap();
-        assert_eq!(defaults, EngineConfig::default());
+        let defaults: SetEngineConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(defaults, SetEngineConfig::default());
         assert_eq!(defaults.memory_limit, "256MB");
-        let err = serde_yaml_ng::from_str::<EngineConfig>("memory_limit: 32MB")
+        let err = serde_yaml_ng::from_str::<SetEngineConfig>("memory_limit: 32MB")
             .unwrap_err()
             .to_string();
         assert!(
@@ -150,7 +150,7 @@ mod tests {
             "memory_limit: 12",
             "memory_limit: -1GB",
         ] {
-            let err = serde_yaml_ng::from_str::<EngineConfig>(wrong)
+            let err = serde_yaml_ng::from_str::<SetEngineConfig>(wrong)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -158,11 +158,11 @@ mod tests {
                 "{err}"
             );
         }
-        let err = serde_yaml_ng::from_str::<EngineConfig>("threads: 0")
+        let err = serde_yaml_ng::from_str::<SetEngineConfig>("threads: 0")
             .unwrap_err()
             .to_string();
         assert!(err.contains("`threads` must be at least 1"), "{err}");
-        let err = serde_yaml_ng::from_str::<EngineConfig>("memroy_limit: 1GB")
+        let err = serde_yaml_ng::from_str::<SetEngineConfig>("memroy_limit: 1GB")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `memroy_limit`"), "{err}");

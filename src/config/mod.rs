@@ -28,7 +28,7 @@ mod syncs;
 mod visit;
 mod warehouse;
 
-pub use engine::{DEFAULT_ENGINE_MEMORY, EngineConfig, EngineSettings, parse_size};
+pub use engine::{DEFAULT_ENGINE_MEMORY, SetEngineConfig, SetEngineSettings, parse_size};
 pub use interpolate::interpolate;
 pub use launchdarkly::{DEFAULT_TOKEN_ENV, LaunchDarklyConfig, TokenSource};
 pub use raw::CONFIG_VERSION;
@@ -36,7 +36,7 @@ pub use state::{DEFAULT_STATE_DIR, DEFAULT_STATE_SCHEMA, PostgresState, StateCon
 pub use syncs::{
     DEFAULT_EVENTS_PER_BATCH, DEFAULT_LATENESS, DEFAULT_MAX_REMOVE_PERCENT, EventContext,
     EventSyncConfig, InvalidKeys, MAX_BATCH_SIZE, MAX_EVENT_BATCH_BYTES, MAX_EVENTS_PER_BATCH,
-    MAX_KEY_CHARS, Mode, RemovalGates, SegmentKind, SyncConfig, SyncEntry,
+    MAX_KEY_CHARS, Mode, RemovalGates, SegmentSyncConfig, SyncEntry,
 };
 pub use warehouse::{DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, WarehouseConfig};
 
@@ -71,9 +71,9 @@ pub struct Config {
     pub launchdarkly: LaunchDarklyConfig,
     pub state: StateConfig,
     /// The embedded DuckDB that does ldsync's set work (`engine:`).
-    pub engine: EngineConfig,
+    pub engine: SetEngineConfig,
     /// Segment syncs (`syncs:`).
-    pub syncs: Vec<SyncConfig>,
+    pub syncs: Vec<SegmentSyncConfig>,
     /// Events syncs (`events:`).
     pub events: Vec<EventSyncConfig>,
 }
@@ -137,7 +137,7 @@ impl Config {
     }
 
     /// Where the model of `sync` lives on disk.
-    pub fn model_path(&self, sync: &SyncConfig) -> PathBuf {
+    pub fn model_path(&self, sync: &SegmentSyncConfig) -> PathBuf {
         self.model_file(&sync.model)
     }
 
@@ -149,8 +149,8 @@ impl Config {
 
     /// The set engine's settings, its spill directory resolved: `engine.temp_directory` against the project
     /// directory, or `.duckdb-spill` in the state directory.
-    pub fn engine_settings(&self) -> EngineSettings {
-        EngineSettings {
+    pub fn engine_settings(&self) -> SetEngineSettings {
+        SetEngineSettings {
             memory_limit: self.engine.memory_limit.clone(),
             threads: self.engine.threads,
             temp_directory: Some(self.engine.temp_directory.as_ref().map_or_else(

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny};
 
-use super::engine::EngineConfig;
+use super::engine::SetEngineConfig;
 use super::fields::{EnvVarName, ResourceKey};
 use super::interpolate::Interpolated;
 use super::launchdarkly::{Instance, LaunchDarklyConfig};
@@ -31,7 +31,7 @@ pub(super) struct ConfigFile {
     pub(super) launchdarkly: LaunchDarklyConfig,
     pub(super) state: StateConfig,
     #[serde(default)]
-    pub(super) engine: EngineConfig,
+    pub(super) engine: SetEngineConfig,
     #[serde(default)]
     pub(super) syncs: Syncs,
     #[serde(default)]
@@ -108,7 +108,7 @@ pub(super) enum StateKind {
     Postgres,
 }
 
-/// `engine:` as written; [`EngineConfig`] checks it.
+/// `engine:` as written; [`SetEngineConfig`] checks it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEngine {

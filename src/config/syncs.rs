@@ -13,6 +13,7 @@ use super::fields::{
 };
 use super::visit::{from_number, from_str};
 use crate::schedule::Schedule;
+use crate::vocab::SegmentKind;
 
 /// LaunchDarkly accepts at most this many target operations in one semantic-patch request.
 pub const MAX_BATCH_SIZE: usize = 1_500;
@@ -98,7 +99,7 @@ impl Default for RemovalGates {
 /// One sync: a model, the segment it feeds, and how.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SyncConfig {
+pub struct SegmentSyncConfig {
     /// Unique within the file; names the sync's state directory and appears in every message about it.
     #[serde(deserialize_with = "sync_name")]
     pub name: String,
@@ -128,10 +129,10 @@ pub struct SyncConfig {
     pub create_segment: Option<SegmentKind>,
 }
 
-impl SyncConfig {
+impl SegmentSyncConfig {
     /// Whether the two syncs would fight over one segment's targets: same segment and context kind, and one of them
     /// removes keys (mirror or remove mode). Two add syncs only ever add, so they can share a segment.
-    pub fn conflicts_with(&self, other: &SyncConfig) -> bool {
+    pub fn conflicts_with(&self, other: &SegmentSyncConfig) -> bool {
         self.segment == other.segment
             && self.context_kind == other.context_kind
             && (self.mode != Mode::Add || other.mode != Mode::Add)
@@ -293,7 +294,7 @@ fn event_contexts<'de, D: Deserializer<'de>>(
 /// One sync of either kind, as commands and the scheduler see it.
 #[derive(Debug, Clone, Copy)]
 pub enum SyncEntry<'a> {
-    Segment(&'a SyncConfig),
+    Segment(&'a SegmentSyncConfig),
     Events(&'a EventSyncConfig),
 }
 
@@ -306,7 +307,7 @@ impl<'a> SyncEntry<'a> {
     }
 
     /// The segment sync, if this is one.
-    pub fn segment(self) -> Option<&'a SyncConfig> {
+    pub fn segment(self) -> Option<&'a SegmentSyncConfig> {
         match self {
             SyncEntry::Segment(sync) => Some(sync),
             SyncEntry::Events(_) => None,
@@ -327,15 +328,6 @@ impl<'a> SyncEntry<'a> {
             SyncEntry::Events(sync) => sync.schedule.as_ref(),
         }
     }
-}
-
-/// A standard segment (at most 15,000 targets) or a big one (unbounded, one context kind, Enterprise plans).
-/// LaunchDarkly never changes a segment's type after it is created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SegmentKind {
-    Standard,
-    Big,
 }
 
 fn default_context_kind() -> String {
@@ -367,7 +359,7 @@ fn batch_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Er
 
 /// The list of segment syncs, whose names must be unique.
 #[derive(Default)]
-pub(super) struct Syncs(pub(super) Vec<SyncConfig>);
+pub(super) struct Syncs(pub(super) Vec<SegmentSyncConfig>);
 
 impl<'de> Deserialize<'de> for Syncs {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -385,8 +377,8 @@ impl<'de> Visitor<'de> for SyncsVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Syncs, A::Error> {
-        let mut syncs: Vec<SyncConfig> = Vec::new();
-        while let Some(sync) = seq.next_element::<SyncConfig>()? {
+        let mut syncs: Vec<SegmentSyncConfig> = Vec::new();
+        while let Some(sync) = seq.next_element::<SegmentSyncConfig>()? {
             if let Some(j) = syncs.iter().position(|s| s.name == sync.name) {
                 return Err(de::Error::custom(format!(
                     "the sync name `{}` is used by syncs[{j}] and syncs[{}]; names must be unique",
@@ -420,7 +412,7 @@ impl<'de> Visitor<'de> for SyncsVisitor {
 /// Checks that there is at least one sync and that names are unique across `syncs:` and `events:` (a name names
 /// the sync's state directory).
 pub(super) fn check_sync_names(
-    syncs: &[SyncConfig],
+    syncs: &[SegmentSyncConfig],
     events: &[EventSyncConfig],
 ) -> Result<(), String> {
     if syncs.is_empty() && events.is_empty() {

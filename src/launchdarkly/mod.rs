@@ -31,7 +31,7 @@ pub const API_VERSION: &str = "20240415";
 /// The content type that makes a PATCH body a semantic patch.
 pub const SEMANTIC_PATCH: &str = "application/json; domain-model=launchdarkly.semanticpatch";
 
-pub use crate::config::SegmentKind;
+use crate::vocab::SegmentKind;
 
 impl CallStats {
     /// What was done since `before` was taken.

@@ -4,7 +4,7 @@
 use arrow::array::StringArray;
 
 use super::PlanError;
-use crate::config::{Mode, SyncConfig};
+use crate::config::{Mode, SegmentSyncConfig};
 use crate::launchdarkly::Segment;
 use crate::state::Checkpoint;
 
@@ -33,7 +33,7 @@ impl Baseline<'_> {
 ///
 /// Only a mirror run needs a big segment's members; without a checkpoint it stops rather than guess them.
 pub fn choose_baseline<'p>(
-    sync: &SyncConfig,
+    sync: &SegmentSyncConfig,
     segment: Option<&Segment>,
     checkpoint: Option<&'p Checkpoint>,
     members: &'p StringArray,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use arrow::array::{Array, StringArray};
 
-use crate::config::{Config, Mode, SegmentKind, SyncConfig};
+use crate::config::{Config, Mode, SegmentSyncConfig};
 use crate::launchdarkly::Segment;
 use crate::progress;
 use crate::set_engine::{
@@ -18,6 +18,7 @@ use crate::set_engine::{
 use crate::state::{Checkpoint, CheckpointSettings, PgStore, StateError, Store};
 use crate::vocab::Direction;
 use crate::vocab::ErrorClass;
+use crate::vocab::SegmentKind;
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
 
 pub use baseline::Baseline;
@@ -149,7 +150,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Plans one sync against its committed checkpoint: what `ldsync plan` shows.
-    pub fn plan(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncPlanError> {
+    pub fn plan(&self, sync: &SegmentSyncConfig) -> Result<SyncPlan, SyncPlanError> {
         let checkpoint = self.checkpoint(sync)?;
         let baseline = Baseline::Checkpoint(checkpoint.as_ref());
         let model = self.model_keys(sync, baseline)?;
@@ -172,7 +173,7 @@ impl<'a> Planner<'a> {
     /// `Listing::InEngine`, the keys for a big segment (which has no excluded targets) stay in the set engine.
     pub fn plan_for_segment(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         segment: Option<Segment>,
         full: bool,
         listing: Listing,
@@ -218,7 +219,10 @@ impl<'a> Planner<'a> {
 
     /// The sync's committed checkpoint, checked against its settings and its manifest; `None` before its first
     /// commit.
-    pub fn checkpoint(&self, sync: &SyncConfig) -> Result<Option<Checkpoint>, SyncPlanError> {
+    pub fn checkpoint(
+        &self,
+        sync: &SegmentSyncConfig,
+    ) -> Result<Option<Checkpoint>, SyncPlanError> {
         let settings = CheckpointSettings::of(self.config, sync);
         let checkpoint = self
             .store
@@ -238,7 +242,7 @@ impl<'a> Planner<'a> {
     /// in-warehouse diff).
     fn model_keys(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         baseline: Baseline<'_>,
     ) -> Result<ModelKeys<'a>, SyncPlanError> {
         self.read_model_keys(sync, baseline)
@@ -256,7 +260,7 @@ impl<'a> Planner<'a> {
     /// Plans one sync's model keys against a baseline, keeping the model and the delta its key lists are read from.
     fn plan_against<'e>(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         model: ModelKeys<'e>,
         baseline: Baseline<'_>,
         listing: Listing,
@@ -278,7 +282,7 @@ impl<'a> Planner<'a> {
     /// Whether the model's valid keys are exactly the checkpoint's.
     fn matches_checkpoint(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         model: &ModelKeys<'_>,
         checkpoint: &Checkpoint,
     ) -> Result<bool, SyncPlanError> {
@@ -300,7 +304,7 @@ impl<'a> Planner<'a> {
     /// a remove-mode plan's percent gate against the segment's real size.
     fn fit_to_segment(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         plan: &mut SyncPlan,
         segment: &Segment,
         baseline: Baseline<'_>,
@@ -321,7 +325,7 @@ impl<'a> Planner<'a> {
     /// checkpoint's keys, leaving aside keys it holds as `excluded` (sorted) targets (never added, so never missing).
     fn drift(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         checkpoint: &Checkpoint,
         members: &StringArray,
         excluded: &[String],
@@ -355,7 +359,11 @@ impl<'a> Planner<'a> {
     }
 
     /// A planning error about `sync`, naming its model.
-    pub(crate) fn error(&self, sync: &SyncConfig, source: impl Into<PlanError>) -> SyncPlanError {
+    pub(crate) fn error(
+        &self,
+        sync: &SegmentSyncConfig,
+        source: impl Into<PlanError>,
+    ) -> SyncPlanError {
         SyncPlanError {
             sync: sync.name.clone(),
             model: self.config.model_path(sync).display().to_string(),
@@ -364,11 +372,14 @@ impl<'a> Planner<'a> {
     }
 
     /// The model's SQL and its key column, as the warehouse describes it.
-    pub fn prepare_model(&self, sync: &SyncConfig) -> Result<(String, KeyColumn), SyncPlanError> {
+    pub fn prepare_model(
+        &self,
+        sync: &SegmentSyncConfig,
+    ) -> Result<(String, KeyColumn), SyncPlanError> {
         self.read_model(sync).map_err(|e| self.error(sync, e))
     }
 
-    fn read_model(&self, sync: &SyncConfig) -> Result<(String, KeyColumn), PlanError> {
+    fn read_model(&self, sync: &SegmentSyncConfig) -> Result<(String, KeyColumn), PlanError> {
         let model_path = self.config.model_path(sync);
         let sql = std::fs::read_to_string(&model_path).map_err(|source| PlanError::ModelFile {
             path: model_path,
@@ -380,7 +391,7 @@ impl<'a> Planner<'a> {
 
     fn read_model_keys(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         baseline: Baseline<'_>,
     ) -> Result<ModelKeys<'a>, PlanError> {
         let (sql, key) = self.read_model(sync)?;
@@ -409,7 +420,7 @@ impl<'a> Planner<'a> {
 }
 
 fn plan_keys<'e>(
-    sync: &SyncConfig,
+    sync: &SegmentSyncConfig,
     model_path: &std::path::Path,
     model: &ModelKeys<'e>,
     baseline: Baseline<'_>,
@@ -481,7 +492,7 @@ fn plan_keys<'e>(
 
 /// The keys a sync's mode adds and removes, given what entered and left the model since `baseline`.
 fn key_changes(
-    sync: &SyncConfig,
+    sync: &SegmentSyncConfig,
     model: &ModelKeys<'_>,
     diff: &Delta<'_>,
     baseline: Baseline<'_>,

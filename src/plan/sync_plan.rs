@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
 use super::Baseline;
-use crate::config::{Mode, SyncConfig};
+use crate::config::{Mode, SegmentSyncConfig};
 use crate::keys::KeyStats;
 use crate::launchdarkly::Segment;
 use crate::set_engine::KeyList;
@@ -249,7 +249,7 @@ fn key_list<S: Serializer>(keys: &KeyList, serializer: S) -> Result<S::Ok, S::Er
 /// not the segment's members: the segment's size comes from the read, and of a standard segment only the members
 /// it really holds count as removed.
 pub(super) fn remove_mode_percent_gate(
-    sync: &SyncConfig,
+    sync: &SegmentSyncConfig,
     segment: &Segment,
     plan: &SyncPlan,
 ) -> Option<GateStop> {
@@ -290,7 +290,7 @@ pub fn requests(adds: usize, removes: usize, batch_size: usize) -> Vec<PlannedRe
 /// `members` is the segment's size when it is known: in remove mode a checkpoint holds the keys removed, not the
 /// segment's members, so `sync` checks the percent gate once it has read the segment.
 pub(super) fn gate_stops(
-    sync: &SyncConfig,
+    sync: &SegmentSyncConfig,
     keys: &KeyStats,
     members: Option<u64>,
     removes: u64,
@@ -317,7 +317,11 @@ pub(super) fn gate_stops(
 
 /// The `max_remove_percent` gate: removing more than that share of the segment's `members` stops the run. An empty
 /// segment has nothing to lose.
-pub(super) fn percent_gate(sync: &SyncConfig, members: u64, removes: u64) -> Option<GateStop> {
+pub(super) fn percent_gate(
+    sync: &SegmentSyncConfig,
+    members: u64,
+    removes: u64,
+) -> Option<GateStop> {
     let max = sync.gates.max_remove_percent?;
     if removes == 0 || members == 0 {
         return None;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::send::abandon_or_resume;
 use super::{RunError, Runner, SyncOptions, Tally};
-use crate::config::{SegmentKind, SyncConfig};
+use crate::config::SegmentSyncConfig;
 use crate::history::RunOutcome;
 use crate::launchdarkly::Segment;
 use crate::plan::{
@@ -22,6 +22,7 @@ use crate::state::{
     CheckpointSettings, Journal, JournalBatch, JournalHeader, PreparedSnapshot, RunIdentity,
 };
 use crate::vocab::Action;
+use crate::vocab::SegmentKind;
 
 /// What a segment sync's run is, and what it commits once every batch is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +73,7 @@ impl Runner<'_> {
     /// nothing. With `Listing::InEngine`, the keys for a big segment stay in the set engine.
     async fn plan_run(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         full: bool,
         listing: Listing,
     ) -> Result<ExecutablePlan<'_>, RunError> {
@@ -86,7 +87,7 @@ impl Runner<'_> {
     }
 
     /// `ldsync plan --full`: the plan a `sync --full` would execute, against the segment's real membership.
-    pub async fn plan_full(&self, sync: &SyncConfig) -> Result<SyncPlan, SyncPlanError> {
+    pub async fn plan_full(&self, sync: &SegmentSyncConfig) -> Result<SyncPlan, SyncPlanError> {
         match self.plan_run(sync, true, Listing::Listed).await {
             Ok(run) => Ok(run.plan),
             Err(RunError::Plan(e)) => Err(e),
@@ -99,7 +100,7 @@ impl Runner<'_> {
 
     pub(super) async fn run_segment(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         run_id: &str,
         options: SyncOptions,
         tally: &mut Tally,
@@ -143,7 +144,7 @@ impl Runner<'_> {
     /// segment's real membership, whatever that run had done).
     async fn settle_journal(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         settings: &CheckpointSettings,
         options: SyncOptions,
         tally: &mut Tally,
@@ -174,7 +175,7 @@ impl Runner<'_> {
     /// Checks that the segment can take the plan, creating it if it is missing and the sync allows it.
     async fn ready_segment(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         segment: Option<Segment>,
         plan: &SyncPlan,
         run_id: &str,
@@ -222,7 +223,7 @@ impl Runner<'_> {
     /// Writes the run's snapshot and journal, durably, before anything is sent.
     fn write_journal(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         run_id: &str,
         settings: &CheckpointSettings,
         segment_kind: SegmentKind,
@@ -251,7 +252,7 @@ impl Runner<'_> {
     /// Writes the model's keys as the snapshot this run will commit.
     fn prepare_snapshot(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         run_id: &str,
         model: &ModelKeys<'_>,
     ) -> Result<PreparedSnapshot, RunError> {
@@ -272,7 +273,7 @@ impl Runner<'_> {
     /// refuses for good is recorded as refused, so that no later run sends it again.
     async fn finish(
         &self,
-        sync: &SyncConfig,
+        sync: &SegmentSyncConfig,
         mut journal: SegmentJournal,
         settings: &CheckpointSettings,
         tally: &mut Tally,
@@ -326,7 +327,7 @@ impl Runner<'_> {
 
 /// Checks that a segment this run asked to create (or found created by someone else) is what the sync creates.
 fn check_created(
-    sync: &SyncConfig,
+    sync: &SegmentSyncConfig,
     wanted: SegmentKind,
     segment: &Segment,
 ) -> Result<(), RunError> {
@@ -349,7 +350,7 @@ fn check_created(
     Ok(())
 }
 
-fn check_standard_size(sync: &SyncConfig, after: u64) -> Result<(), RunError> {
+fn check_standard_size(sync: &SegmentSyncConfig, after: u64) -> Result<(), RunError> {
     if after > STANDARD_SEGMENT_MAX_TARGETS {
         return Err(RunError::StandardSegmentFull {
             segment: sync.segment.clone(),

@@ -242,7 +242,7 @@ mod tests {
 
     use super::model::Distinct;
     use super::*;
-    use crate::config::{EngineSettings, WarehouseConfig};
+    use crate::config::{SetEngineSettings, WarehouseConfig};
     use std::collections::BTreeSet;
 
     /// An in-memory duckdb warehouse whose table `m` holds `keys`, in order, and whose `startup_sql` ran first.
@@ -254,7 +254,7 @@ mod tests {
             startup_sql: statements,
         };
         let warehouse =
-            Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap();
+            Warehouse::open(&config, &SetEngineSettings::default(), Path::new(".")).unwrap();
         {
             let mut appender = warehouse.engine().unwrap().appender("m").unwrap();
             for key in keys {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::StateError;
 use super::postgres::PgStore;
 use super::snapshot::{SnapshotKeys, hash_file, open};
-use crate::config::{Config, Mode, SyncConfig};
+use crate::config::{Config, Mode, SegmentSyncConfig};
 
 /// The manifest format this build writes.
 pub const MANIFEST_FORMAT: u32 = 2;
@@ -29,7 +29,7 @@ pub struct CheckpointSettings {
 }
 
 impl CheckpointSettings {
-    pub fn of(config: &Config, sync: &SyncConfig) -> Self {
+    pub fn of(config: &Config, sync: &SegmentSyncConfig) -> Self {
         CheckpointSettings {
             project: config.launchdarkly.project.clone(),
             environment: config.launchdarkly.environment.clone(),

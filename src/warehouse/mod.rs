@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::ArrayRef;
 
-use crate::config::{Config, EngineSettings, WarehouseConfig};
+use crate::config::{Config, SetEngineSettings, WarehouseConfig};
 use crate::vocab::ErrorClass;
 
 /// Why the warehouse could not run something.
@@ -118,7 +118,7 @@ pub enum Warehouse {
         source: postgres::Postgres,
         /// Opened when first needed: a fetch or an events sync never needs it.
         engine: std::cell::OnceCell<duckdb::Connection>,
-        settings: EngineSettings,
+        settings: SetEngineSettings,
     },
 }
 
@@ -137,7 +137,7 @@ impl Warehouse {
     /// `project_dir`, wherever ldsync is started from.
     pub fn open(
         config: &WarehouseConfig,
-        engine: &EngineSettings,
+        engine: &SetEngineSettings,
         project_dir: &Path,
     ) -> Result<Warehouse, WarehouseError> {
         match config {
@@ -284,7 +284,7 @@ impl Warehouse {
 }
 
 /// Opens a separate in-memory set engine (for warehouses other than DuckDB).
-fn open_engine(settings: &EngineSettings) -> Result<duckdb::Connection, WarehouseError> {
+fn open_engine(settings: &SetEngineSettings) -> Result<duckdb::Connection, WarehouseError> {
     let conn = duckdb::Connection::open_in_memory().map_err(|source| WarehouseError::Open {
         database: ":memory:".to_string(),
         source,
@@ -308,7 +308,7 @@ fn spill_directory(dir: &Path) -> PathBuf {
 
 fn apply_engine_settings(
     conn: &duckdb::Connection,
-    settings: &EngineSettings,
+    settings: &SetEngineSettings,
 ) -> Result<(), WarehouseError> {
     let mut statements = vec![format!(
         "SET memory_limit = {}",
@@ -335,7 +335,7 @@ fn apply_engine_settings(
 
 fn open_duckdb(
     database: Option<&str>,
-    engine: &EngineSettings,
+    engine: &SetEngineSettings,
     startup_sql: &[String],
     project_dir: &Path,
 ) -> Result<duckdb::Connection, WarehouseError> {
@@ -427,7 +427,7 @@ mod tests {
             database: None,
             startup_sql: vec!["CREATE TABLE t AS SELECT i AS id, 'k' || i AS name, i::DOUBLE * 1.5 AS score FROM range(5000) r(i)".into()],
         };
-        Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap()
+        Warehouse::open(&config, &SetEngineSettings::default(), Path::new(".")).unwrap()
     }
 
     #[test]
@@ -485,7 +485,7 @@ mod tests {
                 "CREATE VIEW v AS SELECT * FROM missing_table".into(),
             ],
         };
-        let err = Warehouse::open(&config, &EngineSettings::default(), Path::new("."))
+        let err = Warehouse::open(&config, &SetEngineSettings::default(), Path::new("."))
             .err()
             .unwrap();
         assert!(

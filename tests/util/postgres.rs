@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ldsync::config::{EngineSettings, WarehouseConfig};
+use ldsync::config::{SetEngineSettings, WarehouseConfig};
 use ldsync::warehouse::Warehouse;
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -96,7 +96,7 @@ impl Schema {
             statement_timeout: Duration::from_secs(60),
             pool_size: 2,
         };
-        Warehouse::open(&config, &EngineSettings::default(), Path::new(".")).unwrap()
+        Warehouse::open(&config, &SetEngineSettings::default(), Path::new(".")).unwrap()
     }
 }
 

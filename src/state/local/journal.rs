@@ -366,10 +366,10 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
 mod tests {
     use super::*;
     use crate::config::Mode;
-    use crate::config::SegmentKind;
     use crate::run::{Batch, RunHeader};
     use crate::state::{CheckpointSettings, PreparedSnapshot, RunIdentity};
     use crate::vocab::Action;
+    use crate::vocab::SegmentKind;
 
     fn header(batch_count: usize) -> RunHeader {
         RunHeader {
