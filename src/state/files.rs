@@ -8,6 +8,23 @@ use std::path::Path;
 
 use super::StateError;
 
+/// How many random letters and digits end the name of an atomic write's temporary file (tempfile's default, set
+/// here so that the name is known: see [`is_temporary_of`]).
+const TEMPORARY_RANDOM_CHARS: usize = 6;
+
+/// Whether `file_name` is the temporary file of an atomic write of `name`: `.<name>.` and six random letters or
+/// digits. A process killed before its rename leaves one behind.
+pub(crate) fn is_temporary_of(file_name: &str, name: &str) -> bool {
+    file_name
+        .strip_prefix('.')
+        .and_then(|rest| rest.strip_prefix(name))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|random| {
+            random.len() == TEMPORARY_RANDOM_CHARS
+                && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
 /// Writes `name` in `dir` through a temporary file that is fsynced and renamed into place.
 fn write_atomically(
     dir: &Path,
@@ -22,6 +39,7 @@ fn write_atomically(
     };
     let mut temp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
+        .rand_bytes(TEMPORARY_RANDOM_CHARS)
         .tempfile_in(dir)
         .map_err(|e| io("cannot create a temporary file for", e))?;
     write(temp.as_file_mut())?;
@@ -129,6 +147,34 @@ mod tests {
         let mut file = File::options().read(true).append(true).open(&path).unwrap();
         let cut = cut_torn_last_line(&mut file).unwrap();
         (std::fs::read(&path).unwrap(), cut)
+    }
+
+    #[test]
+    fn an_atomic_writes_temporary_file_is_named_as_is_temporary_of_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = Vec::new();
+        write_file_atomically_with(dir.path(), "manifest.json", |_| {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                seen.push(entry.unwrap().file_name().into_string().unwrap());
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(is_temporary_of(&seen[0], "manifest.json"), "{seen:?}");
+        assert!(!is_temporary_of(&seen[0], "journal.jsonl"), "{seen:?}");
+        for other in [
+            "manifest.json",
+            ".manifest.json",
+            ".manifest.json.",
+            ".manifest.json.bak",
+            ".manifest.json.ab-12c",
+            ".manifest.json.Ab3xYz.keep",
+            "manifest.json.Ab3xYz",
+            "..manifest.json.Ab3xYz",
+        ] {
+            assert!(!is_temporary_of(other, "manifest.json"), "{other}");
+        }
     }
 
     #[test]
