@@ -116,11 +116,8 @@ mod tests {
     use crate::state::LocalStore;
     use std::io::Write;
 
-    #[test]
-    fn records_append_and_read_back_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = Utc::now();
-        let record = |run_id: &str, outcome| RunRecord {
+    fn record(run_id: &str, outcome: RunOutcome, now: DateTime<Utc>) -> RunRecord {
+        RunRecord {
             sync: "s".into(),
             run_id: run_id.into(),
             started_at: now,
@@ -141,7 +138,14 @@ mod tests {
                 ..CallStats::default()
             },
             error: None,
-        };
+        }
+    }
+
+    #[test]
+    fn records_append_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let record = |run_id: &str, outcome| record(run_id, outcome, now);
         let store = Store::Local(LocalStore::new(dir.path()));
         append(&store, &record("r1", RunOutcome::Failed)).unwrap();
         append(&store, &record("r2", RunOutcome::Synced)).unwrap();
@@ -158,6 +162,41 @@ mod tests {
                 record("r1", RunOutcome::Failed),
                 record("r2", RunOutcome::Synced)
             ]
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_the_next_record_is_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let record = |run_id: &str, outcome| record(run_id, outcome, now);
+        let store = Store::Local(LocalStore::new(dir.path()));
+        append(&store, &record("r1", RunOutcome::Failed)).unwrap();
+        append(&store, &record("r2", RunOutcome::Synced)).unwrap();
+        let path = dir.path().join("s").join("runs.jsonl");
+        let whole = std::fs::read(&path).unwrap();
+        // A crash in the middle of an append left part of a line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"sync\":\"s\",\"run_id\":\"crashed")
+            .unwrap();
+
+        append(&store, &record("r3", RunOutcome::Synced)).unwrap();
+        assert_eq!(
+            read(&store, "s").unwrap(),
+            [
+                record("r1", RunOutcome::Failed),
+                record("r2", RunOutcome::Synced),
+                record("r3", RunOutcome::Synced)
+            ]
+        );
+        let third = serde_json::to_string(&record("r3", RunOutcome::Synced)).unwrap() + "\n";
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            [whole, third.into_bytes()].concat(),
+            "the torn line is cut off, and the next record starts where it began"
         );
     }
 }

@@ -300,3 +300,48 @@ fn a_plan_killed_in_the_warehouse_leaves_nothing_behind_and_the_next_one_runs() 
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_model_whose_last_line_is_a_comment_is_diffed_in_the_warehouse() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(
+        &url,
+        "pushdown_comment",
+        "CREATE TABLE people (id int8);
+         INSERT INTO people SELECT g FROM generate_series(1, 50) g;",
+    );
+    let project = Project::example();
+    project.write(
+        "connector.yaml",
+        &format!(
+            "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\nlaunchdarkly:\n  project: default\n  \
+             environment: production\nstate:\n  kind: postgres\n  url: {url}\n  schema: {schema}\n\
+             syncs:\n  - name: people\n    model: people\n    segment: people\n    mode: mirror\n",
+            schema = schema.name,
+        ),
+    );
+    // No newline after the comment: the in-warehouse diff's query must not end inside it.
+    project.write(
+        "sql/people.sql",
+        &format!(
+            "SELECT id AS context_key FROM {}.people -- everyone",
+            schema.name
+        ),
+    );
+    let store = Store::open(&project.config()).unwrap();
+    let settings = CheckpointSettings::of(&project.config(), &project.config().syncs[0]);
+    store
+        .commit("people", "run-0", &settings, ["1", "2", "gone"])
+        .unwrap();
+
+    let out = project.ldsync("day1", &["plan", "--format", "json"]);
+    ok(&out);
+    let plan = &json(&out)["syncs"][0];
+    let entered: BTreeSet<String> = (3..=50).map(|i: i64| i.to_string()).collect();
+    assert_eq!(strings(&plan["adds"]), entered);
+    assert_eq!(
+        strings(&plan["removes"]),
+        BTreeSet::from(["gone".to_string()])
+    );
+    assert_eq!(plan["keys"]["rows"], 50);
+}

@@ -575,3 +575,40 @@ fn an_audience_past_the_engine_memory_limit_is_planned_exactly_in_partitions() {
         "the plan spilled beside the missing directories and made none of them"
     );
 }
+
+/// Rewrites `sql/<model>.sql` so that its last line is a `--` comment, with no newline after it.
+fn end_model_with_a_comment(project: &Project, model: &str) {
+    let path = format!("sql/{model}.sql");
+    let sql = std::fs::read_to_string(project.path(&path)).unwrap();
+    project.write(&path, &format!("{}\n-- trailing comment", sql.trim_end()));
+}
+
+#[test]
+fn a_model_whose_last_line_is_a_comment_plans_its_exact_keys() {
+    let project = Project::example();
+    end_model_with_a_comment(&project, "pro_users");
+    let out = project.ldsync("day1", &["plan", "pro-users", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    let pro = sync(&report, "pro-users");
+    let expected = expected_pro_users("day1");
+    assert_eq!(strings(&pro["adds"]), expected);
+    assert_eq!(pro["removes"].as_array().unwrap().len(), 0);
+    assert_eq!(pro["keys"]["rows"], expected.len() + 4);
+}
+
+#[test]
+fn an_events_model_whose_last_line_is_a_comment_plans_every_event() {
+    let project = Project::example();
+    end_model_with_a_comment(&project, "order_events");
+    let out = project.ldsync("day1", &["plan", "order-events", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    let events = &report["events"][0];
+    assert_eq!(events["sync"], "order-events");
+    let expected = expected_order_events("day1", None);
+    let planned: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(events["by_event_key"].clone()).unwrap();
+    assert_eq!(planned, expected);
+    assert_eq!(events["events"], expected.values().sum::<u64>());
+}

@@ -137,6 +137,35 @@ fn plan_runs_a_model_on_postgres_end_to_end() {
 }
 
 #[test]
+fn a_model_whose_last_line_is_a_comment_plans_on_postgres() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(
+        &url,
+        "trailing_comment",
+        "CREATE TABLE accounts (id int8, plan text);
+         INSERT INTO accounts SELECT g, CASE WHEN g % 3 = 0 THEN 'pro' ELSE 'free' END FROM generate_series(1, 300) g;",
+    );
+    // No newline after the comment: a query that wraps the model must not end inside it.
+    let project = project_on(
+        &url,
+        &format!(
+            "SELECT id AS context_key\nFROM {}.accounts\nWHERE plan = 'pro' -- paid accounts only",
+            schema.name
+        ),
+    );
+    let out = project.ldsync("day1", &["plan", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = &json(&out)["syncs"][0];
+    let expected: BTreeSet<String> = (1..=300)
+        .filter(|i| i % 3 == 0)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(strings(&plan["adds"]), expected);
+    assert_eq!(plan["removes"].as_array().unwrap().len(), 0);
+    assert_eq!(plan["keys"]["rows"], 100);
+}
+
+#[test]
 fn a_broken_model_names_the_sync_the_file_and_where_postgres_stopped() {
     let Some(url) = database_url() else { return };
     let schema = Schema::new(&url, "broken", "CREATE TABLE accounts (id int8);");

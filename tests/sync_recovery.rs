@@ -650,3 +650,114 @@ fn runs_of_one_sync_never_overlap_a_second_stops_naming_the_first_or_waits_for_i
         expected_pro_users("day1")
     );
 }
+
+#[test]
+fn temporary_files_left_by_a_killed_run_are_removed_by_the_next_run_and_nothing_else() {
+    let setup = Setup::new();
+    ok(&setup.sync("day1", &["pro-users", "order-events"]));
+    let dir = |sync: &str| setup.project.path(&format!(".ldsync/state/{sync}"));
+    let names = |sync: &str| -> BTreeSet<String> {
+        std::fs::read_dir(dir(sync))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    let committed = (names("pro-users"), names("order-events"));
+
+    // What a run killed in the middle of writing leaves: the temporary files of atomic writes (a dot, the file's
+    // name, a dot and six random letters or digits) and a half-written snapshot.
+    let left_by_a_kill = [
+        ("pro-users", ".manifest.json.Ab3xYz"),
+        ("pro-users", ".journal.jsonl.q7W2e9"),
+        (
+            "pro-users",
+            ".snapshot-0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.parquet.partial",
+        ),
+        ("order-events", ".events-checkpoint.json.Zx98Cv"),
+        ("order-events", ".journal.jsonl.000000"),
+    ];
+    // Files of the same directories that are not ldsync's temporary files.
+    let someone_elses = [
+        ("pro-users", "notes.txt"),
+        ("pro-users", ".manifest.json.bak"),
+        ("pro-users", ".manifest.json.Ab3xYz.keep"),
+        ("order-events", ".events-checkpoint.json"),
+    ];
+    for (sync, name) in left_by_a_kill.iter().chain(&someone_elses) {
+        std::fs::write(dir(sync).join(name), b"half written").unwrap();
+    }
+
+    let out = setup.sync("day2", &["pro-users", "order-events", "--format", "json"]);
+    ok(&out);
+    for (sync, name) in left_by_a_kill {
+        assert!(!dir(sync).join(name).exists(), "{sync}/{name} is removed");
+    }
+    for (sync, name) in someone_elses {
+        assert_eq!(
+            std::fs::read(dir(sync).join(name)).unwrap(),
+            b"half written",
+            "{sync}/{name} is left alone"
+        );
+    }
+
+    // The run itself is what it would have been without them.
+    let report = json(&out);
+    let pro = report["syncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sync"] == "pro-users")
+        .unwrap();
+    assert_eq!(pro["outcome"], "synced", "{pro}");
+    let (day1, day2) = (expected_pro_users("day1"), expected_pro_users("day2"));
+    assert_eq!(
+        pro["adds"].as_u64().unwrap(),
+        difference(&day2, &day1).len() as u64
+    );
+    assert_eq!(
+        pro["removes"].as_u64().unwrap(),
+        difference(&day1, &day2).len() as u64
+    );
+    assert_eq!(setup.members("pro-users", "user"), day2);
+    assert_eq!(setup.checkpoint("pro-users").unwrap(), day2);
+    let mut sent = expected_order_events("day1", None);
+    for (key, count) in expected_order_events("day2", Some("day1")) {
+        *sent.entry(key).or_default() += count;
+    }
+    assert_eq!(setup.events_by_key(), sent);
+
+    // Only the checkpoint's files changed: a new manifest, snapshot and run record, no temporary file.
+    let someone_elses_names = |sync: &str| {
+        someone_elses
+            .iter()
+            .filter(|(s, _)| *s == sync)
+            .map(|(_, name)| name.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    let left = names("pro-users");
+    let snapshots =
+        |names: &BTreeSet<String>| names.iter().filter(|n| n.starts_with("snapshot-")).count();
+    assert_eq!(snapshots(&left), 1, "{left:?}");
+    assert_eq!(
+        left.iter()
+            .filter(|n| !n.starts_with("snapshot-"))
+            .cloned()
+            .collect::<BTreeSet<String>>(),
+        committed
+            .0
+            .iter()
+            .filter(|n| !n.starts_with("snapshot-"))
+            .cloned()
+            .chain(someone_elses_names("pro-users"))
+            .collect()
+    );
+    assert_eq!(
+        names("order-events"),
+        committed
+            .1
+            .iter()
+            .cloned()
+            .chain(someone_elses_names("order-events"))
+            .collect()
+    );
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{EventSyncConfig, MAX_KEY_CHARS};
 use crate::vocab::ErrorClass;
-use crate::warehouse::{Column, Warehouse, WarehouseError, quote_identifier, trim_model};
+use crate::warehouse::{Column, Warehouse, WarehouseError, quote_identifier, wrap_model};
 
 /// Why an events model cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -130,9 +130,9 @@ impl EventQuery {
         outputs.insert(epoch_column, format!("CAST({epoch_ms} AS TEXT)"));
         Ok(EventQuery {
             select: format!(
-                "SELECT {} FROM ({}) AS ldsync_events",
+                "SELECT {} FROM {} AS ldsync_events",
                 outputs.join(", "),
-                trim_model(model_sql)
+                wrap_model(model_sql)
             ),
             epoch_ms,
             contexts: sync.contexts.len(),

@@ -19,7 +19,7 @@ use crate::keys::{RejectedRow, Rejection};
 use crate::pg::CopyOutError;
 use crate::state::{PgStore, PreparedSnapshot, Session, StateError};
 use crate::warehouse::postgres::running_model_error;
-use crate::warehouse::{KeyColumn, WarehouseError, quote_identifier, trim_model};
+use crate::warehouse::{KeyColumn, WarehouseError, quote_identifier, wrap_model};
 
 /// A model's rows in a temporary table of a session of the store's own: `row` (the model's order), `k` (the key as
 /// text, compared byte by byte) and `reason` (why it is rejected, 0 if it is not). The table goes with the session,
@@ -59,10 +59,10 @@ impl WarehouseRows {
     ) -> Result<Self, SetEngineError> {
         let create = format!(
             "CREATE TEMPORARY TABLE {ROWS} AS SELECT row_number() OVER () AS row, k, ({reason})::int2 AS reason \
-             FROM (SELECT ({column})::text COLLATE \"C\" AS k FROM ({model}) AS ldsync_model) AS keys",
+             FROM (SELECT ({column})::text COLLATE \"C\" AS k FROM {model} AS ldsync_model) AS keys",
             reason = rejection_sql(),
             column = quote_identifier(&key.name),
-            model = trim_model(model_sql),
+            model = wrap_model(model_sql),
         );
         let timeout = format!(
             "SET LOCAL statement_timeout = {}",

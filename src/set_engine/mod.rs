@@ -29,7 +29,7 @@ use crate::state::{PgStore, PreparedSnapshot, StateError};
 use crate::vocab::Direction;
 use crate::vocab::ErrorClass;
 use crate::warehouse::{
-    KeyColumn, Warehouse, WarehouseError, quote_identifier, quote_literal, trim_model,
+    KeyColumn, Warehouse, WarehouseError, quote_identifier, quote_literal, wrap_model,
 };
 
 /// How many rejected rows a report shows as examples.

@@ -89,8 +89,8 @@ impl<'e> ModelKeys<'e> {
             Warehouse::DuckDb(_) => {
                 let column = quote_identifier(&key.name);
                 format!(
-                    "SELECT CAST({column} AS VARCHAR) AS k FROM ({}) AS ldsync_model",
-                    trim_model(model_sql)
+                    "SELECT CAST({column} AS VARCHAR) AS k FROM {} AS ldsync_model",
+                    wrap_model(model_sql)
                 )
             }
             Warehouse::Postgres { .. } => {

@@ -181,8 +181,8 @@ impl Warehouse {
             Warehouse::Postgres { source, .. } => return source.describe(model_sql),
         };
         let sql = format!(
-            "DESCRIBE SELECT * FROM ({}) AS ldsync_model",
-            trim_model(model_sql)
+            "DESCRIBE SELECT * FROM {} AS ldsync_model",
+            wrap_model(model_sql)
         );
         let mut stmt = conn.prepare(&sql).map_err(WarehouseError::Model)?;
         let rows = stmt
@@ -248,8 +248,8 @@ impl Warehouse {
             quoted
         };
         let sql = format!(
-            "SELECT {expr} AS context_key FROM ({}) AS ldsync_model",
-            trim_model(model_sql)
+            "SELECT {expr} AS context_key FROM {} AS ldsync_model",
+            wrap_model(model_sql)
         );
         self.stream_column(&sql, sink)
     }
@@ -407,6 +407,13 @@ pub fn find_column<'c>(columns: &'c [Column], wanted: &str) -> Option<&'c Column
 pub(crate) fn trim_model(sql: &str) -> &str {
     sql.trim()
         .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+/// A model's SQL as a parenthesized subquery, `(model\n)`: the closing parenthesis goes on a line of its own, so a
+/// model whose last line is a `--` comment does not comment it out. Nothing goes before the model's first line,
+/// so a warehouse's error that names a line of the query names the same line of the model.
+pub(crate) fn wrap_model(sql: &str) -> String {
+    format!("({}\n)", trim_model(sql))
 }
 
 pub(crate) fn quote_identifier(name: &str) -> String {

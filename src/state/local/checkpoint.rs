@@ -12,7 +12,20 @@ use crate::state::checkpoint::{
 use crate::state::files::{read_if_present, sync_directory, write_file_atomically};
 use crate::state::snapshot::{flush_and_hash, remove_stale_snapshots};
 
-const MANIFEST_FILE: &str = "manifest.json";
+pub(super) const MANIFEST_FILE: &str = "manifest.json";
+
+/// The file a snapshot is written to before it is renamed to `file`.
+fn partial_snapshot(file: &str) -> String {
+    format!(".{file}.partial")
+}
+
+/// Whether `file_name` is a snapshot a run was still writing (`.snapshot-<run>.parquet.partial`).
+pub(super) fn is_partial_snapshot(file_name: &str) -> bool {
+    file_name
+        .strip_suffix(".partial")
+        .and_then(|file| file.strip_prefix('.'))
+        .is_some_and(|file| file.starts_with("snapshot-") && file.ends_with(".parquet"))
+}
 
 impl LocalStore {
     /// The sync's committed checkpoint, or `None` before its first commit. Only reads.
@@ -46,7 +59,7 @@ impl LocalStore {
     ) -> Result<PreparedSnapshot, E> {
         let dir = self.create_sync_dir(sync)?;
         let file = format!("snapshot-{run_id}.parquet");
-        let temp = dir.join(format!(".{file}.partial"));
+        let temp = dir.join(partial_snapshot(&file));
         let key_count = write(&temp)?;
         let snapshot_hash = flush_and_hash(&temp)?;
         std::fs::rename(&temp, dir.join(&file)).map_err(|source| StateError::Io {

@@ -7,7 +7,7 @@ use super::LocalStore;
 use crate::state::StateError;
 use crate::state::files::{read_if_present, write_file_atomically};
 
-const CHECKPOINT_FILE: &str = "events-checkpoint.json";
+pub(super) const CHECKPOINT_FILE: &str = "events-checkpoint.json";
 
 impl LocalStore {
     /// The file of `sync`'s events checkpoint.

@@ -1,10 +1,12 @@
-//! The local store's run history: `<sync>/runs.jsonl`, one JSON line a run, each appended and fsynced.
+//! The local store's run history: `<sync>/runs.jsonl`, one JSON line a run, each appended and fsynced. A torn last
+//! line (a crash in the middle of an append) is cut off before the next append, so the next record is whole.
 
 use std::fs::File;
 use std::io::Write;
 
 use super::LocalStore;
 use crate::state::StateError;
+use crate::state::files::cut_torn_last_line;
 
 const HISTORY_FILE: &str = "runs.jsonl";
 
@@ -20,7 +22,19 @@ impl LocalStore {
         let mut append = || {
             std::fs::create_dir_all(&dir)?;
             line.push('\n');
-            let mut file = File::options().create(true).append(true).open(&path)?;
+            let mut file = File::options()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)?;
+            let torn = cut_torn_last_line(&mut file)?;
+            if torn > 0 {
+                tracing::warn!(
+                    history = %path.display(),
+                    torn_bytes = torn,
+                    "cut a torn last line off the run history"
+                );
+            }
             file.write_all(line.as_bytes())?;
             file.sync_data()
         };

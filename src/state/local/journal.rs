@@ -20,7 +20,7 @@ use crate::state::journal::{
 };
 use crate::state::{JournalPlace, StateError};
 
-const JOURNAL_FILE: &str = "journal.jsonl";
+pub(super) const JOURNAL_FILE: &str = "journal.jsonl";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]

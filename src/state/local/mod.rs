@@ -5,9 +5,12 @@
 //! <sync>/snapshot-<run>.parquet   the committed keys, sorted by byte order, one `context_key` column (ZSTD)
 //! <sync>/journal.jsonl            the open run's batches and acknowledgements (see `journal`)
 //! <sync>/runs.jsonl               one record per sync run (see `history`)
-//! <sync>/events.json              an events sync's checkpoint (see `events`)
+//! <sync>/events-checkpoint.json   an events sync's checkpoint (see `events`)
 //! <sync>/lock                     held by the run under way
 //! ```
+//!
+//! A run killed mid-write may leave `.manifest.json.XXXXXX`, `.journal.jsonl.XXXXXX`, `.events-checkpoint.json.XXXXXX`
+//! (atomic writes' temporary files) or `.snapshot-<run>.parquet.partial`; the next run to take the lock removes them.
 
 mod checkpoint;
 mod events;
