@@ -431,6 +431,37 @@ fn validate_reports_each_broken_sync() {
 }
 
 #[test]
+fn a_failing_startup_statement_never_shows_what_the_environment_gave_it() {
+    const SECRET: &str = "s3cr3t-bucket-token-4417";
+    let project = Project::example();
+    project.edit_config(
+        "fixtures/${LDSYNC_EXAMPLE_DAY:-day1}/accounts.csv",
+        "fixtures/${LDSYNC_ACCOUNTS_TOKEN}/accounts.csv",
+    );
+    let out = project
+        .command("day1", &["validate"])
+        .env("LDSYNC_ACCOUNTS_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let (err, text) = (stderr(&out), stdout(&out));
+    assert!(
+        err.contains("warehouse.startup_sql[1] failed")
+            && err.contains("read_csv('fixtures/${LDSYNC_ACCOUNTS_TOKEN}/accounts.csv'"),
+        "the statement is shown as written: {err}"
+    );
+    assert!(
+        !err.contains(SECRET) && !text.contains(SECRET),
+        "{err}\n{text}"
+    );
+    // DuckDB's own message named the file it could not find: the value is put back as its variable.
+    assert!(
+        err.contains("${LDSYNC_ACCOUNTS_TOKEN}/accounts.csv"),
+        "{err}"
+    );
+}
+
+#[test]
 fn broken_startup_sql_names_the_statement() {
     let project = Project::example();
     project.edit_config(

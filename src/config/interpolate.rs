@@ -18,8 +18,79 @@ impl<'de> Deserialize<'de> for Interpolated {
     }
 }
 
+/// A statement read from connector.yaml: the text ldsync runs, `${VAR}` replaced, and the text as written. Values
+/// from the environment may be secrets (a password in an `ATTACH`, a signed URL), so messages and `Debug` show
+/// the statement as written, and [`Statement::scrub`] takes the values out of any message about it.
+#[derive(Clone)]
+pub struct Statement {
+    written: String,
+    run: String,
+    /// Each variable the environment gave a value, and that value.
+    values: Vec<(String, String)>,
+}
+
+impl Statement {
+    /// The text to run.
+    pub fn text(&self) -> &str {
+        &self.run
+    }
+
+    /// The text as connector.yaml has it, `${VAR}` and all.
+    pub fn written(&self) -> &str {
+        &self.written
+    }
+
+    /// `message` (an error about this statement) with every value the environment gave put back as `${VAR}`.
+    pub fn scrub(&self, message: &str) -> String {
+        let mut scrubbed = message.replace(&self.run, &self.written);
+        for (name, value) in self.values.iter().filter(|(_, value)| !value.is_empty()) {
+            scrubbed = scrubbed.replace(value.as_str(), &format!("${{{name}}}"));
+        }
+        scrubbed
+    }
+}
+
+/// A statement with nothing to interpolate (built in code, not read from connector.yaml).
+impl From<&str> for Statement {
+    fn from(text: &str) -> Self {
+        Statement {
+            written: text.to_string(),
+            run: text.to_string(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Statement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.written, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Statement {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str(deserializer, "a string", |written| {
+            let (run, values) = interpolate_tracking(written, |name| std::env::var(name).ok())?;
+            Ok(Statement {
+                written: written.to_string(),
+                run,
+                values,
+            })
+        })
+    }
+}
+
 /// Replaces `${VAR}` and `${VAR:-default}` in `text` with values from `lookup`.
 pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    interpolate_tracking(text, lookup).map(|(out, _)| out)
+}
+
+/// [`interpolate`], also saying which variables `lookup` gave a value, and which.
+fn interpolate_tracking(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, Vec<(String, String)>), String> {
+    let mut values = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -39,7 +110,10 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             ));
         }
         match (lookup(name), default) {
-            (Some(value), _) => out.push_str(&value),
+            (Some(value), _) => {
+                out.push_str(&value);
+                values.push((name.to_string(), value));
+            }
             (None, Some(default)) => out.push_str(default),
             (None, None) => {
                 return Err(format!(
@@ -50,7 +124,7 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, values))
 }
 
 #[cfg(test)]
@@ -59,6 +133,33 @@ mod tests {
 
     fn lookup(name: &str) -> Option<String> {
         (name == "DAY").then(|| "day2".to_string())
+    }
+
+    #[test]
+    fn a_statement_shows_itself_as_written_and_scrubs_what_the_environment_gave() {
+        let (run, values) =
+            interpolate_tracking("ATTACH '${DSN}' AS w (TYPE ${KIND:-postgres})", |name| {
+                (name == "DSN").then(|| "host=db password=hunter2".to_string())
+            })
+            .unwrap();
+        let statement = Statement {
+            written: "ATTACH '${DSN}' AS w (TYPE ${KIND:-postgres})".into(),
+            run,
+            values,
+        };
+        assert_eq!(
+            statement.text(),
+            "ATTACH 'host=db password=hunter2' AS w (TYPE postgres)"
+        );
+        assert_eq!(
+            format!("{statement:?}"),
+            "\"ATTACH '${DSN}' AS w (TYPE ${KIND:-postgres})\""
+        );
+        let message = "IO Error: cannot connect with \"host=db password=hunter2\"";
+        assert_eq!(
+            statement.scrub(message),
+            "IO Error: cannot connect with \"${DSN}\""
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod visit;
 mod warehouse;
 
 pub use engine::{DEFAULT_ENGINE_MEMORY, SetEngineConfig, SetEngineSettings, parse_size};
-pub use interpolate::interpolate;
+pub use interpolate::{Statement, interpolate};
 pub use launchdarkly::{DEFAULT_TOKEN_ENV, LaunchDarklyConfig, TokenSource};
 pub use raw::CONFIG_VERSION;
 pub use state::{DEFAULT_STATE_DIR, DEFAULT_STATE_SCHEMA, PostgresState, StateConfig};

@@ -10,7 +10,7 @@ use serde::de::{Deserializer, IgnoredAny};
 
 use super::engine::SetEngineConfig;
 use super::fields::{EnvVarName, ResourceKey};
-use super::interpolate::Interpolated;
+use super::interpolate::{Interpolated, Statement};
 use super::launchdarkly::{Instance, LaunchDarklyConfig};
 use super::state::StateConfig;
 use super::syncs::{EventSyncConfig, Syncs};
@@ -61,7 +61,7 @@ pub(super) struct RawWarehouse {
     pub(super) kind: WarehouseKind,
     pub(super) database: Option<Interpolated>,
     #[serde(default)]
-    pub(super) startup_sql: Vec<Interpolated>,
+    pub(super) startup_sql: Vec<Statement>,
     pub(super) url: Option<Interpolated>,
     pub(super) statement_timeout: Option<Interpolated>,
     pub(super) pool_size: Option<u32>,

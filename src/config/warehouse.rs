@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::fields::duration;
+use super::interpolate::Statement;
 use super::raw::{RawWarehouse, WarehouseKind};
 use super::visit::from_map;
 
@@ -17,7 +18,7 @@ pub enum WarehouseConfig {
     DuckDb {
         database: Option<String>,
         /// Statements run once when the warehouse opens, typically views over CSV or Parquet files.
-        startup_sql: Vec<String>,
+        startup_sql: Vec<Statement>,
     },
     /// A PostgreSQL server (or one that speaks its protocol).
     Postgres {
@@ -82,7 +83,7 @@ impl WarehouseConfig {
                 }
                 Ok(WarehouseConfig::DuckDb {
                     database: raw.database.map(|d| d.0),
-                    startup_sql: raw.startup_sql.into_iter().map(|s| s.0).collect(),
+                    startup_sql: raw.startup_sql,
                 })
             }
             WarehouseKind::Postgres => {

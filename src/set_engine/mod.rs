@@ -242,12 +242,13 @@ mod tests {
 
     use super::model::Distinct;
     use super::*;
-    use crate::config::{SetEngineSettings, WarehouseConfig};
+    use crate::config::{SetEngineSettings, Statement, WarehouseConfig};
     use std::collections::BTreeSet;
 
     /// An in-memory duckdb warehouse whose table `m` holds `keys`, in order, and whose `startup_sql` ran first.
     fn warehouse_with(keys: &[Option<&str>], startup_sql: &[&str]) -> Warehouse {
-        let mut statements: Vec<String> = startup_sql.iter().map(|s| s.to_string()).collect();
+        let mut statements: Vec<Statement> =
+            startup_sql.iter().map(|s| Statement::from(*s)).collect();
         statements.push("CREATE TABLE m (k VARCHAR)".into());
         let config = WarehouseConfig::DuckDb {
             database: None,

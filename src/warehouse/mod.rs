@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::ArrayRef;
 
-use crate::config::{Config, SetEngineSettings, WarehouseConfig};
+use crate::config::{Config, SetEngineSettings, Statement, WarehouseConfig};
 use crate::vocab::ErrorClass;
 
 /// Why the warehouse could not run something.
@@ -25,11 +25,13 @@ pub enum WarehouseError {
         database: String,
         source: duckdb::Error,
     },
-    #[error("warehouse.startup_sql[{index}] failed: {source}\n  the statement was: {sql}")]
+    /// `sql` is the statement as connector.yaml has it, and `message` DuckDB's with what `${VAR}`s gave taken out:
+    /// neither ever shows a secret from the environment.
+    #[error("warehouse.startup_sql[{index}] failed: {message}\n  the statement was: {sql}")]
     Startup {
         index: usize,
         sql: String,
-        source: duckdb::Error,
+        message: String,
     },
     #[error("the model's SQL failed in DuckDB: {0}")]
     Model(duckdb::Error),
@@ -336,7 +338,7 @@ fn apply_engine_settings(
 fn open_duckdb(
     database: Option<&str>,
     engine: &SetEngineSettings,
-    startup_sql: &[String],
+    startup_sql: &[Statement],
     project_dir: &Path,
 ) -> Result<duckdb::Connection, WarehouseError> {
     let conn = match database {
@@ -360,15 +362,17 @@ fn open_duckdb(
         "SET file_search_path = {}",
         quote_literal(&search_path.to_string_lossy())
     );
-    let statements =
-        std::iter::once(set_search_path.as_str()).chain(startup_sql.iter().map(String::as_str));
-    for (index, sql) in statements.enumerate() {
-        conn.execute_batch(sql)
+    conn.execute_batch(&set_search_path)
+        .map_err(|source| WarehouseError::Engine {
+            setting: set_search_path.clone(),
+            source,
+        })?;
+    for (index, statement) in startup_sql.iter().enumerate() {
+        conn.execute_batch(statement.text())
             .map_err(|source| WarehouseError::Startup {
-                // Index 0 is ldsync's own search-path statement; the user's statements count from 0.
-                index: index.saturating_sub(1),
-                sql: sql.to_string(),
-                source,
+                index,
+                sql: statement.written().to_string(),
+                message: statement.scrub(&source.to_string()),
             })?;
     }
     Ok(conn)
