@@ -237,14 +237,13 @@ fn a_plan_killed_in_the_warehouse_leaves_nothing_behind_and_the_next_one_runs() 
          INSERT INTO people SELECT g FROM generate_series(1, 4000) g;",
     );
     let project = Project::example();
-    project.write(
-        "connector.yaml",
-        &format!(
-            "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\nlaunchdarkly:\n  project: default\n  \
-             environment: production\nstate:\n  kind: postgres\n  url: {url}\n  schema: {schema}\n\
-             syncs:\n  - name: slow-people\n    model: slow_people\n    segment: slow-people\n    mode: add\n",
-            schema = schema.name,
-        ),
+    write_config_in_postgres(
+        &project,
+        &url,
+        &schema.name,
+        "slow-people",
+        "slow_people",
+        "add",
     );
     // A model that takes seconds: 4,000 rows of half a millisecond (or more) each.
     project.write(
@@ -311,15 +310,7 @@ fn a_model_whose_last_line_is_a_comment_is_diffed_in_the_warehouse() {
          INSERT INTO people SELECT g FROM generate_series(1, 50) g;",
     );
     let project = Project::example();
-    project.write(
-        "connector.yaml",
-        &format!(
-            "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\nlaunchdarkly:\n  project: default\n  \
-             environment: production\nstate:\n  kind: postgres\n  url: {url}\n  schema: {schema}\n\
-             syncs:\n  - name: people\n    model: people\n    segment: people\n    mode: mirror\n",
-            schema = schema.name,
-        ),
-    );
+    write_config_in_postgres(&project, &url, &schema.name, "people", "people", "mirror");
     // No newline after the comment: the in-warehouse diff's query must not end inside it.
     project.write(
         "sql/people.sql",
@@ -344,4 +335,24 @@ fn a_model_whose_last_line_is_a_comment_is_diffed_in_the_warehouse() {
         BTreeSet::from(["gone".to_string()])
     );
     assert_eq!(plan["keys"]["rows"], 50);
+}
+
+/// connector.yaml for one sync whose warehouse and state store are the same PostgreSQL database (`schema` holds
+/// the store), so that plans diff in the warehouse.
+fn write_config_in_postgres(
+    project: &Project,
+    url: &str,
+    schema: &str,
+    sync: &str,
+    model: &str,
+    mode: &str,
+) {
+    project.write(
+        "connector.yaml",
+        &format!(
+            "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\nlaunchdarkly:\n  project: default\n  \
+             environment: production\nstate:\n  kind: postgres\n  url: {url}\n  schema: {schema}\n\
+             syncs:\n  - name: {sync}\n    model: {model}\n    segment: {sync}\n    mode: {mode}\n",
+        ),
+    );
 }
