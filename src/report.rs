@@ -11,8 +11,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
-use crate::history::{EventCounts, RunOutcome};
-use crate::launchdarkly::CallStats;
+use crate::history::{EventCounts, RunRecord};
 use crate::plan::EventPlan;
 use crate::plan::{PlanOutcome, SyncPlan, SyncPlanError};
 use crate::run::SyncReport;
@@ -514,25 +513,13 @@ pub const RUN_COLUMNS: [&str; 8] = [
     "seconds",
 ];
 
-/// What one run did, for [`run_cells`].
-pub struct RunCells<'a> {
-    pub outcome: RunOutcome,
-    /// Keys added (segment syncs) or events sent (events syncs).
-    pub sent: u64,
-    pub removes: u64,
-    /// Acknowledged and planned.
-    pub batches: (u64, u64),
-    pub calls: &'a CallStats,
-    pub duration_ms: u64,
-}
-
 /// The cells under [`RUN_COLUMNS`].
-pub fn run_cells(run: &RunCells<'_>) -> Vec<String> {
+pub fn run_cells(run: &RunRecord) -> Vec<String> {
     vec![
         run.outcome.as_str().replace('_', " "),
-        run.sent.to_string(),
+        added_or_sent(run.adds, run.events.as_ref()).to_string(),
         run.removes.to_string(),
-        format!("{}/{}", run.batches.0, run.batches.1),
+        format!("{}/{}", run.batches_acknowledged, run.batches_planned),
         run.calls.requests.to_string(),
         run.calls.retries.to_string(),
         run.calls.rate_limited.to_string(),
@@ -552,14 +539,7 @@ pub fn write_sync_report(
     let mut table = table(["sync"].into_iter().chain(RUN_COLUMNS).collect());
     for report in reports {
         let mut row = vec![report.run.sync.clone()];
-        row.extend(run_cells(&RunCells {
-            outcome: report.run.outcome,
-            sent: added_or_sent(report.run.adds, report.run.events.as_ref()),
-            removes: report.run.removes,
-            batches: (report.run.batches_acknowledged, report.run.batches_planned),
-            calls: &report.run.calls,
-            duration_ms: report.run.duration_ms,
-        }));
+        row.extend(run_cells(&report.run));
         table.add_row(row);
     }
     writeln!(out, "{table}")?;

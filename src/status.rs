@@ -10,7 +10,7 @@ use crate::config::{Config, Mode, SyncEntry};
 use crate::history::{self, RunRecord};
 use crate::plan::CheckpointInfo;
 use crate::report::{
-    RUN_COLUMNS, RunCells, SyncFormat, added_or_sent, run_cells, table, time, write_json_document,
+    RUN_COLUMNS, SyncFormat, added_or_sent, run_cells, table, time, write_json_document,
 };
 use crate::schedule::Schedule;
 use crate::state::events::{self as event_checkpoint, EventSettings};
@@ -235,14 +235,7 @@ pub fn write_history(
     );
     for run in runs {
         let mut row = vec![run.sync.clone(), run.run_id.clone(), time(&run.started_at)];
-        row.extend(run_cells(&RunCells {
-            outcome: run.outcome,
-            sent: added_or_sent(run.adds, run.events.as_ref()),
-            removes: run.removes,
-            batches: (run.batches_acknowledged, run.batches_planned),
-            calls: &run.calls,
-            duration_ms: run.duration_ms,
-        }));
+        row.extend(run_cells(run));
         table.add_row(row);
     }
     writeln!(out, "{table}")?;
