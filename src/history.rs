@@ -141,6 +141,16 @@ mod tests {
         }
     }
 
+    /// What a crash in the middle of an append leaves: `fragment`, part of a line, at the end of `path`.
+    fn tear(path: &std::path::Path, fragment: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(fragment)
+            .unwrap();
+    }
+
     #[test]
     fn records_append_and_read_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -149,12 +159,7 @@ mod tests {
         let store = Store::Local(LocalStore::new(dir.path()));
         append(&store, &record("r1", RunOutcome::Failed)).unwrap();
         append(&store, &record("r2", RunOutcome::Synced)).unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.path().join("s").join("runs.jsonl"))
-            .unwrap()
-            .write_all(b"{\"sync\":")
-            .unwrap();
+        tear(&dir.path().join("s").join("runs.jsonl"), b"{\"sync\":");
         let records = read(&store, "s").unwrap();
         assert_eq!(
             records,
@@ -175,13 +180,7 @@ mod tests {
         append(&store, &record("r2", RunOutcome::Synced)).unwrap();
         let path = dir.path().join("s").join("runs.jsonl");
         let whole = std::fs::read(&path).unwrap();
-        // A crash in the middle of an append left part of a line.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"{\"sync\":\"s\",\"run_id\":\"crashed")
-            .unwrap();
+        tear(&path, b"{\"sync\":\"s\",\"run_id\":\"crashed");
 
         append(&store, &record("r3", RunOutcome::Synced)).unwrap();
         assert_eq!(

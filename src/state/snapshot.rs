@@ -299,6 +299,19 @@ impl<W: Write + Send> KeyWriter<W> {
     }
 }
 
+/// The file a snapshot is written to before it is renamed to `file`.
+pub(crate) fn partial_snapshot(file: &str) -> String {
+    format!(".{file}.partial")
+}
+
+/// Whether `file_name` is a snapshot a run was still writing (`.snapshot-<run>.parquet.partial`).
+pub(crate) fn is_partial_snapshot(file_name: &str) -> bool {
+    file_name
+        .strip_suffix(".partial")
+        .and_then(|file| file.strip_prefix('.'))
+        .is_some_and(|file| file.starts_with("snapshot-") && file.ends_with(".parquet"))
+}
+
 /// Removes snapshots that no manifest names any more (left by earlier commits or by a crash before a commit), and
 /// snapshots a crash left half written.
 pub(crate) fn remove_stale_snapshots(dir: &Path, current: &str) {
@@ -309,7 +322,7 @@ pub(crate) fn remove_stale_snapshots(dir: &Path, current: &str) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let stale = (name.starts_with("snapshot-") && name.ends_with(".parquet"))
-            || (name.starts_with(".snapshot-") && name.ends_with(".partial"));
+            || is_partial_snapshot(&name);
         if stale
             && name != current
             && let Err(e) = std::fs::remove_file(entry.path())

@@ -10,22 +10,9 @@ use crate::state::checkpoint::{
     Checkpoint, CheckpointSettings, Manifest, PreparedSnapshot, check_manifest, manifest_for,
 };
 use crate::state::files::{read_if_present, sync_directory, write_file_atomically};
-use crate::state::snapshot::{flush_and_hash, remove_stale_snapshots};
+use crate::state::snapshot::{flush_and_hash, partial_snapshot, remove_stale_snapshots};
 
 pub(super) const MANIFEST_FILE: &str = "manifest.json";
-
-/// The file a snapshot is written to before it is renamed to `file`.
-fn partial_snapshot(file: &str) -> String {
-    format!(".{file}.partial")
-}
-
-/// Whether `file_name` is a snapshot a run was still writing (`.snapshot-<run>.parquet.partial`).
-pub(super) fn is_partial_snapshot(file_name: &str) -> bool {
-    file_name
-        .strip_suffix(".partial")
-        .and_then(|file| file.strip_prefix('.'))
-        .is_some_and(|file| file.starts_with("snapshot-") && file.ends_with(".parquet"))
-}
 
 impl LocalStore {
     /// The sync's committed checkpoint, or `None` before its first commit. Only reads.

@@ -38,9 +38,10 @@ impl LocalStore {
             file.write_all(line.as_bytes())?;
             file.sync_data()
         };
-        append().map_err(|source| StateError::Io {
+        let appended = append();
+        appended.map_err(|source| StateError::Io {
             action: "cannot append to",
-            path: dir.join(HISTORY_FILE),
+            path,
             source,
         })
     }

@@ -7,10 +7,11 @@ use std::io::Write;
 use std::path::Path;
 
 use super::LocalStore;
-use super::checkpoint::{MANIFEST_FILE, is_partial_snapshot};
+use super::checkpoint::MANIFEST_FILE;
 use super::events::CHECKPOINT_FILE;
 use super::journal::JOURNAL_FILE;
 use crate::state::files::is_temporary_of;
+use crate::state::snapshot::is_partial_snapshot;
 use crate::state::{LockHold, StateError, SyncLock, holder_text};
 
 const LOCK_FILE: &str = "lock";
