@@ -888,3 +888,143 @@ fn detailed_exit_codes_tell_a_run_that_sent_changes_from_a_quiet_one() {
         expected_pro_users("day2")
     );
 }
+
+/// The example pointed at an emulator that holds none of its segments.
+fn setup_without_segments() -> Setup {
+    let emulator = ldsync_emulator::Emulator::start(EmulatorConfig::default()).unwrap();
+    let project = Project::example();
+    project.edit_config(
+        "instance: us ",
+        &format!("base_url: {} ", emulator.base_url()),
+    );
+    Setup { project, emulator }
+}
+
+#[test]
+fn a_remove_sync_on_a_missing_segment_has_nothing_to_remove_and_refuses_keys_to_remove() {
+    let setup = setup_without_segments();
+    // Day 1: no tester has churned; the segment does not exist. Nothing to remove: a success that says why.
+    assert!(expected_churned_beta_users("day1").is_empty());
+    let out = setup.sync("day1", &["churned-beta", "--format", "json"]);
+    ok(&out);
+    let report = &json(&out)["syncs"][0];
+    assert_eq!(report["outcome"], "nothing_to_change");
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains(
+            "segment `beta-testers` does not exist in LaunchDarkly, so this remove sync has nothing to remove \
+             from it"
+        ),
+        "{notes}"
+    );
+    assert!(!notes.contains("real membership"), "{notes}");
+    assert_eq!(
+        setup.checkpoint("churned-beta"),
+        None,
+        "no checkpoint claims a membership"
+    );
+    assert!(only_reads(&setup));
+
+    // Day 2: two testers churn. Removing them from a segment that does not exist is an error, and says so.
+    let churned: Vec<String> = expected_churned_beta_users("day2").into_iter().collect();
+    assert_eq!(churned.len(), 2);
+    let out = setup.sync("day2", &["churned-beta"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let expected = format!(
+        "segment `beta-testers` does not exist in default/production, so the keys this remove sync would remove \
+         from it, 2 ({}), cannot be removed; a remove sync never creates its segment: create it in LaunchDarkly, or \
+         correct the sync's segment key. Nothing was sent and the checkpoint did not move",
+        churned.join(", ")
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("no longer exists"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(only_reads(&setup));
+    assert_eq!(setup.checkpoint("churned-beta"), None);
+
+    // Once the segment exists, the same day goes through.
+    setup.seed("beta-testers", &[&churned[0]]);
+    ok(&setup.sync("day2", &["churned-beta"]));
+    assert!(setup.members("beta-testers", "user").is_empty());
+    assert_eq!(
+        setup.checkpoint("churned-beta").unwrap(),
+        churned.into_iter().collect::<BTreeSet<String>>()
+    );
+}
+
+/// The `sh` block of README's emulator walk-through.
+fn readme_walk_through() -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("### Trying it without an account: the emulator")
+        .nth(1)
+        .unwrap();
+    let block = section.split("```sh\n").nth(1).unwrap();
+    block.split("```").next().unwrap().to_string()
+}
+
+#[test]
+fn readme_emulator_walk_through_runs_clean_on_both_days() {
+    // The emulator README starts by hand is this test's own, on a port of its own; the rest runs as written.
+    let setup = setup_without_segments();
+    let port = setup
+        .emulator
+        .base_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let script = readme_walk_through().replace("8765", &port);
+    let edit = format!(
+        "# in connector.yaml: launchdarkly: base_url: http://127.0.0.1:{port} (instead of instance: us)"
+    );
+    assert!(script.contains(&edit), "{script}");
+    // That edit is `setup_without_segments`'s.
+    let cargo = format!(
+        r#"cargo() {{
+  case "$*" in
+    "run -p ldsync-emulator -- --port {port}") ;;
+    "run -- "*) shift 2; "{ldsync}" "$@" ;;
+    *) echo "README runs an unexpected cargo $*" >&2; return 99 ;;
+  esac
+}}
+set -euo pipefail
+"#,
+        ldsync = env!("CARGO_BIN_EXE_ldsync")
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("{cargo}{script}"))
+        .current_dir(setup.project.dir.path())
+        .env_remove("LDSYNC_CONFIG")
+        .env_remove("LDSYNC_LOG")
+        .env_remove("LD_ACCESS_TOKEN")
+        .env_remove("LDSYNC_EXAMPLE_DAY")
+        .output()
+        .unwrap();
+    ok(&out);
+    let testers: BTreeSet<String> = read_fixture("day1", "users")
+        .iter()
+        .filter(|u| u.get("beta_opt_in") == "true" && !u.get("user_id").is_empty())
+        .map(|u| u.get("user_id").to_string())
+        .collect();
+    assert_eq!(
+        setup.members("beta-testers", "user"),
+        difference(&testers, &expected_churned_beta_users("day2")),
+        "day 2 removed the testers whose accounts churned"
+    );
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        expected_pro_users("day2")
+    );
+    assert_eq!(
+        setup.members("enterprise-orgs", "organization"),
+        expected_enterprise_orgs("day2")
+    );
+    let mut dormant = expected_dormant_users("day1");
+    dormant.extend(expected_dormant_users("day2"));
+    assert_eq!(setup.members("winback-experiment", "user"), dormant);
+}

@@ -30,9 +30,14 @@ fn last_run_record(setup: &Setup, sync: &str) -> Value {
 
 /// Every key any `addIncludedTargets` request carried.
 fn keys_added(setup: &Setup) -> BTreeSet<String> {
+    keys_sent(setup, "addIncludedTargets")
+}
+
+/// Every key the requests of `kind` (an instruction, or `included.add` / `included.remove`) carried.
+fn keys_sent(setup: &Setup, kind: &str) -> BTreeSet<String> {
     described(&setup.emulator.requests())
         .into_iter()
-        .filter(|(_, _, instruction, _)| instruction == "addIncludedTargets")
+        .filter(|(_, _, instruction, _)| instruction == kind)
         .flat_map(|(_, _, _, keys)| keys)
         .collect()
 }
@@ -760,4 +765,164 @@ fn temporary_files_left_by_a_killed_run_are_removed_by_the_next_run_and_nothing_
             .chain(someone_elses_names("order-events"))
             .collect()
     );
+}
+
+#[test]
+fn a_key_left_out_as_excluded_in_add_mode_is_added_once_its_exclusion_is_lifted() {
+    let setup = Setup::new();
+    let dormant = expected_dormant_users("day1");
+    let excluded = dormant.iter().nth(7).unwrap().clone();
+    let seed = |excluded: &[&str], included: &[&str]| {
+        setup.emulator.seed_segment(
+            "default",
+            "production",
+            SegmentSeed {
+                excluded: vec![(
+                    "user".into(),
+                    excluded.iter().map(|k| k.to_string()).collect(),
+                )],
+                ..SegmentSeed::standard("winback-experiment", "user", included)
+            },
+        );
+    };
+    seed(&[&excluded], &[]);
+    ok(&setup.sync("day1", &["dormant-winback"]));
+    let sent = difference(&dormant, &keys(&[&excluded]));
+    assert_eq!(setup.members("winback-experiment", "user"), sent);
+    assert_eq!(
+        setup.checkpoint("dormant-winback").unwrap(),
+        sent,
+        "the checkpoint holds what LaunchDarkly was asked to hold, not the key left out"
+    );
+
+    // Someone lifts the exclusion in LaunchDarkly: the next run adds the key, and only it.
+    let held: Vec<&str> = sent.iter().map(String::as_str).collect();
+    seed(&[], &held);
+    setup.emulator.clear_requests();
+    ok(&setup.sync("day1", &["dormant-winback"]));
+    assert_eq!(
+        described(&setup.emulator.requests()),
+        expected_requests(
+            "winback-experiment",
+            &keys(&[&excluded]),
+            &BTreeSet::new(),
+            1500
+        )
+    );
+    assert_eq!(setup.members("winback-experiment", "user"), dormant);
+    assert_eq!(setup.checkpoint("dormant-winback").unwrap(), dormant);
+}
+
+/// The example's enterprise-orgs mirror sync on a big segment `enterprise-big`, in batches of 5.
+fn big_mirror(setup: &Setup) {
+    setup.project.edit_config(
+        "    segment: enterprise-orgs\n",
+        "    segment: enterprise-big\n",
+    );
+    setup.project.edit_config(
+        "    batch_size: 500\n    create_segment: standard\n",
+        "    batch_size: 5\n    create_segment: big\n",
+    );
+}
+
+/// Leaves `left_out` out of the enterprise_accounts model.
+fn enterprise_model_without(setup: &Setup, left_out: &[String]) {
+    let sql = std::fs::read_to_string(repo().join("sql/enterprise_accounts.sql")).unwrap();
+    let list: Vec<String> = left_out.iter().map(|k| format!("'{k}'")).collect();
+    let filter = if list.is_empty() {
+        String::new()
+    } else {
+        format!("\n  AND account_id NOT IN ({})", list.join(", "))
+    };
+    setup
+        .project
+        .write("sql/enterprise_accounts.sql", &format!("{sql}{filter}\n"));
+}
+
+/// Keys that a refused run added in an acknowledged batch, then left the model, are removed from a big segment
+/// (which LaunchDarkly cannot list) by the next run, on both state stores.
+fn an_abandoned_runs_acknowledged_batches_are_not_forgotten(setup: &Setup) {
+    big_mirror(setup);
+    let orgs: Vec<String> = expected_enterprise_orgs("day1").into_iter().collect();
+    // Day 1 without ten organizations, committed; then the ten enter: two batches of adds, the second refused.
+    let ten: Vec<String> = orgs[..10].to_vec();
+    enterprise_model_without(setup, &ten);
+    ok(&setup.sync("day1", &["enterprise-orgs"]));
+    enterprise_model_without(setup, &[]);
+    setup.emulator.set_faults(Faults {
+        refused_keys: keys(&[&ten[7]]),
+        ..Faults::default()
+    });
+    let out = setup.sync("day1", &["enterprise-orgs"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("LaunchDarkly refused batch 2 of 2"),
+        "{}",
+        stderr(&out)
+    );
+    let members = || setup.members("enterprise-big", "organization");
+    assert!(
+        members().contains(&ten[0]),
+        "the acknowledged batch added it"
+    );
+
+    // The first acknowledged key leaves the model (and so does the refused one): the next run removes it.
+    setup.emulator.set_faults(Faults::default());
+    setup.emulator.clear_requests();
+    enterprise_model_without(setup, &[ten[0].clone(), ten[7].clone()]);
+    let out = setup.sync("day1", &["enterprise-orgs", "--format", "json"]);
+    ok(&out);
+    let wanted = difference(&orgs.iter().cloned().collect(), &keys(&[&ten[0], &ten[7]]));
+    assert_eq!(members(), wanted);
+    let removes: Vec<(String, String, String, Vec<String>)> = described(&setup.emulator.requests())
+        .into_iter()
+        .filter(|(_, _, kind, _)| kind == "included.remove")
+        .collect();
+    assert_eq!(
+        removes,
+        [(
+            "POST".to_string(),
+            format!("{SEGMENTS}/enterprise-big/contexts"),
+            "included.remove".to_string(),
+            vec![ten[0].clone()]
+        )]
+    );
+    // Nothing that was acknowledged is sent again.
+    assert_eq!(
+        keys_sent(setup, "included.add"),
+        orgs[5..10]
+            .iter()
+            .filter(|k| **k != ten[7])
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    );
+}
+
+#[test]
+fn a_refused_run_on_a_big_segment_leaves_its_acknowledged_changes_in_the_checkpoint() {
+    let setup = Setup::new();
+    an_abandoned_runs_acknowledged_batches_are_not_forgotten(&setup);
+    let orgs = expected_enterprise_orgs("day1");
+    let ten: Vec<String> = orgs.iter().take(10).cloned().collect();
+    assert_eq!(
+        setup.checkpoint("enterprise-orgs").unwrap(),
+        difference(&orgs, &keys(&[&ten[0], &ten[7]]))
+    );
+}
+
+#[test]
+fn a_refused_run_on_a_big_segment_leaves_its_acknowledged_changes_in_the_postgres_checkpoint() {
+    let Some(url) = crate::util::postgres::database_url() else {
+        return;
+    };
+    let schema = crate::util::postgres::Schema::new(&url, "recovery_folded", "");
+    let setup = Setup::new();
+    setup.project.edit_config(
+        "  kind: local\n",
+        &format!(
+            "  kind: postgres\n  url: {url}\n  schema: {}\n",
+            schema.name
+        ),
+    );
+    an_abandoned_runs_acknowledged_batches_are_not_forgotten(&setup);
 }

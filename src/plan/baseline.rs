@@ -15,6 +15,9 @@ pub enum Baseline<'a> {
     Checkpoint(Option<&'a Checkpoint>),
     /// The segment's real membership of the sync's context kind, distinct (first runs and `--full`).
     Membership(&'a StringArray),
+    /// Nothing, because the segment does not exist yet: an add or mirror sync's first run, which creates it (or
+    /// stops, without `create_segment`).
+    Absent,
 }
 
 impl Baseline<'_> {
@@ -32,6 +35,10 @@ impl Baseline<'_> {
 ///   them cheaply, and adding a member or removing a non-member changes nothing, so every model key is sent.
 ///
 /// Only a mirror run needs a big segment's members; without a checkpoint it stops rather than guess them.
+///
+/// A segment that does not exist has no members: an add or mirror sync compares with nothing (`Absent`) on its
+/// first run, and stops if its checkpoint says the segment held targets; a remove sync compares with its checkpoint,
+/// which says which keys it would remove, and the planner decides what that means (see `Planner::plan_for_segment`).
 pub fn choose_baseline<'p>(
     sync: &SegmentSyncConfig,
     segment: Option<&Segment>,
@@ -40,12 +47,13 @@ pub fn choose_baseline<'p>(
 ) -> Result<Baseline<'p>, PlanError> {
     let Some(segment) = segment else {
         return match checkpoint {
+            _ if sync.mode == Mode::Remove => Ok(Baseline::Checkpoint(checkpoint)),
             Some(checkpoint) => Err(PlanError::SegmentDeleted {
                 segment: sync.segment.clone(),
                 run_id: checkpoint.manifest.run_id.clone(),
                 keys: checkpoint.manifest.key_count,
             }),
-            None => Ok(Baseline::Membership(members)),
+            None => Ok(Baseline::Absent),
         };
     };
     let listed = segment.members.is_some();

@@ -13,7 +13,7 @@ use crate::config::{Config, Mode, SegmentSyncConfig};
 use crate::launchdarkly::Segment;
 use crate::progress;
 use crate::set_engine::{
-    Delta, KeyList, KeyRead, KeySource, KeyTable, Listing, ModelKeys, SetEngineError, held_by,
+    Delta, Fold, KeyList, KeyRead, KeySource, KeyTable, Listing, ModelKeys, SetEngineError, held_by,
 };
 use crate::state::{Checkpoint, CheckpointSettings, PgStore, StateError, Store};
 use crate::vocab::Direction;
@@ -66,6 +66,17 @@ pub enum PlanError {
          run again"
     )]
     BigSegmentMembersUnknown { segment: String, count: u64 },
+    #[error(
+        "segment `{segment}` does not exist in {project}/{environment}, so the keys this remove sync would remove \
+         from it, {keys}, cannot be removed; a remove sync never creates its segment: create it in LaunchDarkly, or \
+         correct the sync's segment key. Nothing was sent and the checkpoint did not move"
+    )]
+    RemoveFromMissingSegment {
+        segment: String,
+        project: String,
+        environment: String,
+        keys: KeySample,
+    },
     /// Reading the segment for a plan against its real membership (`plan --full`) failed.
     #[error("{0}")]
     LaunchDarkly(String),
@@ -83,6 +94,7 @@ impl PlanError {
             PlanError::Spool(_) => ErrorClass::Internal,
             PlanError::SegmentDeleted { .. }
             | PlanError::BigSegmentMembersUnknown { .. }
+            | PlanError::RemoveFromMissingSegment { .. }
             | PlanError::LaunchDarkly(_) => ErrorClass::LaunchDarkly,
         }
     }
@@ -113,14 +125,31 @@ pub struct ExecutablePlan<'e> {
     delta: Delta<'e>,
     /// The segment as read before planning; `None` when it does not exist yet.
     pub segment: Option<Segment>,
-    /// Whether the model's keys equal the checkpoint's, so that a run with nothing to send leaves it be.
-    pub model_matches_checkpoint: bool,
+    /// Model keys the run's snapshot leaves out, because LaunchDarkly is never asked to hold them: the keys the
+    /// segment holds as excluded targets (add and mirror syncs). A lifted exclusion then shows as an entered key.
+    pub left_out: StringArray,
+    /// Whether a run with nothing to send leaves the checkpoint be: it already holds what this run would commit,
+    /// or the segment does not exist (LaunchDarkly was asked nothing, and a checkpoint would claim a membership).
+    pub keep_checkpoint: bool,
 }
 
 impl ExecutablePlan<'_> {
     /// Reads one of the plan's key lists (its adds or removes), in order, from the set engine where it is held.
     pub fn read<'k>(&'k self, keys: &'k KeyList) -> Result<KeyRead<'k>, SetEngineError> {
         KeyRead::prepare(self.delta.engine(), keys)
+    }
+
+    /// How many keys one of the plan's key lists holds, with the first few, wherever it is held.
+    fn sample(&self, keys: &KeyList) -> Result<KeySample, SetEngineError> {
+        let mut read = self.read(keys)?;
+        let examples: Vec<String> = read
+            .keys()
+            .take(KeySample::EXAMPLES)
+            .collect::<Result<_, _>>()?;
+        Ok(KeySample {
+            count: keys.len() as u64,
+            examples,
+        })
     }
 }
 
@@ -194,27 +223,112 @@ impl<'a> Planner<'a> {
         };
         let listing = if big { listing } else { Listing::Listed };
         let mut planned = self.plan_against(sync, model, baseline, listing)?;
-        planned.model_matches_checkpoint = match (&checkpoint, baseline) {
-            (None, _) => false,
-            (Some(_), Baseline::Checkpoint(_)) => {
-                planned.plan.entered == 0 && planned.plan.left == 0
+        match &segment {
+            Some(segment) => {
+                self.fit_to_segment(
+                    sync,
+                    &mut planned.plan,
+                    segment,
+                    baseline,
+                    checkpoint.as_ref(),
+                )?;
+                if sync.mode != Mode::Remove {
+                    planned.left_out = StringArray::from_iter_values(&segment.excluded);
+                }
             }
-            // Compared with the membership (a standard segment: small), a second comparison says it.
-            (Some(checkpoint), Baseline::Membership(_)) => {
-                self.matches_checkpoint(sync, &planned.model, checkpoint)?
+            None if sync.mode == Mode::Remove => self.fit_to_missing_segment(sync, &mut planned)?,
+            None => {}
+        }
+        planned.keep_checkpoint = match (&segment, &checkpoint) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(checkpoint)) => {
+                self.holds_snapshot(sync, &planned, baseline, checkpoint)?
             }
         };
-        if let Some(segment) = &segment {
-            self.fit_to_segment(
-                sync,
-                &mut planned.plan,
-                segment,
-                baseline,
-                checkpoint.as_ref(),
-            )?;
-        }
         planned.segment = segment;
         Ok(planned)
+    }
+
+    /// A remove sync whose segment does not exist has nothing to remove: a success that says so when the model has
+    /// no keys to remove either, else an error that names them (the segment key is most likely wrong).
+    fn fit_to_missing_segment(
+        &self,
+        sync: &SegmentSyncConfig,
+        planned: &mut ExecutablePlan<'_>,
+    ) -> Result<(), SyncPlanError> {
+        let removes = planned
+            .sample(&planned.plan.removes)
+            .map_err(|e| self.error(sync, e))?;
+        if removes.count > 0 {
+            return Err(self.error(
+                sync,
+                PlanError::RemoveFromMissingSegment {
+                    segment: sync.segment.clone(),
+                    project: self.config.launchdarkly.project.clone(),
+                    environment: self.config.launchdarkly.environment.clone(),
+                    keys: removes,
+                },
+            ));
+        }
+        planned.plan.notes.push(format!(
+            "segment `{}` does not exist in LaunchDarkly, so this remove sync has nothing to remove from it (nor \
+             does the model name any key to remove); no checkpoint is committed until the segment exists",
+            sync.segment
+        ));
+        Ok(())
+    }
+
+    /// Whether the checkpoint already holds what the run would commit: the model's keys less those it leaves out.
+    fn holds_snapshot(
+        &self,
+        sync: &SegmentSyncConfig,
+        planned: &ExecutablePlan<'_>,
+        baseline: Baseline<'_>,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool, SyncPlanError> {
+        let plan = &planned.plan;
+        match baseline {
+            // Compared with the checkpoint: nothing moved but keys left out (the adds' excluded keys), and the
+            // checkpoint holds none of the keys left out.
+            Baseline::Checkpoint(_) => Ok(plan.left == 0
+                && plan.entered == plan.excluded.len() as u64
+                && !self.holds_any(sync, checkpoint, &planned.left_out)?),
+            // Compared with the membership (a standard segment: small), a second comparison says it.
+            Baseline::Membership(_) | Baseline::Absent => {
+                self.matches_checkpoint(sync, &planned.model, checkpoint, &planned.left_out)
+            }
+        }
+    }
+
+    /// Whether the checkpoint holds any of `keys`.
+    fn holds_any(
+        &self,
+        sync: &SegmentSyncConfig,
+        checkpoint: &Checkpoint,
+        keys: &StringArray,
+    ) -> Result<bool, SyncPlanError> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let found = || -> Result<bool, PlanError> {
+            let engine = self.warehouse.engine()?;
+            let keys = KeyTable::load(engine, keys)?;
+            let held = held_by(
+                engine,
+                KeySource::Snapshot(checkpoint.fetch_snapshot()?),
+                KeySource::Table(&keys),
+            )?;
+            Ok(!held.is_empty())
+        };
+        found().map_err(|e| self.error(sync, e))
+    }
+
+    /// Starts folding the changes LaunchDarkly acknowledged of a run that did not finish into a checkpoint's keys,
+    /// in the set engine.
+    pub fn fold(&self, sync: &SegmentSyncConfig) -> Result<Fold<'a>, SyncPlanError> {
+        let fold = || -> Result<Fold<'a>, SetEngineError> { Fold::new(self.warehouse.engine()?) };
+        fold().map_err(|e| self.error(sync, e))
     }
 
     /// The sync's committed checkpoint, checked against its settings and its manifest; `None` before its first
@@ -275,28 +389,31 @@ impl<'a> Planner<'a> {
             model,
             delta,
             segment: None,
-            model_matches_checkpoint: false,
+            left_out: StringArray::from_iter_values(std::iter::empty::<&str>()),
+            keep_checkpoint: false,
         })
     }
 
-    /// Whether the model's valid keys are exactly the checkpoint's.
+    /// Whether the model's valid keys, less `left_out`, are exactly the checkpoint's.
     fn matches_checkpoint(
         &self,
         sync: &SegmentSyncConfig,
         model: &ModelKeys<'_>,
         checkpoint: &Checkpoint,
+        left_out: &StringArray,
     ) -> Result<bool, SyncPlanError> {
-        let delta = Delta::between(
-            model.engine(),
-            KeySource::Model(model),
-            KeySource::Snapshot(
-                checkpoint
-                    .fetch_snapshot()
-                    .map_err(|e| self.error(sync, e))?,
-            ),
-        )
-        .map_err(|e| self.error(sync, e))?;
-        Ok(delta.entered == 0 && delta.left == 0)
+        let matches = || -> Result<bool, PlanError> {
+            let engine = model.engine();
+            let left_out = KeyTable::load(engine, left_out)?;
+            let model = KeySource::Model(model);
+            let delta = Delta::between(
+                engine,
+                KeySource::Without(&model, &left_out),
+                KeySource::Snapshot(checkpoint.fetch_snapshot()?),
+            )?;
+            Ok(delta.entered == 0 && delta.left == 0)
+        };
+        matches().map_err(|e| self.error(sync, e))
     }
 
     /// Fits a plan to the segment as LaunchDarkly holds it: leaves out the keys it holds as excluded targets, finds
@@ -445,7 +562,7 @@ fn plan_keys<'e>(
                     KeySource::Snapshot(checkpoint.fetch_snapshot()?),
                     checkpoint.manifest.key_count,
                 ),
-                Baseline::Checkpoint(None) => (KeySource::Nothing, 0),
+                Baseline::Checkpoint(None) | Baseline::Absent => (KeySource::Nothing, 0),
                 Baseline::Membership(members) => {
                     members_table = KeyTable::load(engine, members)?;
                     (KeySource::Table(&members_table), members_table.count)
@@ -464,6 +581,7 @@ fn plan_keys<'e>(
         Baseline::Checkpoint(_) if sync.mode == Mode::Remove => None,
         Baseline::Checkpoint(checkpoint) => Some(checkpoint.map_or(0, |c| c.manifest.key_count)),
         Baseline::Membership(members) => Some(members.len() as u64),
+        Baseline::Absent => Some(0),
     };
     let mut plan = SyncPlan {
         sync: sync.name.clone(),
@@ -476,7 +594,7 @@ fn plan_keys<'e>(
         keys: stats,
         checkpoint: match baseline {
             Baseline::Checkpoint(checkpoint) => checkpoint.map(|c| CheckpointInfo::of(&c.manifest)),
-            Baseline::Membership(_) => None,
+            Baseline::Membership(_) | Baseline::Absent => None,
         },
         entered: diff.entered,
         left: diff.left,
@@ -503,7 +621,7 @@ fn key_changes(
     Ok(match (sync.mode, baseline) {
         (Mode::Add, _) => (diff.list(Direction::Entered, listing)?, KeyList::empty()),
         // Every model key is in the segment or not: remove those that are (the members are listed anyway).
-        (Mode::Remove, Baseline::Membership(_)) => (
+        (Mode::Remove, Baseline::Membership(_) | Baseline::Absent) => (
             KeyList::empty(),
             KeyList::Listed(held_by(engine, baseline_keys, KeySource::Model(model))?),
         ),

@@ -94,14 +94,14 @@ pub struct KeySample {
     pub examples: Vec<String>,
 }
 
-/// How many keys a run record or message names by value.
-const EXAMPLES: usize = 10;
-
 impl KeySample {
+    /// How many keys a run record or message names by value.
+    pub const EXAMPLES: usize = 10;
+
     pub fn of<'k>(keys: impl IntoIterator<Item = &'k str>) -> KeySample {
         let mut sample = KeySample::default();
         for key in keys {
-            if sample.examples.len() < EXAMPLES {
+            if sample.examples.len() < Self::EXAMPLES {
                 sample.examples.push(key.to_string());
             }
             sample.count += 1;
@@ -342,6 +342,11 @@ pub(super) fn notes(plan: &SyncPlan, baseline: Baseline<'_>) -> Vec<String> {
             "compared with the segment's real membership ({} {} targets), not with a checkpoint",
             members.len(),
             plan.context_kind
+        ));
+    } else if let Baseline::Absent = baseline {
+        notes.push(format!(
+            "segment `{}` does not exist in LaunchDarkly yet, so every model key is to be added",
+            plan.segment
         ));
     } else if plan.checkpoint.is_none() {
         notes

@@ -1,15 +1,18 @@
-//! A segment sync's run: settle the journal a crash or a refusal left (finish it, or abandon it and plan again);
+//! A segment sync's run: settle the journal a crash or a refusal left (finish it, or abandon it, keeping what
+//! LaunchDarkly acknowledged of it in the checkpoint, and plan again);
 //! run the model; read the segment (every run, so a wrong token fails even when nothing changed); plan against the
 //! checkpoint or the segment's real membership, around the keys LaunchDarkly holds as excluded; stop at a removal
 //! gate before any change; check or create the segment; write the new snapshot and the journal of batches; send
 //! adds then removes, recording each acknowledgement; and commit the checkpoint only when every batch is
 //! acknowledged.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use super::send::abandon_or_resume;
 use super::{RunError, Runner, SyncOptions, Tally};
-use crate::config::SegmentSyncConfig;
+use crate::config::{Mode, SegmentSyncConfig};
 use crate::history::RunOutcome;
 use crate::launchdarkly::Segment;
 use crate::plan::{
@@ -17,7 +20,7 @@ use crate::plan::{
     SyncPlanError,
 };
 use crate::progress;
-use crate::set_engine::{Listing, ModelKeys, SetEngineError};
+use crate::set_engine::{Listing, SetEngineError};
 use crate::state::{
     CheckpointSettings, Journal, JournalBatch, JournalHeader, PreparedSnapshot, RunIdentity,
 };
@@ -118,9 +121,9 @@ impl Runner<'_> {
             tracing::warn!(sync = %sync.name, "removal gates overridden for this run");
         }
         if run.plan.adds.is_empty() && run.plan.removes.is_empty() {
-            if !run.model_matches_checkpoint {
+            if !run.keep_checkpoint {
                 // The model moved without anything to send (keys left in add mode, say): the checkpoint follows it.
-                let snapshot = self.prepare_snapshot(sync, run_id, &run.model)?;
+                let snapshot = self.prepare_snapshot(sync, run_id, &run)?;
                 self.store
                     .commit_prepared(&sync.name, run_id, &settings, &snapshot)?;
             }
@@ -153,7 +156,7 @@ impl Runner<'_> {
             return Ok(());
         };
         let run = journal.header.run.run_id.clone();
-        let abandoned = if options.full {
+        let mut abandoned = if options.full {
             Some(format!(
                 "abandoned unfinished run {run}: --full compares with the segment's real membership instead"
             ))
@@ -166,10 +169,65 @@ impl Runner<'_> {
                 )
             })
         };
+        if let Some(note) = &mut abandoned
+            && journal.acknowledged_count() > 0
+        {
+            self.fold_acknowledged(sync, &journal)?;
+            note.push_str(&format!(
+                "; the {} batches LaunchDarkly acknowledged of it are kept in the checkpoint",
+                journal.acknowledged_count()
+            ));
+        }
         match abandon_or_resume(&sync.name, journal, abandoned, tally)? {
             Some(journal) => self.finish(sync, journal, settings, tally).await,
             None => Ok(()),
         }
+    }
+
+    /// Commits, as the checkpoint an abandoned run leaves, what the segment holds after it: the committed checkpoint
+    /// (when it was made with the run's settings) with the batches LaunchDarkly acknowledged applied. So a later run
+    /// that compares with the checkpoint (a big segment, which LaunchDarkly cannot list) removes a key such a batch
+    /// added and the model has since dropped, and adds back a key such a batch removed and the model holds again.
+    /// The commit is the abandoned run's own: it closes that run's journal, as its finish would have.
+    fn fold_acknowledged(
+        &self,
+        sync: &SegmentSyncConfig,
+        journal: &SegmentJournal,
+    ) -> Result<(), RunError> {
+        let header = &journal.header;
+        let run_id = &header.run.run_id;
+        let checkpoint = self.store.load(&sync.name)?;
+        if checkpoint
+            .as_ref()
+            .is_some_and(|c| c.manifest.run_id == *run_id)
+        {
+            // Folded already, by a run that stopped before it closed the journal.
+            return Ok(());
+        }
+        let base = checkpoint.filter(|c| c.manifest.settings.changes(&header.settings).is_empty());
+        let error = |e: SetEngineError| RunError::Plan(self.planner.error(sync, e));
+        let mut fold = self.planner.fold(sync)?;
+        let pending: BTreeSet<usize> = journal.pending().collect();
+        for index in (0..journal.batch_count()).filter(|index| !pending.contains(index)) {
+            let batch = journal.batch(index)?;
+            // A remove sync's checkpoint holds the keys it removed; the others', the keys the segment holds.
+            let held = header.settings.mode == Mode::Remove || batch.action == Action::Add;
+            fold.take(&batch.keys, held).map_err(error)?;
+        }
+        let base = match &base {
+            Some(checkpoint) => {
+                checkpoint.verify()?;
+                Some(checkpoint.fetch_snapshot()?)
+            }
+            None => None,
+        };
+        let prepared = self.store.prepare(&sync.name, run_id, |path| {
+            fold.write_snapshot(base, path).map_err(error)
+        })?;
+        self.store
+            .commit_prepared(&sync.name, run_id, &header.settings, &prepared)?;
+        tracing::info!(sync = %sync.name, run = %run_id, keys = prepared.key_count, "kept the acknowledged batches of an abandoned run in the checkpoint");
+        Ok(())
     }
 
     /// Checks that the segment can take the plan, creating it if it is missing and the sync allows it.
@@ -229,7 +287,7 @@ impl Runner<'_> {
         segment_kind: SegmentKind,
         planned: &ExecutablePlan<'_>,
     ) -> Result<SegmentJournal, RunError> {
-        let snapshot = self.prepare_snapshot(sync, run_id, &planned.model)?;
+        let snapshot = self.prepare_snapshot(sync, run_id, planned)?;
         let error = |e: SetEngineError| RunError::Plan(self.planner.error(sync, e));
         let plan = &planned.plan;
         let mut adds = planned.read(&plan.adds).map_err(error)?;
@@ -249,19 +307,21 @@ impl Runner<'_> {
         )?)
     }
 
-    /// Writes the model's keys as the snapshot this run will commit.
+    /// Writes the snapshot this run will commit: what LaunchDarkly is asked to hold, the model's keys but those the
+    /// plan leaves out.
     fn prepare_snapshot(
         &self,
         sync: &SegmentSyncConfig,
         run_id: &str,
-        model: &ModelKeys<'_>,
+        planned: &ExecutablePlan<'_>,
     ) -> Result<PreparedSnapshot, RunError> {
         let writing = progress::step_spinner(&sync.name, "writing the snapshot", self.progress);
-        let prepared = match model.prepare_in_warehouse(&sync.name, run_id) {
+        let (model, left_out) = (&planned.model, &planned.left_out);
+        let prepared = match model.prepare_in_warehouse(&sync.name, run_id, left_out) {
             Some(prepared) => prepared.map_err(RunError::from),
             None => self.store.prepare(&sync.name, run_id, |path| {
                 model
-                    .write_snapshot(path)
+                    .write_snapshot(path, left_out)
                     .map_err(|e| RunError::Plan(self.planner.error(sync, e)))
             }),
         };

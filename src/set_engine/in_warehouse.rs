@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::Connection;
 use sqlx::{AssertSqlSafe, Connection as _, Executor};
@@ -19,7 +19,7 @@ use crate::keys::{RejectedRow, Rejection};
 use crate::pg::CopyOutError;
 use crate::state::{PgStore, PreparedSnapshot, Session, StateError};
 use crate::warehouse::postgres::running_model_error;
-use crate::warehouse::{KeyColumn, WarehouseError, quote_identifier, wrap_model};
+use crate::warehouse::{KeyColumn, WarehouseError, quote_identifier, quote_literal, wrap_model};
 
 /// A model's rows in a temporary table of a session of the store's own: `row` (the model's order), `k` (the key as
 /// text, compared byte by byte) and `reason` (why it is rejected, 0 if it is not). The table goes with the session,
@@ -146,13 +146,19 @@ impl WarehouseRows {
         appender.flush().map_err(engine_error(doing))
     }
 
-    /// Makes the snapshot run `run_id` of `sync` will commit from the valid keys, inside PostgreSQL.
+    /// Makes the snapshot run `run_id` of `sync` will commit from the valid keys but those `left_out` (at most a
+    /// standard segment's excluded targets, so few enough to name in the query), inside PostgreSQL.
     pub(super) fn prepare_snapshot(
         &self,
         sync: &str,
         run_id: &str,
+        left_out: &StringArray,
     ) -> Result<PreparedSnapshot, StateError> {
-        let select = format!("SELECT DISTINCT k FROM {ROWS} WHERE reason = 0");
+        let mut select = format!("SELECT DISTINCT k FROM {ROWS} WHERE reason = 0");
+        if !left_out.is_empty() {
+            let keys: Vec<String> = left_out.iter().flatten().map(quote_literal).collect();
+            select.push_str(&format!(" AND k NOT IN ({})", keys.join(", ")));
+        }
         self.session.prepare_snapshot(sync, run_id, &select)
     }
 

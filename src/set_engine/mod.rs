@@ -70,10 +70,12 @@ impl SetEngineError {
 }
 
 mod delta;
+mod fold;
 mod in_warehouse;
 mod model;
 
 pub use delta::{Delta, KeyList, KeyRead, KeyTable, Keys, Listing, held_by};
+pub use fold::Fold;
 use in_warehouse::WarehouseRows;
 pub use model::ModelKeys;
 
@@ -90,6 +92,8 @@ pub enum KeySource<'a> {
     Snapshot(&'a Path),
     /// Keys loaded into a [`KeyTable`].
     Table(&'a KeyTable<'a>),
+    /// The keys of a source but those of a [`KeyTable`].
+    Without(&'a KeySource<'a>, &'a KeyTable<'a>),
     /// No keys at all.
     Nothing,
 }
@@ -109,13 +113,19 @@ impl KeySource<'_> {
                 quote_literal(&path.to_string_lossy())
             ),
             KeySource::Table(table) => format!("SELECT k FROM {}", table.name),
+            KeySource::Without(keys, left_out) => format!(
+                "SELECT a.k FROM ({}) AS a ANTI JOIN {} AS b ON a.k = b.k",
+                keys.sql()?,
+                left_out.name
+            ),
             KeySource::Nothing => "SELECT CAST(NULL AS VARCHAR) COLLATE c AS k WHERE false".into(),
         })
     }
 
-    /// How many keys it gives (repeats included).
+    /// How many keys it gives (repeats included); at most that many for [`KeySource::Without`].
     fn len(&self, engine: &Connection) -> Result<u64, SetEngineError> {
         Ok(match self {
+            KeySource::Without(keys, _) => keys.len(engine)?,
             KeySource::Model(model) => model.rows - model.rejected.total(),
             KeySource::Table(table) => table.count,
             KeySource::Nothing => 0,
@@ -366,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_holds_the_distinct_keys_sorted() {
+    fn a_snapshot_holds_the_distinct_keys_sorted_but_those_left_out() {
         let warehouse = warehouse_with(
             &[Some("b"), Some("a"), None, Some("b"), Some("é"), Some("B")],
             &[],
@@ -374,7 +384,12 @@ mod tests {
         let model = load(&warehouse, InvalidKeys::Skip).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot.parquet");
-        assert_eq!(model.write_snapshot(&path).unwrap(), 4);
+        assert_eq!(
+            model
+                .write_snapshot(&path, &StringArray::from(vec!["b"]))
+                .unwrap(),
+            3
+        );
         // Read back by DuckDB, in the file's order.
         let engine = warehouse.engine().unwrap();
         let columns = query_rows(
@@ -385,14 +400,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(columns, ["context_key"]);
-        let keys = query_rows(
-            engine,
-            &format!("SELECT context_key FROM read_parquet('{}')", path.display()),
-            "",
-            |row| row.get::<_, String>(0),
-        )
-        .unwrap();
-        assert_eq!(keys, ["B", "a", "b", "é"]);
+        assert_eq!(
+            snapshot_keys(engine, &path),
+            ["B", "a", "é"],
+            "the key left out is not written"
+        );
         // And it reads back as a baseline.
         let delta = Delta::between(
             warehouse.engine().unwrap(),
@@ -400,7 +412,37 @@ mod tests {
             KeySource::Snapshot(&path),
         )
         .unwrap();
-        assert_eq!((delta.entered, delta.left), (0, 0));
+        assert_eq!((delta.entered, delta.left), (1, 0));
+    }
+
+    /// The keys of the snapshot at `path`, in the file's order, as DuckDB reads them.
+    fn snapshot_keys(engine: &Connection, path: &Path) -> Vec<String> {
+        query_rows(
+            engine,
+            &format!("SELECT context_key FROM read_parquet('{}')", path.display()),
+            "",
+            |row| row.get::<_, String>(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_fold_adds_and_removes_acknowledged_keys_from_the_base_snapshot() {
+        let warehouse = warehouse_with(&[], &[]);
+        let engine = warehouse.engine().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.parquet");
+        let file = std::fs::File::create(&base).unwrap();
+        crate::state::write_parquet_keys(file, ["a", "b", "c"].into_iter()).unwrap();
+        let mut fold = Fold::new(engine).unwrap();
+        fold.take(&["d".to_string(), "a".to_string()], true)
+            .unwrap();
+        fold.take(&["b".to_string()], false).unwrap();
+        let path = dir.path().join("folded.parquet");
+        assert_eq!(fold.write_snapshot(Some(&base), &path).unwrap(), 3);
+        assert_eq!(snapshot_keys(engine, &path), ["a", "c", "d"]);
+        let without_base = dir.path().join("acknowledged.parquet");
+        assert_eq!(fold.write_snapshot(None, &without_base).unwrap(), 2);
     }
 
     #[test]

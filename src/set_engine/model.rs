@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::Connection;
 use indicatif::ProgressBar;
@@ -194,24 +194,51 @@ impl<'e> ModelKeys<'e> {
         }
     }
 
-    /// Writes the model's distinct valid keys, sorted, as a Parquet snapshot at `path` (ZSTD, one non-null
-    /// `context_key` column); returns how many. Past one join's worth of keys (see [`partitions_for`]), the repeats
-    /// are dropped one partition of the keys' hash at a time before the sort, which DuckDB spills on its own.
-    pub fn write_snapshot(&self, path: &Path) -> Result<u64, SetEngineError> {
-        let doing = "writing the snapshot";
+    /// Writes the model's distinct valid keys but those `left_out`, sorted, as a Parquet snapshot at `path` (see
+    /// [`write_keys`]); returns how many.
+    pub fn write_snapshot(
+        &self,
+        path: &Path,
+        left_out: &StringArray,
+    ) -> Result<u64, SetEngineError> {
         self.engine_table("written as a Parquet snapshot")?;
         let model = KeySource::Model(self);
-        let partitions = partitions_for(self.engine, model.len(self.engine)?)?;
-        let distinct = Distinct::of(self.engine, model, partitions)?;
-        let sql = format!(
-            "COPY (SELECT k AS context_key FROM ({}) ORDER BY context_key COLLATE c) TO {} \
-             (FORMAT parquet, COMPRESSION zstd)",
-            distinct.sql(),
-            quote_literal(&path.to_string_lossy())
-        );
-        let written = self.engine.execute(&sql, []).map_err(engine_error(doing))?;
-        Ok(written as u64)
+        if left_out.is_empty() {
+            return write_keys(self.engine, model, path);
+        }
+        let left_out = KeyTable::load(self.engine, left_out)?;
+        write_keys(self.engine, KeySource::Without(&model, &left_out), path)
     }
+}
+
+/// Writes the distinct keys of `keys`, sorted, as a Parquet snapshot at `path` (ZSTD, one non-null `context_key`
+/// column); returns how many. Past one join's worth of keys (see [`partitions_for`]), the repeats are dropped one
+/// partition of the keys' hash at a time before the sort, which DuckDB spills on its own.
+fn write_keys(
+    engine: &Connection,
+    keys: KeySource<'_>,
+    path: &Path,
+) -> Result<u64, SetEngineError> {
+    let partitions = partitions_for(engine, keys.len(engine)?)?;
+    let distinct = Distinct::of(engine, keys, partitions)?;
+    write_sorted(engine, distinct.sql(), path)
+}
+
+/// Writes the distinct keys of the one-column `distinct`, sorted, as a Parquet snapshot at `path`; returns how many.
+pub(super) fn write_sorted(
+    engine: &Connection,
+    distinct: &str,
+    path: &Path,
+) -> Result<u64, SetEngineError> {
+    let sql = format!(
+        "COPY (SELECT k AS context_key FROM ({distinct}) ORDER BY context_key COLLATE c) TO {} \
+         (FORMAT parquet, COMPRESSION zstd)",
+        quote_literal(&path.to_string_lossy())
+    );
+    let written = engine
+        .execute(&sql, [])
+        .map_err(engine_error("writing the snapshot"))?;
+    Ok(written as u64)
 }
 
 /// The distinct keys of a source: a query when one pass can drop the repeats, else a temporary table filled one
@@ -272,16 +299,17 @@ impl Drop for Distinct<'_> {
 }
 
 impl ModelKeys<'_> {
-    /// For rows held in PostgreSQL: makes the snapshot of run `run_id` from them, there; `None` for rows held in
-    /// the set engine, whose snapshot is written with [`ModelKeys::write_snapshot`].
+    /// For rows held in PostgreSQL: makes the snapshot of run `run_id` from them but those `left_out`, there;
+    /// `None` for rows held in the set engine, whose snapshot is written with [`ModelKeys::write_snapshot`].
     pub fn prepare_in_warehouse(
         &self,
         sync: &str,
         run_id: &str,
+        left_out: &StringArray,
     ) -> Option<Result<PreparedSnapshot, StateError>> {
         match &self.held {
             RowsHeld::Engine(_) => None,
-            RowsHeld::Warehouse(rows) => Some(rows.prepare_snapshot(sync, run_id)),
+            RowsHeld::Warehouse(rows) => Some(rows.prepare_snapshot(sync, run_id, left_out)),
         }
     }
 }
