@@ -30,7 +30,10 @@ use ldsync::warehouse::{Warehouse, WarehouseError};
 
 mod common;
 
-use common::{cores, memory_total, option, pass, run_and_measure};
+use common::{
+    cores, ldsync_plan, measure, memory_total, option, pass, phase_command, repeat,
+    run_and_measure, sizes,
+};
 
 const SYNC: &str = "bench";
 
@@ -48,13 +51,8 @@ fn main() {
         }
         return;
     }
-    let sizes: Vec<u64> = option(&args, "--sizes")
-        .unwrap_or_else(|| "1000000,10000000".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("--sizes takes numbers"))
-        .collect();
-    let repeat: usize =
-        option(&args, "--repeat").map_or(3, |r| r.parse().expect("--repeat takes a number"));
+    let sizes = sizes(&args, "1000000,10000000");
+    let repeat = repeat(&args);
     let postgres = match option(&args, "--warehouse").as_deref() {
         None | Some("duckdb") => false,
         Some("postgres") => true,
@@ -228,54 +226,8 @@ syncs:
     );
 }
 
-struct Measurement {
-    median: f64,
-    min: f64,
-    peak_kib: i64,
-}
-
-/// Runs the command `repeat` times; wall time of each, and the largest peak resident memory seen.
-fn measure(repeat: usize, command: impl Fn() -> Command) -> Measurement {
-    let mut times = Vec::new();
-    let mut peak_kib = 0;
-    for _ in 0..repeat {
-        let started = Instant::now();
-        let (ok, peak) = run_and_measure(command());
-        times.push(started.elapsed().as_secs_f64());
-        assert!(ok, "a benchmark child process failed");
-        peak_kib = peak_kib.max(peak);
-    }
-    times.sort_by(f64::total_cmp);
-    Measurement {
-        median: times[times.len() / 2],
-        min: times[0],
-        peak_kib,
-    }
-}
-
-fn phase_command(phase: &str, dir: &Path) -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args(["--phase", phase, "--dir"]).arg(dir);
-    command
-}
-
 fn plan_command(dir: &Path) -> Command {
     ldsync_plan(&dir.join("connector.yaml"))
-}
-
-/// `ldsync plan --format json` of the configuration `config`, its report thrown away.
-fn ldsync_plan(config: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ldsync"));
-    command.arg("--config").arg(config).args([
-        "--log-level",
-        "warn",
-        "plan",
-        "--format",
-        "json",
-        "--output",
-        "/dev/null",
-    ]);
-    command
 }
 
 fn database_url() -> String {

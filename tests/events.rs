@@ -1,5 +1,6 @@
 //! Events syncs end to end: the real binary sends an orders table's events to the emulator's metric import API,
-//! run after run, with late rows, lost acknowledgements, bad rows and a kill in the middle of a run.
+//! run after run, with late rows, lost acknowledgements, bad rows, rows dated far ahead, timestamps of every kind,
+//! a batch LaunchDarkly refuses, a kill in the middle of a run, and a commit that fails half way on PostgreSQL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
@@ -10,6 +11,7 @@ use ldsync_emulator::{Emulator, EmulatorConfig, Faults};
 use serde_json::{Value, json};
 
 use crate::util::emulated::{TOKEN, ok};
+use crate::util::postgres::{Schema, database_url};
 use crate::util::{json, stderr, stdout};
 
 const IMPORT_ROUTE: &str = "POST /v2/event-data-import/{projectKey}/{environmentKey}";
@@ -125,6 +127,11 @@ events:
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(from));
         std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// Replaces the model's SQL.
+    fn write_model(&self, sql: &str) {
+        std::fs::write(self.dir.path().join("sql/order_events.sql"), sql).unwrap();
     }
 
     fn write_orders(&self, orders: &[Order]) {
@@ -575,4 +582,265 @@ fn events_sync_settings_are_checked_with_their_field_and_line() {
         "{}",
         stdout(&full)
     );
+}
+
+/// Eight orders a second apart, `a0` to `a7`; the first order of the third batch of `batch_size` is user
+/// `refused-user`'s.
+fn eight_orders(batch_size: usize) -> Vec<Order> {
+    const TIMES: [&str; 8] = [
+        "2026-11-23 09:00:00",
+        "2026-11-23 09:00:01",
+        "2026-11-23 09:00:02",
+        "2026-11-23 09:00:03",
+        "2026-11-23 09:00:04",
+        "2026-11-23 09:00:05",
+        "2026-11-23 09:00:06",
+        "2026-11-23 09:00:07",
+    ];
+    TIMES
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            let user = if i == 2 * batch_size {
+                "refused-user"
+            } else {
+                "u1"
+            };
+            order(&format!("a{i}"), "order-completed", user, "", at, "3")
+        })
+        .collect()
+}
+
+/// LaunchDarkly refuses the third batch of a run: the next run (its rows now in another order in the table) sends
+/// the rest, and never the events the refused run's first two batches sent, which the emulator counts once each.
+#[test]
+fn a_refused_run_keeps_its_acknowledged_events_and_the_next_run_sends_only_the_rest() {
+    for batch_size in [1, 2] {
+        let project = EventsProject::new(
+            Faults {
+                refused_keys: BTreeSet::from(["refused-user".to_string()]),
+                ..Faults::default()
+            },
+            "",
+        );
+        project.edit_config("batch_size: 2", &format!("batch_size: {batch_size}"));
+        let mut orders = eight_orders(batch_size);
+        project.write_orders(&orders);
+        let refused = project.ldsync(&["sync"]);
+        assert_ne!(refused.status.code(), Some(0), "{}", stdout(&refused));
+        assert_eq!(
+            project.imports().len(),
+            3,
+            "two batches, then the refused third"
+        );
+        let acknowledged: Vec<Value> = orders[..2 * batch_size].iter().map(expected).collect();
+        assert_eq!(counted(&project.received()), counted(&acknowledged));
+
+        project.emulator.set_faults(Faults::default());
+        orders.reverse();
+        project.write_orders(&orders);
+        let next = project.ldsync(&["sync"]);
+        ok(&next);
+        let all: Vec<Value> = orders.iter().map(expected).collect();
+        assert_eq!(
+            counted(&project.received()),
+            counted(&all),
+            "batch size {batch_size}: every order counted once"
+        );
+        let rest = (8 - 2 * batch_size) / batch_size;
+        assert_eq!(
+            project.imports().len(),
+            3 + rest,
+            "batch size {batch_size}: the next run sends only the batches of the events not acknowledged"
+        );
+        assert!(
+            stdout(&next).contains(&format!(
+                "the {} events its acknowledged batches sent are in the checkpoint",
+                2 * batch_size
+            )),
+            "{}",
+            stdout(&next)
+        );
+        let checkpoint = project.checkpoint();
+        assert_eq!(checkpoint["events_sent"], 8);
+        assert_eq!(
+            checkpoint["watermark"],
+            json!({"at_ms": millis("2026-11-23 09:00:07"), "row_id": "a7"})
+        );
+        assert!(!project.journal_exists());
+    }
+}
+
+/// A time `days` from now, as the orders table writes it.
+fn days_from_now(days: i64) -> &'static str {
+    let at = Utc::now() + chrono::Duration::days(days);
+    String::leak(at.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+/// A row dated far ahead (a 2100 placeholder) or beyond `max_future` is a bad row: counted, named, never sent, and
+/// the watermark stays with the real events, so the rows after them are still sent.
+#[test]
+fn a_row_dated_past_max_future_is_a_bad_row_and_never_stalls_the_sync() {
+    let project = EventsProject::new(Faults::default(), "");
+    let mut orders = day_one();
+    let far = order("f1", "upgrade", "u8", "", "2100-01-01 00:00:00", "");
+    let soon = order("f2", "upgrade", "u9", "", days_from_now(3), "");
+    orders.extend([far, soon.clone()]);
+    project.write_orders(&orders);
+    let first = project.ldsync(&["sync"]);
+    ok(&first);
+    let report = stdout(&first);
+    assert!(
+        report.contains("2 rows left out")
+            && report.contains("f1: a timestamp more than max_future after the run's start"),
+        "{report}"
+    );
+    let mut sent: Vec<Value> = day_one().iter().map(expected).collect();
+    assert_eq!(counted(&project.received()), counted(&sent));
+    assert_eq!(
+        project.checkpoint()["watermark"],
+        json!({"at_ms": millis("2026-11-20 10:05:00"), "row_id": "o5"})
+    );
+    let history = json(&project.ldsync(&["history", "--format", "json"]));
+    assert_eq!(
+        history["runs"][0]["events"]["bad_rows"]["by_problem"],
+        json!({"timestamp_in_future": 2})
+    );
+
+    // The next order is sent: the watermark did not run ahead of it.
+    let [next, ..] = later_and_late_orders();
+    sent.push(expected(&next));
+    orders.push(next);
+    project.write_orders(&orders);
+    ok(&project.ldsync(&["sync"]));
+    assert_eq!(counted(&project.received()), counted(&sent));
+
+    // With four days allowed, the order dated in three days is sent; 2100 still is not, and the watermark stays
+    // within the run's start plus max_future.
+    project.edit_config("lateness: 1h", "lateness: 1h\n    max_future: 4d");
+    let started = Utc::now();
+    ok(&project.ldsync(&["sync"]));
+    sent.push(expected(&soon));
+    assert_eq!(counted(&project.received()), counted(&sent));
+    let watermark = project.checkpoint()["watermark"].clone();
+    assert_eq!(watermark["row_id"], "f2");
+    assert!(
+        watermark["at_ms"].as_i64().unwrap()
+            <= (started + chrono::Duration::days(4)).timestamp_millis()
+    );
+}
+
+#[test]
+fn a_bad_max_future_is_named_with_its_sync_and_field() {
+    let project = EventsProject::new(Faults::default(), "    max_future: tomorrow\n");
+    let out = project.ldsync(&["validate"]);
+    assert_eq!(out.status.code(), Some(5));
+    let message = stderr(&out);
+    assert!(
+        message.contains("events[0].max_future")
+            && message
+                .contains("`max_future` takes a duration such as 1h, 1d or 0s, got `tomorrow`"),
+        "{message}"
+    );
+}
+
+/// The events LaunchDarkly received and the checkpoint's watermark when the model's timestamp column is `sql`
+/// (over the orders table's `placed_at`) for day one's orders.
+fn sent_with_timestamps(sql: &str) -> (Vec<Value>, Value) {
+    let project = EventsProject::new(Faults::default(), "");
+    project.write_model(&format!(
+        "SELECT order_id, event AS event_key, user_id, org_id, {sql} AS placed_at, amount FROM orders\n"
+    ));
+    project.write_orders(&day_one());
+    ok(&project.ldsync(&["sync"]));
+    (
+        project.received(),
+        project.checkpoint()["watermark"].clone(),
+    )
+}
+
+/// A DATE is the start of its day in UTC; an integer is Unix milliseconds, sent as they are.
+#[test]
+fn event_timestamps_may_be_dates_or_unix_milliseconds() {
+    let orders = day_one();
+    let (received, watermark) = sent_with_timestamps("CAST(placed_at AS DATE)");
+    let midnight = millis("2026-11-20 00:00:00");
+    let on_the_day: Vec<Value> = orders
+        .iter()
+        .map(|o| {
+            let mut event = expected(o);
+            event["creationDate"] = json!(midnight);
+            event
+        })
+        .collect();
+    assert_eq!(counted(&received), counted(&on_the_day));
+    assert_eq!(watermark, json!({"at_ms": midnight, "row_id": "o5"}));
+
+    let (received, watermark) = sent_with_timestamps("epoch_ms(placed_at)");
+    let all: Vec<Value> = orders.iter().map(expected).collect();
+    assert_eq!(counted(&received), counted(&all));
+    assert_eq!(
+        watermark,
+        json!({"at_ms": millis("2026-11-20 10:05:00"), "row_id": "o5"})
+    );
+}
+
+/// On PostgreSQL the commit of an events run and the deletion of its journal are one transaction: when the
+/// deletion fails (a trigger refuses it), the old checkpoint stays whole (here: none) with the journal, and the
+/// next run finishes the journal without sending anything again.
+#[test]
+fn an_events_commit_on_postgres_moves_the_checkpoint_and_ends_the_journal_together() {
+    let Some(url) = database_url() else { return };
+    let schema = Schema::new(&url, "events_commit", "");
+    let project = EventsProject::new(Faults::default(), "");
+    project.edit_config(
+        "state:\n  kind: local\n",
+        &format!(
+            "state:\n  kind: postgres\n  url: {}\n  schema: {}\n",
+            schema.url, schema.name
+        ),
+    );
+    project.write_orders(&day_one());
+    ok(&project.ldsync(&["plan"])); // creates the store's tables
+    schema.execute(&format!(
+        "CREATE FUNCTION {0}.refuse_delete() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'the test refuses to delete a journal'; END $$;
+         CREATE TRIGGER refuse_delete BEFORE DELETE ON {0}.journals
+           FOR EACH ROW EXECUTE FUNCTION {0}.refuse_delete();",
+        schema.name
+    ));
+    let failed = project.ldsync(&["sync"]);
+    assert_ne!(failed.status.code(), Some(0), "{}", stdout(&failed));
+    let all: Vec<Value> = day_one().iter().map(expected).collect();
+    assert_eq!(counted(&project.received()), counted(&all));
+    let rows = |table: &str| {
+        schema.query(&format!(
+            "SELECT count(*)::text FROM {}.{table}",
+            schema.name
+        ))[0][0]
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(
+        rows("event_checkpoints"),
+        "0",
+        "no checkpoint without the journal's end"
+    );
+    assert_eq!(rows("journals"), "1");
+
+    schema.execute(&format!(
+        "DROP TRIGGER refuse_delete ON {}.journals",
+        schema.name
+    ));
+    let finished = project.ldsync(&["sync", "--format", "json"]);
+    ok(&finished);
+    assert!(json(&finished)["syncs"][0]["resumed_run"].is_string());
+    assert_eq!(counted(&project.received()), counted(&all));
+    assert_eq!(project.imports().len(), 3, "nothing sent twice");
+    assert_eq!(rows("journals"), "0");
+    let sent = schema.query(&format!(
+        "SELECT checkpoint->>'events_sent' FROM {}.event_checkpoints",
+        schema.name
+    ));
+    assert_eq!(sent, [[Some("5".to_string())]]);
 }

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)] // each benchmark uses its own subset
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 pub fn pass(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
@@ -14,6 +16,20 @@ pub fn option(args: &[String], name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
+}
+
+/// `--sizes` (numbers separated by commas), or `default`.
+pub fn sizes(args: &[String], default: &str) -> Vec<u64> {
+    option(args, "--sizes")
+        .unwrap_or_else(|| default.into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("--sizes takes numbers"))
+        .collect()
+}
+
+/// `--repeat`: how many times each measurement runs (default 3).
+pub fn repeat(args: &[String]) -> usize {
+    option(args, "--repeat").map_or(3, |r| r.parse().expect("--repeat takes a number"))
 }
 
 /// Spawns `command`, waits for it with `wait4`, and returns whether it succeeded and its peak RSS in KiB.
@@ -49,4 +65,52 @@ pub fn memory_total() -> String {
             || "unknown memory".into(),
             |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
         )
+}
+
+/// The wall time of a command's runs, and the largest peak resident memory among them.
+pub struct Measurement {
+    pub median: f64,
+    pub min: f64,
+    pub peak_kib: i64,
+}
+
+/// Runs the command `repeat` times; wall time of each, and the largest peak resident memory seen.
+pub fn measure(repeat: usize, command: impl Fn() -> Command) -> Measurement {
+    let mut times = Vec::new();
+    let mut peak_kib = 0;
+    for _ in 0..repeat {
+        let started = Instant::now();
+        let (ok, peak) = run_and_measure(command());
+        times.push(started.elapsed().as_secs_f64());
+        assert!(ok, "a benchmark child process failed");
+        peak_kib = peak_kib.max(peak);
+    }
+    times.sort_by(f64::total_cmp);
+    Measurement {
+        median: times[times.len() / 2],
+        min: times[0],
+        peak_kib,
+    }
+}
+
+/// This benchmark's own binary running phase `phase` on the data in `dir`, in a child process.
+pub fn phase_command(phase: &str, dir: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--phase", phase, "--dir"]).arg(dir);
+    command
+}
+
+/// `ldsync plan --format json` of the configuration `config`, its report thrown away.
+pub fn ldsync_plan(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ldsync"));
+    command.arg("--config").arg(config).args([
+        "--log-level",
+        "warn",
+        "plan",
+        "--format",
+        "json",
+        "--output",
+        "/dev/null",
+    ]);
+    command
 }

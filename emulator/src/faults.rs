@@ -23,7 +23,8 @@ pub struct Faults {
     /// and `X-Ratelimit-Reset` both follow it, as a LaunchDarkly whose clock disagrees with the client's would.
     pub clock_skew_ms: i64,
     /// Target keys refused with 400 whenever a write would include them, as LaunchDarkly refuses a key that a
-    /// concurrent edit has just excluded.
+    /// concurrent edit has just excluded; a metric import whose events have one of them as a context key is refused
+    /// the same way.
     pub refused_keys: BTreeSet<String>,
     /// Seeds the choices, so that a fault sequence is reproducible.
     pub seed: u64,

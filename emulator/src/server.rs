@@ -477,6 +477,7 @@ fn import_events(
         &request.raw_body,
         header(&request.headers, "content-encoding"),
     )?;
+    refuse_event_contexts(shared, &events)?;
     let payload = header(&request.headers, "x-launchdarkly-payload-id");
     let applied = shared.import(project, environment, payload, events);
     Ok(Answer {
@@ -486,6 +487,20 @@ fn import_events(
         applied,
         write: true,
     })
+}
+
+/// Refuses, with 400, a batch of events any of which has a context key among the faults' refused keys.
+fn refuse_event_contexts(shared: &Shared, events: &[Value]) -> Result<(), ApiFailure> {
+    let keys = events
+        .iter()
+        .filter_map(|event| event["contextKeys"].as_object())
+        .flat_map(|keys| keys.values());
+    match refused_key(shared, keys) {
+        Some(key) => Err(ApiFailure::invalid(format!(
+            "context key `{key}` is refused"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The instructions of a semantic patch, after LaunchDarkly's checks of its content type and environment.
@@ -548,19 +563,22 @@ fn refuse_keys<'a>(
     shared: &Shared,
     lists: impl IntoIterator<Item = &'a Value>,
 ) -> Result<(), ApiFailure> {
-    let refused = shared.with(|s| s.faults.refused_keys.clone());
-    let key = lists
-        .into_iter()
-        .filter_map(Value::as_array)
-        .flatten()
-        .filter_map(Value::as_str)
-        .find(|key| refused.contains(*key));
-    match key {
+    let keys = lists.into_iter().filter_map(Value::as_array).flatten();
+    match refused_key(shared, keys) {
         Some(key) => Err(ApiFailure::invalid(format!(
             "context key `{key}` cannot be included: it was excluded from the segment by another change"
         ))),
         None => Ok(()),
     }
+}
+
+/// The first of `keys` that the faults say LaunchDarkly refuses.
+fn refused_key<'a>(shared: &Shared, keys: impl IntoIterator<Item = &'a Value>) -> Option<String> {
+    let refused = shared.with(|s| s.faults.refused_keys.clone());
+    keys.into_iter()
+        .filter_map(Value::as_str)
+        .find(|key| refused.contains(*key))
+        .map(str::to_string)
 }
 
 fn new_segment(body: Option<&Value>) -> Result<Segment, ApiFailure> {

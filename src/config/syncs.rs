@@ -172,6 +172,10 @@ pub struct EventSyncConfig {
     /// watermark, and sends the rows there that no earlier run sent.
     #[serde(default = "default_lateness", deserialize_with = "lateness")]
     pub lateness: Duration,
+    /// How far after a run's start an event may be dated: a later row (a `9999-12-31` placeholder, microseconds
+    /// read as milliseconds) is a bad row, so that one such row never carries the watermark past every real event.
+    #[serde(default = "default_max_future", deserialize_with = "max_future")]
+    pub max_future: Duration,
     #[serde(default)]
     pub schedule: Option<Schedule>,
     /// Events per request (each request also stays under [`MAX_EVENT_BATCH_BYTES`]).
@@ -184,6 +188,18 @@ pub struct EventSyncConfig {
     /// number: by default it is left out, counted and reported with its row id.
     #[serde(default = "skip_invalid_rows")]
     pub invalid_rows: InvalidKeys,
+}
+
+impl EventSyncConfig {
+    /// `lateness` in milliseconds, as event times are.
+    pub fn lateness_ms(&self) -> i64 {
+        i64::try_from(self.lateness.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// `max_future` in milliseconds, as event times are.
+    pub fn max_future_ms(&self) -> i64 {
+        i64::try_from(self.max_future.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// A context kind of an events sync and the model column that holds its keys.
@@ -202,6 +218,8 @@ pub const MAX_EVENTS_PER_BATCH: usize = 10_000;
 pub const MAX_EVENT_BATCH_BYTES: usize = 1024 * 1024;
 /// How late a row may arrive by default.
 pub const DEFAULT_LATENESS: Duration = Duration::from_secs(3600);
+/// How far after a run's start an event may be dated by default.
+pub const DEFAULT_MAX_FUTURE: Duration = Duration::from_secs(24 * 3600);
 
 fn default_event_key_column() -> String {
     "event_key".to_string()
@@ -226,6 +244,10 @@ fn default_lateness() -> Duration {
     DEFAULT_LATENESS
 }
 
+fn default_max_future() -> Duration {
+    DEFAULT_MAX_FUTURE
+}
+
 fn default_events_per_batch() -> usize {
     DEFAULT_EVENTS_PER_BATCH
 }
@@ -241,9 +263,22 @@ fn optional_column_name<'de, D: Deserializer<'de>>(
 }
 
 fn lateness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    duration_field(deserializer, "lateness", "0s, 30m or 2h")
+}
+
+fn max_future<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    duration_field(deserializer, "max_future", "1h, 1d or 0s")
+}
+
+/// A duration for `field`, such as `examples`.
+fn duration_field<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &str,
+    examples: &str,
+) -> Result<Duration, D::Error> {
     from_str(deserializer, "a duration", |text| {
         humantime::parse_duration(text).map_err(|e| {
-            format!("`lateness` takes a duration such as 0s, 30m or 2h, got `{text}`: {e}")
+            format!("`{field}` takes a duration such as {examples}, got `{text}`: {e}")
         })
     })
 }

@@ -20,6 +20,7 @@ use tempfile::NamedTempFile;
 
 use crate::config::MAX_EVENT_BATCH_BYTES;
 use crate::state::JournalBatch;
+use crate::state::events::SentRow;
 use model::RowProblem;
 
 /// How many bad rows a plan or run record names by row id.
@@ -34,6 +35,10 @@ pub struct EventBatch {
     pub payload_id: String,
     /// The request body before gzip: a JSON array of custom events.
     pub payload: String,
+    /// The rows of its events, in order: once the batch is acknowledged they are sent, even if LaunchDarkly refuses
+    /// a later batch of the run. (Empty in journals of releases before it was kept.)
+    #[serde(default)]
+    pub rows: Vec<SentRow>,
 }
 
 impl JournalBatch for EventBatch {
@@ -171,7 +176,7 @@ pub(crate) struct Batcher<'s> {
     sync: String,
     max_events: usize,
     current: String,
-    row_ids: Vec<String>,
+    rows: Vec<SentRow>,
     closed: Vec<usize>,
     spool: Option<&'s mut Spool>,
 }
@@ -182,42 +187,49 @@ impl<'s> Batcher<'s> {
             sync: sync.to_string(),
             max_events,
             current: String::new(),
-            row_ids: Vec::new(),
+            rows: Vec::new(),
             closed: Vec::new(),
             spool,
         }
     }
 
-    pub(crate) fn push(&mut self, row_id: &str, event: &str) -> std::io::Result<()> {
+    /// Adds the event of row `row_id`, dated `at_ms`.
+    pub(crate) fn push(&mut self, row_id: &str, at_ms: i64, event: &str) -> std::io::Result<()> {
         // `[` + events joined by `,` + `]`.
-        let events = self.row_ids.len();
+        let events = self.rows.len();
         let grown = self.current.len() + event.len() + 2;
         if events == self.max_events || (events > 0 && grown > MAX_EVENT_BATCH_BYTES) {
             self.close()?;
         }
         self.current
-            .push(if self.row_ids.is_empty() { '[' } else { ',' });
+            .push(if self.rows.is_empty() { '[' } else { ',' });
         self.current.push_str(event);
-        self.row_ids.push(row_id.to_string());
+        self.rows.push(SentRow {
+            row_id: row_id.to_string(),
+            at_ms,
+        });
         Ok(())
     }
 
     fn close(&mut self) -> std::io::Result<()> {
-        if self.row_ids.is_empty() {
+        if self.rows.is_empty() {
             return Ok(());
         }
         self.current.push(']');
         let payload = std::mem::take(&mut self.current);
-        let row_ids = std::mem::take(&mut self.row_ids);
+        let rows = std::mem::take(&mut self.rows);
+        let events = rows.len();
         if let Some(spool) = self.spool.as_deref_mut() {
+            let row_ids = rows.iter().map(|row| row.row_id.as_str());
             spool.push(&EventBatch {
                 index: self.closed.len(),
-                events: row_ids.len(),
-                payload_id: payload_id(&self.sync, row_ids.iter().map(String::as_str), &payload),
+                events,
+                payload_id: payload_id(&self.sync, row_ids, &payload),
                 payload,
+                rows,
             })?;
         }
-        self.closed.push(row_ids.len());
+        self.closed.push(events);
         Ok(())
     }
 
@@ -237,8 +249,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::new(dir.path()).unwrap();
         let mut batcher = Batcher::new("s", max_events, Some(&mut spool));
-        for (row_id, event) in events {
-            batcher.push(row_id, event).unwrap();
+        for (at_ms, (row_id, event)) in events.iter().enumerate() {
+            batcher.push(row_id, at_ms as i64, event).unwrap();
         }
         let sizes = batcher.finish().unwrap();
         let batches: Vec<EventBatch> = spool.into_batches().unwrap().map(Result::unwrap).collect();
@@ -258,6 +270,14 @@ mod tests {
         );
         assert_eq!(batches[0].payload, r#"[{"n":0},{"n":1},{"n":2}]"#);
         assert_eq!(batches[2].payload, r#"[{"n":6}]"#);
+        assert_eq!(
+            batches[2].rows,
+            [SentRow {
+                row_id: "r6".into(),
+                at_ms: 6
+            }],
+            "a batch names its rows, so that a refused run's acknowledged ones are kept"
+        );
         assert_eq!(batches[2].index, 2);
 
         let big = format!("\"{}\"", "x".repeat(MAX_EVENT_BATCH_BYTES / 2));

@@ -1,6 +1,7 @@
 //! An events sync's model: the query ldsync wraps around it (each configured column cast to text, the timestamp
-//! turned into Unix milliseconds by the warehouse, rows before the lateness window left in the warehouse), and
-//! each row of its result checked and turned into the custom event LaunchDarkly's metric import API takes.
+//! turned into Unix milliseconds by the warehouse, rows before the lateness window left in the warehouse, the rest
+//! in the order of their time and row id, so that the same rows always make the same batches), and each row of its
+//! result checked and turned into the custom event LaunchDarkly's metric import API takes.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +58,7 @@ pub enum RowProblem {
     ContextKeyTooLong,
     NoTimestamp,
     TimestampBefore1970,
+    TimestampInFuture,
     ValueNotANumber,
     RepeatedRowId,
 }
@@ -70,6 +72,9 @@ impl std::fmt::Display for RowProblem {
             RowProblem::ContextKeyTooLong => "a context key longer than 256 characters",
             RowProblem::NoTimestamp => "no timestamp",
             RowProblem::TimestampBefore1970 => "a timestamp before 1970",
+            RowProblem::TimestampInFuture => {
+                "a timestamp more than max_future after the run's start"
+            }
             RowProblem::ValueNotANumber => "a value that is not a number",
             RowProblem::RepeatedRowId => "a row id that another row of the model has too",
         })
@@ -83,6 +88,8 @@ pub struct EventQuery {
     select: String,
     /// The timestamp in Unix milliseconds, as SQL over the wrapped model's columns.
     epoch_ms: String,
+    /// The row id as text, as SQL over the wrapped model's columns.
+    row_id: String,
     /// How many context kinds the rows carry, from the second column on.
     contexts: usize,
     has_value: bool,
@@ -128,6 +135,7 @@ impl EventQuery {
             .map(|name| format!("CAST({} AS TEXT)", quote_identifier(name)))
             .collect();
         outputs.insert(epoch_column, format!("CAST({epoch_ms} AS TEXT)"));
+        let row_id = outputs.last().expect("the row id is always read").clone();
         Ok(EventQuery {
             select: format!(
                 "SELECT {} FROM {} AS ldsync_events",
@@ -135,22 +143,22 @@ impl EventQuery {
                 wrap_model(model_sql)
             ),
             epoch_ms,
+            row_id,
             contexts: sync.contexts.len(),
             has_value: sync.value_column.is_some(),
         })
     }
 
     /// The query for the rows at or after `since_ms` (and those without a timestamp, which are reported); every
-    /// row when `since_ms` is `None`.
+    /// row when `since_ms` is `None`. Rows come in the order of their time, then their row id: the same rows make
+    /// the same batches (so the same payload IDs) in every run, and a run's acknowledged batches hold its earliest
+    /// events.
     pub fn sql(&self, since_ms: Option<i64>) -> String {
-        match since_ms {
-            None => self.select.clone(),
-            Some(since) => format!(
-                "{} WHERE {epoch} >= {since} OR {epoch} IS NULL",
-                self.select,
-                epoch = self.epoch_ms
-            ),
-        }
+        let epoch = &self.epoch_ms;
+        let window = since_ms.map_or(String::new(), |since| {
+            format!(" WHERE {epoch} >= {since} OR {epoch} IS NULL")
+        });
+        format!("{}{window} ORDER BY {epoch}, {}", self.select, self.row_id)
     }
 
     /// The rows of one batch of the query's result.

@@ -1,6 +1,9 @@
 //! Planning an events sync: run its model from the lateness window on, leave out the rows its checkpoint records
 //! as sent, check the rest, and pack them into batches bounded in events and bytes. Reads; never writes (a run's
 //! batches may be spooled to a scratch file of the state directory, which the run removes).
+//!
+//! What planning holds grows with the lateness window, not with the model: the batches go to the spool, and of the
+//! rows to send only the ids inside the window behind the latest are kept ([`SentRows`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -16,7 +19,7 @@ use crate::events::{BadRows, Batcher, Spool};
 use crate::progress;
 use crate::state::Store;
 use crate::state::events::{
-    self as checkpoint, EventCheckpoint, EventSettings, Progress, SentRow, Watermark,
+    self as checkpoint, EventCheckpoint, EventSettings, Progress, SentRows, Watermark,
     millis_to_time,
 };
 use crate::warehouse::Warehouse;
@@ -127,8 +130,10 @@ impl<'a> EventPlanner<'a> {
     ) -> Result<EventPlan, PlanError> {
         let query = self.read_query(sync)?;
         let sent = checkpoint.map(|c| c.progress.clone()).unwrap_or_default();
-        let lateness_ms = i64::try_from(sync.lateness.as_millis()).unwrap_or(i64::MAX);
-        let window_start = sent.window_start(lateness_ms);
+        let window_start = sent.window_start(sync.lateness_ms());
+        let latest_allowed = Utc::now()
+            .timestamp_millis()
+            .saturating_add(sync.max_future_ms());
         let mut plan = EventPlan {
             sync: sync.name.clone(),
             model: self.config.model_file(&sync.model).display().to_string(),
@@ -145,7 +150,7 @@ impl<'a> EventPlanner<'a> {
             batch_events: Vec::new(),
             next: Progress::default(),
         };
-        let mut collector = EventCollector::new(sync, &sent, spool);
+        let mut collector = EventCollector::new(sync, &sent, latest_allowed, spool);
         let fetched = progress::fetch_spinner(&sync.name, self.progress);
         self.warehouse.stream_columns::<PlanError>(
             &query.sql(window_start),
@@ -156,7 +161,7 @@ impl<'a> EventPlanner<'a> {
             },
         )?;
         fetched.finish_and_clear();
-        collector.finish(sent, lateness_ms, &mut plan)?;
+        collector.finish(sent, &mut plan)?;
         Ok(plan)
     }
 
@@ -174,21 +179,25 @@ struct EventCollector<'a, 's> {
     sync: &'a EventSyncConfig,
     /// Row ids the checkpoint records as sent within the window.
     sent: HashSet<String>,
-    /// Rows of this run's events, for the next checkpoint and to catch repeated row ids.
-    new_rows: Vec<SentRow>,
-    new_ids: HashSet<String>,
-    latest: Option<Watermark>,
+    /// The latest time an event may have (Unix ms): the run's start plus `max_future`.
+    latest_allowed: i64,
+    /// This run's events within the lateness window, for the next checkpoint and to catch repeated row ids.
+    new: SentRows,
     batcher: Batcher<'s>,
 }
 
 impl<'a, 's> EventCollector<'a, 's> {
-    fn new(sync: &'a EventSyncConfig, sent: &Progress, spool: Option<&'s mut Spool>) -> Self {
+    fn new(
+        sync: &'a EventSyncConfig,
+        sent: &Progress,
+        latest_allowed: i64,
+        spool: Option<&'s mut Spool>,
+    ) -> Self {
         EventCollector {
             sync,
             sent: sent.recent.iter().map(|r| r.row_id.clone()).collect(),
-            new_rows: Vec::new(),
-            new_ids: HashSet::new(),
-            latest: None,
+            latest_allowed,
+            new: SentRows::new(sync.lateness_ms()),
             batcher: Batcher::new(&sync.name, sync.batch_size, spool),
         }
     }
@@ -197,8 +206,11 @@ impl<'a, 's> EventCollector<'a, 's> {
         for i in 0..rows.len() {
             plan.rows += 1;
             match rows.event(i) {
+                Ok(row) if row.at_ms > self.latest_allowed => {
+                    self.bad(row.row_id, RowProblem::TimestampInFuture, plan)?
+                }
                 Ok(row) if self.sent.contains(row.row_id) => plan.already_sent += 1,
-                Ok(row) if !self.new_ids.insert(row.row_id.to_string()) => {
+                Ok(row) if !self.new.insert(row.row_id, row.at_ms) => {
                     self.bad(row.row_id, RowProblem::RepeatedRowId, plan)?
                 }
                 Ok(row) => self.add(&row, plan)?,
@@ -212,7 +224,7 @@ impl<'a, 's> EventCollector<'a, 's> {
         let event = serde_json::to_string(&ImportEvent::of(row, self.sync))
             .expect("events always serialize");
         self.batcher
-            .push(row.row_id, &event)
+            .push(row.row_id, row.at_ms, &event)
             .map_err(PlanError::Spool)?;
         plan.events += 1;
         *plan
@@ -222,17 +234,6 @@ impl<'a, 's> EventCollector<'a, 's> {
         let at = millis_to_time(row.at_ms);
         plan.first_event_at = Some(plan.first_event_at.map_or(at, |first| first.min(at)));
         plan.last_event_at = Some(plan.last_event_at.map_or(at, |last| last.max(at)));
-        let mark = Watermark {
-            at_ms: row.at_ms,
-            row_id: row.row_id.to_string(),
-        };
-        if self.latest.as_ref().is_none_or(|latest| &mark > latest) {
-            self.latest = Some(mark);
-        }
-        self.new_rows.push(SentRow {
-            row_id: row.row_id.to_string(),
-            at_ms: row.at_ms,
-        });
         Ok(())
     }
 
@@ -255,29 +256,9 @@ impl<'a, 's> EventCollector<'a, 's> {
 
     /// Closes the last batch and works out the checkpoint the run commits: the later watermark, and the rows sent
     /// within the lateness window behind it.
-    fn finish(
-        self,
-        sent: Progress,
-        lateness_ms: i64,
-        plan: &mut EventPlan,
-    ) -> Result<(), PlanError> {
+    fn finish(self, sent: Progress, plan: &mut EventPlan) -> Result<(), PlanError> {
         plan.batch_events = self.batcher.finish().map_err(PlanError::Spool)?;
-        let watermark = sent.watermark.into_iter().chain(self.latest).max();
-        let cutoff = watermark
-            .as_ref()
-            .map_or(i64::MIN, |w| w.at_ms.saturating_sub(lateness_ms));
-        let mut recent: Vec<SentRow> = sent
-            .recent
-            .into_iter()
-            .chain(self.new_rows)
-            .filter(|row| row.at_ms >= cutoff)
-            .collect();
-        recent.sort();
-        plan.next = Progress {
-            watermark,
-            recent,
-            events_sent: sent.events_sent + plan.events,
-        };
+        plan.next = self.new.advance(sent);
         Ok(())
     }
 }

@@ -1,10 +1,13 @@
-//! An events sync's run: take the sync's lock; finish the run an interruption left in the journal (or
-//! abandon it when LaunchDarkly refused one of its batches); plan from the checkpoint; write the batches and the
-//! checkpoint they lead to into the journal; send each batch to the metric import API, recording each
-//! acknowledgement; commit the checkpoint only when every batch is acknowledged.
+//! An events sync's run: take the sync's lock; finish the run an interruption left in the journal (or, when
+//! LaunchDarkly refused one of its batches, commit what its acknowledged batches sent and abandon the rest); plan
+//! from the checkpoint; write the batches and the checkpoint they lead to into the journal; send each batch to the
+//! metric import API, recording each acknowledgement; commit the checkpoint only when every batch is acknowledged.
 //!
 //! A batch whose answer was lost is sent again with the same bytes, so under the same payload ID, and LaunchDarkly
-//! counts its events once.
+//! counts its events once. A refused run's acknowledged events are never sent again: batches go in the order of
+//! their events' time, so those are the run's earliest events, and the checkpoint takes them in.
+
+use std::collections::BTreeSet;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,7 @@ use crate::events::{EventBatch, Spool};
 use crate::history::{EventCounts, RunOutcome};
 use crate::plan::EventPlan;
 use crate::state::events::{
-    self as checkpoint, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress,
+    self as checkpoint, EVENT_CHECKPOINT_FORMAT, EventCheckpoint, EventSettings, Progress, SentRows,
 };
 use crate::state::{Journal, JournalHeader, RunIdentity, StateError};
 
@@ -104,17 +107,65 @@ impl Runner<'_> {
         let Some(journal) = EventJournal::open(self.store, &sync.name)? else {
             return Ok(());
         };
-        let abandoned = journal.refusal().map(|refusal| {
-            format!(
-                "run {} was refused by LaunchDarkly ({}); planned afresh from the checkpoint instead of sending it \
-                 again",
-                journal.header.run.run_id, refusal.reason
-            )
-        });
+        let abandoned = match journal.refusal() {
+            None => None,
+            Some(refusal) => {
+                let kept = self.keep_acknowledged(sync, &journal, settings)?;
+                Some(format!(
+                    "run {} was refused by LaunchDarkly ({}); {kept}planned afresh from the checkpoint instead of \
+                     sending the rest again",
+                    journal.header.run.run_id, refusal.reason
+                ))
+            }
+        };
         match abandon_or_resume(&sync.name, journal, abandoned, tally)? {
             Some(journal) => self.finish_events(sync, journal, settings, tally).await,
             None => Ok(()),
         }
+    }
+
+    /// Commits the checkpoint that a refused run's acknowledged batches lead to (the committed one, with their rows
+    /// sent), so that no later run sends those events again; says what it kept, for the run's note. Done once: a
+    /// checkpoint of the refused run itself has them already.
+    fn keep_acknowledged(
+        &self,
+        sync: &EventSyncConfig,
+        journal: &EventJournal,
+        settings: &EventSettings,
+    ) -> Result<String, RunError> {
+        check_journal_settings(journal, settings)?;
+        let run_id = &journal.header.run.run_id;
+        let committed = self.events.checkpoint(sync)?;
+        if committed.as_ref().is_some_and(|c| &c.run_id == run_id) {
+            return Ok(String::new());
+        }
+        let pending: BTreeSet<usize> = journal.pending().collect();
+        let mut sent = SentRows::new(sync.lateness_ms());
+        for index in (0..journal.batch_count()).filter(|index| !pending.contains(index)) {
+            for row in journal.batch(index)?.rows {
+                sent.insert(&row.row_id, row.at_ms);
+            }
+        }
+        if sent.count() == 0 {
+            return Ok(String::new());
+        }
+        let kept = format!(
+            "the {} events its acknowledged batches sent are in the checkpoint; ",
+            sent.count()
+        );
+        let base = committed.map(|c| c.progress).unwrap_or_default();
+        checkpoint::commit(
+            self.store,
+            &EventCheckpoint {
+                format: EVENT_CHECKPOINT_FORMAT,
+                sync: sync.name.clone(),
+                run_id: run_id.clone(),
+                committed_at: Utc::now(),
+                settings: settings.clone(),
+                progress: sent.advance(base),
+            },
+        )?;
+        Ok(kept)
     }
 
     /// Writes the run's batches and the checkpoint they lead to, durably, before anything is sent.
@@ -150,15 +201,8 @@ impl Runner<'_> {
         settings: &EventSettings,
         tally: &mut Tally,
     ) -> Result<(), RunError> {
+        check_journal_settings(&journal, settings)?;
         let header = journal.header.clone();
-        if &header.settings != settings {
-            return Err(RunError::EventJournalSettings {
-                run_id: header.run.run_id,
-                was: header.settings.to_string(),
-                now: settings.to_string(),
-                path: journal.location(),
-            });
-        }
         let unsent = journal.pending_units();
         self.send_pending(
             &mut journal,
@@ -186,4 +230,21 @@ impl Runner<'_> {
         tracing::info!(sync = %sync.name, run = %header.run.run_id, events = header.event_count, "committed the checkpoint");
         Ok(())
     }
+}
+
+/// A journal's run sent its events to the project and environment of `settings`, or is not this run's to finish.
+fn check_journal_settings(
+    journal: &EventJournal,
+    settings: &EventSettings,
+) -> Result<(), RunError> {
+    let header = &journal.header;
+    if &header.settings == settings {
+        return Ok(());
+    }
+    Err(RunError::EventJournalSettings {
+        run_id: header.run.run_id.clone(),
+        was: header.settings.to_string(),
+        now: settings.to_string(),
+        path: journal.location(),
+    })
 }

@@ -6,6 +6,7 @@
 //! renamed, so a crash leaves the old checkpoint or the new one; the PostgreSQL store in a row. The run journal
 //! carries the checkpoint its run commits.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -114,6 +115,97 @@ impl Progress {
     }
 }
 
+/// Below this many ids, [`SentRows`] never prunes.
+const PRUNE_FLOOR: usize = 4_096;
+
+/// The rows a run sends, kept only as far as the checkpoint they lead to needs them: the ids dated before the
+/// latest row's time minus `lateness` are dropped as rows come (at the latest when the ids kept have doubled since
+/// the last pruning), so a first run or a backfill of millions of rows holds the ids inside the lateness window,
+/// not every id it sends. Rows come in time order, so a pruned id is never needed again; a row repeating a pruned
+/// id (more than `lateness` later) counts as a new row, as it would in a later run.
+#[derive(Debug)]
+pub struct SentRows {
+    /// Row id to time, within the window (and what arrived since the last pruning).
+    rows: HashMap<String, i64>,
+    latest: Option<Watermark>,
+    count: u64,
+    lateness_ms: i64,
+    prune_at: usize,
+}
+
+impl SentRows {
+    pub fn new(lateness_ms: i64) -> Self {
+        SentRows {
+            rows: HashMap::new(),
+            latest: None,
+            count: 0,
+            lateness_ms,
+            prune_at: PRUNE_FLOOR,
+        }
+    }
+
+    /// Records a row sent; `false` (and nothing recorded) when a row of the same id is recorded already.
+    pub fn insert(&mut self, row_id: &str, at_ms: i64) -> bool {
+        if self.rows.contains_key(row_id) {
+            return false;
+        }
+        self.rows.insert(row_id.to_string(), at_ms);
+        self.count += 1;
+        if self
+            .latest
+            .as_ref()
+            .is_none_or(|latest| (at_ms, row_id) > (latest.at_ms, latest.row_id.as_str()))
+        {
+            self.latest = Some(Watermark {
+                at_ms,
+                row_id: row_id.to_string(),
+            });
+        }
+        if self.rows.len() >= self.prune_at {
+            self.prune();
+        }
+        true
+    }
+
+    /// How many rows were recorded, pruned or not.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn prune(&mut self) {
+        if let Some(latest) = &self.latest {
+            let cutoff = latest.at_ms.saturating_sub(self.lateness_ms);
+            self.rows.retain(|_, at_ms| *at_ms >= cutoff);
+        }
+        self.prune_at = (self.rows.len() * 2).max(PRUNE_FLOOR);
+    }
+
+    /// The progress of `base` once these rows are sent too: the later watermark, the rows of both within the
+    /// lateness window behind it, and the events sent counted.
+    pub fn advance(self, base: Progress) -> Progress {
+        let watermark = base.watermark.into_iter().chain(self.latest).max();
+        let cutoff = watermark
+            .as_ref()
+            .map_or(i64::MIN, |w| w.at_ms.saturating_sub(self.lateness_ms));
+        let added = self
+            .rows
+            .into_iter()
+            .map(|(row_id, at_ms)| SentRow { row_id, at_ms });
+        let mut recent: Vec<SentRow> = base
+            .recent
+            .into_iter()
+            .chain(added)
+            .filter(|row| row.at_ms >= cutoff)
+            .collect();
+        recent.sort();
+        Progress {
+            watermark,
+            recent,
+            events_sent: base.events_sent + self.count,
+        }
+    }
+}
+
 /// A committed events checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventCheckpoint {
@@ -164,10 +256,11 @@ pub fn load(
     Ok(Some(checkpoint))
 }
 
-/// Commits `checkpoint` atomically.
+/// Commits `checkpoint` atomically; the PostgreSQL store deletes the journal of the checkpoint's run in the same
+/// transaction (see [`Store::commit_event_checkpoint`]).
 pub fn commit(store: &Store, checkpoint: &EventCheckpoint) -> Result<(), StateError> {
     let json = serde_json::to_vec_pretty(checkpoint).expect("a checkpoint always serializes");
-    store.write_event_checkpoint(&checkpoint.sync, json)
+    store.commit_event_checkpoint(&checkpoint.sync, &checkpoint.run_id, json)
 }
 
 /// Unix milliseconds as a time (the latest representable time when out of range).
@@ -175,4 +268,51 @@ pub fn millis_to_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms)
         .single()
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run of a million rows a second apart, with a minute of lateness, holds about a minute's ids, never all.
+    #[test]
+    fn sent_rows_keep_only_the_ids_inside_the_lateness_window() {
+        let mut sent = SentRows::new(60_000);
+        let mut most = 0;
+        for i in 0..1_000_000i64 {
+            assert!(sent.insert(&format!("r{i}"), i * 1000));
+            most = most.max(sent.rows.len());
+        }
+        assert!(most <= 2 * PRUNE_FLOOR, "held {most} ids at once");
+        assert!(
+            !sent.insert("r999999", 999_999_000),
+            "a repeated id is caught"
+        );
+        let base = Progress {
+            watermark: Some(Watermark {
+                at_ms: 10,
+                row_id: "old".into(),
+            }),
+            recent: vec![SentRow {
+                row_id: "old".into(),
+                at_ms: 10,
+            }],
+            events_sent: 7,
+        };
+        let next = sent.advance(base);
+        assert_eq!(
+            next.watermark,
+            Some(Watermark {
+                at_ms: 999_999_000,
+                row_id: "r999999".into()
+            })
+        );
+        assert_eq!(next.events_sent, 1_000_007);
+        assert_eq!(
+            next.recent.len(),
+            61,
+            "the rows of the last minute, its first second included"
+        );
+        assert!(next.recent.iter().all(|row| row.at_ms >= 999_939_000));
+    }
 }

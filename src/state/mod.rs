@@ -282,13 +282,20 @@ impl Store {
         }
     }
 
-    /// Replaces `sync`'s events checkpoint (a JSON document), atomically.
-    pub fn write_event_checkpoint(&self, sync: &str, json: Vec<u8>) -> Result<(), StateError> {
+    /// Replaces `sync`'s events checkpoint (a JSON document) with the one run `run_id` made, atomically. The
+    /// PostgreSQL store also deletes the run's journal in the same transaction; the local store's journal is closed
+    /// after (a crash between finishes the journal again, and its commit is made again).
+    pub fn commit_event_checkpoint(
+        &self,
+        sync: &str,
+        run_id: &str,
+        json: Vec<u8>,
+    ) -> Result<(), StateError> {
         match self {
             Store::Local(local) => local.write_event_checkpoint(sync, json),
             Store::Postgres(pg) => {
                 let text = String::from_utf8(json).expect("serde_json writes UTF-8");
-                pg.commit_event_checkpoint(sync, text)
+                pg.commit_event_checkpoint(sync, run_id, text)
             }
         }
     }

@@ -1,6 +1,9 @@
-//! The PostgreSQL store's events checkpoints: a row of `event_checkpoints` an events sync, the checkpoint as JSON.
+//! The PostgreSQL store's events checkpoints: a row of `event_checkpoints` an events sync, the checkpoint as JSON,
+//! committed in one transaction with the deletion of the journal of the run that made it.
 
-use super::{Extra, PgStore};
+use sqlx::AssertSqlSafe;
+
+use super::{Extra, PgStore, StoreCallError};
 use crate::state::StateError;
 
 impl PgStore {
@@ -19,10 +22,12 @@ impl PgStore {
         Ok(row.map(|(checkpoint,)| checkpoint))
     }
 
-    /// Replaces an events sync's checkpoint (JSON).
+    /// Replaces an events sync's checkpoint (JSON) with the one run `run_id` made and deletes that run's journal,
+    /// in one transaction: a failure anywhere leaves the old checkpoint and the journal, whole.
     pub fn commit_event_checkpoint(
         &self,
         sync: &str,
+        run_id: &str,
         checkpoint: String,
     ) -> Result<(), StateError> {
         let upsert = format!(
@@ -30,11 +35,25 @@ impl PgStore {
              ON CONFLICT (sync) DO UPDATE SET checkpoint = excluded.checkpoint",
             self.table("event_checkpoints")
         );
-        self.execute(
-            "commit the events checkpoint",
-            upsert,
-            sync,
-            Extra::Text(checkpoint),
-        )
+        let close = format!(
+            "DELETE FROM {} WHERE sync = $1 AND run_id = $2",
+            self.table("journals")
+        );
+        let (sync_name, run) = (sync.to_string(), run_id.to_string());
+        self.call("commit the events checkpoint", move |pool| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query(AssertSqlSafe(upsert))
+                .bind(&sync_name)
+                .bind(checkpoint)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(AssertSqlSafe(close))
+                .bind(&sync_name)
+                .bind(run)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, StoreCallError>(())
+        })
     }
 }

@@ -1,0 +1,162 @@
+//! The `events` benchmark: what planning an events sync's first run (the backfill: every row of the model, none sent
+//! yet) costs in time and memory as the model grows, at 1M and 5M event rows (20M on request). Planning holds the
+//! row ids inside the lateness window, not every row sent, so its peak memory should stay flat as the rows grow.
+//!
+//! Run: `cargo bench --bench events` (options after `--`: `--sizes 1000000,5000000,20000000`, `--repeat 3`,
+//! `--dir PATH` for the generated data, default `$TMPDIR/ldsync-bench-events`).
+//!
+//! The data is a table of N events in a DuckDB database file, generated in SQL: one event a second (so an hour of
+//! lateness holds 3,600 rows), three event keys, 100,000 users, a revenue value, stored in random order. Each
+//! measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own:
+//! - `fetch`: the events query `plan` runs (every column cast to text, in time and row id order) read into Arrow
+//!   batches, nothing more: the warehouse's share, DuckDB's sort within the engine's memory limit included;
+//! - `plan`: the real `ldsync plan --format json` end to end (open, model, every row checked and turned into its
+//!   event, batches counted, report).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ldsync::config::Config;
+use ldsync::events::model::EventQuery;
+use ldsync::warehouse::{Warehouse, WarehouseError};
+
+mod common;
+
+use common::{
+    cores, ldsync_plan, measure, memory_total, option, pass, phase_command, repeat,
+    run_and_measure, sizes,
+};
+
+/// The most the plan's peak may grow from the smallest size to the largest, in MiB, to count as flat.
+const FLAT_MIB: f64 = 32.0;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(phase) = option(&args, "--phase") {
+        let dir = PathBuf::from(option(&args, "--dir").expect("--dir"));
+        match option(&args, "--rows") {
+            Some(n) => prepare(&dir, n.parse().expect("--rows takes a number")),
+            None => run_phase(&phase, &dir),
+        }
+        return;
+    }
+    let sizes = sizes(&args, "1000000,5000000");
+    let repeat = repeat(&args);
+    let root = option(&args, "--dir").map_or_else(
+        || std::env::temp_dir().join("ldsync-bench-events"),
+        PathBuf::from,
+    );
+
+    println!("machine: {} cores, {}", cores(), memory_total());
+    println!(
+        "{:>10}  {:<6} {:>9} {:>9} {:>13} {:>12}",
+        "rows", "phase", "median s", "min s", "rows/s (plan)", "peak RSS MiB"
+    );
+    let mut plan_peaks = Vec::new();
+    for &n in &sizes {
+        let dir = root.join(n.to_string());
+        // In a child, so that this process stays small: a child's peak RSS counts its parent's at spawn.
+        let mut generate = phase_command("prepare", &dir);
+        generate.args(["--rows", &n.to_string()]);
+        assert!(run_and_measure(generate).0, "generating the data failed");
+        let fetch = measure(repeat, || phase_command("fetch", &dir));
+        let plan = measure(repeat, || ldsync_plan(&dir.join("connector.yaml")));
+        for (name, m) in [("fetch", &fetch), ("plan", &plan)] {
+            println!(
+                "{n:>10}  {name:<6} {:>9.3} {:>9.3} {:>13.0} {:>12.1}",
+                m.median,
+                m.min,
+                n as f64 / m.median,
+                m.peak_kib as f64 / 1024.0
+            );
+        }
+        plan_peaks.push((n, plan.peak_kib as f64 / 1024.0));
+    }
+    println!();
+    if let (Some((small, low)), Some((large, high))) = (plan_peaks.first(), plan_peaks.last())
+        && small != large
+    {
+        println!(
+            "plan peak {low:.0} MiB at {small} rows, {high:.0} MiB at {large} rows: {:+.0} MiB (target: flat, \
+             within {FLAT_MIB:.0} MiB: {})",
+            high - low,
+            pass(high - low <= FLAT_MIB)
+        );
+    }
+}
+
+/// Generates, once per size, the DuckDB database of `n` events and a connector.yaml whose one events sync reads
+/// it, with no checkpoint: a first run plans every row.
+fn prepare(dir: &Path, n: u64) {
+    let done = dir.join("ready");
+    if done.exists() {
+        return;
+    }
+    std::fs::create_dir_all(dir.join("sql")).unwrap();
+    let started = Instant::now();
+    let conn = duckdb::Connection::open(dir.join("events.duckdb")).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE OR REPLACE TABLE events AS
+         SELECT 'ord_' || i AS row_id,
+                ['order-completed', 'upgrade', 'refund'][1 + i % 3] AS event_key,
+                'usr_' || (hash(i) % 100000) AS user_id,
+                TIMESTAMP '2020-01-01 00:00:00' + to_seconds(i) AS occurred_at,
+                CASE WHEN i % 3 = 1 THEN NULL ELSE (hash(i) % 10000) / 100.0 END AS revenue
+         FROM range({n}) r(i)
+         ORDER BY hash(i + 1);
+         CHECKPOINT;"
+    ))
+    .unwrap();
+    drop(conn);
+    std::fs::write(
+        dir.join("sql/bench_events.sql"),
+        "SELECT row_id, event_key, user_id, occurred_at, revenue FROM events\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("connector.yaml"),
+        "version: 1
+warehouse:
+  kind: duckdb
+  database: events.duckdb
+launchdarkly:
+  project: bench
+  environment: production
+state:
+  kind: local
+  directory: state
+events:
+  - name: bench-events
+    model: bench_events
+    contexts: {user: user_id}
+    timestamp_column: occurred_at
+    value_column: revenue
+    row_id_column: row_id
+    lateness: 1h
+",
+    )
+    .unwrap();
+    std::fs::write(&done, "").unwrap();
+    eprintln!(
+        "generated {n} events in {} in {:.1}s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn run_phase(phase: &str, dir: &Path) {
+    assert_eq!(phase, "fetch", "unknown phase {phase}");
+    let config = Config::load(&dir.join("connector.yaml")).unwrap();
+    let warehouse = Warehouse::for_project(&config).unwrap();
+    let sync = &config.events[0];
+    let sql = std::fs::read_to_string(config.model_file(&sync.model)).unwrap();
+    let query = EventQuery::prepare(&warehouse, sync, &sql).unwrap();
+    let mut rows = 0usize;
+    warehouse
+        .stream_columns::<WarehouseError>(&query.sql(None), |columns| {
+            rows += query.rows(columns)?.len();
+            Ok(())
+        })
+        .unwrap();
+    assert!(rows > 0, "the fetch phase read no rows");
+}
