@@ -34,8 +34,11 @@ fn statement_timeout_stops_a_slow_model_on_postgres_before_anything_is_sent() {
         "the model ran on: {took:?}"
     );
     let error = printed(&out);
-    assert_eq!(out.status.code(), Some(1), "{error}");
-    for part in ["slow-users", "sql/slow_users.sql", "statement timeout"] {
+    assert_eq!(out.status.code(), Some(6), "the model's to fix: {error}");
+    for part in [
+        "sync `slow-users` (model ",
+        "sql/slow_users.sql): the model's SQL failed in PostgreSQL: canceling statement due to statement timeout",
+    ] {
         assert!(error.contains(part), "no {part:?} in:\n{error}");
     }
     assert!(only_reads(&setup), "{:?}", setup.emulator.requests());

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 
-use ldsync::history::{self, RunRecord};
+use ldsync::history::{self, RunOutcome, RunRecord};
 use ldsync::state::{LocalStore, Store};
 use ldsync_emulator::{Emulator, EmulatorConfig, RecordedRequest, SegmentSeed, TokenGrant};
 use serde_json::Value;
@@ -289,4 +289,19 @@ pub fn patch_in_flight(setup: &Setup) -> bool {
         .requests()
         .iter()
         .any(|r| r.method == "PATCH" && r.status == 0)
+}
+
+/// `run` of pro-users was stopped by the first shutdown signal, after its request in flight, and left the checkpoint
+/// where it was.
+pub fn assert_interrupted_leaving_the_checkpoint(setup: &Setup, run: &RunRecord) {
+    assert_eq!(run.outcome, RunOutcome::Interrupted);
+    let error = run.error.as_deref().unwrap();
+    assert!(
+        error.contains("stopped by a shutdown signal after"),
+        "{error}"
+    );
+    assert!(
+        setup.checkpoint("pro-users").is_none(),
+        "the checkpoint did not move"
+    );
 }
