@@ -5,94 +5,22 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ldsync::history::{self, RunOutcome, RunRecord};
 use ldsync::launchdarkly::CallStats;
-use ldsync::state::{LocalStore, Store};
 use ldsync_emulator::Faults;
 
+use crate::util::background::*;
 use crate::util::emulated::*;
 use crate::util::*;
 
-/// A daemon started in the background, its standard error going to a file the test can read while it runs.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(setup: &Setup, args: &[&str]) -> Daemon {
-        let log = setup.project.path("daemon.log");
-        let mut all = vec!["run"];
-        all.extend_from_slice(args);
-        let child = setup
-            .project
-            .command("day1", &all)
-            .env("LD_ACCESS_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: i32) {
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    /// Waits for the daemon to exit, at most `limit`; its exit code.
-    fn exit_within(&mut self, limit: Duration) -> Option<i32> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            if started.elapsed() > limit {
-                self.child.kill().unwrap();
-                panic!(
-                    "the daemon did not exit within {limit:?}; its log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn local_store(setup: &Setup) -> Store {
-    Store::Local(LocalStore::new(setup.project.path(".ldsync/state")))
-}
-
-fn runs(setup: &Setup, sync: &str) -> Vec<RunRecord> {
-    history::read(&local_store(setup), sync).unwrap()
-}
-
-/// Polls `condition` every 20 ms until it holds; fails after `limit`, showing the daemon's log.
-fn wait_until(daemon: &Daemon, limit: Duration, what: &str, condition: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out waiting until {what}; the daemon's log:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `ldsync run ARGS` started in the background on fixture day 1.
+fn start_daemon(setup: &Setup, args: &[&str]) -> Background {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    Background::start(&setup.project, "day1", TOKEN, &all)
 }
 
 fn set_schedule(setup: &Setup, sync_line: &str, from: &str, to: &str) {
@@ -149,13 +77,10 @@ fn each_sync_runs_on_its_schedule_catches_up_once_and_stops_cleanly_on_sigterm()
 
     // The daemon runs until pro-users has run five times; SIGTERM stops it cleanly.
     let started = Instant::now();
-    let mut daemon = Daemon::start(&setup, &[]);
-    wait_until(
-        &daemon,
-        Duration::from_secs(30),
-        "pro-users ran 5 times",
-        || runs(&setup, "pro-users").len() >= 5,
-    );
+    let mut daemon = start_daemon(&setup, &[]);
+    daemon.wait_until(Duration::from_secs(30), "pro-users ran 5 times", || {
+        runs(&setup, "pro-users").len() >= 5
+    });
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.exit_within(Duration::from_secs(10)), Some(0));
     let elapsed = started.elapsed().as_secs_f64();
@@ -304,13 +229,10 @@ fn a_run_slower_than_its_interval_never_overlaps_and_is_followed_by_one_run() {
         latency: Duration::from_millis(500),
         ..Faults::default()
     });
-    let mut daemon = Daemon::start(&setup, &["pro-users"]);
-    wait_until(
-        &daemon,
-        Duration::from_secs(60),
-        "pro-users ran 3 times",
-        || runs(&setup, "pro-users").len() >= 3,
-    );
+    let mut daemon = start_daemon(&setup, &["pro-users"]);
+    daemon.wait_until(Duration::from_secs(60), "pro-users ran 3 times", || {
+        runs(&setup, "pro-users").len() >= 3
+    });
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.exit_within(Duration::from_secs(10)), Some(0));
     let pro = runs(&setup, "pro-users");
@@ -359,12 +281,11 @@ fn a_failing_sync_backs_off_while_the_others_go_on() {
         "    create_segment: standard\n",
         "",
     );
-    let mut daemon = Daemon::start(
+    let mut daemon = start_daemon(
         &setup,
         &["pro-users", "enterprise-orgs", "--failure-backoff", "300ms"],
     );
-    wait_until(
-        &daemon,
+    daemon.wait_until(
         Duration::from_secs(30),
         "4 failures and 4 pro-users runs",
         || runs(&setup, "enterprise-orgs").len() >= 4 && runs(&setup, "pro-users").len() >= 4,
@@ -388,7 +309,8 @@ fn a_failing_sync_backs_off_while_the_others_go_on() {
     }
     // Each failure is tried again after 300 ms, 600 ms, 1.2 s… from its end, unless the 1 s schedule (from the
     // failed run's start) comes first, and only a tick after the failure counts: one the failed run outlasted
-    // does not cut its backoff short. A run may start a little late, never early.
+    // does not cut its backoff short. A run is never early; how late a busy machine starts it is not this test's
+    // business (the log says which wait each failure chose, and src/daemon's tests pin `due` down exactly).
     for (failures, w) in failing.windows(2).enumerate() {
         let backoff = w[0].finished_at + chrono::TimeDelta::milliseconds(300 << failures);
         let scheduled = w[0].started_at + chrono::TimeDelta::seconds(1);
@@ -397,10 +319,9 @@ fn a_failing_sync_backs_off_while_the_others_go_on() {
         } else {
             backoff
         };
-        let late = (w[1].started_at - due).num_milliseconds();
         assert!(
-            (-5..400).contains(&late),
-            "retry {failures}: due {due}, started {} ({late} ms late)",
+            w[1].started_at - due >= chrono::TimeDelta::milliseconds(-5),
+            "retry {failures}: due {due}, started early at {}",
             w[1].started_at
         );
     }
@@ -416,6 +337,46 @@ fn a_failing_sync_backs_off_while_the_others_go_on() {
     );
 }
 
+#[test]
+fn a_removal_gate_waits_for_the_next_time_and_is_not_a_failure() {
+    let setup = Setup::new();
+    set_schedule(&setup, "name: pro-users", "schedule: 4h", "schedule: 2s");
+    // 100 strangers added by hand: removing them is far more than pro-users' 5%, so the gate stops every run.
+    let strangers: Vec<String> = (0..100).map(|i| format!("stranger-{i:03}")).collect();
+    let strangers: Vec<&str> = strangers.iter().map(String::as_str).collect();
+    setup.seed("pro-users", &strangers);
+    let mut daemon = start_daemon(&setup, &["pro-users", "--failure-backoff", "100ms"]);
+    daemon.wait_until(PATIENCE, "pro-users ran 3 times", || {
+        runs(&setup, "pro-users").len() >= 3
+    });
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.exit_within(PATIENCE), Some(0));
+
+    let mut pro = runs(&setup, "pro-users");
+    if pro
+        .last()
+        .is_some_and(|r| r.outcome == RunOutcome::Interrupted)
+    {
+        pro.pop();
+    }
+    assert!(
+        pro.iter().all(|r| r.outcome == RunOutcome::GateStopped),
+        "{pro:?}"
+    );
+    // A failure would be tried again after 100 ms; a gate waits for the 2 s schedule.
+    assert!(gaps(&pro).iter().all(|g| *g >= 1.99), "{:?}", gaps(&pro));
+    let log = daemon.log();
+    assert!(!log.contains("the run failed"), "{log}");
+    assert!(only_reads(&setup), "{:?}", setup.emulator.requests());
+    assert_eq!(
+        setup.members("pro-users", "user"),
+        strangers
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+}
+
 fn acknowledged_count(setup: &Setup) -> usize {
     acknowledged_in_journal(&setup.project).len()
 }
@@ -428,9 +389,8 @@ fn sigterm_mid_run_leaves_a_journal_that_the_next_start_finishes() {
         latency: Duration::from_millis(150),
         ..Faults::default()
     });
-    let mut daemon = Daemon::start(&setup, &["pro-users"]);
-    wait_until(
-        &daemon,
+    let mut daemon = start_daemon(&setup, &["pro-users"]);
+    daemon.wait_until(
         Duration::from_secs(30),
         "two batches were acknowledged",
         || acknowledged_count(&setup) >= 2,
@@ -453,22 +413,12 @@ fn sigterm_mid_run_leaves_a_journal_that_the_next_start_finishes() {
     );
     let interrupted = runs(&setup, "pro-users");
     let last = interrupted.last().unwrap();
-    assert_eq!(last.outcome, RunOutcome::Interrupted);
-    let error = last.error.as_deref().unwrap();
-    assert!(
-        error.contains("stopped by a shutdown signal after"),
-        "{error}"
-    );
-    assert!(
-        setup.checkpoint("pro-users").is_none(),
-        "the checkpoint did not move"
-    );
+    assert_interrupted_leaving_the_checkpoint(&setup, last);
 
     setup.emulator.set_faults(Faults::default());
     let seen = requests.len();
-    let mut daemon = Daemon::start(&setup, &["pro-users"]);
-    wait_until(
-        &daemon,
+    let mut daemon = start_daemon(&setup, &["pro-users"]);
+    daemon.wait_until(
         Duration::from_secs(30),
         "the next start finished the run",
         || runs(&setup, "pro-users").len() >= 2,
@@ -488,29 +438,25 @@ fn sigterm_mid_run_leaves_a_journal_that_the_next_start_finishes() {
 fn a_second_signal_stops_at_once_and_the_journal_stays_whole() {
     let setup = Setup::new();
     small_batches(&setup, 40);
+    // Every answer is held back 5 s: the run stops with its first batch still unanswered, or it did not stop at once.
     setup.emulator.set_faults(Faults {
-        latency: Duration::from_secs(4),
+        latency: Duration::from_secs(5),
         ..Faults::default()
     });
-    let mut daemon = Daemon::start(&setup, &["pro-users"]);
-    let journal = setup.project.path(".ldsync/state/pro-users/journal.jsonl");
-    wait_until(
-        &daemon,
-        Duration::from_secs(30),
-        "the journal was written",
-        || journal.exists(),
-    );
-    std::thread::sleep(Duration::from_millis(300)); // the first batch is in flight, held back 4 s
-    let signalled = Instant::now();
+    let mut daemon = start_daemon(&setup, &["pro-users"]);
+    daemon.wait_until(PATIENCE, "the first batch is in flight", || {
+        patch_in_flight(&setup)
+    });
     daemon.signal(libc::SIGINT);
-    std::thread::sleep(Duration::from_millis(200));
+    daemon.wait_for_log("stopping after the requests in flight");
     daemon.signal(libc::SIGINT);
-    assert_eq!(daemon.exit_within(Duration::from_secs(10)), Some(130));
+    assert_eq!(daemon.exit_within(PATIENCE), Some(130));
     assert!(
-        signalled.elapsed() < Duration::from_millis(2500),
+        patch_in_flight(&setup),
         "stopped without waiting for the slow answer: {:?}",
-        signalled.elapsed()
+        setup.emulator.requests()
     );
+    // The run itself stopped and said why (the grace period's exit would have recorded nothing).
     let last = runs(&setup, "pro-users").pop().unwrap();
     assert_eq!(last.outcome, RunOutcome::Interrupted);
     assert!(
@@ -519,15 +465,11 @@ fn a_second_signal_stops_at_once_and_the_journal_stays_whole() {
             .unwrap()
             .contains("second shutdown signal")
     );
+    let journal = setup.project.path(".ldsync/state/pro-users/journal.jsonl");
+    assert!(journal.exists());
 
     setup.emulator.set_faults(Faults::default());
-    let out = setup
-        .project
-        .command("day1", &["sync", "pro-users"])
-        .env("LD_ACCESS_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    ok(&out);
+    ok(&setup.sync("day1", &["pro-users"]));
     assert!(!journal.exists());
     let pro = expected_pro_users("day1");
     assert_eq!(setup.members("pro-users", "user"), pro);
@@ -537,6 +479,7 @@ fn a_second_signal_stops_at_once_and_the_journal_stays_whole() {
 /// `GET /metrics` over a plain socket.
 fn scrape(addr: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     write!(
         stream,
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -559,7 +502,7 @@ fn metric(text: &str, series: &str) -> f64 {
 #[test]
 fn the_metrics_endpoint_serves_what_the_runs_did() {
     let setup = Setup::new();
-    let mut daemon = Daemon::start(&setup, &["--metrics-addr", "127.0.0.1:0"]);
+    let mut daemon = start_daemon(&setup, &["--metrics-addr", "127.0.0.1:0"]);
     // Every interval sync runs once at start (the cron one waits for 06:00 UTC); then an hour passes.
     let interval_syncs = [
         "pro-users",
@@ -567,16 +510,14 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
         "churned-beta",
         "order-events",
     ];
-    wait_until(
-        &daemon,
+    daemon.wait_until(
         Duration::from_secs(30),
         "every interval sync ran once",
         || interval_syncs.iter().all(|s| runs(&setup, s).len() == 1),
     );
     let addr = metrics_address(&daemon);
     // The history is written just before the metrics count the run: scrape until they have.
-    wait_until(
-        &daemon,
+    daemon.wait_until(
         Duration::from_secs(10),
         "the metrics counted every run",
         || {
@@ -617,7 +558,7 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
 }
 
 /// The address the daemon's log says it serves metrics on.
-fn metrics_address(daemon: &Daemon) -> String {
+fn metrics_address(daemon: &Background) -> String {
     let log = daemon.log();
     log.split("serving Prometheus metrics on http://")
         .nth(1)
@@ -675,4 +616,68 @@ fn assert_metrics_count_the_run(text: &str, sync: &str, run: &RunRecord) {
     );
     let age = metric(text, &format!("ldsync_seconds_since_last_success{label}"));
     assert!((0.0..30.0).contains(&age), "{sync}: {age}");
+}
+
+/// The CPU time `pid` has used so far (user and system, every thread), in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's name, which ends with the last ')': utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Lowers the open-file limit of the running process `pid` to `limit` descriptors.
+fn limit_open_files(pid: u32, limit: u64) {
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    let done = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &rlimit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn the_metrics_endpoint_rests_while_out_of_file_descriptors_and_answers_again_after() {
+    let setup = Setup::new();
+    // dormant-winback's cron tick is at 06:00 and it never ran: the daemon only waits, and serves metrics.
+    let mut daemon = start_daemon(
+        &setup,
+        &["dormant-winback", "--metrics-addr", "127.0.0.1:0"],
+    );
+    daemon.wait_for_log("serving Prometheus metrics on http://");
+    let addr = metrics_address(&daemon);
+    scrape(&addr);
+    // Room for four more descriptors, then fifty connections: accept fails with EMFILE while they wait.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", daemon.id()))
+        .unwrap()
+        .count() as u64;
+    limit_open_files(daemon.id(), open + 4);
+    let waiting: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    daemon.wait_for_log("Too many open files");
+
+    let before = cpu_ticks(daemon.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(daemon.id()) - before;
+    assert!(
+        used < 40,
+        "{used} ticks of CPU in 2 s while out of descriptors; the log has {} lines",
+        daemon.log().lines().count()
+    );
+
+    drop(waiting);
+    let text = scrape(&addr);
+    assert!(text.contains("ldsync_runs_total"), "{text}");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.exit_within(PATIENCE), Some(0));
 }

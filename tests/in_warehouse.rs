@@ -3,7 +3,7 @@
 //! model and checkpoint (a property test on random sets, rejected keys and repeats included); a sync planned that
 //! way sends exactly the change and commits a snapshot that never left PostgreSQL.
 //!
-//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI=true` they must run.
+//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI` they must run.
 
 use std::collections::BTreeSet;
 
@@ -53,8 +53,9 @@ fn array_keys(keys: &StringArray) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn the_in_warehouse_delta_is_exactly_the_set_engines() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "pushdown", "");
     let copies = tempfile::tempdir().unwrap();
     let state = PostgresState {
@@ -125,8 +126,9 @@ fn the_in_warehouse_delta_is_exactly_the_set_engines() {
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn a_sync_planned_in_the_warehouse_sends_the_change_and_keeps_its_snapshot_there() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(
         &url,
         "pushdown_sync",
@@ -228,8 +230,9 @@ fn assert_snapshot_committed_in_postgres_only(
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn a_plan_killed_in_the_warehouse_leaves_nothing_behind_and_the_next_one_runs() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(
         &url,
         "pushdown_kill",
@@ -301,8 +304,9 @@ fn a_plan_killed_in_the_warehouse_leaves_nothing_behind_and_the_next_one_runs() 
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn a_model_whose_last_line_is_a_comment_is_diffed_in_the_warehouse() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(
         &url,
         "pushdown_comment",

@@ -3,7 +3,7 @@
 //! batch again; two runs of one sync from two hosts never overlap; checkpoints move between the local store and
 //! PostgreSQL without a resync. Each test works in a schema of its own, so the tests run in parallel.
 //!
-//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI=true` they must run.
+//! They need `DATABASE_URL` (see tests/postgres_warehouse.rs); under `CI` they must run.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -15,17 +15,6 @@ use ldsync_emulator::Faults;
 use crate::util::emulated::*;
 use crate::util::postgres::*;
 use crate::util::*;
-
-/// Points the setup's state at the test's schema in PostgreSQL.
-fn shared_state(project: &Project, schema: &Schema) {
-    project.edit_config(
-        "state:\n  kind: local\n",
-        &format!(
-            "state:\n  kind: postgres\n  url: {}\n  schema: {}\n",
-            schema.url, schema.name
-        ),
-    );
-}
 
 /// The run and keys of `sync`'s committed checkpoint, read from the store's tables.
 fn checkpoint_in(schema: &Schema, sync: &str) -> Option<(String, BTreeSet<String>)> {
@@ -74,8 +63,9 @@ fn acknowledged_in(schema: &Schema, sync: &str) -> BTreeSet<(String, usize)> {
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn syncs_keep_their_checkpoint_journal_and_history_in_postgres() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "state_sync", "");
     let setup = Setup::new();
     shared_state(&setup.project, &schema);
@@ -203,8 +193,9 @@ fn assert_another_host_has_nothing_to_do(setup: &Setup, schema: &Schema, day2: &
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn a_run_killed_mid_sync_is_finished_from_the_journal_rows_without_resending() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "state_kill", "");
     let setup = Setup::new();
     shared_state(&setup.project, &schema);
@@ -271,8 +262,9 @@ fn a_run_killed_mid_sync_is_finished_from_the_journal_rows_without_resending() {
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn runs_of_one_sync_on_two_hosts_never_overlap() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "state_lock", "");
     let setup = Setup::new();
     shared_state(&setup.project, &schema);
@@ -369,8 +361,9 @@ fn start_a_run_holding_the_lock(setup: &Setup, schema: &Schema) -> (std::process
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn checkpoints_move_between_the_local_store_and_postgres_without_a_resync() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "state_copy", "");
     let setup = Setup::new();
     // Day 1 on the local store.
@@ -472,8 +465,9 @@ fn copy_day_two_back_to_the_local_store(setup: &Setup, schema: &Schema, local_ru
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn the_store_is_created_by_its_migrations_once_and_a_bad_url_keeps_its_password() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "state_migrate", "");
     schema.execute(&format!("DROP SCHEMA {}", schema.name));
     let project = Project::example();
@@ -529,8 +523,9 @@ fn the_store_is_created_by_its_migrations_once_and_a_bad_url_keeps_its_password(
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn an_events_sync_keeps_its_watermark_and_journal_in_postgres_and_sends_each_order_once() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "state_events", "");
     let setup = Setup::new();
     shared_state(&setup.project, &schema);
@@ -572,8 +567,9 @@ fn an_events_sync_keeps_its_watermark_and_journal_in_postgres_and_sends_each_ord
 }
 
 #[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn a_committed_snapshot_is_never_replaced() {
-    let Some(url) = database_url() else { return };
+    let url = database_url();
     let schema = Schema::new(&url, "state_immutable", "");
     let copies = tempfile::tempdir().unwrap();
     let state = ldsync::config::PostgresState {

@@ -18,5 +18,8 @@ mod launchdarkly_client;
 mod plan;
 mod postgres_state;
 mod postgres_warehouse;
+mod signals;
+mod state_promises;
 mod sync;
 mod sync_recovery;
+mod warehouse_promises;

@@ -1,12 +1,15 @@
 //! Prometheus metrics for `ldsync run --metrics-addr`: what the runs of each sync did (runs by outcome, keys added
 //! and removed, events sent, requests, 429 answers, retries) and how long ago each sync last succeeded, served as text on
-//! `GET /metrics` from a thread of its own, so that a scrape is answered even while a model query runs.
+//! `GET /metrics` from a thread of its own, so that a scrape is answered even while a model query runs. Out of file
+//! descriptors, the listener rests between tries instead of spinning.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http_body_util::Full;
@@ -205,19 +208,46 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
     Ok(local)
 }
 
+/// How long the listener rests after an accept that failed for want of resources (too many open files), as hyper's
+/// and tokio's servers do.
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Whether a failed accept concerns only the connection being accepted (the client gave up), not the listener.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    )
+}
+
 async fn accept(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => return tracing::error!(error = %e, "the metrics endpoint cannot listen"),
     };
+    let mut resting = false;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "the metrics endpoint could not accept a connection");
+                // Out of file descriptors or memory: the connection waits in the backlog, so trying again at once
+                // would spin on the same error.
+                if !resting {
+                    tracing::warn!(
+                        error = %e,
+                        "the metrics endpoint cannot accept connections; trying again every {}",
+                        humantime::format_duration(ACCEPT_PAUSE)
+                    );
+                }
+                resting = true;
+                tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };
+        if std::mem::take(&mut resting) {
+            tracing::info!("the metrics endpoint accepts connections again");
+        }
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {

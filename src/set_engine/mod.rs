@@ -109,8 +109,8 @@ impl KeySource<'_> {
                 )
             }
             KeySource::Snapshot(path) => format!(
-                "SELECT context_key COLLATE c AS k FROM read_parquet({})",
-                quote_literal(&path.to_string_lossy())
+                "SELECT context_key COLLATE c AS k FROM {}",
+                read_snapshot(path)
             ),
             KeySource::Table(table) => format!("SELECT k FROM {}", table.name),
             KeySource::Without(keys, left_out) => format!(
@@ -131,10 +131,7 @@ impl KeySource<'_> {
             KeySource::Nothing => 0,
             KeySource::Snapshot(path) => query_rows(
                 engine,
-                &format!(
-                    "SELECT num_rows FROM parquet_file_metadata({})",
-                    quote_literal(&path.to_string_lossy())
-                ),
+                &format!("SELECT count(*)::UBIGINT FROM {}", read_snapshot(path)),
                 "reading the snapshot's row count",
                 |row| row.get::<_, u64>(0),
             )?
@@ -142,6 +139,15 @@ impl KeySource<'_> {
             .sum(),
         })
     }
+}
+
+/// The table function that reads the Parquet snapshot at `path`, that file alone: `read_parquet` takes its path as a
+/// glob, so a directory named with `*`, `?` or `[` would match other files beside the snapshot too.
+fn read_snapshot(path: &Path) -> String {
+    format!(
+        "read_single_parquet_file({})",
+        quote_literal(&path.to_string_lossy())
+    )
 }
 
 /// How many keys one join of the engine may take for each byte of its memory limit. DuckDB's hash join spills, but

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 
-use ldsync::state::LocalStore;
+use ldsync::history::{self, RunOutcome, RunRecord};
+use ldsync::state::{LocalStore, Store};
 use ldsync_emulator::{Emulator, EmulatorConfig, RecordedRequest, SegmentSeed, TokenGrant};
 use serde_json::Value;
 
@@ -27,8 +28,12 @@ impl Setup {
     }
 
     pub fn with(config: EmulatorConfig) -> Setup {
+        Setup::for_project(Project::example(), config)
+    }
+
+    /// `project` (a copy of the example) pointed at an emulator started with `config`.
+    pub fn for_project(project: Project, config: EmulatorConfig) -> Setup {
         let emulator = Emulator::start(config).unwrap();
-        let project = Project::example();
         project.edit_config(
             "instance: us ",
             &format!("base_url: {} ", emulator.base_url()),
@@ -263,4 +268,40 @@ pub fn assert_not_resent(requests: &[RecordedRequest], acknowledged: &BTreeSet<(
             );
         }
     }
+}
+
+/// The project's local store.
+pub fn local_store(setup: &Setup) -> Store {
+    Store::Local(LocalStore::new(setup.project.path(".ldsync/state")))
+}
+
+/// The runs of `sync` its history records, oldest first.
+pub fn runs(setup: &Setup, sync: &str) -> Vec<RunRecord> {
+    history::read(&local_store(setup), sync).unwrap()
+}
+
+/// Whether LaunchDarkly holds a batch it has not answered yet (held back by [`Faults::latency`]).
+///
+/// [`Faults::latency`]: ldsync_emulator::Faults::latency
+pub fn patch_in_flight(setup: &Setup) -> bool {
+    setup
+        .emulator
+        .requests()
+        .iter()
+        .any(|r| r.method == "PATCH" && r.status == 0)
+}
+
+/// `run` of pro-users was stopped by the first shutdown signal, after its request in flight, and left the checkpoint
+/// where it was.
+pub fn assert_interrupted_leaving_the_checkpoint(setup: &Setup, run: &RunRecord) {
+    assert_eq!(run.outcome, RunOutcome::Interrupted);
+    let error = run.error.as_deref().unwrap();
+    assert!(
+        error.contains("stopped by a shutdown signal after"),
+        "{error}"
+    );
+    assert!(
+        setup.checkpoint("pro-users").is_none(),
+        "the checkpoint did not move"
+    );
 }

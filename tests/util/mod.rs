@@ -1,6 +1,7 @@
 //! Shared helpers for ldsync's integration tests: a copy of the shipped example in a temporary directory, the
 //! real `ldsync` binary run against it, and an independent reading of the fixture CSVs to compare with.
 
+pub mod background;
 pub mod emulated;
 pub mod postgres;
 
@@ -26,7 +27,15 @@ pub struct Project {
 
 impl Project {
     pub fn example() -> Project {
-        let dir = tempfile::tempdir().unwrap();
+        Project::example_in(tempfile::tempdir().unwrap())
+    }
+
+    /// A copy of the example in a directory whose name begins with `prefix`.
+    pub fn example_named(prefix: &str) -> Project {
+        Project::example_in(tempfile::Builder::new().prefix(prefix).tempdir().unwrap())
+    }
+
+    fn example_in(dir: tempfile::TempDir) -> Project {
         for item in ["connector.yaml", "sql", "fixtures"] {
             copy(&repo().join(item), &dir.path().join(item));
         }
@@ -246,6 +255,11 @@ pub fn stderr(output: &Output) -> String {
 
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Everything a command printed: standard output, then standard error.
+pub fn printed(output: &Output) -> String {
+    stdout(output) + &stderr(output)
 }
 
 /// Every file below `dir`, for checking that a command wrote nothing.

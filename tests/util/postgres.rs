@@ -1,5 +1,5 @@
-//! The real PostgreSQL for the tests that need it: its URL, and a schema of each test's own, so that tests run in
-//! parallel, in this process and beside another run of them.
+//! The real PostgreSQL for the tests that need it: its URL, the example's state kept in it, and a schema of each
+//! test's own, so that tests run in parallel, in this process and beside another run of them.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,18 +10,30 @@ use ldsync::config::{SetEngineSettings, WarehouseConfig};
 use ldsync::warehouse::Warehouse;
 use sqlx::{AssertSqlSafe, Executor};
 
-/// The database the tests use, or `None` (skip) when none is configured outside CI.
-pub fn database_url() -> Option<String> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-            panic!("CI=true: the PostgreSQL tests must run; set DATABASE_URL")
-        }
-        Err(_) => {
-            eprintln!("DATABASE_URL is not set: skipping the PostgreSQL tests");
-            None
-        }
-    }
+use super::Project;
+
+/// The database the PostgreSQL tests use. Each of them is marked
+/// `#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]`: build.rs sets `postgres_tests`
+/// when `DATABASE_URL` or `CI` (to anything) is set, so without a database `cargo test` reports them as ignored,
+/// never as passed, and under CI they run, failing here if no database was given.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "the PostgreSQL tests need DATABASE_URL (for example postgres://postgres@127.0.0.1:5432/test); \
+             without it and without CI, cargo test builds them ignored"
+        )
+    })
+}
+
+/// Points the project's state at `schema` in PostgreSQL (`state.kind: postgres`).
+pub fn shared_state(project: &Project, schema: &Schema) {
+    project.edit_config(
+        "state:\n  kind: local\n",
+        &format!(
+            "state:\n  kind: postgres\n  url: {}\n  schema: {}\n",
+            schema.url, schema.name
+        ),
+    );
 }
 
 /// A schema of the test's own, dropped when the test ends.
