@@ -171,6 +171,24 @@ mod tests {
     }
 
     #[test]
+    fn a_last_line_torn_inside_a_character_is_left_out_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let store = Store::Local(LocalStore::new(dir.path()));
+        append(&store, &record("r1", RunOutcome::Failed, now)).unwrap();
+        // A crash in the middle of an error message naming `café`: the torn line ends inside the two bytes of `é`.
+        let torn = "{\"sync\":\"s\",\"error\":\"caf\u{e9}".as_bytes();
+        tear(
+            &dir.path().join("s").join("runs.jsonl"),
+            &torn[..torn.len() - 1],
+        );
+        assert_eq!(
+            read(&store, "s").unwrap(),
+            [record("r1", RunOutcome::Failed, now)]
+        );
+    }
+
+    #[test]
     fn a_torn_last_line_is_cut_before_the_next_record_is_appended() {
         let dir = tempfile::tempdir().unwrap();
         let now = Utc::now();

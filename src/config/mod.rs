@@ -11,9 +11,9 @@
 //! `launchdarkly.rs`, `state.rs`, `engine.rs` and `syncs.rs`. A section is checked inside its own `Deserialize`,
 //! so that serde_yaml_ng can still name the field, line and column of a mistake; `visit.rs` holds the visitors that
 //! make that so, `interpolate.rs` the `${VAR}` expansion, and `fields.rs` the names, keys and durations that
-//! several sections check alike. Only [`Config::load`] reads a file; everything below it works on text. This
-//! module resolves what depends on where the file is: the paths of models, the state directory and the engine's
-//! spill directory.
+//! several sections check alike. Only [`Config::load`] reads a file; [`Config::parse`] and everything below it work on
+//! text. This module resolves what depends on where the file is: the paths of models, the state directory and the
+//! engine's spill directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -85,8 +85,14 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
+        Config::parse(path, &text)
+    }
+
+    /// Checks `text` as the configuration at `path` (which is not read: it names the file in errors and is where
+    /// relative paths resolve from).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let file: ConfigFile =
-            serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Invalid {
+            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 source,
             })?;

@@ -1,7 +1,45 @@
 //! Why a LaunchDarkly call failed, as a user needs to read it: the call, the status, LaunchDarkly's own message,
 //! and the role action a refusal needs.
 
+use serde::Deserialize;
+
+use super::token::AccessToken;
 use crate::vocab::ErrorClass;
+
+/// What a refused answer says, as ldsync reports it: LaunchDarkly's error code (`error` when it names none) and its
+/// message (the whole body when the body is not LaunchDarkly's JSON error), the token scrubbed from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorAnswer {
+    pub code: String,
+    pub message: String,
+}
+
+/// LaunchDarkly's error body.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl ErrorAnswer {
+    /// Reads the body of a refused answer.
+    pub fn read(body: &str, token: &AccessToken) -> ErrorAnswer {
+        let error: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+        let message = token.scrub(if error.message.is_empty() {
+            body
+        } else {
+            &error.message
+        });
+        let code = if error.code.is_empty() {
+            "error".into()
+        } else {
+            error.code
+        };
+        ErrorAnswer { code, message }
+    }
+}
 
 /// Why a LaunchDarkly call failed. The messages say what to change; none carries the token.
 #[derive(Debug, thiserror::Error)]
@@ -82,5 +120,33 @@ impl ApiError {
             }
             _ => ErrorClass::LaunchDarkly,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenSource;
+
+    #[test]
+    fn a_refusal_reads_launchdarklys_error_or_the_body_itself_without_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "api-canary-1234").unwrap();
+        let token = AccessToken::read(&TokenSource::File("token".into()), dir.path()).unwrap();
+        let json = r#"{"code":"unauthorized","message":"Invalid access token `api-canary-1234`"}"#;
+        assert_eq!(
+            ErrorAnswer::read(json, &token),
+            ErrorAnswer {
+                code: "unauthorized".into(),
+                message: "Invalid access token `<redacted>`".into()
+            }
+        );
+        assert_eq!(
+            ErrorAnswer::read("<html>bad gateway api-canary-1234</html>", &token),
+            ErrorAnswer {
+                code: "error".into(),
+                message: "<html>bad gateway <redacted></html>".into()
+            }
+        );
     }
 }

@@ -9,9 +9,8 @@ pub mod pacing;
 mod segment;
 pub mod token;
 
-pub use error::ApiError;
-use segment::parse_segment;
-pub use segment::{Segment, semantic_patch};
+pub use error::{ApiError, ErrorAnswer};
+pub use segment::{Segment, parse_segment, semantic_patch};
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -103,15 +102,6 @@ impl Call<'_> {
 /// The body of a successful answer.
 struct Answer {
     body: String,
-}
-
-/// LaunchDarkly's error body.
-#[derive(Debug, Default, Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
 }
 
 /// A client for one project and environment.
@@ -435,12 +425,7 @@ impl Client {
         if status.is_success() {
             return Ok(Verdict::Final(Ok(Answer { body })));
         }
-        let error: ErrorBody = serde_json::from_str(&body).unwrap_or_default();
-        let message = self.token.scrub(if error.message.is_empty() {
-            &body
-        } else {
-            &error.message
-        });
+        let ErrorAnswer { code, message } = ErrorAnswer::read(&body, &self.token);
         if matches!(call, Call::CreateSegment(_)) && is_duplicate(status, &message) {
             return Ok(Verdict::Final(Err(NotDone::AlreadyExists)));
         }
@@ -479,11 +464,7 @@ impl Client {
             _ => Err(ApiError::Rejected {
                 what: call.describe(),
                 status: status.as_u16(),
-                code: if error.code.is_empty() {
-                    "error".into()
-                } else {
-                    error.code
-                },
+                code,
                 message,
             }),
         }

@@ -80,7 +80,7 @@ struct UnboundedMetadata {
 }
 
 /// Reads a segment representation. User keys may sit in `included` or under `includedContexts`; both count.
-pub(super) fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
+pub fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
     let rep: SegmentRep = serde_json::from_str(body).map_err(|e| e.to_string())?;
     if rep.unbounded {
         let member_count = rep.unbounded_metadata.map_or(0, |m| m.included_count);

@@ -25,6 +25,7 @@ use crate::state::{JournalError, StateError, Store, SyncLock};
 use crate::vocab::ErrorClass;
 use crate::warehouse::Warehouse;
 
+pub use events::EventRunHeader;
 pub use segment::{Batch, RunHeader, SegmentJournal};
 
 /// How often a run waiting for another run of its sync tries the lock again.

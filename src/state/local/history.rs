@@ -46,11 +46,15 @@ impl LocalStore {
         })
     }
 
-    /// `sync`'s run records, oldest first, as stored.
+    /// `sync`'s run records, oldest first, as stored. Bytes that are not UTF-8 (a last line torn inside a character)
+    /// read as U+FFFD, so that such a line is left out like any torn line rather than making the history unreadable.
     pub(in crate::state) fn runs(&self, sync: &str) -> Result<Vec<String>, StateError> {
         let path = self.sync_dir(sync).join(HISTORY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(str::to_string)
+                .collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(StateError::Io {
                 action: "cannot read",
