@@ -146,15 +146,10 @@ impl DbtConfig {
         {
             return Err("`owner` takes a `name`, an `email` or both".into());
         }
-        let max_manifest_age = match raw.max_manifest_age {
-            Some(age) => Some(duration(
-                "max_manifest_age",
-                "12h or 2d",
-                Some(age),
-                Duration::ZERO,
-            )?),
-            None => None,
-        };
+        let max_manifest_age = raw
+            .max_manifest_age
+            .map(|age| duration("max_manifest_age", "12h or 2d", Some(age), Duration::ZERO))
+            .transpose()?;
         Ok(DbtConfig {
             project_dir: raw.project_dir.0,
             manifest: raw.manifest.map(|m| m.0),

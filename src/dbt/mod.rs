@@ -92,14 +92,12 @@ pub enum DbtError {
         unique_id: String,
     },
     #[error(
-        "{reference} is {unique_id}, materialized as {materialized}, and the dbt manifest {manifest} names no \
-         relation for it to read"
+        "{reference} is {unique_id}, and the dbt manifest {manifest} names no relation for it to read"
     )]
     NoRelation {
         manifest: PathBuf,
         reference: DbtRef,
         unique_id: String,
-        materialized: String,
     },
 }
 
@@ -256,7 +254,6 @@ fn node_sql(node: &Node, path: &Path, reference: &DbtRef) -> Result<String, DbtE
             manifest: path.to_path_buf(),
             reference: reference.clone(),
             unique_id: node.unique_id.clone(),
-            materialized: node.config.materialized.clone().unwrap_or_default(),
         }),
     }
 }
