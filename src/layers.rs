@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["set_engine", "events"],
     &["state", "warehouse", "launchdarkly"],
-    &["pg", "keys", "progress", "shutdown"],
+    &["pg", "keys", "progress", "shutdown", "dbt"],
     &["config"],
     &["schedule", "vocab"],
 ];

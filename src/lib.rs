@@ -11,12 +11,14 @@
 //! - [`set_engine`] does the set work in embedded DuckDB; [`events`] is the events model and its batching.
 //! - [`state`] keeps checkpoints, journals, history and locks (in files or PostgreSQL); [`warehouse`] runs models;
 //!   [`launchdarkly`] is the API client.
-//! - [`pg`], [`keys`], [`progress`]: PostgreSQL connections, what a model's keys held, progress bars.
+//! - [`pg`], [`keys`], [`progress`]: PostgreSQL connections, what a model's keys held, progress bars; [`dbt`]: a
+//!   model's SQL from its file or, through dbt's manifest, from the dbt model `ref()` names.
 //! - [`config`] reads `connector.yaml`; [`schedule`] and [`vocab`] are the words every layer shares.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dbt;
 pub mod events;
 pub mod history;
 pub mod keys;

@@ -11,6 +11,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
+use crate::dbt::DbtModel;
 use crate::history::{EventCounts, RunRecord};
 use crate::plan::EventPlan;
 use crate::plan::{PlanOutcome, SyncPlan, SyncPlanError};
@@ -355,6 +356,9 @@ fn write_sync_detail(plan: &SyncPlan, show: usize, out: &mut dyn Write) -> std::
         "▸ {} ({} → segment {}, context kind {}), model {}",
         plan.sync, plan.mode, plan.segment, plan.context_kind, plan.model
     )?;
+    if let Some(dbt) = &plan.dbt {
+        writeln!(out, "  dbt: {}", dbt_model_text(dbt))?;
+    }
     let k = &plan.keys;
     writeln!(
         out,
@@ -489,6 +493,19 @@ pub fn write_json_document(
 ) -> std::io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ name: items }))?;
     writeln!(out)
+}
+
+/// How `plan` and `validate` show the dbt model a `ref()` resolved to: `model.pkg.name, relation
+/// "db"."schema"."name", manifest generated at …`.
+pub fn dbt_model_text(model: &DbtModel) -> String {
+    let reads = match &model.relation {
+        Some(relation) => format!("relation {relation}"),
+        None => format!("{}, its compiled SQL", model.materialized),
+    };
+    format!(
+        "{}, {reads}, manifest generated at {}",
+        model.unique_id, model.generated_at
+    )
 }
 
 /// A time as reports show it: RFC 3339 in UTC, to the second.

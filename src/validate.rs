@@ -3,6 +3,7 @@
 use crate::config::{Config, EventSyncConfig, SegmentSyncConfig};
 use crate::plan::EventPlanner;
 use crate::plan::{Planner, SyncPlanError};
+use crate::report::dbt_model_text;
 
 /// Checks one sync: its model file exists and prepares against the warehouse, its key column exists with a type
 /// that can be a context key, and its checkpoint (if any) is readable and was made with its current settings.
@@ -12,8 +13,7 @@ pub fn check_sync(
     planner: &Planner,
     sync: &SegmentSyncConfig,
 ) -> Result<String, SyncPlanError> {
-    let model_path = config.model_path(sync);
-    let (_, key) = planner.prepare_model(sync)?;
+    let (model, key) = planner.prepare_model(sync)?;
     let checkpoint_text = match planner.checkpoint(sync)? {
         Some(c) => format!(
             "checkpoint of run {} ({} keys)",
@@ -22,9 +22,13 @@ pub fn check_sync(
         None => "no checkpoint yet".to_string(),
     };
     Ok(format!(
-        "sync `{}`: model {}, key column `{}` ({}{}), {} mode into segment `{}` ({}), {}",
+        "sync `{}`: model {}{}, key column `{}` ({}{}), {} mode into segment `{}` ({}), {}",
         sync.name,
-        model_path.display(),
+        config.model_label(&sync.model),
+        model
+            .dbt
+            .as_ref()
+            .map_or(String::new(), |m| format!(" ({})", dbt_model_text(m))),
         key.name,
         key.sql_type,
         if key.cast_to_text {
@@ -67,7 +71,7 @@ pub fn check_events_sync(
     Ok(format!(
         "events sync `{}`: model {}, event key `{}`, contexts {}, timestamp `{}`, row id `{}`{}, lateness {}, {}",
         sync.name,
-        config.model_file(&sync.model).display(),
+        config.model_label(&sync.model),
         sync.event_key_column,
         kinds.join(", "),
         sync.timestamp_column,

@@ -11,6 +11,7 @@ mod util;
 
 mod config_and_validate;
 mod daemon;
+mod dbt;
 mod emulator;
 mod events;
 mod in_warehouse;

@@ -4,6 +4,7 @@
 //! model's data, exit 6).
 
 use crate::config::{ConfigError, UnknownSync};
+use crate::dbt::ExposureError;
 use crate::launchdarkly::ApiError;
 use crate::launchdarkly::token::TokenError;
 use crate::plan::{PlanError, SyncPlanError};
@@ -92,7 +93,8 @@ fn classify(error: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
         PlanError,
         SyncPlanError,
         RunError,
-        CopyCheckpointError
+        CopyCheckpointError,
+        ExposureError
     );
     None
 }

@@ -198,6 +198,25 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
         format: SyncFormat,
     },
+    /// Work with the dbt project whose models syncs name with ref().
+    ///
+    /// Commands for the dbt project named by connector.yaml's `dbt:` section, whose models syncs name with
+    /// `model: ref('…')`.
+    Dbt {
+        #[command(subcommand)]
+        command: DbtCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbtCommand {
+    /// Print dbt exposures of the syncs that read dbt models, as YAML.
+    ///
+    /// Print a dbt properties file (version: 2) with one `type: application` exposure per segment sync whose
+    /// model is a ref(): it depends on that model, links to the segment in LaunchDarkly, is owned by dbt.owner,
+    /// and says under meta.ldsync what the sync does. Keep it in the dbt project (for example
+    /// models/ldsync_exposures.yml) and check it for drift with `git diff --exit-code`. Reads connector.yaml only.
+    Exposures,
 }
 
 /// Runs the parsed command line and returns the process's exit code.
@@ -289,6 +308,12 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
             from,
             replace,
         } => commands::copy_checkpoints(&config, syncs, *from, *replace),
+        Command::Dbt {
+            command: DbtCommand::Exposures,
+        } => {
+            print!("{}", crate::dbt::exposures(&config)?);
+            Ok(exit::OK)
+        }
     }
 }
 

@@ -60,19 +60,19 @@ pub(super) fn sync_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<St
     )
 }
 
-pub(super) fn model_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    const RULE: &str = "name a model by its file under sql/ without `.sql`, for example `pro_users` for sql/pro_users.sql";
-    from_str(deserializer, "a model name", |name| {
-        let allowed = |c: char| is_key_char(c) || c == '/';
-        if name.is_empty()
-            || !name.chars().all(allowed)
-            || name.ends_with(".sql")
-            || name.split('/').any(|part| part.is_empty() || part == "..")
-        {
-            return Err(format!("model `{name}`: {RULE}"));
-        }
-        Ok(name.to_string())
-    })
+/// Checks a model named by its file under `sql/`.
+pub(super) fn model_file_name(name: &str) -> Result<String, String> {
+    const RULE: &str = "name a model by its file under sql/ without `.sql`, for example `pro_users` for \
+                        sql/pro_users.sql, or a dbt model as ref('pro_users')";
+    let allowed = |c: char| is_key_char(c) || c == '/';
+    if name.is_empty()
+        || !name.chars().all(allowed)
+        || name.ends_with(".sql")
+        || name.split('/').any(|part| part.is_empty() || part == "..")
+    {
+        return Err(format!("model `{name}`: {RULE}"));
+    }
+    Ok(name.to_string())
 }
 
 pub(super) fn resource_key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {

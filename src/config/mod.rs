@@ -8,16 +8,18 @@
 //!
 //! It is read in two layers: `raw.rs` is the file as serde reads it (its sections' raw mappings and the
 //! version check), and each section resolves into the checked value the rest of ldsync uses: `warehouse.rs`,
-//! `launchdarkly.rs`, `state.rs`, `engine.rs` and `syncs.rs`. A section is checked inside its own `Deserialize`,
-//! so that serde_yaml_ng can still name the field, line and column of a mistake; `visit.rs` holds the visitors that
-//! make that so, `interpolate.rs` the `${VAR}` expansion, and `fields.rs` the names, keys and durations that
-//! several sections check alike. Only [`Config::load`] reads a file; [`Config::parse`] and everything below it work on
-//! text. This module resolves what depends on where the file is: the paths of models, the state directory and the
-//! engine's spill directory.
+//! `launchdarkly.rs`, `state.rs`, `engine.rs`, `syncs.rs` and `dbt.rs` (the dbt project, and `model: ref('…')`).
+//! A section is checked inside its own `Deserialize`, so that serde_yaml_ng can still name the field, line and
+//! column of a mistake; `visit.rs` holds the visitors that make that so, `interpolate.rs` the `${VAR}` expansion,
+//! and `fields.rs` the names, keys and durations that several sections check alike. Only [`Config::load`] reads a
+//! file; [`Config::parse`] and everything below it work on text. This module resolves what depends on where the
+//! file is: the paths of models, the dbt project and its manifest, the state directory and the engine's spill
+//! directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod dbt;
 mod engine;
 mod fields;
 mod interpolate;
@@ -28,6 +30,7 @@ mod syncs;
 mod visit;
 mod warehouse;
 
+pub use dbt::{DbtConfig, DbtOwner, DbtRef, Model};
 pub use engine::{DEFAULT_ENGINE_MEMORY, SetEngineConfig, SetEngineSettings, parse_size};
 pub use interpolate::{Statement, interpolate};
 pub use launchdarkly::{DEFAULT_TOKEN_ENV, LaunchDarklyConfig, TokenSource};
@@ -60,6 +63,9 @@ pub enum ConfigError {
     Syncs { path: PathBuf, problem: String },
 }
 
+/// Where a dbt project's manifest is, unless `dbt.manifest` says otherwise: dbt's target directory.
+pub const DEFAULT_DBT_MANIFEST: &str = "target/manifest.json";
+
 /// A loaded and checked `connector.yaml`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -76,6 +82,8 @@ pub struct Config {
     pub syncs: Vec<SegmentSyncConfig>,
     /// Events syncs (`events:`).
     pub events: Vec<EventSyncConfig>,
+    /// The dbt project whose models syncs name with `ref()` (`dbt:`).
+    pub dbt: Option<DbtConfig>,
 }
 
 impl Config {
@@ -96,10 +104,12 @@ impl Config {
                 path: path.to_path_buf(),
                 source,
             })?;
-        check_sync_names(&file.syncs.0, &file.events).map_err(|problem| ConfigError::Syncs {
-            path: path.to_path_buf(),
-            problem,
-        })?;
+        check_sync_names(&file.syncs.0, &file.events)
+            .and_then(|()| check_dbt_models(&file))
+            .map_err(|problem| ConfigError::Syncs {
+                path: path.to_path_buf(),
+                problem,
+            })?;
         // Empty when the file is in the working directory, so that paths print as `sql/x.sql`.
         let project_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Config {
@@ -111,6 +121,7 @@ impl Config {
             engine: file.engine,
             syncs: file.syncs.0,
             events: file.events,
+            dbt: file.dbt,
         })
     }
 
@@ -137,14 +148,36 @@ impl Config {
             .collect())
     }
 
-    /// Where the model of the sync named `model` lives on disk.
-    pub fn model_file(&self, model: &str) -> PathBuf {
-        self.project_dir.join("sql").join(format!("{model}.sql"))
+    /// Where the model `sql/<name>.sql` lives on disk.
+    pub fn model_file(&self, name: &str) -> PathBuf {
+        self.project_dir.join("sql").join(format!("{name}.sql"))
     }
 
-    /// Where the model of `sync` lives on disk.
-    pub fn model_path(&self, sync: &SegmentSyncConfig) -> PathBuf {
-        self.model_file(&sync.model)
+    /// How messages and reports name `model`: its file (`sql/pro_users.sql`), or its `ref('pro_users')`.
+    pub fn model_label(&self, model: &Model) -> String {
+        match model {
+            Model::File(name) => self.model_file(name).display().to_string(),
+            Model::Dbt(reference) => reference.to_string(),
+        }
+    }
+
+    /// The dbt project's directory, resolved against the project directory (`None` without a `dbt:` section).
+    pub fn dbt_project_dir(&self) -> Option<PathBuf> {
+        let dbt = self.dbt.as_ref()?;
+        Some(self.project_dir.join(&dbt.project_dir))
+    }
+
+    /// The dbt manifest `ref()` resolves through: `dbt.manifest` against the project directory, or
+    /// `target/manifest.json` in the dbt project (`None` without a `dbt:` section).
+    pub fn dbt_manifest(&self) -> Option<PathBuf> {
+        let dbt = self.dbt.as_ref()?;
+        Some(match &dbt.manifest {
+            Some(manifest) => self.project_dir.join(manifest),
+            None => self
+                .project_dir
+                .join(&dbt.project_dir)
+                .join(DEFAULT_DBT_MANIFEST),
+        })
     }
 
     /// The directory of the local checkpoint store (or of a postgres store's snapshot copies), resolved against
@@ -169,6 +202,34 @@ impl Config {
     /// How long a run waits for another run of the same sync (`state.lock_wait`).
     pub fn lock_wait(&self) -> Duration {
         self.state.lock_wait
+    }
+}
+
+/// Checks that a `dbt:` section is there when a sync names a dbt model.
+fn check_dbt_models(file: &ConfigFile) -> Result<(), String> {
+    if file.dbt.is_some() {
+        return Ok(());
+    }
+    let segment = file
+        .syncs
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("syncs[{i}]"), &s.name, &s.model));
+    let events = file
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("events[{i}]"), &s.name, &s.model));
+    match segment
+        .chain(events)
+        .find(|(_, _, model)| model.dbt().is_some())
+    {
+        Some((at, name, model)) => Err(format!(
+            "{at}.model: sync `{name}` names the dbt model {model}, but there is no `dbt:` section to resolve it \
+             through; add `dbt: {{project_dir: <the dbt project's directory>}}`"
+        )),
+        None => Ok(()),
     }
 }
 

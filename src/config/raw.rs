@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny};
 
+use super::dbt::{DbtConfig, DbtOwner};
 use super::engine::SetEngineConfig;
 use super::fields::{EnvVarName, ResourceKey};
 use super::interpolate::{Interpolated, Statement};
@@ -36,6 +37,8 @@ pub(super) struct ConfigFile {
     pub(super) syncs: Syncs,
     #[serde(default)]
     pub(super) events: Vec<EventSyncConfig>,
+    #[serde(default)]
+    pub(super) dbt: Option<DbtConfig>,
 }
 
 /// `version:`, which must be the one this build reads.
@@ -115,4 +118,14 @@ pub(super) struct RawEngine {
     pub(super) memory_limit: Option<Interpolated>,
     pub(super) threads: Option<u32>,
     pub(super) temp_directory: Option<Interpolated>,
+}
+
+/// `dbt:` as written; [`DbtConfig`] checks it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDbt {
+    pub(super) project_dir: Interpolated,
+    pub(super) manifest: Option<Interpolated>,
+    pub(super) owner: Option<DbtOwner>,
+    pub(super) max_manifest_age: Option<Interpolated>,
 }

@@ -8,9 +8,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::fields::{
-    ColumnName, ContextKind, column_name, context_kind, model_name, resource_key, sync_name,
-};
+use super::dbt::Model;
+use super::fields::{ColumnName, ContextKind, column_name, context_kind, resource_key, sync_name};
 use super::visit::{from_number, from_str};
 use crate::schedule::Schedule;
 use crate::vocab::SegmentKind;
@@ -103,9 +102,8 @@ pub struct SegmentSyncConfig {
     /// Unique within the file; names the sync's state directory and appears in every message about it.
     #[serde(deserialize_with = "sync_name")]
     pub name: String,
-    /// The model's name: its SQL is `sql/<model>.sql` beside connector.yaml.
-    #[serde(deserialize_with = "model_name")]
-    pub model: String,
+    /// The model: `sql/<model>.sql` beside connector.yaml, or a dbt model (`ref('name')`).
+    pub model: Model,
     /// The LaunchDarkly segment key.
     #[serde(deserialize_with = "resource_key")]
     pub segment: String,
@@ -147,9 +145,8 @@ pub struct EventSyncConfig {
     /// Unique among all syncs; names the sync's state directory and appears in every message about it.
     #[serde(deserialize_with = "sync_name")]
     pub name: String,
-    /// The model's name: its SQL is `sql/<model>.sql` beside connector.yaml.
-    #[serde(deserialize_with = "model_name")]
-    pub model: String,
+    /// The model: `sql/<model>.sql` beside connector.yaml, or a dbt model (`ref('name')`).
+    pub model: Model,
     /// The column holding each event's key: the metric's event key in LaunchDarkly.
     #[serde(default = "default_event_key_column", deserialize_with = "column_name")]
     pub event_key_column: String,

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::{PlanError, SyncPlanError};
 use crate::config::{Config, EventSyncConfig, InvalidKeys};
+use crate::dbt::model_sql;
 use crate::events::model::{EventModelError, EventQuery, EventRow, ImportEvent, RowProblem, Rows};
 use crate::events::{BadRows, Batcher, Spool};
 use crate::progress;
@@ -116,10 +117,8 @@ impl<'a> EventPlanner<'a> {
     }
 
     fn read_query(&self, sync: &EventSyncConfig) -> Result<EventQuery, PlanError> {
-        let path = self.config.model_file(&sync.model);
-        let sql = std::fs::read_to_string(&path)
-            .map_err(|source| PlanError::ModelFile { path, source })?;
-        Ok(EventQuery::prepare(self.warehouse, sync, &sql)?)
+        let model = model_sql(self.config, &sync.name, &sync.model)?;
+        Ok(EventQuery::prepare(self.warehouse, sync, &model.sql)?)
     }
 
     fn read_plan(
@@ -136,7 +135,7 @@ impl<'a> EventPlanner<'a> {
             .saturating_add(sync.max_future_ms());
         let mut plan = EventPlan {
             sync: sync.name.clone(),
-            model: self.config.model_file(&sync.model).display().to_string(),
+            model: self.config.model_label(&sync.model),
             checkpoint_run: checkpoint.map(|c| c.run_id.clone()),
             watermark: sent.watermark.clone(),
             window_start: window_start.map(millis_to_time),
@@ -168,7 +167,7 @@ impl<'a> EventPlanner<'a> {
     fn error(&self, sync: &EventSyncConfig, source: impl Into<PlanError>) -> SyncPlanError {
         SyncPlanError {
             sync: sync.name.clone(),
-            model: self.config.model_file(&sync.model).display().to_string(),
+            model: self.config.model_label(&sync.model),
             source: Box::new(source.into()),
         }
     }

@@ -5,11 +5,10 @@ mod baseline;
 mod events;
 mod sync_plan;
 
-use std::path::PathBuf;
-
 use arrow::array::{Array, StringArray};
 
 use crate::config::{Config, Mode, SegmentSyncConfig};
+use crate::dbt::{DbtModel, ModelError, ModelSql, model_sql};
 use crate::launchdarkly::Segment;
 use crate::progress;
 use crate::set_engine::{
@@ -33,11 +32,8 @@ use sync_plan::{gate_stops, notes, remove_mode_percent_gate, sorted_contains};
 /// Why one sync could not be planned.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("cannot read the model {path}: {source}")]
-    ModelFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
     #[error(transparent)]
@@ -85,7 +81,7 @@ pub enum PlanError {
 impl PlanError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            PlanError::ModelFile { .. } => ErrorClass::Config,
+            PlanError::Model(e) => e.class(),
             PlanError::Warehouse(e) => e.class(),
             PlanError::SetEngine(e) => e.class(),
             PlanError::State(e) => e.class(),
@@ -182,9 +178,9 @@ impl<'a> Planner<'a> {
     pub fn plan(&self, sync: &SegmentSyncConfig) -> Result<SyncPlan, SyncPlanError> {
         let checkpoint = self.checkpoint(sync)?;
         let baseline = Baseline::Checkpoint(checkpoint.as_ref());
-        let model = self.model_keys(sync, baseline)?;
+        let (model, dbt) = self.model_keys(sync, baseline)?;
         let mut plan = self
-            .plan_against(sync, model, baseline, Listing::Listed)?
+            .plan_against(sync, model, dbt, baseline, Listing::Listed)?
             .plan;
         if plan.mode == Mode::Remove && !plan.removes.is_empty() {
             plan.notes.push(
@@ -216,13 +212,13 @@ impl<'a> Planner<'a> {
         );
         let baseline = choose_baseline(sync, segment.as_ref(), checkpoint.as_ref(), &members)
             .map_err(|e| self.error(sync, e))?;
-        let model = self.model_keys(sync, baseline)?;
+        let (model, dbt) = self.model_keys(sync, baseline)?;
         let big = match &segment {
             Some(segment) => segment.kind == SegmentKind::Big && segment.excluded.is_empty(),
             None => sync.create_segment == Some(SegmentKind::Big),
         };
         let listing = if big { listing } else { Listing::Listed };
-        let mut planned = self.plan_against(sync, model, baseline, listing)?;
+        let mut planned = self.plan_against(sync, model, dbt, baseline, listing)?;
         match &segment {
             Some(segment) => {
                 self.fit_to_segment(
@@ -358,7 +354,7 @@ impl<'a> Planner<'a> {
         &self,
         sync: &SegmentSyncConfig,
         baseline: Baseline<'_>,
-    ) -> Result<ModelKeys<'a>, SyncPlanError> {
+    ) -> Result<(ModelKeys<'a>, Option<DbtModel>), SyncPlanError> {
         self.read_model_keys(sync, baseline)
             .map_err(|e| self.error(sync, e))
     }
@@ -376,14 +372,16 @@ impl<'a> Planner<'a> {
         &self,
         sync: &SegmentSyncConfig,
         model: ModelKeys<'e>,
+        dbt: Option<DbtModel>,
         baseline: Baseline<'_>,
         listing: Listing,
     ) -> Result<ExecutablePlan<'e>, SyncPlanError> {
-        let model_path = self.config.model_path(sync);
+        let label = self.config.model_label(&sync.model);
         let comparing = progress::step_spinner(&sync.name, "comparing keys", self.progress);
-        let planned = plan_keys(sync, &model_path, &model, baseline, listing);
+        let planned = plan_keys(sync, &label, &model, baseline, listing);
         comparing.finish_and_clear();
-        let (plan, delta) = planned.map_err(|e| self.error(sync, e))?;
+        let (mut plan, delta) = planned.map_err(|e| self.error(sync, e))?;
+        plan.dbt = dbt;
         Ok(ExecutablePlan {
             plan,
             model,
@@ -483,35 +481,31 @@ impl<'a> Planner<'a> {
     ) -> SyncPlanError {
         SyncPlanError {
             sync: sync.name.clone(),
-            model: self.config.model_path(sync).display().to_string(),
+            model: self.config.model_label(&sync.model),
             source: Box::new(source.into()),
         }
     }
 
-    /// The model's SQL and its key column, as the warehouse describes it.
+    /// The model's SQL (and the dbt model it came from) and its key column, as the warehouse describes it.
     pub fn prepare_model(
         &self,
         sync: &SegmentSyncConfig,
-    ) -> Result<(String, KeyColumn), SyncPlanError> {
+    ) -> Result<(ModelSql, KeyColumn), SyncPlanError> {
         self.read_model(sync).map_err(|e| self.error(sync, e))
     }
 
-    fn read_model(&self, sync: &SegmentSyncConfig) -> Result<(String, KeyColumn), PlanError> {
-        let model_path = self.config.model_path(sync);
-        let sql = std::fs::read_to_string(&model_path).map_err(|source| PlanError::ModelFile {
-            path: model_path,
-            source,
-        })?;
-        let key = self.warehouse.key_column(&sql, &sync.key_column)?;
-        Ok((sql, key))
+    fn read_model(&self, sync: &SegmentSyncConfig) -> Result<(ModelSql, KeyColumn), PlanError> {
+        let model = model_sql(self.config, &sync.name, &sync.model)?;
+        let key = self.warehouse.key_column(&model.sql, &sync.key_column)?;
+        Ok((model, key))
     }
 
     fn read_model_keys(
         &self,
         sync: &SegmentSyncConfig,
         baseline: Baseline<'_>,
-    ) -> Result<ModelKeys<'a>, PlanError> {
-        let (sql, key) = self.read_model(sync)?;
+    ) -> Result<(ModelKeys<'a>, Option<DbtModel>), PlanError> {
+        let (ModelSql { sql, dbt }, key) = self.read_model(sync)?;
         let in_store = if baseline.is_checkpoint() {
             self.store_in_warehouse()
         } else {
@@ -532,13 +526,13 @@ impl<'a> Planner<'a> {
             in_store,
         )?;
         progress.finish_and_clear();
-        Ok(model)
+        Ok((model, dbt))
     }
 }
 
 fn plan_keys<'e>(
     sync: &SegmentSyncConfig,
-    model_path: &std::path::Path,
+    model_label: &str,
     model: &ModelKeys<'e>,
     baseline: Baseline<'_>,
     listing: Listing,
@@ -588,7 +582,8 @@ fn plan_keys<'e>(
         mode: sync.mode,
         segment: sync.segment.clone(),
         context_kind: sync.context_kind.clone(),
-        model: model_path.display().to_string(),
+        model: model_label.to_string(),
+        dbt: None,
         gate_stops: gate_stops(sync, &stats, members, removes.len() as u64),
         requests: requests(adds.len(), removes.len(), sync.batch_size),
         keys: stats,

@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 
 use super::Baseline;
 use crate::config::{Mode, SegmentSyncConfig};
+use crate::dbt::DbtModel;
 use crate::keys::KeyStats;
 use crate::launchdarkly::Segment;
 use crate::set_engine::KeyList;
@@ -157,6 +158,9 @@ pub struct SyncPlan {
     pub segment: String,
     pub context_kind: String,
     pub model: String,
+    /// The dbt model a `model: ref('…')` resolved to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dbt: Option<DbtModel>,
     pub keys: KeyStats,
     /// `None` on a first run.
     pub checkpoint: Option<CheckpointInfo>,

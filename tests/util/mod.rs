@@ -210,6 +210,15 @@ pub fn expected_dormant_users(day: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The users who opted into the beta on `day` (with a valid key): what a test seeds `beta-testers` with.
+pub fn beta_testers(day: &str) -> BTreeSet<String> {
+    read_fixture(day, "users")
+        .iter()
+        .filter(|u| u.get("beta_opt_in") == "true" && is_valid_key(u.get("user_id")))
+        .map(|u| u.get("user_id").to_string())
+        .collect()
+}
+
 /// The keys the `churned_beta_users` model should return on `day`: beta testers whose account churned.
 pub fn expected_churned_beta_users(day: &str) -> BTreeSet<String> {
     let churned: BTreeSet<String> = read_fixture(day, "accounts")
