@@ -47,6 +47,21 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The time between two runs around `now`: the interval, or the gap between a cron schedule's next two ticks
+    /// (`None` for a cron expression that never matches). For alerts on a sync that has not succeeded in a while.
+    pub fn interval_at(&self, now: DateTime<Utc>) -> Option<Duration> {
+        match self {
+            Schedule::Every(every) => Some(*every),
+            Schedule::Cron { cron, zone, .. } => {
+                let next = next_tick(cron, *zone, now)?;
+                let after = next_tick(cron, *zone, next)?;
+                (after - next).to_std().ok()
+            }
+        }
+    }
+}
+
 /// The first tick of `cron` in `zone` strictly after `after`, in real time. Cron expressions name wall times, and
 /// on the night daylight saving ends the clock shows an hour's wall times twice: a tick is taken in each pass
 /// (every 15 minutes stays every 15 minutes), and never before `after`, so the repeated hour cannot run a sync back
@@ -218,6 +233,21 @@ mod tests {
         assert_eq!(
             every.next_due(Some(at("2026-11-23T09:00:00Z")), now),
             at("2026-11-23T10:00:00Z")
+        );
+    }
+
+    #[test]
+    fn the_interval_of_a_schedule_is_its_period_or_the_gap_between_its_next_two_ticks() {
+        let now = at("2026-11-24T10:20:00Z");
+        let every = parse_schedule("4h", Tz::UTC).unwrap();
+        assert_eq!(every.interval_at(now), Some(Duration::from_secs(4 * 3600)));
+        let quarterly = parse_schedule("*/15 * * * *", Tz::UTC).unwrap();
+        assert_eq!(quarterly.interval_at(now), Some(Duration::from_secs(900)));
+        // Weekdays at 06:00: on a Friday, the next two ticks are Monday's and Tuesday's.
+        let weekdays = parse_schedule("0 6 * * 1-5", Tz::UTC).unwrap();
+        assert_eq!(
+            weekdays.interval_at(at("2026-11-27T12:00:00Z")),
+            Some(Duration::from_secs(24 * 3600))
         );
     }
 

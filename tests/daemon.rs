@@ -680,4 +680,213 @@ fn the_metrics_endpoint_rests_while_out_of_file_descriptors_and_answers_again_af
     assert!(text.contains("ldsync_runs_total"), "{text}");
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.exit_within(PATIENCE), Some(0));
+/// `METHOD PATH` over a plain socket: the status code and the body.
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_daemon_is_live_and_ready_and_turns_unready_within_a_second_of_sigterm() {
+    let setup = Setup::new();
+    // Slow answers keep the first runs under way when the signal comes.
+    setup.emulator.set_faults(Faults {
+        latency: Duration::from_millis(1500),
+        ..Faults::default()
+    });
+    let mut daemon = start_daemon(&setup, &["--http-addr", "127.0.0.1:0"]);
+    let addr = metrics_address(&daemon);
+    let (status, body) = http(&addr, "GET", "/livez");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("alive: ldsync run has served 5 sync(s) for "),
+        "{body}"
+    );
+    let (status, body) = http(&addr, "GET", "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready: configuration loaded, the state store answered "),
+        "{body}"
+    );
+    assert_eq!(http(&addr, "HEAD", "/readyz"), (200, String::new()));
+    // Nothing on the listener changes anything.
+    let (status, body) = http(&addr, "POST", "/metrics");
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(http(&addr, "GET", "/nothing").0, 404);
+
+    daemon.wait_until(Duration::from_secs(30),
+        "a request is in flight",
+        || setup.emulator.requests().iter().any(|r| r.status == 0),
+    );
+    daemon.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = http(&addr, "GET", "/readyz");
+        if status != 200 || signalled.elapsed() > Duration::from_secs(1) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(signalled.elapsed() < Duration::from_secs(1), "{body}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body,
+        "draining: a shutdown signal arrived; runs under way finish their request in flight and stop\n"
+    );
+    assert_eq!(http(&addr, "GET", "/livez").0, 200, "alive while it drains");
+    assert_eq!(daemon.exit_within(Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
+fn the_daemon_is_not_ready_while_its_state_store_does_not_answer() {
+    let url = crate::util::postgres::database_url();
+    let schema = crate::util::postgres::Schema::new(&url, "daemon_readyz", "");
+    // A role of the test's own, which the test can lock out of the server and let back in.
+    let role = format!("ldsync_readyz_{}", std::process::id());
+    schema.execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN SUPERUSER"
+    ));
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let setup = Setup::new();
+    setup.project.edit_config(
+        "state:\n  kind: local\n",
+        &format!(
+            "state:\n  kind: postgres\n  url: {scheme}://{role}@{host}\n  schema: {}\n",
+            schema.name
+        ),
+    );
+    let mut daemon = start_daemon(&setup, &["--http-addr", "127.0.0.1:0"]);
+    let addr = metrics_address(&daemon);
+    let readyz_within = |status: u16, limit: Duration| {
+        let started = Instant::now();
+        loop {
+            let (answered, body) = http(&addr, "GET", "/readyz");
+            if answered == status {
+                return body;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "/readyz stayed {answered} ({body}); the daemon's log:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    readyz_within(200, Duration::from_secs(5));
+
+    schema.execute(&format!(
+        "ALTER ROLE {role} NOLOGIN; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ));
+    let body = readyz_within(503, Duration::from_secs(20));
+    assert!(
+        body.starts_with("not ready: the state store did not answer ") && body.contains(&role),
+        "{body}"
+    );
+    assert_eq!(http(&addr, "GET", "/livez").0, 200, "alive all along");
+
+    schema.execute(&format!("ALTER ROLE {role} LOGIN"));
+    readyz_within(200, Duration::from_secs(20));
+    daemon.signal(libc::SIGTERM);
+    daemon.exit_within(Duration::from_secs(20));
+    schema.execute(&format!(
+        "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+    ));
+}
+
+#[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
+fn three_daemons_on_one_postgres_state_share_the_syncs_and_record_no_failure() {
+    let url = crate::util::postgres::database_url();
+    let schema = crate::util::postgres::Schema::new(&url, "daemon_replicas", "");
+    let setup = Setup::new();
+    let every = 2;
+    let hosts: Vec<Project> = (0..3).map(|_| Project::example()).collect();
+    for host in &hosts {
+        host.edit_config(
+            "instance: us ",
+            &format!("base_url: {} ", setup.emulator.base_url()),
+        );
+        host.edit_config(
+            "state:\n  kind: local\n",
+            &format!(
+                "state:\n  kind: postgres\n  url: {url}\n  schema: {}\n",
+                schema.name
+            ),
+        );
+        let text = std::fs::read_to_string(host.config_path()).unwrap();
+        let every_sync = text
+            .lines()
+            .map(|line| match line.split_once("schedule: ") {
+                Some((indent, _)) => format!("{indent}schedule: {every}s"),
+                None => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(host.config_path(), every_sync).unwrap();
+    }
+    // The store's tables, made once, before the daemons start together.
+    ok(&hosts[0].ldsync("day1", &["status"]));
+    let started = Instant::now();
+    let mut daemons: Vec<Background> = hosts.iter().map(|h| Background::start(h, "day1", TOKEN, &["run"])).collect();
+    std::thread::sleep(Duration::from_secs(14));
+    for daemon in &daemons {
+        daemon.signal(libc::SIGTERM);
+    }
+    for daemon in &mut daemons {
+        assert_eq!(daemon.exit_within(Duration::from_secs(30)), Some(0));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let copies = tempfile::tempdir().unwrap();
+    let state = ldsync::config::PostgresState {
+        url: url.clone(),
+        schema: schema.name.clone(),
+    };
+    let store =
+        Store::Postgres(ldsync::state::PgStore::open(&state, copies.path().into()).unwrap());
+    let config = hosts[0].config();
+    for sync in config.all_syncs().map(|s| s.name().to_string()) {
+        let runs = history::read(&store, &sync).unwrap();
+        let failed: Vec<_> = runs
+            .iter()
+            .filter(|r| r.outcome == RunOutcome::Failed)
+            .map(|r| r.error.clone())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{sync}: runs recorded as failed: {failed:?}"
+        );
+        assert_no_overlap(&runs);
+        // On time: a run every tick, give or take the time a run takes on a loaded machine.
+        let ticks = (elapsed / every as f64).floor() as usize;
+        assert!(
+            runs.len() + 2 >= ticks,
+            "{sync}: {} runs in {elapsed:.1} s of {every} s ticks",
+            runs.len()
+        );
+        let late = gaps(&runs)
+            .into_iter()
+            .filter(|gap| *gap > every as f64 + 3.0)
+            .count();
+        assert_eq!(late, 0, "{sync}: gaps between runs {:?}", gaps(&runs));
+    }
 }

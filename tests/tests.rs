@@ -16,6 +16,7 @@ mod emulator;
 mod events;
 mod in_warehouse;
 mod launchdarkly_client;
+mod packaging;
 mod plan;
 mod postgres_state;
 mod postgres_warehouse;

@@ -150,9 +150,12 @@ pub enum Command {
     Run {
         /// Syncs to run (default: every sync with a schedule).
         syncs: Vec<String>,
-        /// Serve Prometheus metrics on this address (for example 127.0.0.1:9464), at GET /metrics.
-        #[arg(long)]
-        metrics_addr: Option<std::net::SocketAddr>,
+        /// Serve HTTP on this address (for example 127.0.0.1:9464): Prometheus metrics at GET /metrics, and
+        /// health for a supervisor at GET /livez (the process is up) and GET /readyz (configuration loaded and
+        /// the state store answering; 503 while draining after a shutdown signal). Read-only. `--metrics-addr`
+        /// is the same flag under its earlier name.
+        #[arg(long, alias = "metrics-addr")]
+        http_addr: Option<std::net::SocketAddr>,
         /// The wait before trying a failed sync again; it doubles with each failure in a row, up to an hour, and
         /// the sync's next scheduled time comes first if it is sooner.
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
@@ -282,12 +285,12 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Run {
             syncs,
-            metrics_addr,
+            http_addr,
             failure_backoff,
         } => {
             let options = DaemonOptions {
                 failure_backoff: *failure_backoff,
-                metrics_addr: *metrics_addr,
+                http_addr: *http_addr,
                 request_timeout: REQUEST_TIMEOUT,
             };
             let syncs = config.select_syncs(syncs)?;

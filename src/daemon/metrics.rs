@@ -1,22 +1,12 @@
-//! Prometheus metrics for `ldsync run --metrics-addr`: what the runs of each sync did (runs by outcome, keys added
-//! and removed, events sent, requests, 429 answers, retries) and how long ago each sync last succeeded, served as text on
-//! `GET /metrics` from a thread of its own, so that a scrape is answered even while a model query runs. Out of file
-//! descriptors, the listener rests between tries instead of spinning.
+//! Prometheus metrics for `ldsync run --http-addr`: what the runs of each sync did (runs by outcome, keys added
+//! and removed, events sent, requests, 429 answers, retries), how long ago each sync last succeeded and how long its
+//! schedule's interval is, rendered as text for `GET /metrics` (see [`super::http`]).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::CONTENT_TYPE;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,6 +38,8 @@ pub struct Metrics {
     rate_limited: Family<SyncLabel, Counter>,
     retries: Family<SyncLabel, Counter>,
     seconds_since_success: Family<SyncLabel, Gauge<f64, AtomicU64>>,
+    schedule_interval: Family<SyncLabel, Gauge<f64, AtomicU64>>,
+    held_elsewhere: Family<SyncLabel, Counter>,
     last_success: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -64,6 +56,8 @@ impl Metrics {
             rate_limited: Family::default(),
             retries: Family::default(),
             seconds_since_success: Family::default(),
+            schedule_interval: Family::default(),
+            held_elsewhere: Family::default(),
             last_success: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -95,6 +89,11 @@ impl Metrics {
                 "LaunchDarkly requests sent again",
                 &metrics.retries,
             ),
+            (
+                "held_elsewhere",
+                "Times the sync fell due while another process sharing the state store was running it",
+                &metrics.held_elsewhere,
+            ),
         ];
         for (name, help, family) in per_sync {
             registry.register(name, help, family.clone());
@@ -103,6 +102,11 @@ impl Metrics {
             "seconds_since_last_success",
             "Seconds since the sync's last successful run (synced or nothing to change)",
             metrics.seconds_since_success.clone(),
+        );
+        registry.register(
+            "schedule_interval_seconds",
+            "Seconds between the sync's scheduled runs (for a cron schedule, between its next two times)",
+            metrics.schedule_interval.clone(),
         );
         // Every series exists from the start, at zero, so that rates and alerts work before the first run.
         for sync in syncs {
@@ -125,6 +129,18 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .insert(sync.to_string(), at);
+    }
+
+    /// Records the time between `sync`'s scheduled runs, as its schedule says now.
+    pub fn schedule_interval(&self, sync: &str, interval: std::time::Duration) {
+        self.schedule_interval
+            .get_or_create(&label(sync))
+            .set(interval.as_secs_f64());
+    }
+
+    /// Counts a time `sync` fell due while another process was running it.
+    pub fn held_elsewhere(&self, sync: &str) {
+        self.held_elsewhere.get_or_create(&label(sync)).inc();
     }
 
     /// Counts what one run did.
@@ -192,96 +208,6 @@ fn run_labels(sync: &str, outcome: RunOutcome) -> RunLabels {
         sync: sync.to_string(),
         outcome: outcome.as_str().to_string(),
     }
-}
-
-/// Serves `metrics` on `addr` from a thread of its own; returns the address it listens on (useful with port 0).
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("ldsync-metrics".into())
-        .spawn(move || runtime.block_on(accept(listener, metrics)))?;
-    Ok(local)
-}
-
-/// How long the listener rests after an accept that failed for want of resources (too many open files), as hyper's
-/// and tokio's servers do.
-const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
-
-/// Whether a failed accept concerns only the connection being accepted (the client gave up), not the listener.
-fn is_connection_error(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
-    )
-}
-
-async fn accept(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(e) => return tracing::error!(error = %e, "the metrics endpoint cannot listen"),
-    };
-    let mut resting = false;
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) if is_connection_error(&e) => continue,
-            Err(e) => {
-                // Out of file descriptors or memory: the connection waits in the backlog, so trying again at once
-                // would spin on the same error.
-                if !resting {
-                    tracing::warn!(
-                        error = %e,
-                        "the metrics endpoint cannot accept connections; trying again every {}",
-                        humantime::format_duration(ACCEPT_PAUSE)
-                    );
-                }
-                resting = true;
-                tokio::time::sleep(ACCEPT_PAUSE).await;
-                continue;
-            }
-        };
-        if std::mem::take(&mut resting) {
-            tracing::info!("the metrics endpoint accepts connections again");
-        }
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "a metrics connection ended with an error");
-            }
-        });
-    }
-}
-
-fn answer(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method().as_str(), request.uri().path()) {
-        ("GET", "/metrics") => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(Utc::now()),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "ldsync serves its metrics on GET /metrics\n".to_string(),
-        ),
-    };
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::from(body)))
-        .expect("a valid response")
 }
 
 #[cfg(test)]

@@ -6,7 +6,13 @@
 //! A failed run is tried again after a backoff that doubles with each failure, never later than the next scheduled
 //! time, and the other syncs go on. The loops share one thread and one warehouse connection: a model query holds
 //! the thread while it runs, and the LaunchDarkly calls and waits of different syncs interleave.
+//!
+//! Several daemons may share one state store in PostgreSQL (replicas, for availability). A sync that another
+//! daemon is running when it falls due here is skipped quietly: that run counts as this tick's, nothing is recorded
+//! as failed, and the daemons spread the syncs between them.
 
+mod health;
+mod http;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -26,6 +32,7 @@ use crate::shutdown::{Shutdown, Stage};
 use crate::state::Store;
 use crate::status::{last_success, runs_of};
 use crate::warehouse::Warehouse;
+use health::Health;
 use metrics::Metrics;
 
 /// The longest wait between tries of a failing sync (its schedule may bring the next try sooner).
@@ -36,8 +43,8 @@ const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(3600);
 pub struct DaemonOptions {
     /// The wait after a sync's first failure; it doubles with each failure in a row, up to an hour.
     pub failure_backoff: Duration,
-    /// Where to serve Prometheus metrics, if anywhere.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics and the health endpoints, if anywhere.
+    pub http_addr: Option<SocketAddr>,
     /// How long one LaunchDarkly request may take.
     pub request_timeout: Duration,
 }
@@ -69,6 +76,9 @@ pub fn run(
         if let Some(at) = last_success(&runs) {
             metrics.succeeded_at(sync.name(), at);
         }
+        if let Some(interval) = schedule.interval_at(Utc::now()) {
+            metrics.schedule_interval(sync.name(), interval);
+        }
         let client = Client::new(&config.launchdarkly, token.clone(), options.request_timeout)
             .context("cannot set up the HTTP client")?;
         let runner =
@@ -84,11 +94,24 @@ pub fn run(
         let unfinished = store.journal_exists(sync.name());
         loops.push(scheduler.run(runs.last().map(|r| r.started_at), unfinished));
     }
-    if let Some(addr) = options.metrics_addr {
-        let bound = metrics::serve(addr, metrics.clone())
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
+    if let Some(addr) = options.http_addr {
+        let health = Arc::new(Health::new(scheduled.len(), shutdown.clone()));
+        health
+            .watch_store(store.clone())
+            .context("cannot start the state store's health check")?;
+        let endpoints = http::Endpoints {
+            metrics: metrics.clone(),
+            health,
+        };
+        let bound =
+            http::serve(addr, endpoints).with_context(|| format!("cannot serve HTTP on {addr}"))?;
+        tracing::info!(
+            "serving Prometheus metrics on http://{bound}/metrics, health on /livez and /readyz"
+        );
     }
+    // Daemons sharing a state store take syncs that fall due together in orders of their own, so that they
+    // spread the syncs between them rather than race for the same one.
+    fastrand::shuffle(&mut loops);
     tracing::info!(syncs = scheduled.len(), "ldsync run started");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -189,7 +212,20 @@ impl SyncLoop<'_> {
             if self.shutdown.requested() {
                 return;
             }
-            let report = self.runner.run(self.sync, SyncOptions::default()).await;
+            let tick = Utc::now();
+            let Some(report) = self
+                .runner
+                .run_unless_held(self.sync, SyncOptions::default())
+                .await
+            else {
+                // Another daemon sharing the state store runs it: that run is this tick's.
+                tracing::debug!(sync = %self.sync.name(), "run by another process sharing the state store");
+                self.metrics.held_elsewhere(self.sync.name());
+                last_start = Some(tick);
+                failures = 0;
+                backoff = None;
+                continue;
+            };
             report.log();
             self.metrics.record(&report);
             last_start = Some(report.run.started_at);

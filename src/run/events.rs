@@ -62,7 +62,6 @@ impl Runner<'_> {
             let checkpoint = self.store.event_checkpoint_location(&sync.name);
             return Err(RunError::NoFullEventsRun { checkpoint });
         }
-        let _lock = self.lock(&sync.name, run_id).await?;
         Spool::remove_stale(&dir);
         let settings = EventSettings::of(self.config);
         tally.events = Some(EventCounts::default());

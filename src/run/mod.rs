@@ -247,6 +247,24 @@ impl Tally {
     }
 }
 
+/// When and as what a run started.
+struct RunStart {
+    started: Instant,
+    started_at: chrono::DateTime<Utc>,
+    run_id: String,
+}
+
+impl RunStart {
+    fn now() -> Self {
+        RunStart {
+            started: Instant::now(),
+            started_at: Utc::now(),
+            // Time-ordered and unique: a run's snapshot never shares a name with the committed one.
+            run_id: uuid::Uuid::now_v7().to_string(),
+        }
+    }
+}
+
 /// Runs syncs of one configuration.
 pub struct Runner<'a> {
     pub(crate) config: &'a Config,
@@ -291,16 +309,47 @@ impl<'a> Runner<'a> {
         self
     }
 
-    /// Runs one sync, of either kind, and records the run in its history.
+    /// Runs one sync, of either kind, and records the run in its history. A run of the sync under way elsewhere
+    /// is waited for up to `state.lock_wait`, then the run fails naming it.
     pub async fn run(&self, sync: SyncEntry<'_>, options: SyncOptions) -> SyncReport {
-        let started = Instant::now();
-        let started_at = Utc::now();
-        // Time-ordered and unique: a run's snapshot never shares a name with the committed one.
-        let run_id = uuid::Uuid::now_v7().to_string();
+        let started = RunStart::now();
+        let lock = self.lock(sync.name(), &started.run_id).await;
+        self.run_holding(sync, options, started, lock).await
+    }
+
+    /// Runs one sync as [`Runner::run`] does, unless a run of it is under way elsewhere (another daemon sharing the
+    /// state store): then `None`, and nothing is recorded. That run is this one's, not a failure of it.
+    pub async fn run_unless_held(
+        &self,
+        sync: SyncEntry<'_>,
+        options: SyncOptions,
+    ) -> Option<SyncReport> {
+        let started = RunStart::now();
+        let lock = match self.store.try_lock(sync.name(), &started.run_id) {
+            Ok(None) => return None,
+            Ok(Some(lock)) => Ok(lock),
+            Err(e) => Err(e.into()),
+        };
+        Some(self.run_holding(sync, options, started, lock).await)
+    }
+
+    /// Runs one sync holding its run lock (or failing with why the lock could not be taken), and records the run.
+    async fn run_holding(
+        &self,
+        sync: SyncEntry<'_>,
+        options: SyncOptions,
+        RunStart {
+            started,
+            started_at,
+            run_id,
+        }: RunStart,
+        lock: Result<SyncLock, RunError>,
+    ) -> SyncReport {
         let calls_before = self.client.stats();
         let mut tally = Tally::default();
         // Dropping the run at an await point is safe: every write to the journal and the store happens between them.
         let inner = async {
+            let _lock = lock?;
             match sync {
                 SyncEntry::Segment(sync) => {
                     self.run_segment(sync, &run_id, options, &mut tally).await

@@ -108,7 +108,6 @@ impl Runner<'_> {
         options: SyncOptions,
         tally: &mut Tally,
     ) -> Result<RunOutcome, RunError> {
-        let _lock = self.lock(&sync.name, run_id).await?;
         let settings = CheckpointSettings::of(self.config, sync);
         self.settle_journal(sync, &settings, options, tally).await?;
         let mut run = self.plan_run(sync, options.full, Listing::InEngine).await?;

@@ -138,6 +138,15 @@ impl Store {
         }
     }
 
+    /// Whether the store answers: the local store's directory can be made and read, the PostgreSQL store answers
+    /// a query within a few seconds (for `ldsync run`'s readiness).
+    pub fn check(&self) -> Result<(), StateError> {
+        match self {
+            Store::Local(local) => local.check(),
+            Store::Postgres(pg) => pg.check(),
+        }
+    }
+
     /// The sync's committed checkpoint, or `None` before its first commit.
     pub fn load(&self, sync: &str) -> Result<Option<Checkpoint>, StateError> {
         match self {

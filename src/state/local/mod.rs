@@ -38,6 +38,17 @@ impl LocalStore {
         self.root.join(sync)
     }
 
+    /// Whether the state directory can be made and read.
+    pub fn check(&self) -> Result<(), StateError> {
+        std::fs::create_dir_all(&self.root)
+            .and_then(|()| std::fs::read_dir(&self.root).map(drop))
+            .map_err(|source| StateError::Io {
+                action: "cannot read",
+                path: self.root.clone(),
+                source,
+            })
+    }
+
     /// The sync's directory, created if needed.
     pub fn create_sync_dir(&self, sync: &str) -> Result<PathBuf, StateError> {
         let dir = self.sync_dir(sync);

@@ -27,6 +27,9 @@ use super::{LocalStore, StateError};
 use crate::config::PostgresState;
 use crate::pg::{ConnectError, Fed, PgWorker};
 
+/// How long [`PgStore::check`] waits for an answer.
+const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// ldsync's migrations, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("sql/migrations");
 
@@ -70,6 +73,18 @@ impl PgStore {
             migrate(&pool, &schema).await
         })?;
         Ok(store)
+    }
+
+    /// Whether the store answers a query within a few seconds.
+    pub fn check(&self) -> Result<(), StateError> {
+        self.call("answer a query", |pool| async move {
+            let answered =
+                tokio::time::timeout(CHECK_WITHIN, sqlx::query("SELECT 1").execute(&pool));
+            match answered.await {
+                Ok(answer) => answer.map(drop).map_err(StoreCallError::from),
+                Err(_) => Err(StoreCallError::NoAnswer(CHECK_WITHIN)),
+            }
+        })
     }
 
     /// `user@host:port/database, schema <schema>`: where the state is, for messages.
@@ -257,6 +272,8 @@ pub(in crate::state) enum StoreCallError {
     Committed { run: String },
     #[error("{copied} keys were copied, the snapshot holds {key_count}")]
     Count { copied: u64, key_count: u64 },
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    NoAnswer(std::time::Duration),
 }
 
 /// A connection outside the pool, with the pool's settings: for a lock or a session that must outlive one job.
