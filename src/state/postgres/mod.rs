@@ -41,6 +41,8 @@ struct Shared {
     schema: String,
     /// The Parquet copies of snapshots that the set engine reads, one directory per sync.
     copies: LocalStore,
+    /// The runs of this process that hold a sync's run lock, by sync: the run each write is fenced by.
+    holding: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -63,6 +65,7 @@ impl PgStore {
                 worker,
                 schema: state.schema.clone(),
                 copies: LocalStore::new(copies),
+                holding: Default::default(),
             }),
         };
         let schema = store.shared.schema.clone();
@@ -179,12 +182,7 @@ impl PgStore {
         let sync_name = sync.to_string();
         self.call(doing, move |pool| async move {
             let query = sqlx::query(AssertSqlSafe(sql)).bind(sync_name);
-            let query = match extra {
-                Extra::Nothing => query,
-                Extra::Index(index) => query.bind(index),
-                Extra::Text(text) => query.bind(text),
-            };
-            query.execute(&pool).await.map(drop)
+            extra.bind(query).execute(&pool).await.map(drop)
         })
     }
 
@@ -202,7 +200,7 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<(), StoreCallError>> + Send + 'static,
     {
         match self.shared.worker.feed(job, items) {
-            Ok(Ok(written)) => written.map_err(|e| self.failed(doing, e).into()),
+            Ok(Ok(written)) => written.map_err(|e| self.call_failed(doing, e).into()),
             Ok(Err(feeder)) => Err(feeder),
             Err(stopped) => Err(self.failed(doing, stopped).into()),
         }
@@ -220,8 +218,25 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
     {
         match self.shared.worker.call(job) {
-            Ok(result) => result.map_err(|e| self.failed(doing, e.into())),
+            Ok(result) => result.map_err(|e| self.call_failed(doing, e.into())),
             Err(stopped) => Err(self.failed(doing, stopped)),
+        }
+    }
+
+    /// A job on the store's connections failed while doing what `doing` says: a run fenced out of its sync's
+    /// state says so in its own words.
+    fn call_failed(&self, doing: &'static str, e: StoreCallError) -> StateError {
+        match e {
+            StoreCallError::LostLock { sync, run } => StateError::LostLock {
+                sync,
+                run,
+                location: self.location(),
+            },
+            StoreCallError::NotLocked { sync } => StateError::NotLocked {
+                sync,
+                location: self.location(),
+            },
+            e => self.failed(doing, e),
         }
     }
 
@@ -242,6 +257,20 @@ enum Extra {
     Text(String),
 }
 
+impl Extra {
+    /// Binds what it holds, if anything, as the statement's next parameter.
+    fn bind(
+        self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            Extra::Nothing => query,
+            Extra::Index(index) => query.bind(index),
+            Extra::Text(text) => query.bind(text),
+        }
+    }
+}
+
 /// What went wrong in a job on the store's connections.
 #[derive(Debug, thiserror::Error)]
 pub(in crate::state) enum StoreCallError {
@@ -257,6 +286,12 @@ pub(in crate::state) enum StoreCallError {
     Committed { run: String },
     #[error("{copied} keys were copied, the snapshot holds {key_count}")]
     Count { copied: u64, key_count: u64 },
+    #[error("run {run} no longer holds sync `{sync}`'s run lock")]
+    LostLock { sync: String, run: String },
+    #[error("this process does not hold sync `{sync}`'s run lock")]
+    NotLocked { sync: String },
+    #[error("the journal of sync `{sync}` is no longer run {run}'s: another run has settled it")]
+    NotTheRunsJournal { sync: String, run: String },
 }
 
 /// A connection outside the pool, with the pool's settings: for a lock or a session that must outlive one job.
