@@ -95,7 +95,7 @@ impl PgWorker {
             .map_err(|e: sqlx::Error| ConnectError::Url(e.to_string().replace(url, "<the url>")))?;
         // sqlx would log every statement, and warn of each that takes over a second (a model's, most): ldsync
         // says what it runs and how long it took in its own terms.
-        let options = options.disable_statement_logging();
+        let options = with_keepalives(options.disable_statement_logging());
         let target = describe_target(&options);
         let refused = |message: String| ConnectError::Refused {
             target: target.clone(),
@@ -314,6 +314,24 @@ fn serve(
 }
 
 /// `user@host:port/database`, for messages: never the password.
+/// The server's TCP keepalives on every connection ldsync opens (the state store's, its run locks', the
+/// warehouse's): PostgreSQL gives up a connection whose host died after 30 s of silence and 3 unanswered probes 10 s
+/// apart, about a minute, instead of the kernel's default of over two hours; the host's sessions end with it, and
+/// with them the run locks it held. A setting the URL's own `options` names is left as the URL has it.
+pub const KEEPALIVES: [(&str, &str); 3] = [
+    ("tcp_keepalives_idle", "30"),
+    ("tcp_keepalives_interval", "10"),
+    ("tcp_keepalives_count", "3"),
+];
+
+fn with_keepalives(options: PgConnectOptions) -> PgConnectOptions {
+    let named = options.get_options().unwrap_or("").to_string();
+    let missing = KEEPALIVES
+        .into_iter()
+        .filter(|(setting, _)| !named.contains(setting));
+    options.options(missing)
+}
+
 fn describe_target(options: &PgConnectOptions) -> String {
     format!(
         "{}@{}:{}/{}",

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ldsync::state::{CheckpointSettings, PgStore, Store};
-use ldsync_emulator::Faults;
+use ldsync_emulator::{EmulatorConfig, Faults, TokenGrant};
 
 use crate::util::emulated::*;
 use crate::util::postgres::*;
@@ -277,14 +277,7 @@ fn runs_of_one_sync_on_two_hosts_never_overlap() {
     ok(&setup.project.ldsync("day1", &["status"]));
     let (first, holder) = start_a_run_holding_the_lock(&setup, &schema);
 
-    // The second host: the same store, a state directory of its own.
-    let second = Project::example();
-    shared_state(&second, &schema);
-    second.edit_config(
-        "instance: us ",
-        &format!("base_url: {} ", setup.emulator.base_url()),
-    );
-    second.edit_config("  directory: .ldsync/state\n", "  directory: second-host\n");
+    let second = second_host(&setup, &schema);
     let sync_second = || {
         second
             .command("day1", &["sync", "pro-users", "--format", "json"])
@@ -326,6 +319,145 @@ fn runs_of_one_sync_on_two_hosts_never_overlap() {
         setup.members("pro-users", "user"),
         expected_pro_users("day1")
     );
+}
+
+/// A second host of the setup's: the same emulator and store, a state directory of its own.
+fn second_host(setup: &Setup, schema: &Schema) -> Project {
+    let second = Project::example();
+    shared_state(&second, schema);
+    second.edit_config(
+        "instance: us ",
+        &format!("base_url: {} ", setup.emulator.base_url()),
+    );
+    second.edit_config("  directory: .ldsync/state\n", "  directory: second-host\n");
+    second
+}
+
+#[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
+fn a_run_that_loses_its_lock_sends_nothing_more_and_the_next_host_ends_exact() {
+    let url = database_url();
+    let schema = Schema::new(&url, "state_fence", "");
+    let mut config = EmulatorConfig::default();
+    for token in [FIRST_HOST, SECOND_HOST] {
+        config.tokens.push(TokenGrant {
+            token: token.into(),
+            actions: None,
+        });
+    }
+    let setup = Setup::with(config);
+    shared_state(&setup.project, &schema);
+    small_batches(&setup, 200);
+    setup.emulator.set_faults(Faults {
+        latency: Duration::from_millis(700),
+        ..Faults::default()
+    });
+    ok(&setup.project.ldsync("day1", &["status"]));
+    let first = setup
+        .project
+        .command("day1", &["sync", "pro-users", "--format", "json"])
+        .env("LD_ACCESS_TOKEN", FIRST_HOST)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // With its second batch applied and its third on the wire, the first run's lock session is killed from outside.
+    let sent_by = |token: &str| {
+        setup
+            .emulator
+            .requests()
+            .into_iter()
+            .filter(|r| r.authorization.as_deref() == Some(token))
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    loop {
+        let sent = sent_by(FIRST_HOST);
+        let applied = sent.iter().filter(|r| r.applied).count();
+        if applied >= 2 && sent.last().is_some_and(|r| r.status == 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first run sent batches"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let terminated = schema.query(&format!(
+        "SELECT pg_terminate_backend(l.backend_pid)::text, j.run_id FROM {0}.run_locks l \
+         JOIN {0}.journals j USING (sync) WHERE sync = 'pro-users'",
+        schema.name
+    ));
+    assert_eq!(terminated[0][0].as_deref(), Some("true"));
+    let first_run = terminated[0][1].clone().unwrap();
+    let sent_before_losing_it = sent_by(FIRST_HOST).len();
+
+    // Another host takes the sync over at once, and finishes the first run's journal.
+    let second = second_host(&setup, &schema)
+        .command("day1", &["sync", "pro-users", "--format", "json"])
+        .env("LD_ACCESS_TOKEN", SECOND_HOST)
+        .output()
+        .unwrap();
+    ok(&second);
+    assert_eq!(json(&second)["syncs"][0]["resumed_run"], first_run.as_str());
+    let first = first.wait_with_output().unwrap();
+
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains(&format!(
+            "run {first_run} of sync `pro-users` lost its run lock in the state store in PostgreSQL"
+        )) && stderr(&first).contains("It stopped without sending anything more"),
+        "{}",
+        stderr(&first)
+    );
+    assert_eq!(
+        sent_by(FIRST_HOST).len(),
+        sent_before_losing_it,
+        "the first run sent nothing after losing its lock"
+    );
+    let day1 = expected_pro_users("day1");
+    assert_eq!(setup.members("pro-users", "user"), day1);
+    assert_eq!(checkpoint_in(&schema, "pro-users").unwrap().1, day1);
+    for table in ["journals", "journal_batches"] {
+        assert_eq!(
+            count(
+                &schema,
+                &format!("SELECT count(*) FROM {}.{table}", schema.name)
+            ),
+            0,
+            "{table} is empty: the journal went with the second host's commit"
+        );
+    }
+}
+
+/// The tokens of two hosts sharing one emulator, so that its requests say which host sent them.
+const FIRST_HOST: &str = "api-first-host";
+const SECOND_HOST: &str = "api-second-host";
+
+#[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
+fn every_connection_to_postgres_asks_the_server_for_keepalives_of_about_a_minute() {
+    let url = database_url();
+    let settings = |url: &str| {
+        let worker = ldsync::pg::PgWorker::connect(url, 1, Vec::new()).unwrap();
+        worker
+            .call(|pool| async move {
+                sqlx::query_as::<_, (String, String, String)>(
+                    "SELECT current_setting('tcp_keepalives_idle'), \
+                     current_setting('tcp_keepalives_interval'), current_setting('tcp_keepalives_count')",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            })
+            .unwrap()
+    };
+    assert_eq!(settings(&url), ("30".into(), "10".into(), "3".into()));
+    // A setting the URL names itself is kept.
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let own = format!("{url}{separator}options=-c%20tcp_keepalives_idle%3D7");
+    assert_eq!(settings(&own), ("7".into(), "10".into(), "3".into()));
 }
 
 /// Starts `ldsync sync pro-users` and waits until the store's lock names it; the run, and the holder it is named by.
@@ -480,7 +612,7 @@ fn the_store_is_created_by_its_migrations_once_and_a_bad_url_keeps_its_password(
             "SELECT version::text, success::text FROM {}._sqlx_migrations",
             schema.name
         )),
-        [[Some("1".to_string()), Some("true".to_string())]]
+        [1, 2].map(|version| [Some(version.to_string()), Some("true".to_string())])
     );
     let tables: BTreeSet<String> = schema
         .query(&format!(

@@ -125,6 +125,8 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     pub api_version: Option<String>,
     pub user_agent: Option<String>,
+    /// The `Authorization` header as sent: which client sent the request, when several share the emulator.
+    pub authorization: Option<String>,
     /// `X-LaunchDarkly-Payload-ID` (metric imports).
     pub payload_id: Option<String>,
 }

@@ -145,6 +145,7 @@ async fn handle(
         content_type: header(&request.headers, "content-type"),
         api_version: header(&request.headers, "ld-api-version"),
         user_agent: header(&request.headers, "user-agent"),
+        authorization: header(&request.headers, "authorization"),
         payload_id: header(&request.headers, "x-launchdarkly-payload-id"),
     });
     let latency = shared.with(|s| s.faults.latency);

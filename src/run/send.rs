@@ -1,6 +1,7 @@
-//! Sending a journal's batches, for both kinds of run: each unacknowledged batch in order, each acknowledgement
-//! recorded before the next is sent, a final refusal recorded so no later run sends that batch again; and what a
-//! run does with a journal an earlier run left (finish it, or abandon it).
+//! Sending a journal's batches, for both kinds of run: each unacknowledged batch in order, only while the run still
+//! holds its sync's lock, each acknowledgement recorded before the next is sent, a final refusal recorded so no
+//! later run sends that batch again; and what a run does with a journal an earlier run left (finish it, or abandon
+//! it).
 
 use super::{RunError, Runner, Tally};
 use crate::launchdarkly::ApiError;
@@ -36,6 +37,8 @@ impl Runner<'_> {
                     total,
                 });
             }
+            // A run that lost its lock (on the PostgreSQL store) sends nothing more.
+            journal.confirm_lock()?;
             // Read from the journal as it is sent: a run never holds all its batches.
             let batch = journal.batch(index)?;
             if let Err(source) = send(&batch).await {

@@ -206,6 +206,13 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     pub fn close(self) -> Result<(), JournalError> {
         self.place.close()
     }
+
+    /// Checks, before a request is sent, that the run writing this journal still holds its sync's run lock: always
+    /// so for the local store's file lock, which lives as long as the process; asked of PostgreSQL for its
+    /// advisory lock, which a lost connection takes away.
+    pub fn confirm_lock(&self) -> Result<(), JournalError> {
+        self.place.confirm_lock()
+    }
 }
 
 /// Whether `header` heads a journal this build reads, of sync `sync`; what is wrong if not.

@@ -104,6 +104,23 @@ pub enum StateError {
         message: String,
     },
     #[error(
+        "run {run} of sync `{sync}` lost its run lock in the state store in PostgreSQL ({location}): the lock's \
+         connection was closed (a failover, an idle-connection reaper, pg_terminate_backend, or the server's TCP \
+         keepalives giving this host up) or another host's run has taken the sync over. It stopped without sending \
+         anything more and without touching the sync's state; the run that holds the lock now, or the next run, \
+         finishes its journal"
+    )]
+    LostLock {
+        sync: String,
+        run: String,
+        location: String,
+    },
+    #[error(
+        "ldsync tried to change sync `{sync}`'s state in PostgreSQL ({location}) without holding the sync's run \
+         lock, and did not: every change to a sync's state is made by the run that holds its lock"
+    )]
+    NotLocked { sync: String, location: String },
+    #[error(
         "the checkpoint was made with other settings ({changes}), so its keys say nothing about the segment now configured; \
          run `ldsync sync --full` to reconcile against the segment's real membership, or restore the old settings"
     )]
@@ -194,7 +211,7 @@ impl Store {
     }
 
     /// Commits `keys` (distinct) as the sync's new checkpoint, written with ldsync's own Parquet writer: for
-    /// checkpoints made outside a run (moving a checkpoint between stores, tests, benchmarks).
+    /// checkpoints made outside a run (tests, benchmarks), holding the sync's run lock as a run does.
     pub fn commit<'a>(
         &self,
         sync: &str,
@@ -202,6 +219,13 @@ impl Store {
         settings: &CheckpointSettings,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<Manifest, StateError> {
+        let _lock = self
+            .try_lock(sync, run_id)?
+            .ok_or_else(|| StateError::Locked {
+                sync: sync.to_string(),
+                holder: self.holder(sync),
+                waited: std::time::Duration::ZERO,
+            })?;
         let prepared = self.prepare(sync, run_id, |path| write_parquet_keys_to(path, keys))?;
         self.commit_prepared(sync, run_id, settings, &prepared)
     }
@@ -346,14 +370,16 @@ enum LockHold {
     File(#[allow(dead_code)] File),
     Postgres {
         store: PgStore,
+        sync: String,
         connection: Option<sqlx::PgConnection>,
     },
 }
 
 impl SyncLock {
-    fn postgres(store: PgStore, connection: sqlx::PgConnection) -> Self {
+    fn postgres(store: PgStore, sync: &str, connection: sqlx::PgConnection) -> Self {
         SyncLock(LockHold::Postgres {
             store,
+            sync: sync.to_string(),
             connection: Some(connection),
         })
     }
@@ -361,10 +387,14 @@ impl SyncLock {
 
 impl Drop for SyncLock {
     fn drop(&mut self) {
-        if let LockHold::Postgres { store, connection } = &mut self.0
+        if let LockHold::Postgres {
+            store,
+            sync,
+            connection,
+        } = &mut self.0
             && let Some(connection) = connection.take()
         {
-            store.release(connection);
+            store.unlock(sync, connection);
         }
     }
 }
@@ -412,6 +442,13 @@ impl JournalPlace {
         match self {
             JournalPlace::File(file) => file.close(),
             JournalPlace::Rows(rows) => rows.close(),
+        }
+    }
+
+    fn confirm_lock(&self) -> Result<(), JournalError> {
+        match self {
+            JournalPlace::File(_) => Ok(()),
+            JournalPlace::Rows(rows) => rows.confirm_lock(),
         }
     }
 }

@@ -101,13 +101,15 @@ impl PgStore {
         Ok(())
     }
 
-    /// Registers a new snapshot of run `run` (replacing an earlier attempt of the same run) and returns its id.
+    /// Registers a new snapshot of run `run` (replacing an earlier attempt of the same run) and returns its id;
+    /// fenced (see [`PgStore::fence`]).
     async fn new_snapshot(
         &self,
         tx: &mut sqlx::PgConnection,
         sync: &str,
         run: &str,
     ) -> Result<i64, StoreCallError> {
+        self.fence(tx, sync).await?;
         let committed: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT snapshot_id FROM {} WHERE sync = $1 AND run_id = $2",
             self.table("checkpoints")
@@ -190,8 +192,8 @@ impl PgStore {
         Ok(prepared)
     }
 
-    /// Makes a prepared snapshot the sync's checkpoint and deletes the run's journal, in one transaction; drops
-    /// the snapshots it replaces.
+    /// Makes a prepared snapshot the sync's checkpoint and deletes the run's journal, in one fenced transaction
+    /// (see [`PgStore::fence`]); drops the snapshots it replaces.
     pub fn commit_prepared(
         &self,
         sync: &str,
@@ -205,6 +207,7 @@ impl PgStore {
         let tables = self.clone();
         let missing = self.call("commit the checkpoint", move |pool| async move {
             let mut tx = pool.begin().await?;
+            tables.fence(&mut tx, &sync_name).await?;
             let snapshot: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
                 "SELECT id, key_count FROM {} WHERE sync = $1 AND run_id = $2",
                 tables.table("snapshots")

@@ -23,7 +23,8 @@ impl PgStore {
     }
 
     /// Replaces an events sync's checkpoint (JSON) with the one run `run_id` made and deletes that run's journal,
-    /// in one transaction: a failure anywhere leaves the old checkpoint and the journal, whole.
+    /// in one fenced transaction (see [`PgStore::fence`]): a failure anywhere leaves the old checkpoint and the
+    /// journal, whole.
     pub fn commit_event_checkpoint(
         &self,
         sync: &str,
@@ -39,9 +40,10 @@ impl PgStore {
             "DELETE FROM {} WHERE sync = $1 AND run_id = $2",
             self.table("journals")
         );
-        let (sync_name, run) = (sync.to_string(), run_id.to_string());
+        let (store, sync_name, run) = (self.clone(), sync.to_string(), run_id.to_string());
         self.call("commit the events checkpoint", move |pool| async move {
             let mut tx = pool.begin().await?;
+            store.fence(&mut tx, &sync_name).await?;
             sqlx::query(AssertSqlSafe(upsert))
                 .bind(&sync_name)
                 .bind(checkpoint)

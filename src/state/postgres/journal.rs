@@ -18,6 +18,15 @@ use crate::state::{JournalPlace, StateError};
 /// Journal batches inserted by one statement.
 const INSERT_BATCHES: usize = 500;
 
+/// How many rows a journal write must change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Exactly its row: none means the journal is not the run's.
+    One,
+    /// Whatever is there (closing a journal that the run's commit may have deleted already).
+    AnyNumber,
+}
+
 /// A journal as its rows hold it.
 struct JournalRows {
     pub header: String,
@@ -41,6 +50,7 @@ impl PgStore {
         let tables = self.clone();
         let write = move |pool: PgPool, mut fed: Fed<(u64, String)>| async move {
             let mut tx = pool.begin().await?;
+            tables.fence(&mut tx, &sync_name).await?;
             let journals = tables.table("journals");
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {journals} WHERE sync = $1"
@@ -145,48 +155,108 @@ impl PgStore {
         }))
     }
 
-    /// Batch `index` of the sync's open journal, as JSON.
-    fn journal_batch(&self, sync: &str, index: usize) -> Result<Option<String>, StateError> {
+    /// Batch `index` of run `run`'s journal of `sync`, as JSON.
+    fn journal_batch(
+        &self,
+        sync: &str,
+        run: &str,
+        index: usize,
+    ) -> Result<Option<String>, StateError> {
         let select = format!(
-            "SELECT batch::text FROM {} WHERE sync = $1 AND batch_index = $2",
-            self.table("journal_batches")
+            "SELECT b.batch::text FROM {} b JOIN {} j USING (sync) \
+             WHERE b.sync = $1 AND j.run_id = $2 AND b.batch_index = $3",
+            self.table("journal_batches"),
+            self.table("journals")
         );
-        let batch = self.fetch_one::<(String,)>(
-            "read the run journal",
-            select,
-            sync,
-            Extra::Index(index as i32),
-        )?;
+        let (sync_name, run) = (sync.to_string(), run.to_string());
+        let batch: Option<(String,)> =
+            self.call("read the run journal", move |pool| async move {
+                sqlx::query_as(AssertSqlSafe(select))
+                    .bind(sync_name)
+                    .bind(run)
+                    .bind(index as i32)
+                    .fetch_optional(&pool)
+                    .await
+            })?;
         Ok(batch.map(|(batch,)| batch))
     }
 
-    /// Records, committed, that LaunchDarkly acknowledged batch `index` of the sync's open journal.
-    fn acknowledge(&self, sync: &str, index: usize) -> Result<(), StateError> {
+    /// Records, committed, that LaunchDarkly acknowledged batch `index` of run `run`'s journal of `sync`.
+    fn acknowledge(&self, sync: &str, run: &str, index: usize) -> Result<(), StateError> {
         let update = format!(
-            "UPDATE {} SET acknowledged_at = now() WHERE sync = $1 AND batch_index = $2",
-            self.table("journal_batches")
+            "UPDATE {} b SET acknowledged_at = now() FROM {} j \
+             WHERE b.sync = $1 AND j.sync = b.sync AND j.run_id = $2 AND b.batch_index = $3",
+            self.table("journal_batches"),
+            self.table("journals")
         );
-        self.execute(
+        let index = Extra::Index(index as i32);
+        self.write_journal_rows(
             "record an acknowledgement",
             update,
             sync,
-            Extra::Index(index as i32),
+            run,
+            index,
+            Rows::One,
         )
     }
 
-    /// Records, committed, LaunchDarkly's refusal (as JSON) of a batch of the sync's open journal.
-    fn refuse(&self, sync: &str, refusal: String) -> Result<(), StateError> {
+    /// Records, committed, LaunchDarkly's refusal (as JSON) of a batch of run `run`'s journal of `sync`.
+    fn refuse(&self, sync: &str, run: &str, refusal: String) -> Result<(), StateError> {
         let update = format!(
-            "UPDATE {} SET refusal = $2::jsonb WHERE sync = $1",
+            "UPDATE {} SET refusal = $3::jsonb WHERE sync = $1 AND run_id = $2",
             self.table("journals")
         );
-        self.execute("record a refusal", update, sync, Extra::Text(refusal))
+        let refusal = Extra::Text(refusal);
+        self.write_journal_rows("record a refusal", update, sync, run, refusal, Rows::One)
     }
 
-    /// Deletes the sync's open journal (its batches go with it).
-    fn close_journal(&self, sync: &str) -> Result<(), StateError> {
-        let delete = format!("DELETE FROM {} WHERE sync = $1", self.table("journals"));
-        self.execute("remove the run journal", delete, sync, Extra::Nothing)
+    /// Deletes run `run`'s journal of `sync` (its batches go with it), if the run's commit has not already.
+    fn close_journal(&self, sync: &str, run: &str) -> Result<(), StateError> {
+        let delete = format!(
+            "DELETE FROM {} WHERE sync = $1 AND run_id = $2",
+            self.table("journals")
+        );
+        let rows = Rows::AnyNumber;
+        self.write_journal_rows(
+            "remove the run journal",
+            delete,
+            sync,
+            run,
+            Extra::Nothing,
+            rows,
+        )
+    }
+
+    /// Runs `sql` on run `run`'s journal rows of `sync` (`$1` the sync, `$2` the run, `$3` what `extra` holds),
+    /// fenced (see [`PgStore::fence`]), in one transaction that fails unless it changed the `rows` it should: a
+    /// journal that is no longer the run's is never written.
+    fn write_journal_rows(
+        &self,
+        doing: &'static str,
+        sql: String,
+        sync: &str,
+        run: &str,
+        extra: Extra,
+        rows: Rows,
+    ) -> Result<(), StateError> {
+        let (store, sync_name, run) = (self.clone(), sync.to_string(), run.to_string());
+        self.call(doing, move |pool| async move {
+            let mut tx = pool.begin().await?;
+            store.fence(&mut tx, &sync_name).await?;
+            let changed = extra
+                .bind(sqlx::query(AssertSqlSafe(sql)).bind(&sync_name).bind(&run))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if changed == 0 && rows == Rows::One {
+                return Err(StoreCallError::NotTheRunsJournal {
+                    sync: sync_name,
+                    run,
+                });
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Whether a run of the sync left a journal (false when the store cannot be read: status only reports it).
@@ -197,11 +267,12 @@ impl PgStore {
     }
 }
 
-/// A journal's rows: the store and the sync they belong to.
+/// A journal's rows: the store, the sync and the run they belong to.
 #[derive(Debug)]
 pub(crate) struct JournalAt {
     store: PgStore,
     sync: String,
+    run: String,
 }
 
 impl PgStore {
@@ -232,6 +303,7 @@ impl PgStore {
             place: JournalPlace::Rows(JournalAt {
                 store: self.clone(),
                 sync: run.sync,
+                run: run.run_id,
             }),
             batch: PhantomData,
         })
@@ -245,17 +317,18 @@ impl PgStore {
         let Some(rows) = self.journal_rows(sync)? else {
             return Ok(None);
         };
-        let place = JournalAt {
-            store: self.clone(),
-            sync: sync.to_string(),
-        };
         let damaged = |problem: String| JournalError::Damaged {
-            path: PathBuf::from(place.describe()),
+            path: PathBuf::from(self.journal_place(sync)),
             line: 1,
             problem,
         };
         let header: H = serde_json::from_str(&rows.header).map_err(|e| damaged(e.to_string()))?;
         check_header(&header, sync).map_err(damaged)?;
+        let place = JournalAt {
+            store: self.clone(),
+            sync: sync.to_string(),
+            run: header.run().run_id.clone(),
+        };
         if rows.units.len() != header.batch_count() {
             return Err(damaged(format!(
                 "it lists {} batches, its header says {}",
@@ -279,9 +352,16 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Where `sync`'s journal is, for messages.
+    fn journal_place(&self, sync: &str) -> String {
+        format!("{} journals[{sync}]", self.location())
+    }
+}
+
 impl JournalAt {
     pub(in crate::state) fn describe(&self) -> String {
-        format!("{} journals[{}]", self.store.location(), self.sync)
+        self.store.journal_place(&self.sync)
     }
 
     /// Batch `index`, read back from its row; `None` when the row is missing or not a batch.
@@ -291,20 +371,25 @@ impl JournalAt {
     ) -> Result<Option<B>, JournalError> {
         Ok(self
             .store
-            .journal_batch(&self.sync, index)?
+            .journal_batch(&self.sync, &self.run, index)?
             .and_then(|json| serde_json::from_str::<B>(&json).ok()))
     }
 
     pub(in crate::state) fn acknowledge(&self, index: usize) -> Result<(), JournalError> {
-        Ok(self.store.acknowledge(&self.sync, index)?)
+        Ok(self.store.acknowledge(&self.sync, &self.run, index)?)
     }
 
     pub(in crate::state) fn refuse(&self, refusal: &Refusal) -> Result<(), JournalError> {
         let json = serde_json::to_string(refusal).expect("a refusal always serializes");
-        Ok(self.store.refuse(&self.sync, json)?)
+        Ok(self.store.refuse(&self.sync, &self.run, json)?)
     }
 
     pub(in crate::state) fn close(self) -> Result<(), JournalError> {
-        Ok(self.store.close_journal(&self.sync)?)
+        Ok(self.store.close_journal(&self.sync, &self.run)?)
+    }
+
+    /// Checks that this process's run still holds the sync's run lock (see [`PgStore::confirm_lock`]).
+    pub(in crate::state) fn confirm_lock(&self) -> Result<(), JournalError> {
+        Ok(self.store.confirm_lock(&self.sync)?)
     }
 }

@@ -44,6 +44,8 @@ struct Shared {
     schema: String,
     /// The Parquet copies of snapshots that the set engine reads, one directory per sync.
     copies: LocalStore,
+    /// The runs of this process that hold a sync's run lock, by sync: the run each write is fenced by.
+    holding: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -66,6 +68,7 @@ impl PgStore {
                 worker,
                 schema: state.schema.clone(),
                 copies: LocalStore::new(copies),
+                holding: Default::default(),
             }),
         };
         let schema = store.shared.schema.clone();
@@ -194,12 +197,7 @@ impl PgStore {
         let sync_name = sync.to_string();
         self.call(doing, move |pool| async move {
             let query = sqlx::query(AssertSqlSafe(sql)).bind(sync_name);
-            let query = match extra {
-                Extra::Nothing => query,
-                Extra::Index(index) => query.bind(index),
-                Extra::Text(text) => query.bind(text),
-            };
-            query.execute(&pool).await.map(drop)
+            extra.bind(query).execute(&pool).await.map(drop)
         })
     }
 
@@ -217,7 +215,7 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<(), StoreCallError>> + Send + 'static,
     {
         match self.shared.worker.feed(job, items) {
-            Ok(Ok(written)) => written.map_err(|e| self.failed(doing, e).into()),
+            Ok(Ok(written)) => written.map_err(|e| self.call_failed(doing, e).into()),
             Ok(Err(feeder)) => Err(feeder),
             Err(stopped) => Err(self.failed(doing, stopped).into()),
         }
@@ -235,8 +233,25 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
     {
         match self.shared.worker.call(job) {
-            Ok(result) => result.map_err(|e| self.failed(doing, e.into())),
+            Ok(result) => result.map_err(|e| self.call_failed(doing, e.into())),
             Err(stopped) => Err(self.failed(doing, stopped)),
+        }
+    }
+
+    /// A job on the store's connections failed while doing what `doing` says: a run fenced out of its sync's
+    /// state says so in its own words.
+    fn call_failed(&self, doing: &'static str, e: StoreCallError) -> StateError {
+        match e {
+            StoreCallError::LostLock { sync, run } => StateError::LostLock {
+                sync,
+                run,
+                location: self.location(),
+            },
+            StoreCallError::NotLocked { sync } => StateError::NotLocked {
+                sync,
+                location: self.location(),
+            },
+            e => self.failed(doing, e),
         }
     }
 
@@ -257,6 +272,20 @@ enum Extra {
     Text(String),
 }
 
+impl Extra {
+    /// Binds what it holds, if anything, as the statement's next parameter.
+    fn bind(
+        self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            Extra::Nothing => query,
+            Extra::Index(index) => query.bind(index),
+            Extra::Text(text) => query.bind(text),
+        }
+    }
+}
+
 /// What went wrong in a job on the store's connections.
 #[derive(Debug, thiserror::Error)]
 pub(in crate::state) enum StoreCallError {
@@ -274,6 +303,12 @@ pub(in crate::state) enum StoreCallError {
     Count { copied: u64, key_count: u64 },
     #[error("no answer within {}", humantime::format_duration(*.0))]
     NoAnswer(std::time::Duration),
+    #[error("run {run} no longer holds sync `{sync}`'s run lock")]
+    LostLock { sync: String, run: String },
+    #[error("this process does not hold sync `{sync}`'s run lock")]
+    NotLocked { sync: String },
+    #[error("the journal of sync `{sync}` is no longer run {run}'s: another run has settled it")]
+    NotTheRunsJournal { sync: String, run: String },
 }
 
 /// A connection outside the pool, with the pool's settings: for a lock or a session that must outlive one job.
