@@ -680,6 +680,8 @@ fn the_metrics_endpoint_rests_while_out_of_file_descriptors_and_answers_again_af
     assert!(text.contains("ldsync_runs_total"), "{text}");
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.exit_within(PATIENCE), Some(0));
+}
+
 /// `METHOD PATH` over a plain socket: the status code and the body.
 fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -730,10 +732,9 @@ fn the_daemon_is_live_and_ready_and_turns_unready_within_a_second_of_sigterm() {
     assert_eq!(status, 405, "{body}");
     assert_eq!(http(&addr, "GET", "/nothing").0, 404);
 
-    daemon.wait_until(Duration::from_secs(30),
-        "a request is in flight",
-        || setup.emulator.requests().iter().any(|r| r.status == 0),
-    );
+    daemon.wait_until(Duration::from_secs(30), "a request is in flight", || {
+        setup.emulator.requests().iter().any(|r| r.status == 0)
+    });
     daemon.signal(libc::SIGTERM);
     let signalled = Instant::now();
     let (status, body) = loop {
@@ -846,7 +847,10 @@ fn three_daemons_on_one_postgres_state_share_the_syncs_and_record_no_failure() {
     // The store's tables, made once, before the daemons start together.
     ok(&hosts[0].ldsync("day1", &["status"]));
     let started = Instant::now();
-    let mut daemons: Vec<Background> = hosts.iter().map(|h| Background::start(h, "day1", TOKEN, &["run"])).collect();
+    let mut daemons: Vec<Background> = hosts
+        .iter()
+        .map(|h| Background::start(h, "day1", TOKEN, &["run"]))
+        .collect();
     std::thread::sleep(Duration::from_secs(14));
     for daemon in &daemons {
         daemon.signal(libc::SIGTERM);
