@@ -140,6 +140,16 @@ pub fn parse_schedule(text: &str, zone: Tz) -> Result<Schedule, String> {
 }
 
 fn parse_cron(text: &str, zone: Tz) -> Result<Schedule, String> {
+    // croner takes an empty list item (`,` or `1,,2`) as a field that matches nothing, and then searches up to the
+    // year 5000 for a time that never comes: seconds of CPU each time ldsync asks when the sync is due.
+    if let Some(field) = text
+        .split_whitespace()
+        .find(|field| field.split(',').any(str::is_empty))
+    {
+        return Err(format!(
+            "cron expression `{text}` is invalid: its field `{field}` has an empty list item"
+        ));
+    }
     let cron = croner::Cron::new(text)
         .with_seconds_optional()
         .parse()
@@ -317,6 +327,18 @@ mod tests {
             start = next;
         }
         assert_eq!(start, at("2026-10-25T02:45:00Z"));
+    }
+
+    #[test]
+    fn a_cron_field_with_an_empty_list_item_is_an_error_not_a_search_to_the_year_5000() {
+        // Found by the schedule fuzz target (fuzz/regressions/schedule): croner accepted it, and each question
+        // of when the sync is due took ten seconds.
+        let started = std::time::Instant::now();
+        for text in [", 22 * * *", "1,,2 * * * *", "0 6 * * 1,"] {
+            let err = parse_schedule(text, Tz::UTC).unwrap_err();
+            assert!(err.contains("has an empty list item"), "{text}: {err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
