@@ -149,7 +149,9 @@ fn run_phase(phase: &str, dir: &Path) {
     let config = Config::load(&dir.join("connector.yaml")).unwrap();
     let warehouse = Warehouse::for_project(&config).unwrap();
     let sync = &config.events[0];
-    let sql = std::fs::read_to_string(config.model_file(&sync.model)).unwrap();
+    let sql = ldsync::dbt::model_sql(&config, &sync.name, &sync.model)
+        .unwrap()
+        .sql;
     let query = EventQuery::prepare(&warehouse, sync, &sql).unwrap();
     let mut rows = 0usize;
     warehouse

@@ -865,8 +865,9 @@ fn three_daemons_on_one_postgres_state_share_the_syncs_and_record_no_failure() {
         url: url.clone(),
         schema: schema.name.clone(),
     };
-    let store =
-        Store::Postgres(ldsync::state::PgStore::open(&state, copies.path().into()).unwrap());
+    let store = ldsync::state::Store::Postgres(
+        ldsync::state::PgStore::open(&state, copies.path().into()).unwrap(),
+    );
     let config = hosts[0].config();
     for sync in config.all_syncs().map(|s| s.name().to_string()) {
         let runs = history::read(&store, &sync).unwrap();

@@ -186,21 +186,6 @@ impl PgStore {
         Ok(self.fetch(doing, select, sync, extra)?.into_iter().next())
     }
 
-    /// Runs one statement on `sync`'s rows: `$1` is the sync, `$2` what `extra` holds.
-    fn execute(
-        &self,
-        doing: &'static str,
-        sql: String,
-        sync: &str,
-        extra: Extra,
-    ) -> Result<(), StateError> {
-        let sync_name = sync.to_string();
-        self.call(doing, move |pool| async move {
-            let query = sqlx::query(AssertSqlSafe(sql)).bind(sync_name);
-            extra.bind(query).execute(&pool).await.map(drop)
-        })
-    }
-
     /// Runs `job` on the store's connections while this thread hands it `items` (see [`PgWorker::feed`]); an error
     /// from `items` is returned as it is.
     fn feed<I, E, Fut>(
