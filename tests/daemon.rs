@@ -19,13 +19,13 @@ use crate::util::emulated::*;
 use crate::util::*;
 
 /// A daemon started in the background, its standard error going to a file the test can read while it runs.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(setup: &Setup, args: &[&str]) -> Daemon {
+    pub(crate) fn start(setup: &Setup, args: &[&str]) -> Daemon {
         let log = setup.project.path("daemon.log");
         let mut all = vec!["run"];
         all.extend_from_slice(args);
@@ -40,16 +40,16 @@ impl Daemon {
         Daemon { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
     }
 
     /// Waits for the daemon to exit, at most `limit`; its exit code.
-    fn exit_within(&mut self, limit: Duration) -> Option<i32> {
+    pub(crate) fn exit_within(&mut self, limit: Duration) -> Option<i32> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -78,12 +78,17 @@ fn local_store(setup: &Setup) -> Store {
     Store::Local(LocalStore::new(setup.project.path(".ldsync/state")))
 }
 
-fn runs(setup: &Setup, sync: &str) -> Vec<RunRecord> {
+pub(crate) fn runs(setup: &Setup, sync: &str) -> Vec<RunRecord> {
     history::read(&local_store(setup), sync).unwrap()
 }
 
 /// Polls `condition` every 20 ms until it holds; fails after `limit`, showing the daemon's log.
-fn wait_until(daemon: &Daemon, limit: Duration, what: &str, condition: impl Fn() -> bool) {
+pub(crate) fn wait_until(
+    daemon: &Daemon,
+    limit: Duration,
+    what: &str,
+    condition: impl Fn() -> bool,
+) {
     let started = Instant::now();
     while !condition() {
         assert!(
@@ -132,6 +137,7 @@ fn past_run(sync: &str, started_at: DateTime<Utc>) -> RunRecord {
         resumed_run: None,
         adds: 0,
         removes: 0,
+        audience: None,
         batches_acknowledged: 0,
         batches_planned: 0,
         excluded: Default::default(),
@@ -617,7 +623,7 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
 }
 
 /// The address the daemon's log says it serves metrics on.
-fn metrics_address(daemon: &Daemon) -> String {
+pub(crate) fn metrics_address(daemon: &Daemon) -> String {
     let log = daemon.log();
     log.split("serving Prometheus metrics on http://")
         .nth(1)

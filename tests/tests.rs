@@ -18,5 +18,6 @@ mod launchdarkly_client;
 mod plan;
 mod postgres_state;
 mod postgres_warehouse;
+mod status_page;
 mod sync;
 mod sync_recovery;

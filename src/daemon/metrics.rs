@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::history::RunOutcome;
 use crate::run::SyncReport;
+use crate::status_page::{Site, StatusPages};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SyncLabel {
@@ -191,8 +192,13 @@ fn run_labels(sync: &str, outcome: RunOutcome) -> RunLabels {
     }
 }
 
-/// Serves `metrics` on `addr` from a thread of its own; returns the address it listens on (useful with port 0).
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+/// Serves `metrics` and the status `pages` on `addr` from a thread of its own; returns the address it listens on
+/// (useful with port 0).
+pub fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    pages: Arc<StatusPages>,
+) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -201,11 +207,11 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
         .build()?;
     std::thread::Builder::new()
         .name("ldsync-metrics".into())
-        .spawn(move || runtime.block_on(accept(listener, metrics)))?;
+        .spawn(move || runtime.block_on(accept(listener, metrics, pages)))?;
     Ok(local)
 }
 
-async fn accept(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
+async fn accept(listener: std::net::TcpListener, metrics: Arc<Metrics>, pages: Arc<StatusPages>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => return tracing::error!(error = %e, "the metrics endpoint cannot listen"),
@@ -218,11 +224,17 @@ async fn accept(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, pages) = (metrics.clone(), pages.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
+                let (metrics, pages) = (metrics.clone(), pages.clone());
+                async move {
+                    let response = match page(&request, pages).await {
+                        Some(page) => page,
+                        None => answer(&request, &metrics),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -232,6 +244,50 @@ async fn accept(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
             }
         });
     }
+}
+
+/// The status page on `GET /` and a sync's page on `GET /syncs/<name>`, rendered on a blocking thread so that a slow
+/// state store never holds up `/metrics`; `None` for any other request.
+async fn page(
+    request: &Request<Incoming>,
+    pages: Arc<StatusPages>,
+) -> Option<Response<Full<Bytes>>> {
+    if !matches!(request.method().as_str(), "GET" | "HEAD") {
+        return None;
+    }
+    let sync = match request.uri().path() {
+        "/" => None,
+        path => Some(path.strip_prefix("/syncs/")?.to_string()),
+    };
+    let wanted = sync.clone();
+    let rendered = tokio::task::spawn_blocking(move || match &wanted {
+        None => Some(pages.overview(Site::Served, Utc::now())),
+        Some(name) => pages.sync_page(name, Utc::now()),
+    })
+    .await;
+    let (status, content_type, body) = match rendered {
+        Ok(Some(html)) => (StatusCode::OK, "text/html; charset=utf-8", html),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!(
+                "no sync named `{}` on this page\n",
+                sync.unwrap_or_default()
+            ),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("the page could not be rendered: {e}\n"),
+        ),
+    };
+    Some(
+        Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response"),
+    )
 }
 
 fn answer(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
@@ -271,6 +327,7 @@ mod tests {
                 resumed_run: None,
                 adds: 7,
                 removes: 2,
+                audience: Some(40),
                 batches_planned: 2,
                 batches_acknowledged: 2,
                 calls: CallStats {

@@ -25,6 +25,7 @@ use crate::schedule::Schedule;
 use crate::shutdown::{Shutdown, Stage};
 use crate::state::Store;
 use crate::status::{last_success, runs_of};
+use crate::status_page::StatusPages;
 use crate::warehouse::Warehouse;
 use metrics::Metrics;
 
@@ -85,7 +86,8 @@ pub fn run(
         loops.push(scheduler.run(runs.last().map(|r| r.started_at), unfinished));
     }
     if let Some(addr) = options.metrics_addr {
-        let bound = metrics::serve(addr, metrics.clone())
+        let pages = Arc::new(StatusPages::new(config, &store, syncs));
+        let bound = metrics::serve(addr, metrics.clone(), pages)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
     }
