@@ -89,7 +89,7 @@ pub(super) fn status(
         StatusFormat::Json => SyncFormat::Json,
         StatusFormat::Html => {
             let page = StatusPages::new(config, &store, &syncs).overview(Site::File, now);
-            write_output(output, &mut |out| out.write_all(page.as_bytes()))?;
+            write_output(output, &mut |out| Ok(out.write_all(page.as_bytes())?))?;
             return Ok(exit::OK);
         }
     };
@@ -98,7 +98,7 @@ pub(super) fn status(
         .map(|sync| status::status_of(config, &store, sync, now))
         .collect::<Result<Vec<_>, _>>()?;
     write_output(output, &mut |out| {
-        status::write_status(&statuses, now, format, out)
+        Ok(status::write_status(&statuses, now, format, out)?)
     })?;
     Ok(exit::OK)
 }
@@ -106,21 +106,21 @@ pub(super) fn status(
 /// Writes with `write` to the file `output`, or to standard output.
 fn write_output(
     output: Option<&Path>,
-    write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    write: &mut dyn FnMut(&mut (dyn Write + Send)) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     match output {
         Some(path) => {
             let file =
                 File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
             let mut out = BufWriter::new(file);
-            write(&mut out)
-                .and_then(|()| out.flush())
+            write(&mut out)?;
+            out.flush()
                 .with_context(|| format!("cannot write {}", path.display()))
         }
         None => {
             let mut out = BufWriter::new(std::io::stdout());
-            write(&mut out).and_then(|()| out.flush())?;
-            Ok(())
+            write(&mut out)?;
+            Ok(out.flush()?)
         }
     }
 }
@@ -267,22 +267,9 @@ fn write_report(
     output: Option<&Path>,
     show: usize,
 ) -> anyhow::Result<()> {
-    match output {
-        Some(path) => {
-            let file =
-                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            let mut out = BufWriter::new(file);
-            write_plan_report(results, format, show, &mut out)?;
-            out.flush()
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        None => {
-            let mut out = BufWriter::new(std::io::stdout());
-            write_plan_report(results, format, show, &mut out)?;
-            out.flush()?;
-        }
-    }
-    Ok(())
+    write_output(output, &mut |out| {
+        Ok(write_plan_report(results, format, show, out)?)
+    })
 }
 
 pub(super) fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {
