@@ -66,6 +66,10 @@ pub struct RunRecord {
     pub resumed_run: Option<String>,
     pub adds: u64,
     pub removes: u64,
+    /// A segment sync's audience when the run planned: the model's valid keys, counted once each (`None` for events
+    /// syncs, runs that failed before planning, and records written before ldsync recorded it).
+    #[serde(default)]
+    pub audience: Option<u64>,
     /// Batches acknowledged by LaunchDarkly in this run (resumed ones included).
     pub batches_acknowledged: u64,
     pub batches_planned: u64,
@@ -127,6 +131,7 @@ mod tests {
             resumed_run: None,
             adds: 3,
             removes: 1,
+            audience: Some(40),
             batches_acknowledged: 2,
             batches_planned: 2,
             excluded: KeySample::default(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["daemon"],
-    &["status", "validate"],
+    &["status", "status_page", "validate"],
     &["report"],
     &["run"],
     &["history"],

@@ -4,7 +4,8 @@
 //!
 //! - [`cli`] parses the command line, runs one command, and turns its outcome or error into an exit code;
 //!   [`daemon`] runs the scheduled syncs until a [`shutdown`] signal, serving metrics.
-//! - [`status`] and [`validate`] read what runs did and check a project; [`report`] renders plans and runs.
+//! - [`status`] and [`validate`] read what runs did and check a project, and [`status_page`] shows it as HTML;
+//!   [`report`] renders plans and runs.
 //! - [`run`] executes a plan: lock, settle the journal, plan, send, commit, record, for segment and events syncs.
 //! - [`history`] is the record each run leaves.
 //! - [`plan`] turns a model and a baseline into one plan value: the requests, the gates, the events to send.
@@ -33,6 +34,7 @@ pub mod set_engine;
 pub mod shutdown;
 pub mod state;
 pub mod status;
+pub mod status_page;
 pub mod validate;
 pub mod vocab;
 pub mod warehouse;

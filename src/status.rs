@@ -77,8 +77,19 @@ pub fn status_of(
     sync: SyncEntry<'_>,
     now: DateTime<Utc>,
 ) -> Result<SyncStatus, HistoryError> {
+    let runs = runs_of(store, sync.name())?;
+    Ok(status_with_runs(config, store, sync, &runs, now))
+}
+
+/// Where `sync` stands as of `now`, given its run records (oldest first) already read.
+pub fn status_with_runs(
+    config: &Config,
+    store: &Store,
+    sync: SyncEntry<'_>,
+    runs: &[RunRecord],
+    now: DateTime<Utc>,
+) -> SyncStatus {
     let name = sync.name();
-    let runs = runs_of(store, name)?;
     let last_run = runs.last().cloned();
     let mut status = SyncStatus {
         sync: name.to_string(),
@@ -89,7 +100,7 @@ pub fn status_of(
             .schedule()
             .map(|s| s.next_due(last_run.as_ref().map(|r| r.started_at), now)),
         schedule: sync.schedule().cloned(),
-        last_success: last_success(&runs),
+        last_success: last_success(runs),
         last_run,
         checkpoint: None,
         events_checkpoint: None,
@@ -121,7 +132,7 @@ pub fn status_of(
             }
         }
     }
-    Ok(status)
+    status
 }
 
 /// When the last successful run (synced or nothing to change) finished.
@@ -130,6 +141,17 @@ pub fn last_success(runs: &[RunRecord]) -> Option<DateTime<Utc>> {
         .rev()
         .find(|r| r.outcome.succeeded())
         .map(|r| r.finished_at)
+}
+
+/// How `ldsync status` writes where the syncs stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// A line per sync, then what needs attention.
+    Table,
+    /// `{"syncs": [...]}` with every count.
+    Json,
+    /// The status page `ldsync run` serves: each sync with charts of its last runs, as one HTML file.
+    Html,
 }
 
 /// Writes the status of each sync: a table, then what needs attention, or JSON.
@@ -174,13 +196,7 @@ pub fn write_status(
                 format!("{:.1}", r.duration_ms as f64 / 1000.0)
             }),
             checkpoint_cell(status),
-            status.next_run.map_or("-".into(), |next| {
-                if next <= now {
-                    "due now".into()
-                } else {
-                    time(&next)
-                }
-            }),
+            next_run_cell(status, now),
         ]);
     }
     writeln!(out, "{table}")?;
@@ -202,8 +218,19 @@ pub fn write_status(
     Ok(())
 }
 
+/// When the sync runs next, as of `now`: a time, `due now`, or `-` for a sync that runs only when asked.
+pub fn next_run_cell(status: &SyncStatus, now: DateTime<Utc>) -> String {
+    status.next_run.map_or("-".into(), |next| {
+        if next <= now {
+            "due now".into()
+        } else {
+            time(&next)
+        }
+    })
+}
+
 /// The checkpoint in a word: its key count, or the time of its latest event.
-fn checkpoint_cell(status: &SyncStatus) -> String {
+pub fn checkpoint_cell(status: &SyncStatus) -> String {
     if let Some(checkpoint) = &status.checkpoint {
         return format!("{} keys", checkpoint.key_count);
     }

@@ -17,7 +17,7 @@ use crate::util::emulated::*;
 use crate::util::*;
 
 /// `ldsync run ARGS` started in the background on fixture day 1.
-fn start_daemon(setup: &Setup, args: &[&str]) -> Background {
+pub(crate) fn start_daemon(setup: &Setup, args: &[&str]) -> Background {
     let mut all = vec!["run"];
     all.extend_from_slice(args);
     Background::start(&setup.project, "day1", TOKEN, &all)
@@ -60,6 +60,7 @@ fn past_run(sync: &str, started_at: DateTime<Utc>) -> RunRecord {
         resumed_run: None,
         adds: 0,
         removes: 0,
+        audience: None,
         batches_acknowledged: 0,
         batches_planned: 0,
         excluded: Default::default(),
@@ -558,7 +559,7 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
 }
 
 /// The address the daemon's log says it serves metrics on.
-fn metrics_address(daemon: &Background) -> String {
+pub(crate) fn metrics_address(daemon: &Background) -> String {
     let log = daemon.log();
     log.split("serving Prometheus metrics on http://")
         .nth(1)

@@ -22,6 +22,7 @@ mod postgres_state;
 mod postgres_warehouse;
 mod signals;
 mod state_promises;
+mod status_page;
 mod sync;
 mod sync_recovery;
 mod warehouse_promises;

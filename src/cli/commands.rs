@@ -21,7 +21,8 @@ use crate::run::{Runner, SyncOptions, SyncReport};
 use crate::shutdown;
 use crate::state::Store;
 use crate::state::copy::{Copied, Copier, StoreKind};
-use crate::status;
+use crate::status::{self, StatusFormat};
+use crate::status_page::{Site, StatusPages};
 use crate::warehouse::Warehouse;
 
 pub(super) fn sync(
@@ -74,18 +75,54 @@ pub(super) fn sync_exit_code(reports: &[SyncReport], detailed: bool) -> u8 {
     }
 }
 
-pub(super) fn status(config: &Config, names: &[String], format: SyncFormat) -> anyhow::Result<u8> {
+pub(super) fn status(
+    config: &Config,
+    names: &[String],
+    format: StatusFormat,
+    output: Option<&Path>,
+) -> anyhow::Result<u8> {
     let now = chrono::Utc::now();
     let syncs = config.select_syncs(names)?;
     let store = Store::open(config)?;
+    let format = match format {
+        StatusFormat::Table => SyncFormat::Table,
+        StatusFormat::Json => SyncFormat::Json,
+        StatusFormat::Html => {
+            let page = StatusPages::new(config, &store, &syncs).overview(Site::File, now);
+            write_output(output, &mut |out| Ok(out.write_all(page.as_bytes())?))?;
+            return Ok(exit::OK);
+        }
+    };
     let statuses = syncs
         .into_iter()
         .map(|sync| status::status_of(config, &store, sync, now))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut out = BufWriter::new(std::io::stdout());
-    status::write_status(&statuses, now, format, &mut out)?;
-    out.flush()?;
+    write_output(output, &mut |out| {
+        Ok(status::write_status(&statuses, now, format, out)?)
+    })?;
     Ok(exit::OK)
+}
+
+/// Writes with `write` to the file `output`, or to standard output.
+fn write_output(
+    output: Option<&Path>,
+    write: &mut dyn FnMut(&mut (dyn Write + Send)) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let mut out = BufWriter::new(file);
+            write(&mut out)?;
+            out.flush()
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => {
+            let mut out = BufWriter::new(std::io::stdout());
+            write(&mut out)?;
+            Ok(out.flush()?)
+        }
+    }
 }
 
 pub(super) fn history(
@@ -230,22 +267,9 @@ fn write_report(
     output: Option<&Path>,
     show: usize,
 ) -> anyhow::Result<()> {
-    match output {
-        Some(path) => {
-            let file =
-                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            let mut out = BufWriter::new(file);
-            write_plan_report(results, format, show, &mut out)?;
-            out.flush()
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        None => {
-            let mut out = BufWriter::new(std::io::stdout());
-            write_plan_report(results, format, show, &mut out)?;
-            out.flush()?;
-        }
-    }
-    Ok(())
+    write_output(output, &mut |out| {
+        Ok(write_plan_report(results, format, show, out)?)
+    })
 }
 
 pub(super) fn validate(config: &Config, names: &[String]) -> anyhow::Result<u8> {

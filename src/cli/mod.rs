@@ -16,6 +16,7 @@ use crate::report::{Format, SyncFormat};
 use crate::run::SyncOptions;
 use crate::shutdown;
 use crate::state::copy::StoreKind;
+use crate::status::StatusFormat;
 
 mod commands;
 pub mod exit;
@@ -164,12 +165,17 @@ pub enum Command {
     /// Show each sync's last run, checkpoint, unfinished run and next time.
     ///
     /// Show each sync's last run (outcome, counts, requests, 429s, duration), its checkpoint, any unfinished run,
-    /// and when ldsync run runs it next. Reads the state store only.
+    /// and when ldsync run runs it next. Reads the state store only. `--format html` writes the status page that
+    /// `ldsync run --metrics-addr` serves, with every sync's charts and run history on one page (read-only, counts
+    /// only: no context keys), for people who do not run the daemon, as a CI artifact say.
     Status {
         /// Syncs to show (default: all).
         syncs: Vec<String>,
-        #[arg(long, short, value_enum, default_value_t = SyncFormat::Table)]
-        format: SyncFormat,
+        #[arg(long, short, value_enum, default_value_t = StatusFormat::Table)]
+        format: StatusFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Copy checkpoints between the local and the PostgreSQL state store.
     ///
@@ -300,7 +306,11 @@ fn execute(cli: &Cli) -> anyhow::Result<u8> {
                 Stopped::AtOnce => exit::INTERRUPTED,
             })
         }
-        Command::Status { syncs, format } => commands::status(&config, syncs, *format),
+        Command::Status {
+            syncs,
+            format,
+            output,
+        } => commands::status(&config, syncs, *format, output.as_deref()),
         Command::History {
             syncs,
             limit,

@@ -1,6 +1,7 @@
 //! `ldsync run --http-addr`: the daemon's HTTP listener, on a thread of its own so that it answers even while a
-//! model query holds the daemon's thread. It serves `GET /metrics` (Prometheus text, [`super::metrics`]), `GET
-//! /livez` and `GET /readyz` (one line that says why, [`super::health`]). Only GET and HEAD are answered: nothing
+//! model query holds the daemon's thread. It serves the status page on `GET /` and a sync's page on `GET
+//! /syncs/<name>` ([`crate::status_page`]), `GET /metrics` (Prometheus text, [`super::metrics`]), `GET /livez` and
+//! `GET /readyz` (one line that says why, [`super::health`]). Only GET and HEAD are answered: nothing
 //! on this listener changes anything. Out of file descriptors, it rests between tries instead of spinning.
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use super::health::{Health, Verdict};
 use super::metrics::Metrics;
+use crate::status_page::{Site, StatusPages};
 
 /// How long the listener rests after an accept that failed for want of resources (too many open files), as hyper's
 /// and tokio's servers do.
@@ -27,6 +29,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 pub struct Endpoints {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub pages: StatusPages,
 }
 
 /// Binds `addr` and serves `endpoints` from a thread of its own; the address it bound.
@@ -84,7 +87,13 @@ async fn accept(listener: std::net::TcpListener, endpoints: Arc<Endpoints>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let endpoints = endpoints.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &endpoints)) }
+                async move {
+                    let response = match page(&request, &endpoints).await {
+                        Some(page) => page,
+                        None => answer(&request, &endpoints),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -97,7 +106,47 @@ async fn accept(listener: std::net::TcpListener, endpoints: Arc<Endpoints>) {
 }
 
 /// What the listener serves on each path.
-const ROUTES: &str = "ldsync serves GET /metrics, /livez and /readyz";
+const ROUTES: &str =
+    "ldsync serves GET / (the status page), /syncs/<name>, /metrics, /livez and /readyz";
+
+/// The status page on `GET /` and a sync's page on `GET /syncs/<name>`, rendered on a blocking thread so that a slow
+/// state store never holds up `/metrics` or the probes; `None` for any other request.
+async fn page(
+    request: &Request<Incoming>,
+    endpoints: &Arc<Endpoints>,
+) -> Option<Response<Full<Bytes>>> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let sync = match request.uri().path() {
+        "/" => None,
+        path => Some(path.strip_prefix("/syncs/")?.to_string()),
+    };
+    let (wanted, endpoints) = (sync.clone(), endpoints.clone());
+    let rendered = tokio::task::spawn_blocking(move || match &wanted {
+        None => Some(endpoints.pages.overview(Site::Served, Utc::now())),
+        Some(name) => endpoints.pages.sync_page(name, Utc::now()),
+    })
+    .await;
+    Some(match rendered {
+        Ok(Some(html)) => Response::builder()
+            .status(StatusCode::OK)
+            .header(CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from(html)))
+            .expect("a valid response"),
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no sync named `{}` on this page\n",
+                sync.unwrap_or_default()
+            ),
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the page could not be rendered: {e}\n"),
+        ),
+    })
+}
 
 fn answer(request: &Request<Incoming>, endpoints: &Endpoints) -> Response<Full<Bytes>> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {

@@ -227,6 +227,7 @@ mod tests {
                 resumed_run: None,
                 adds: 7,
                 removes: 2,
+                audience: Some(40),
                 batches_planned: 2,
                 batches_acknowledged: 2,
                 calls: CallStats {

@@ -31,6 +31,7 @@ use crate::schedule::Schedule;
 use crate::shutdown::{Shutdown, Stage};
 use crate::state::Store;
 use crate::status::{last_success, runs_of};
+use crate::status_page::StatusPages;
 use crate::warehouse::Warehouse;
 use health::Health;
 use metrics::Metrics;
@@ -102,6 +103,7 @@ pub fn run(
         let endpoints = http::Endpoints {
             metrics: metrics.clone(),
             health,
+            pages: StatusPages::new(config, &store, syncs),
         };
         let bound =
             http::serve(addr, endpoints).with_context(|| format!("cannot serve HTTP on {addr}"))?;

@@ -223,6 +223,7 @@ pub(crate) struct Tally {
     pub(crate) resumed_run: Option<String>,
     adds: u64,
     removes: u64,
+    audience: Option<u64>,
     pub(crate) batches_planned: u64,
     pub(crate) batches_acknowledged: u64,
     excluded: KeySample,
@@ -238,6 +239,7 @@ impl Tally {
     fn planned(&mut self, plan: &SyncPlan) {
         self.adds = plan.adds.len() as u64;
         self.removes = plan.removes.len() as u64;
+        self.audience = Some(plan.keys.distinct);
         self.excluded = KeySample::of(plan.excluded.iter().flatten());
         self.drift = plan.drift.clone().filter(|d| !d.is_empty());
         self.notes.extend(plan.notes.iter().cloned());
@@ -381,6 +383,7 @@ impl<'a> Runner<'a> {
             resumed_run: tally.resumed_run,
             adds: tally.adds,
             removes: tally.removes,
+            audience: tally.audience,
             batches_acknowledged: tally.batches_acknowledged,
             batches_planned: tally.batches_planned,
             excluded: tally.excluded,
