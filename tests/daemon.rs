@@ -560,6 +560,7 @@ fn the_metrics_endpoint_serves_what_the_runs_did() {
 
 /// The address the daemon's log says it serves metrics on.
 pub(crate) fn metrics_address(daemon: &Background) -> String {
+    daemon.wait_for_log("serving Prometheus metrics on http://");
     let log = daemon.log();
     log.split("serving Prometheus metrics on http://")
         .nth(1)

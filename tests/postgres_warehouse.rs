@@ -256,7 +256,7 @@ fn a_wrong_url_or_an_unreachable_server_is_a_clear_error() {
 
 /// An events model on PostgreSQL: several text columns come out of one COPY, a `timestamptz` and a `timestamp`
 /// become the same Unix milliseconds, numeric values stay numbers, and the lateness window is a condition
-/// PostgreSQL applies.
+/// PostgreSQL applies. Its 100,000 minutes of orders run into 2027, so `max_future` lets them all through.
 #[test]
 #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
 fn an_events_model_streams_every_column_and_filters_by_the_window_in_postgres() {
@@ -277,7 +277,8 @@ fn an_events_model_streams_every_column_and_filters_by_the_window_in_postgres() 
         format!(
             "version: 1\nwarehouse:\n  kind: postgres\n  url: {url}\nlaunchdarkly:\n  project: default\n  \
              environment: production\nstate:\n  kind: local\nevents:\n  - name: pg-orders\n    model: pg_orders\n    \
-             timestamp_column: {timestamp}\n    value_column: amount\n    row_id_column: id\n"
+             timestamp_column: {timestamp}\n    value_column: amount\n    row_id_column: id\n    \
+             max_future: 400d\n"
         )
     };
     project.write(

@@ -257,14 +257,20 @@ struct RunStart {
 }
 
 impl RunStart {
-    fn now() -> Self {
+    /// Run `run_id` starts now: once it holds its sync's lock, so that its start never comes before the end of the
+    /// run it waited for.
+    fn now(run_id: String) -> Self {
         RunStart {
             started: Instant::now(),
             started_at: Utc::now(),
-            // Time-ordered and unique: a run's snapshot never shares a name with the committed one.
-            run_id: uuid::Uuid::now_v7().to_string(),
+            run_id,
         }
     }
+}
+
+/// A new run's ID: time-ordered and unique, so a run's snapshot never shares a name with the committed one.
+fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Runs syncs of one configuration.
@@ -314,9 +320,10 @@ impl<'a> Runner<'a> {
     /// Runs one sync, of either kind, and records the run in its history. A run of the sync under way elsewhere
     /// is waited for up to `state.lock_wait`, then the run fails naming it.
     pub async fn run(&self, sync: SyncEntry<'_>, options: SyncOptions) -> SyncReport {
-        let started = RunStart::now();
-        let lock = self.lock(sync.name(), &started.run_id).await;
-        self.run_holding(sync, options, started, lock).await
+        let run_id = new_run_id();
+        let lock = self.lock(sync.name(), &run_id).await;
+        self.run_holding(sync, options, RunStart::now(run_id), lock)
+            .await
     }
 
     /// Runs one sync as [`Runner::run`] does, unless a run of it is under way elsewhere (another daemon sharing the
@@ -326,13 +333,16 @@ impl<'a> Runner<'a> {
         sync: SyncEntry<'_>,
         options: SyncOptions,
     ) -> Option<SyncReport> {
-        let started = RunStart::now();
-        let lock = match self.store.try_lock(sync.name(), &started.run_id) {
+        let run_id = new_run_id();
+        let lock = match self.store.try_lock(sync.name(), &run_id) {
             Ok(None) => return None,
             Ok(Some(lock)) => Ok(lock),
             Err(e) => Err(e.into()),
         };
-        Some(self.run_holding(sync, options, started, lock).await)
+        Some(
+            self.run_holding(sync, options, RunStart::now(run_id), lock)
+                .await,
+        )
     }
 
     /// Runs one sync holding its run lock (or failing with why the lock could not be taken), and records the run.
@@ -349,9 +359,17 @@ impl<'a> Runner<'a> {
     ) -> SyncReport {
         let calls_before = self.client.stats();
         let mut tally = Tally::default();
+        // The lock is held until the run's record is written, so that runs of one sync never overlap in the history
+        // either, whichever host runs them.
+        let (lock, not_locked) = match lock {
+            Ok(lock) => (Some(lock), None),
+            Err(e) => (None, Some(e)),
+        };
         // Dropping the run at an await point is safe: every write to the journal and the store happens between them.
         let inner = async {
-            let _lock = lock?;
+            if let Some(e) = not_locked {
+                return Err(e);
+            }
             match sync {
                 SyncEntry::Segment(sync) => {
                     self.run_segment(sync, &run_id, options, &mut tally).await
@@ -395,6 +413,7 @@ impl<'a> Runner<'a> {
         if let Err(e) = history::append(self.store, &record) {
             tracing::warn!(sync = %name, error = %e, "could not append to the run history");
         }
+        drop(lock);
         SyncReport {
             run: record,
             gate_stops: tally.gate_stops.iter().map(ToString::to_string).collect(),
