@@ -685,7 +685,7 @@ fn the_metrics_endpoint_rests_while_out_of_file_descriptors_and_answers_again_af
 }
 
 /// `METHOD PATH` over a plain socket: the status code and the body.
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+pub(crate) fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,

@@ -4,13 +4,12 @@
 //! test skips with a notice when Chromium is not installed; under CI=true it fails (`.ci/run` installs it).
 //! `LDSYNC_UPDATE_SCREENSHOT=1` copies the screenshot to docs/status-page.png, the one README shows.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{metrics_address, start_daemon};
+use crate::daemon::{http, metrics_address, start_daemon};
 use crate::util::emulated::*;
 use crate::util::*;
 
@@ -69,20 +68,6 @@ fn headless(chromium: &Path, profile: &Path, args: &[&str], url: &str) -> String
         std::thread::sleep(Duration::from_millis(50));
     }
     reader.join().unwrap()
-}
-
-/// `GET path` over a plain socket: the status line and the body.
-fn get(addr: &str, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
 /// The part of `dom` from the element with `attribute` to the end of the first `end` after it.
@@ -165,8 +150,8 @@ fn the_status_page_shows_every_sync_with_a_chart_point_a_run_in_a_real_browser()
     assert_eq!(audience_points(&page), rows, "{page}");
     assert!(!page.contains("data-sync=\"enterprise-orgs\""));
     assert!(!page.contains("usr_"), "a key on the page:\n{page}");
-    let (status, body) = get(&addr, "/syncs/nobody");
-    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    let (status, body) = http(&addr, "GET", "/syncs/nobody");
+    assert_eq!(status, 404, "{body}");
     assert_eq!(body.lines().count(), 1, "{body}");
 
     let shot = profile.path().join("status-page.png");

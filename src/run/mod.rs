@@ -439,7 +439,7 @@ impl<'a> Runner<'a> {
                 }
                 .into());
             }
-            tokio::time::sleep(LOCK_POLL.min(wait - started.elapsed())).await;
+            tokio::time::sleep(LOCK_POLL.min(wait.saturating_sub(started.elapsed()))).await;
         }
     }
 }
