@@ -477,19 +477,11 @@ fn a_second_signal_stops_at_once_and_the_journal_stays_whole() {
     assert_eq!(setup.checkpoint("pro-users").unwrap(), pro);
 }
 
-/// `GET /metrics` over a plain socket.
+/// `GET /metrics` over a plain socket: the metrics text.
 fn scrape(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    answer
+    let (status, body) = http(addr, "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -687,6 +679,7 @@ fn the_metrics_endpoint_rests_while_out_of_file_descriptors_and_answers_again_af
 /// `METHOD PATH` over a plain socket: the status code and the body.
 pub(crate) fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -828,13 +821,7 @@ fn three_daemons_on_one_postgres_state_share_the_syncs_and_record_no_failure() {
             "instance: us ",
             &format!("base_url: {} ", setup.emulator.base_url()),
         );
-        host.edit_config(
-            "state:\n  kind: local\n",
-            &format!(
-                "state:\n  kind: postgres\n  url: {url}\n  schema: {}\n",
-                schema.name
-            ),
-        );
+        crate::util::postgres::shared_state(host, &schema);
         let text = std::fs::read_to_string(host.config_path()).unwrap();
         let every_sync = text
             .lines()

@@ -16,6 +16,11 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use super::{Extra, PgStore, StoreCallError, own_connection};
 use crate::state::{StateError, SyncLock, holder_text};
 
+/// The condition, on a row `r` of `run_locks`, that the backend it names still holds its advisory lock: a row left
+/// by a session that ended says nothing.
+const HOLDER_HOLDS_ITS_LOCK: &str = "EXISTS (SELECT 1 FROM pg_locks l \
+     WHERE l.locktype = 'advisory' AND l.pid = r.backend_pid AND l.granted)";
+
 impl PgStore {
     /// Takes the sync's run lock: a session advisory lock on a connection of its own, held until the returned
     /// lock is dropped or the process dies. `Ok(None)` when another run, on any host, holds it.
@@ -87,8 +92,8 @@ impl PgStore {
             });
         };
         let check = format!(
-            "SELECT 1 FROM {} r WHERE r.sync = $1 AND r.run_id = $2 AND EXISTS (SELECT 1 FROM pg_locks l \
-             WHERE l.locktype = 'advisory' AND l.pid = r.backend_pid AND l.granted) FOR SHARE OF r",
+            "SELECT 1 FROM {} r WHERE r.sync = $1 AND r.run_id = $2 AND {HOLDER_HOLDS_ITS_LOCK} \
+             FOR SHARE OF r",
             self.table("run_locks")
         );
         let held: Option<(i32,)> = sqlx::query_as(AssertSqlSafe(check))
@@ -124,8 +129,7 @@ impl PgStore {
     /// Who holds the sync's run lock, as the holder wrote it.
     pub fn holder(&self, sync: &str) -> String {
         let select = format!(
-            "SELECT holder FROM {} r WHERE sync = $1 AND EXISTS (SELECT 1 FROM pg_locks l \
-             WHERE l.locktype = 'advisory' AND l.pid = r.backend_pid AND l.granted)",
+            "SELECT holder FROM {} r WHERE sync = $1 AND {HOLDER_HOLDS_ITS_LOCK}",
             self.table("run_locks")
         );
         match self.fetch_one::<(String,)>(
