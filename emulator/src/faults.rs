@@ -1,6 +1,7 @@
 //! The ways the emulator can be told to misbehave like LaunchDarkly does: a rate limit per 10-second window with
 //! each shape of 429, server errors at a rate, slow answers, changes applied whose answer never arrives, writes
-//! lost to a concurrent change (409), a clock that disagrees with the client's, and keys refused for good.
+//! lost to a concurrent change (409), a clock that disagrees with the client's, keys refused for good, and big-segment
+//! imports that stop or wait for approval and exports whose file is not CSV.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,8 +27,23 @@ pub struct Faults {
     /// concurrent edit has just excluded; a metric import whose events have one of them as a context key is refused
     /// the same way.
     pub refused_keys: BTreeSet<String>,
+    /// Big-segment imports that end `stopped` instead of `complete`, leaving the segment as it was.
+    pub stop_imports: Option<StopImports>,
+    /// Big-segment imports begun while this is set wait in `pending_approval` until
+    /// [`crate::Emulator::approve_imports`], whatever their `waitOnApprovals`.
+    pub imports_need_approval: bool,
+    /// Big-segment exports begun while this is set serve a JSON array of the keys (`application/json`) instead of CSV.
+    pub malformed_exports: bool,
     /// Seeds the choices, so that a fault sequence is reproducible.
     pub seed: u64,
+}
+
+/// Which big-segment imports end `stopped`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopImports {
+    /// The Nth import begun since the faults were set (1: the first).
+    Nth(u32),
+    Every,
 }
 
 /// A limit of requests per window, counted over all requests (global) and per route, like LaunchDarkly's.

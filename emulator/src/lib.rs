@@ -10,24 +10,43 @@
 //! optimistic-locking conflicts, a skewed clock, keys refused for good, and a racing segment creator. It also
 //! takes metric events on the import API ([`events`]), de-duplicating batches by payload ID.
 //!
-//! Modules: [`segments`] (the data and the changes the API makes), [`faults`] (what to get wrong), `server` (HTTP).
+//! Big segments also take CSV imports (`POST …/{segmentKey}/imports`, `multipart/form-data`, merge or replace):
+//! each answers 204 with its `Location`, goes `preparing` → `in_progress` → `complete` over
+//! [`EmulatorConfig::import_step`]s, and changes the members when it completes, polled or not; a second import in
+//! the environment meanwhile is refused 409, and LaunchDarkly's limits (40 MB, 1,000,000 keys, no header row) hold.
+//! Imports can be made to stop or to wait for [`Emulator::approve_imports`]. Exports (`POST …/{segmentKey}/exports`)
+//! snapshot the members; once complete, their file is served by a second listener, the file host, at a presigned
+//! URL on another origin (`http://localhost:PORT`) that, like S3, refuses any `Authorization` header and records
+//! every request ([`Emulator::file_requests`]).
+//!
+//! Modules: [`segments`] (the data and the changes the API makes), [`faults`] (what to get wrong), `transfers`
+//! (imports and exports), `server` (HTTP), `files` (the file host).
 
 pub mod events;
 pub mod faults;
+mod files;
 pub mod segments;
 mod server;
+mod transfers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-pub use faults::{Faults, RateLimit, ThrottleHeaders};
+pub use faults::{Faults, RateLimit, StopImports, ThrottleHeaders};
 use faults::{Window, epoch_ms};
+pub use files::{FileRequest, serve_files};
 use segments::{ApiFailure, Segment};
 pub use server::serve;
+use transfers::{Export, Import};
+pub use transfers::{
+    ExportInfo, ImportInfo, ImportLimits, ImportMode, MAX_IMPORT_BYTES, MAX_IMPORT_KEYS,
+    TransferStatus,
+};
 
 /// A token the emulator accepts, and the role actions it may perform.
 #[derive(Clone, Debug)]
@@ -54,6 +73,16 @@ pub struct EmulatorConfig {
     /// documentation.
     pub role_denial_status: u16,
     pub faults: Faults,
+    /// The file host's port (exports' files), on 127.0.0.1; 0: any free port.
+    pub file_port: u16,
+    /// How long a big-segment import stays in each of `preparing` and `in_progress`.
+    pub import_step: Duration,
+    /// How long a big-segment export stays in each of `preparing` and `in_progress`.
+    pub export_step: Duration,
+    /// How much one import's file may hold: LaunchDarkly's 40 MB and 1,000,000 keys by default.
+    pub import_limits: ImportLimits,
+    /// Whether an export's file starts with a header row, `key`; LaunchDarkly's format is undocumented.
+    pub export_header: bool,
 }
 
 /// The token a default emulator accepts, with every action.
@@ -74,6 +103,11 @@ impl Default for EmulatorConfig {
             duplicate_status: 409,
             role_denial_status: 403,
             faults: Faults::default(),
+            file_port: 0,
+            import_step: Duration::from_millis(20),
+            export_step: Duration::from_millis(20),
+            import_limits: ImportLimits::default(),
+            export_header: false,
         }
     }
 }
@@ -119,6 +153,9 @@ pub struct RecordedRequest {
     pub route: String,
     /// The status answered; 0 when the connection was closed after applying the change.
     pub status: u16,
+    /// The JSON body; for a big-segment import, a summary of the form instead of its file:
+    /// `{"mode", "waitOnApprovals", "file": {"filename", "contentType", "bytes", "keys"}}`, each as sent (`keys`: the
+    /// file's count of keys, null if it could not be read; `file` null without a file).
     pub body: Option<Value>,
     /// Whether the request changed stored state.
     pub applied: bool,
@@ -129,6 +166,8 @@ pub struct RecordedRequest {
     pub authorization: Option<String>,
     /// `X-LaunchDarkly-Payload-ID` (metric imports).
     pub payload_id: Option<String>,
+    /// The `Location` header answered (a big-segment import or export begun).
+    pub location: Option<String>,
 }
 
 /// Everything the emulator holds.
@@ -150,6 +189,18 @@ pub struct State {
     faults: Faults,
     rng: fastrand::Rng,
     window: Window,
+    /// Big-segment imports and exports, in the order they began.
+    imports: Vec<Import>,
+    exports: Vec<Export>,
+    /// Imports begun since the faults were set: what [`StopImports::Nth`] counts.
+    imports_begun: u32,
+    import_step: Duration,
+    export_step: Duration,
+    import_limits: ImportLimits,
+    export_header: bool,
+    /// The file host's `http://localhost:PORT`, once it listens.
+    file_origin: Option<String>,
+    file_requests: Vec<FileRequest>,
 }
 
 /// The state, shared by the server's connections and the [`Emulator`] handle.
@@ -172,6 +223,15 @@ impl Shared {
             rng: fastrand::Rng::with_seed(config.faults.seed),
             faults: config.faults.clone(),
             window: Window::new(),
+            imports: Vec::new(),
+            exports: Vec::new(),
+            imports_begun: 0,
+            import_step: config.import_step,
+            export_step: config.export_step,
+            import_limits: config.import_limits,
+            export_header: config.export_header,
+            file_origin: None,
+            file_requests: Vec::new(),
         })))
     }
 
@@ -186,11 +246,12 @@ impl Shared {
         })
     }
 
-    fn finish(&self, index: usize, status: u16, applied: bool) {
+    fn finish(&self, index: usize, status: u16, applied: bool, location: Option<String>) {
         self.with(|s| {
             if let Some(request) = s.requests.get_mut(index) {
                 request.status = status;
                 request.applied = applied;
+                request.location = location;
             }
         });
     }
@@ -218,11 +279,22 @@ impl Shared {
     }
 
     fn segment(&self, project: &str, environment: &str, key: &str) -> Result<Segment, ApiFailure> {
+        self.view(project, environment, key, |_, segment| segment.clone())
+    }
+
+    /// What `look` makes of the segment, without copying it (a big segment may hold millions of members), or 404.
+    fn view<T>(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+        look: impl FnOnce(&State, &Segment) -> T,
+    ) -> Result<T, ApiFailure> {
         self.check_environment(project, environment)?;
         self.with(|s| {
             s.segments
                 .get(&segment_id(project, environment, key))
-                .cloned()
+                .map(|segment| look(s, segment))
         })
         .ok_or_else(|| ApiFailure::new(404, "not_found", format!("Unknown segment `{key}`")))
     }
@@ -333,7 +405,9 @@ impl Shared {
             let segments: BTreeMap<String, Value> = s
                 .segments
                 .iter()
-                .map(|((p, e, k), segment)| (format!("{p}/{e}/{k}"), segment.representation(p, e)))
+                .map(|((p, e, k), segment)| {
+                    (format!("{p}/{e}/{k}"), s.representation(p, e, segment))
+                })
                 .collect();
             json!({"segments": segments, "route_counts": count_routes(&s.requests)})
         })
@@ -378,20 +452,26 @@ fn count_routes(requests: &[RecordedRequest]) -> BTreeMap<String, u64> {
     counts
 }
 
-/// A running emulator on its own thread; dropping it stops the server.
+/// A running emulator on its own thread; dropping it stops the server and the file host.
 pub struct Emulator {
     address: SocketAddr,
+    file_address: SocketAddr,
     shared: Shared,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Emulator {
-    /// Starts serving on 127.0.0.1 and returns once it listens.
+    /// Starts serving, the API and the file host, on 127.0.0.1 and returns once both listen.
     pub fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", config.port))?;
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
+        let bind = |port: u16| -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+            listener.set_nonblocking(true)?;
+            let address = listener.local_addr()?;
+            Ok((listener, address))
+        };
+        let (listener, address) = bind(config.port)?;
+        let (file_listener, file_address) = bind(config.file_port)?;
         let shared = Shared::new(&config);
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -402,16 +482,22 @@ impl Emulator {
             .name("ldsync-emulator".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("a listening socket");
-                    serve(listener, server_state, async {
+                    let tokio_listener = |listener| {
+                        tokio::net::TcpListener::from_std(listener).expect("a listening socket")
+                    };
+                    let files = serve_files(tokio_listener(file_listener), server_state.clone());
+                    let api = serve(tokio_listener(listener), server_state, async {
                         let _ = stop.await;
-                    })
-                    .await;
+                    });
+                    tokio::select! {
+                        () = api => {}
+                        () = files => {}
+                    }
                 });
             })?;
         Ok(Emulator {
             address,
+            file_address,
             shared,
             shutdown: Some(shutdown),
             thread: Some(thread),
@@ -423,12 +509,19 @@ impl Emulator {
         format!("http://{}", self.address)
     }
 
-    /// Takes effect from the next request; starts a fresh rate-limit window.
+    /// `http://localhost:PORT`, the file host's origin: another origin than [`Emulator::base_url`]'s.
+    pub fn file_base_url(&self) -> String {
+        format!("http://localhost:{}", self.file_address.port())
+    }
+
+    /// Takes effect from the next request; starts a fresh rate-limit window and a fresh count of imports for
+    /// [`StopImports::Nth`].
     pub fn set_faults(&self, faults: Faults) {
         self.shared.with(|s| {
             s.rng = fastrand::Rng::with_seed(faults.seed);
             s.faults = faults;
             s.window = Window::new();
+            s.imports_begun = 0;
         });
     }
 
@@ -451,9 +544,10 @@ impl Emulator {
     /// The segment as a GET would return it.
     pub fn segment(&self, project: &str, environment: &str, key: &str) -> Option<Value> {
         self.shared.with(|s| {
+            s.advance();
             s.segments
                 .get(&segment_id(project, environment, key))
-                .map(|seg| seg.representation(project, environment))
+                .map(|seg| s.representation(project, environment, seg))
         })
     }
 
@@ -466,11 +560,36 @@ impl Emulator {
         context_kind: &str,
     ) -> BTreeSet<String> {
         self.shared.with(|s| {
+            s.advance();
             s.segments
                 .get(&segment_id(project, environment, key))
                 .and_then(|seg| seg.included.get(context_kind).cloned())
                 .unwrap_or_default()
         })
+    }
+
+    /// Every big-segment import, in the order they began, as they stand now (those whose time has come applied).
+    pub fn imports(&self) -> Vec<ImportInfo> {
+        self.shared.with(|s| {
+            s.advance();
+            s.import_infos()
+        })
+    }
+
+    /// Lets every import waiting in `pending_approval` ([`Faults::imports_need_approval`]) go on to `in_progress`
+    /// and `complete`; returns how many it let go.
+    pub fn approve_imports(&self) -> usize {
+        self.shared.with(|s| s.approve_imports())
+    }
+
+    /// Every big-segment export, in the order they began.
+    pub fn exports(&self) -> Vec<ExportInfo> {
+        self.shared.with(|s| s.export_infos())
+    }
+
+    /// Every request the file host saw, in arrival order.
+    pub fn file_requests(&self) -> Vec<FileRequest> {
+        self.shared.with(|s| s.file_requests.clone())
     }
 
     /// The custom events imported into `project`/`environment`, in arrival order (each batch once).

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use ldsync_emulator::{
     DEFAULT_TOKEN, EmulatorConfig, Faults, RateLimit, Shared, ThrottleHeaders, TokenGrant, serve,
+    serve_files,
 };
 
 /// A strict in-memory LaunchDarkly segments API on 127.0.0.1 (point connector.yaml's launchdarkly.base_url at it).
@@ -15,6 +16,15 @@ struct Args {
     /// The port to listen on (on 127.0.0.1 only).
     #[arg(long, default_value_t = 8765)]
     port: u16,
+    /// The port of the file host that serves big-segment exports' files (on 127.0.0.1; their URLs say localhost).
+    #[arg(long, default_value_t = 8766)]
+    file_port: u16,
+    /// How long a big-segment import or export stays in each of preparing and in_progress, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    transfer_step_ms: u64,
+    /// Start exports' files with a header row, `key`.
+    #[arg(long)]
+    export_header: bool,
     /// An access token to accept, with every role action; repeat for more.
     #[arg(long = "token", default_values_t = [DEFAULT_TOKEN.to_string()])]
     tokens: Vec<String>,
@@ -72,8 +82,13 @@ async fn main() -> std::io::Result<()> {
         Headers::Reset => ThrottleHeaders::ResetOnly,
         Headers::None => ThrottleHeaders::None,
     };
+    let step = Duration::from_millis(args.transfer_step_ms);
     let config = EmulatorConfig {
         port: args.port,
+        file_port: args.file_port,
+        import_step: step,
+        export_step: step,
+        export_header: args.export_header,
         tokens: args
             .tokens
             .iter()
@@ -100,16 +115,24 @@ async fn main() -> std::io::Result<()> {
         ..EmulatorConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+    let file_listener = tokio::net::TcpListener::bind(("127.0.0.1", args.file_port)).await?;
     println!(
-        "ldsync emulator listening on http://{} (token {}, project {}, environments {})",
+        "ldsync emulator listening on http://{} (token {}, project {}, environments {}); exports' files on \
+         http://localhost:{}",
         listener.local_addr()?,
         args.tokens.join(", "),
         args.project,
-        args.environments.join(", ")
+        args.environments.join(", "),
+        file_listener.local_addr()?.port()
     );
-    serve(listener, Shared::new(&config), async {
+    let shared = Shared::new(&config);
+    let files = serve_files(file_listener, shared.clone());
+    let api = serve(listener, shared, async {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    });
+    tokio::select! {
+        () = api => {}
+        () = files => {}
+    }
     Ok(())
 }

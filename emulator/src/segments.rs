@@ -1,5 +1,6 @@
 //! Segments as LaunchDarkly keeps them, and the changes its API makes to them: the JSON representation, semantic
-//! patch (all or nothing, idempotent, with LaunchDarkly's limits), and big-segment membership changes.
+//! patch (all or nothing, idempotent, with LaunchDarkly's limits), and big-segment membership changes (`POST
+//! …/contexts` and imports).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -274,6 +275,28 @@ impl Segment {
         Ok(removed || added)
     }
 
+    /// Applies a completed import's keys to a big segment's included members in place: added to them, or, with
+    /// `replace`, in place of them. Returns whether anything changed. The keys are sorted once and merged with the
+    /// members in one pass (`BTreeSet::append`), so ten imports of a million keys stay linear in the members.
+    pub fn import_members(&mut self, keys: Vec<String>, replace: bool) -> bool {
+        let kind = self.unbounded_context_kind.clone();
+        let mut incoming: BTreeSet<String> = keys.into_iter().collect();
+        let members = self.included.entry(kind.clone()).or_default();
+        let changed = if replace {
+            let changed = *members != incoming;
+            *members = incoming;
+            changed
+        } else {
+            let before = members.len();
+            members.append(&mut incoming);
+            members.len() != before
+        };
+        if members.is_empty() {
+            self.included.remove(&kind);
+        }
+        changed
+    }
+
     fn check_targets(&self) -> Result<(), ApiFailure> {
         for (kind, keys) in &self.included {
             if let Some(key) = self
@@ -482,6 +505,28 @@ mod tests {
             standard()
                 .apply_members(&json!({"included": {"add": ["u"]}}))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn an_import_merges_into_the_members_or_replaces_them() {
+        let mut big = Segment::new("b", "B", true, "organization", 1);
+        let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert!(big.import_members(keys(&["o2", "o1", "o1"]), false));
+        assert!(big.import_members(keys(&["o3", "o2"]), false));
+        assert!(!big.import_members(keys(&["o1"]), false), "nothing new");
+        let members = |s: &Segment| {
+            s.included["organization"]
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(members(&big), ["o1", "o2", "o3"]);
+        assert!(big.import_members(keys(&["o9", "o2"]), true));
+        assert_eq!(members(&big), ["o2", "o9"]);
+        assert!(
+            !big.import_members(keys(&["o2", "o9"]), true),
+            "the same list"
         );
     }
 }

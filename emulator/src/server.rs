@@ -1,6 +1,7 @@
 //! The HTTP side: each connection served by hyper with a kill switch (for lost acknowledgements), each request
 //! recorded, put through the configured faults, authenticated, version-checked and routed to the segment store.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,11 +17,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::faults::{Admission, epoch_ms};
 use crate::segments::{ApiFailure, Segment};
+use crate::transfers::{Upload, not_big, read_form};
 use crate::{RecordedRequest, Shared};
 
 const API: &str = "/api/v2/";
@@ -32,15 +34,7 @@ const UNKNOWN_ROUTE: &str = "(unknown)";
 
 /// Serves `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-            () = &mut shutdown => return,
-        };
+    accept_each(listener, shutdown, |stream| {
         let shared = shared.clone();
         tokio::spawn(async move {
             let kill = Arc::new(Notify::new());
@@ -55,6 +49,24 @@ pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl Future<
                 () = kill.notified() => {}
             }
         });
+    })
+    .await;
+}
+
+/// Hands each connection `listener` accepts to `serve`, until `shutdown` resolves.
+pub async fn accept_each(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut serve: impl FnMut(TcpStream),
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => if let Ok((stream, _)) = accepted {
+                serve(stream);
+            },
+            () = &mut shutdown => return,
+        }
     }
 }
 
@@ -66,6 +78,8 @@ struct ApiRequest {
     headers: HeaderMap,
     body: Option<Value>,
     raw_body: Bytes,
+    /// A big-segment import's form, checked; taken by the route.
+    upload: Cell<Option<Result<Upload, ApiFailure>>>,
 }
 
 /// What the handler decided.
@@ -109,6 +123,7 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let path = head.uri.path().to_string();
+    shared.with(crate::State::advance);
     if path == "/_emulator/state" {
         return Ok(respond(Answer::json(StatusCode::OK, shared.snapshot()), 0));
     }
@@ -132,21 +147,37 @@ async fn handle(
         body: serde_json::from_slice(&raw_body).ok(),
         headers: head.headers,
         raw_body,
+        upload: Cell::new(None),
     };
     let route = route_pattern(&request.method, &request.parts);
+    let mut body = request.body.clone();
+    if route.starts_with("POST ") && route.ends_with("/imports") {
+        let content_type = header(&request.headers, "content-type");
+        let form = read_form(content_type.as_deref(), request.raw_body.clone()).await;
+        let limits = shared.with(|s| s.import_limits);
+        let upload = form
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|f| f.upload(limits));
+        if let Ok(form) = &form {
+            body = Some(form.summary(upload.as_ref().ok().map(|u| u.keys.len())));
+        }
+        request.upload.set(Some(upload));
+    }
     let index = shared.record(RecordedRequest {
         method: request.method.to_string(),
         path: path.clone(),
         query: request.query.clone(),
         route: route.clone(),
         status: 0,
-        body: request.body.clone(),
+        body,
         applied: false,
         content_type: header(&request.headers, "content-type"),
         api_version: header(&request.headers, "ld-api-version"),
         user_agent: header(&request.headers, "user-agent"),
         authorization: header(&request.headers, "authorization"),
         payload_id: header(&request.headers, "x-launchdarkly-payload-id"),
+        location: None,
     });
     let latency = shared.with(|s| s.faults.latency);
     if !latency.is_zero() {
@@ -163,10 +194,16 @@ async fn handle(
     };
     let dropped =
         answer.write && answer.applied && shared.with(|s| s.rng.f64() < s.faults.drop_ack_rate);
+    let location = answer
+        .headers
+        .iter()
+        .find(|(name, _)| *name == "location")
+        .map(|(_, value)| value.clone());
     shared.finish(
         index,
         if dropped { 0 } else { answer.status.as_u16() },
         answer.applied,
+        location,
     );
     if dropped {
         kill.notify_one();
@@ -207,11 +244,16 @@ fn answer(shared: &Shared, request: &ApiRequest, route: &str) -> Answer {
             ),
         );
     }
+    // Imports and exports are processes, not segment writes: another writer's change does not conflict with them.
     let writes = matches!(
         request.method,
         Method::PATCH | Method::POST | Method::DELETE
     ) && request.parts.first().is_some_and(|p| p == "segments")
-        && request.parts.len() >= 4;
+        && request.parts.len() >= 4
+        && !matches!(
+            request.parts.get(4).map(String::as_str),
+            Some("imports" | "exports")
+        );
     if writes && shared.with(|s| s.rng.f64() < s.faults.conflict_rate) {
         return Answer::json(
             StatusCode::CONFLICT,
@@ -287,7 +329,9 @@ fn routed(
     let parts: Vec<&str> = request.parts.iter().map(String::as_str).collect();
     let method = &request.method;
     let allow = |needed: &BTreeSet<&'static str>| allow(shared, actions.as_ref(), needed);
-    if matches!(method, &Method::POST | &Method::PUT) {
+    // An import is a multipart form (checked as it is read); an export has no body.
+    let transfer = matches!(parts.get(4), Some(&("imports" | "exports")));
+    if matches!(method, &Method::POST | &Method::PUT) && !transfer {
         json_body(request)?;
     }
     match (method, parts.as_slice()) {
@@ -330,11 +374,11 @@ fn routed(
             })
         }
         (&Method::GET, ["segments", p, e, k]) => {
-            let segment = shared.segment(p, e, k)?;
-            Ok(Answer::json(StatusCode::OK, segment.representation(p, e)))
+            let rep = shared.view(p, e, k, |s, segment| s.representation(p, e, segment))?;
+            Ok(Answer::json(StatusCode::OK, rep))
         }
         (&Method::DELETE, ["segments", p, e, k]) => {
-            shared.segment(p, e, k)?;
+            shared.view(p, e, k, |_, _| ())?;
             allow(&BTreeSet::from(["deleteSegment"]))?;
             shared.with(|s| {
                 s.segments
@@ -375,10 +419,11 @@ fn routed(
                 shared.save(p, e, &segment, next)
             };
             let applied = saved.differs_from(&segment) || saved.version != segment.version;
+            let rep = shared.with(|s| s.representation(p, e, &saved));
             Ok(Answer {
                 applied,
                 write: !dry_run,
-                ..Answer::json(StatusCode::OK, saved.representation(p, e))
+                ..Answer::json(StatusCode::OK, rep)
             })
         }
         (&Method::POST, ["segments", p, e, k, "contexts" | "users"]) => {
@@ -399,12 +444,54 @@ fn routed(
             })
         }
         (&Method::GET, ["segments", p, e, k, "contexts" | "users", context]) => {
-            let segment = shared.segment(p, e, k)?;
             let has = |t: &crate::segments::Targets| t.values().any(|keys| keys.contains(*context));
+            let (included, excluded) = shared.view(p, e, k, |_, segment| {
+                (has(&segment.included), has(&segment.excluded))
+            })?;
             Ok(Answer::json(
                 StatusCode::OK,
-                json!({"userKey": context, "included": has(&segment.included), "excluded": has(&segment.excluded)}),
+                json!({"userKey": context, "included": included, "excluded": excluded}),
             ))
+        }
+        (&Method::POST, ["segments", p, e, k, "imports"]) => {
+            if !shared.view(p, e, k, |_, segment| segment.unbounded)? {
+                return Err(not_big(k, "imports"));
+            }
+            allow(&BTreeSet::from(["updateIncluded"]))?;
+            let upload = request
+                .upload
+                .take()
+                .unwrap_or_else(|| Err(ApiFailure::invalid("an import needs a multipart form")))?;
+            refuse_included(shared, upload.keys.iter().map(String::as_str))?;
+            let location = shared.with(|s| s.begin_import(p, e, k, upload))?;
+            Ok(Answer {
+                status: StatusCode::NO_CONTENT,
+                body: None,
+                headers: vec![("location", location)],
+                applied: true,
+                write: true,
+            })
+        }
+        (&Method::GET, ["segments", p, e, k, "imports", id]) => {
+            shared.view(p, e, k, |_, _| ())?;
+            let rep = shared.with(|s| s.import_representation(p, e, k, id))?;
+            Ok(Answer::json(StatusCode::OK, rep))
+        }
+        (&Method::POST, ["segments", p, e, k, "exports"]) => {
+            shared.check_environment(p, e)?;
+            let location = shared.with(|s| s.begin_export(p, e, k))?;
+            Ok(Answer {
+                status: StatusCode::OK,
+                body: None,
+                headers: vec![("location", location)],
+                applied: true,
+                write: false,
+            })
+        }
+        (&Method::GET, ["segments", p, e, k, "exports", id]) => {
+            shared.view(p, e, k, |_, _| ())?;
+            let rep = shared.with(|s| s.export_representation(p, e, k, id))?;
+            Ok(Answer::json(StatusCode::OK, rep))
         }
         _ if route.ends_with(UNKNOWN_ROUTE) => {
             Err(ApiFailure::new(404, "not_found", "no such resource"))
@@ -495,7 +582,8 @@ fn refuse_event_contexts(shared: &Shared, events: &[Value]) -> Result<(), ApiFai
     let keys = events
         .iter()
         .filter_map(|event| event["contextKeys"].as_object())
-        .flat_map(|keys| keys.values());
+        .flat_map(|keys| keys.values())
+        .filter_map(Value::as_str);
     match refused_key(shared, keys) {
         Some(key) => Err(ApiFailure::invalid(format!(
             "context key `{key}` is refused"
@@ -559,12 +647,24 @@ fn json_body(request: &ApiRequest) -> Result<(), ApiFailure> {
     )))
 }
 
-/// Refuses a write that would include one of the keys the faults say LaunchDarkly refuses.
+/// Refuses a write whose lists of keys would include one of the keys the faults say LaunchDarkly refuses.
 fn refuse_keys<'a>(
     shared: &Shared,
     lists: impl IntoIterator<Item = &'a Value>,
 ) -> Result<(), ApiFailure> {
-    let keys = lists.into_iter().filter_map(Value::as_array).flatten();
+    let keys = lists
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(Value::as_str);
+    refuse_included(shared, keys)
+}
+
+/// Refuses a write that would include one of the keys the faults say LaunchDarkly refuses.
+fn refuse_included<'a>(
+    shared: &Shared,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ApiFailure> {
     match refused_key(shared, keys) {
         Some(key) => Err(ApiFailure::invalid(format!(
             "context key `{key}` cannot be included: it was excluded from the segment by another change"
@@ -574,10 +674,12 @@ fn refuse_keys<'a>(
 }
 
 /// The first of `keys` that the faults say LaunchDarkly refuses.
-fn refused_key<'a>(shared: &Shared, keys: impl IntoIterator<Item = &'a Value>) -> Option<String> {
+fn refused_key<'a>(shared: &Shared, keys: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let refused = shared.with(|s| s.faults.refused_keys.clone());
+    if refused.is_empty() {
+        return None;
+    }
     keys.into_iter()
-        .filter_map(Value::as_str)
         .find(|key| refused.contains(*key))
         .map(str::to_string)
 }
@@ -609,7 +711,7 @@ fn list(shared: &Shared, request: &ApiRequest, project: &str, environment: &str)
         s.segments
             .iter()
             .filter(|((p, e, _), _)| p == project && e == environment)
-            .map(|(_, segment)| segment.representation(project, environment))
+            .map(|(_, segment)| s.representation(project, environment, segment))
             .collect()
     });
     let total = items.len();
@@ -665,6 +767,18 @@ fn route_pattern(method: &Method, parts: &[String]) -> String {
         }
         ["segments", _, _, _, "users", _] => {
             "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/users/{userKey}"
+        }
+        ["segments", _, _, _, "imports"] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/imports"
+        }
+        ["segments", _, _, _, "imports", _] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/imports/{importID}"
+        }
+        ["segments", _, _, _, "exports"] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/exports"
+        }
+        ["segments", _, _, _, "exports", _] => {
+            "/api/v2/segments/{projectKey}/{environmentKey}/{segmentKey}/exports/{exportID}"
         }
         ["event-data-import", _, _] => "/v2/event-data-import/{projectKey}/{environmentKey}",
         _ => UNKNOWN_ROUTE,
