@@ -1,7 +1,7 @@
 //! dbt models as sources: `model: ref('…')` resolved through hand-written manifests (each error a user can meet,
-//! and what `validate` and `plan` show), then the example dbt project in fixtures/dbt built with real dbt-duckdb,
-//! planned and synced by `ref()` against the emulator, and the exposures `ldsync dbt exposures` prints loaded by
-//! `dbt parse`.
+//! and what `validate` and `plan` show), then the example dbt project in fixtures/dbt built with real dbt-duckdb and
+//! with real dbt-postgres (into a schema of the test's own), planned and synced by `ref()` against the emulator, and
+//! the exposures `ldsync dbt exposures` prints loaded by `dbt parse`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +11,7 @@ use ldsync::dbt::{DbtModel, ModelError, ModelSql, model_sql};
 use serde_json::{Value, json};
 
 use crate::util::emulated::{Setup, difference, ok};
+use crate::util::postgres::{Schema, database_url};
 use crate::util::*;
 
 const GENERATED_AT: &str = "2024-11-30T08:00:00.000000Z";
@@ -434,7 +435,8 @@ fn dbt() -> Option<PathBuf> {
         Some(dbt) => Some(dbt),
         None if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
             panic!(
-                "CI=true: the dbt tests must run; set LDSYNC_DBT to a dbt with dbt-duckdb (.ci/run makes one)"
+                "CI=true: the dbt tests must run; set LDSYNC_DBT to a dbt with dbt-duckdb and dbt-postgres \
+                 (.ci/run makes one)"
             )
         }
         None => {
@@ -444,16 +446,80 @@ fn dbt() -> Option<PathBuf> {
     }
 }
 
-/// Runs `dbt ARGS` in the example's dbt project on fixture day `day`, which must succeed.
-fn run_dbt(dbt: &Path, project: &Project, day: &str, args: &[&str]) {
-    let out = Command::new(dbt)
+/// Where `dbt build` puts the example's audiences, and where ldsync reads them: the DuckDB file of the profile's `dev`
+/// target, or a test's own schema in PostgreSQL through its `postgres` target (fixtures/dbt/profiles.yml).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    DuckDb,
+    Postgres(&'a Schema),
+}
+
+impl Target<'_> {
+    /// The adapter dbt builds with, which the manifest records as `adapter_type`.
+    fn adapter(self) -> &'static str {
+        match self {
+            Target::DuckDb => "duckdb",
+            Target::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The relation dbt records for `model`: `"database"."schema"."model"`.
+    fn relation(self, model: &str) -> String {
+        match self {
+            Target::DuckDb => format!("\"audiences\".\"main\".\"{model}\""),
+            Target::Postgres(schema) => {
+                let database = pg_options(schema).get_database().unwrap().to_string();
+                format!("\"{database}\".\"{}\".\"{model}\"", schema.name)
+            }
+        }
+    }
+
+    /// Sends `dbt` to this target. The profile's `postgres` target reads where to build from `LDSYNC_DBT_PG_*`: the
+    /// schema's host, port, user and database (its URL's password is not passed on: the tests' PostgreSQL trusts
+    /// local connections).
+    fn select(self, dbt: &mut Command) {
+        if let Target::Postgres(schema) = self {
+            let options = pg_options(schema);
+            dbt.args(["--target", "postgres"])
+                .env("LDSYNC_DBT_PG_HOST", options.get_host())
+                .env("LDSYNC_DBT_PG_PORT", options.get_port().to_string())
+                .env("LDSYNC_DBT_PG_USER", options.get_username())
+                .env("LDSYNC_DBT_PG_DBNAME", options.get_database().unwrap())
+                .env("LDSYNC_DBT_PG_SCHEMA", &schema.name);
+        }
+    }
+
+    /// connector.dbt.yaml with its warehouse where dbt builds: unchanged for DuckDB, the schema's database for
+    /// PostgreSQL.
+    fn connector(self, text: &str) -> String {
+        match self {
+            Target::DuckDb => text.to_string(),
+            Target::Postgres(schema) => {
+                let start = text.find("warehouse:\n").unwrap();
+                let end = text.find("\ndbt:\n").unwrap();
+                let warehouse = format!("warehouse:\n  kind: postgres\n  url: {}\n", schema.url);
+                format!("{}{warehouse}{}", &text[..start], &text[end..])
+            }
+        }
+    }
+}
+
+/// The connection options `schema`'s URL names.
+fn pg_options(schema: &Schema) -> sqlx::postgres::PgConnectOptions {
+    schema.url.parse().unwrap()
+}
+
+/// Runs `dbt ARGS` in the example's dbt project on fixture day `day`, building into `target`, which must succeed.
+fn run_dbt(dbt: &Path, project: &Project, target: Target, day: &str, args: &[&str]) {
+    let mut command = Command::new(dbt);
+    command
         .args(args)
         .args(["--profiles-dir", "."])
         .current_dir(project.path("fixtures/dbt"))
         .env("LDSYNC_EXAMPLE_DAY", day)
-        .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-        .output()
-        .unwrap();
+        .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false");
+    target.select(&mut command);
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "dbt {args:?} failed:\n{}\n{}",
@@ -462,24 +528,31 @@ fn run_dbt(dbt: &Path, project: &Project, day: &str, args: &[&str]) {
     );
 }
 
-/// The example, its connector.yaml replaced by connector.dbt.yaml pointed at the emulator.
-fn dbt_example() -> Setup {
+/// The example, its connector.yaml replaced by connector.dbt.yaml pointed at the emulator and at `target`'s
+/// warehouse.
+fn dbt_example(target: Target) -> Setup {
     let setup = Setup::new();
     let text = std::fs::read_to_string(repo().join("connector.dbt.yaml")).unwrap();
     let base_url = format!("base_url: {} ", setup.emulator.base_url());
     setup.project.write(
         "connector.yaml",
-        &text.replacen("instance: us ", &base_url, 1),
+        &target.connector(&text.replacen("instance: us ", &base_url, 1)),
     );
     setup
 }
 
-#[test]
-fn the_dbt_example_builds_with_real_dbt_and_plans_and_syncs_by_ref() {
-    let Some(dbt) = dbt() else { return };
-    let setup = dbt_example();
+/// Builds the example dbt project into `target` with real dbt, checks what `plan` resolves each `ref()` to (the
+/// relations the manifest of `target`'s adapter records; the ephemeral model's compiled SQL), syncs, then builds and
+/// syncs the next day: each segment holds exactly the keys its model returns from the day's CSVs.
+fn build_plan_and_sync_by_ref(dbt: &Path, target: Target) {
+    let setup = dbt_example(target);
     let project = &setup.project;
-    run_dbt(&dbt, project, "day1", &["build"]);
+    run_dbt(dbt, project, target, "day1", &["build"]);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(project.path("fixtures/dbt/target/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["metadata"]["adapter_type"], target.adapter());
     // beta-testers (remove) holds every user who opted into the beta.
     let beta_testers = beta_testers("day1");
     setup.seed(
@@ -501,7 +574,7 @@ fn the_dbt_example_builds_with_real_dbt_and_plans_and_syncs_by_ref() {
         (
             json!("ref('pro_users')"),
             json!("model.ldsync_example.pro_users"),
-            json!("\"audiences\".\"main\".\"pro_users\"")
+            json!(target.relation("pro_users"))
         )
     );
     assert_eq!(
@@ -509,7 +582,7 @@ fn the_dbt_example_builds_with_real_dbt_and_plans_and_syncs_by_ref() {
         (
             json!("ref('ldsync_example', 'enterprise_orgs')"),
             json!("model.ldsync_example.enterprise_orgs"),
-            json!("\"audiences\".\"main\".\"enterprise_orgs\"")
+            json!(target.relation("enterprise_orgs"))
         )
     );
     assert_eq!(
@@ -536,7 +609,7 @@ fn the_dbt_example_builds_with_real_dbt_and_plans_and_syncs_by_ref() {
     assert_eq!(setup.members("beta-testers", "user"), stayers);
 
     // The next day: dbt builds again, and the mirror syncs follow it.
-    run_dbt(&dbt, project, "day2", &["build"]);
+    run_dbt(dbt, project, target, "day2", &["build"]);
     ok(&setup.sync("day2", &[]));
     assert_eq!(
         setup.members("pro-users", "user"),
@@ -554,9 +627,23 @@ fn the_dbt_example_builds_with_real_dbt_and_plans_and_syncs_by_ref() {
 }
 
 #[test]
+fn the_dbt_example_builds_with_real_dbt_and_plans_and_syncs_by_ref() {
+    let Some(dbt) = dbt() else { return };
+    build_plan_and_sync_by_ref(&dbt, Target::DuckDb);
+}
+
+#[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
+fn the_dbt_example_builds_on_postgres_with_dbt_postgres_and_plans_and_syncs_by_ref() {
+    let Some(dbt) = dbt() else { return };
+    let schema = Schema::new(&database_url(), "dbt_example", "");
+    build_plan_and_sync_by_ref(&dbt, Target::Postgres(&schema));
+}
+
+#[test]
 fn dbt_exposures_parse_in_the_example_dbt_project() {
     let Some(dbt) = dbt() else { return };
-    let setup = dbt_example();
+    let setup = dbt_example(Target::DuckDb);
     let project = &setup.project;
     let out = project.ldsync("day1", &["dbt", "exposures"]);
     ok(&out);
@@ -584,7 +671,7 @@ fn dbt_exposures_parse_in_the_example_dbt_project() {
     );
 
     project.write("fixtures/dbt/models/ldsync_exposures.yml", &exposures);
-    run_dbt(&dbt, project, "day1", &["parse"]);
+    run_dbt(&dbt, project, Target::DuckDb, "day1", &["parse"]);
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(project.path("fixtures/dbt/target/manifest.json")).unwrap(),
     )
