@@ -12,9 +12,13 @@
 //! ceil(adds / 1,500) + ceil(removes / 1,500), and the run's peak resident memory.
 //!
 //! `cargo bench --bench sync -- --first-sync N` measures something else: a first sync of an N-key model into a new
-//! big segment of the emulator, with no rate limit (the time and peak memory of ldsync itself; the target at 10M
-//! keys is a peak of at most 512 MiB). Add `--state postgres` to keep its checkpoint and journal in the PostgreSQL
-//! state store of `DATABASE_URL` (schema `ldsync_bench_sync`) instead of the local one.
+//! big segment of the emulator, with no rate limit, both ways: in batches of 1,500 targets and as CSV imports (the
+//! time, requests and peak memory of ldsync itself; the target at 10M keys is at most 12 write requests and 1 GiB
+//! with imports). Add `--state postgres` to keep its checkpoint and journal in the PostgreSQL state store of
+//! `DATABASE_URL` (schema `ldsync_bench_sync`) instead of the local one.
+//!
+//! `cargo bench --bench sync -- --full-export N` measures `sync --full` of an N-key model onto a big segment that
+//! differs from it by 1% of hand edits, its members read through an export.
 
 mod common;
 
@@ -23,7 +27,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{cores, memory_total, option, pass, run_and_measure};
-use ldsync_emulator::{Emulator, EmulatorConfig, Faults, RateLimit, ThrottleHeaders};
+use ldsync_emulator::{Emulator, EmulatorConfig, Faults, RateLimit, SegmentSeed, ThrottleHeaders};
 
 const WINDOW: Duration = Duration::from_secs(10);
 const BATCH: u64 = 1_500;
@@ -41,6 +45,13 @@ fn main() {
         || std::env::temp_dir().join("ldsync-bench-sync"),
         PathBuf::from,
     );
+    if let Some(keys) = option(&args, "--full-export") {
+        full_export(
+            &dir,
+            keys.parse().expect("--full-export takes a number of keys"),
+        );
+        return;
+    }
     if let Some(keys) = option(&args, "--first-sync") {
         let state = match option(&args, "--state").as_deref() {
             None | Some("local") => State::Local,
@@ -63,7 +74,7 @@ fn main() {
     let (adds, removes, stay) = (add_batches * BATCH, remove_batches * BATCH, 10_000);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("sql")).unwrap();
-    write_project(&dir, &State::Local);
+    write_project(&dir, &State::Local, "");
     // Day 1: `removes` keys that will leave and `stay` keys that stay; day 2: the stayers and `adds` newcomers.
     write_keys(
         &dir.join("day1.csv"),
@@ -138,26 +149,16 @@ fn main() {
     );
 }
 
-/// A first sync of `n` keys into a new big segment, unlimited: its wall time and peak resident memory.
+/// How a first sync sends its adds to the big segment.
+#[derive(Clone, Copy)]
+enum Way {
+    Batches,
+    Imports,
+}
+
+/// A first sync of `n` keys into a new big segment, unlimited, both ways: in batches of 1,500 through
+/// `POST …/contexts`, and as CSV imports of up to 1,000,000 keys: wall time, requests and peak resident memory.
 fn first_sync(dir: &Path, n: u64, state: &State) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join("sql")).unwrap();
-    write_project(dir, state);
-    write_keys(
-        &dir.join("first.csv"),
-        (0..n).map(|i| format!("usr_{i:012}")),
-    );
-    let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
-    let report = dir.join("report.json");
-    let started = Instant::now();
-    let (ok, peak_kib) = run_and_measure(sync_command(dir, &emulator, "first.csv", Some(&report)));
-    let elapsed = started.elapsed().as_secs_f64();
-    assert!(ok, "the first sync failed; see {}", report.display());
-    let members = emulator
-        .included("default", "production", "audience", "user")
-        .len() as u64;
-    assert_eq!(members, n, "the big segment holds every model key");
-    let peak_mib = peak_kib as f64 / 1024.0;
     println!(
         "machine: {} cores, {}; state: {}",
         cores(),
@@ -167,17 +168,100 @@ fn first_sync(dir: &Path, n: u64, state: &State) {
             State::Postgres(_) => "PostgreSQL",
         }
     );
-    println!(
-        "first sync of {n} keys into a new big segment: {elapsed:.1} s ({:.0} keys/s), {} requests, peak RSS {peak_mib:.1} MiB",
-        n as f64 / elapsed,
-        emulator.requests().len()
-    );
+    let mut imports_ok = true;
+    for way in [Way::Batches, Way::Imports] {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("sql")).unwrap();
+        let big_segment = match way {
+            Way::Batches => "    big_segment: {import_above: 1000000000000}\n",
+            Way::Imports => "",
+        };
+        write_project(dir, state, big_segment);
+        write_keys(
+            &dir.join("first.csv"),
+            (0..n).map(|i| format!("usr_{i:012}")),
+        );
+        let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
+        let report = dir.join("report.json");
+        let started = Instant::now();
+        let (ok, peak_kib) =
+            run_and_measure(sync_command(dir, &emulator, "first.csv", Some(&report)));
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(ok, "the first sync failed; see {}", report.display());
+        let members = emulator
+            .included("default", "production", "audience", "user")
+            .len() as u64;
+        assert_eq!(members, n, "the big segment holds every model key");
+        let requests = emulator.requests();
+        let writes = requests.iter().filter(|r| r.method == "POST").count();
+        let peak_mib = peak_kib as f64 / 1024.0;
+        let name = match way {
+            Way::Batches => "batches",
+            Way::Imports => "imports",
+        };
+        println!(
+            "first sync of {n} keys, {name:>7}: {elapsed:>6.1} s ({:>7.0} keys/s), {writes:>5} write requests, \
+             {:>5} requests in all, peak RSS {peak_mib:.1} MiB",
+            n as f64 / elapsed,
+            requests.len()
+        );
+        if let Way::Imports = way {
+            imports_ok = writes as u64 <= n.div_ceil(1_000_000) + 2 && peak_mib <= 1024.0;
+        }
+    }
     if n >= 10_000_000 {
         println!(
-            "peak RSS ≤ 512 MiB at 10M keys: {}",
-            pass(peak_mib <= 512.0)
+            "imports: at most 12 write requests and 1 GiB at 10M keys: {}",
+            pass(imports_ok)
         );
     }
+}
+
+/// `sync --full` of an `n`-key model onto a big segment whose members, seeded in the emulator, differ from it
+/// by 1% (hand edits: 0.5% removed, 0.5% added), read through an export: wall time, requests, peak memory.
+fn full_export(dir: &Path, n: u64) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("sql")).unwrap();
+    write_project(dir, &State::Local, "");
+    let model = |i: u64| format!("usr_{i:012}");
+    write_keys(&dir.join("model.csv"), (0..n).map(model));
+    let drift = n / 200;
+    let members: Vec<String> = (drift..n)
+        .map(model)
+        .chain((0..drift).map(|i| format!("usr_by_hand_{i:09}")))
+        .collect();
+    let emulator = Emulator::start(EmulatorConfig::default()).unwrap();
+    emulator.seed_segment(
+        "default",
+        "production",
+        SegmentSeed {
+            key: "audience".into(),
+            name: "audience".into(),
+            unbounded: true,
+            context_kind: "user".into(),
+            included: vec![("user".into(), members)],
+            excluded: vec![],
+        },
+    );
+    let report = dir.join("report.json");
+    let mut command = sync_command(dir, &emulator, "model.csv", Some(&report));
+    command.arg("--full");
+    let started = Instant::now();
+    let (ok, peak_kib) = run_and_measure(command);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(ok, "the --full sync failed; see {}", report.display());
+    let members = emulator.included("default", "production", "audience", "user");
+    assert_eq!(members.len() as u64, n, "the segment holds the model");
+    assert!(members.iter().all(|k| !k.starts_with("usr_by_hand_")));
+    let requests = emulator.requests();
+    println!("machine: {} cores, {}", cores(), memory_total());
+    println!(
+        "sync --full of {n} keys through an export ({drift} added and {drift} removed by hand): {elapsed:.1} s, \
+         {} requests ({} file download), peak RSS {:.1} MiB",
+        requests.len(),
+        emulator.file_requests().len(),
+        peak_kib as f64 / 1024.0
+    );
 }
 
 fn write_keys(path: &Path, keys: impl Iterator<Item = String>) {
@@ -196,7 +280,8 @@ enum State {
     Postgres(String),
 }
 
-fn write_project(dir: &Path, state: &State) {
+/// The benchmark's project: one mirror sync `audience` of a big segment, with `settings` (lines of YAML) added to it.
+fn write_project(dir: &Path, state: &State, settings: &str) {
     let state = match state {
         State::Local => "  kind: local\n  directory: state\n".to_string(),
         State::Postgres(url) => {
@@ -243,7 +328,7 @@ state:
     segment: audience
     mode: mirror
     create_segment: big
-    gates:
+{settings}    gates:
       max_remove_percent: 100
 "
         ),

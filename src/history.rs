@@ -82,6 +82,9 @@ pub struct RunRecord {
     /// What an events sync sent and left out (`None` for segment syncs).
     #[serde(default)]
     pub events: Option<EventCounts>,
+    /// Whether the run compared with the segment's real membership (`--full`, or the sync's `full_every` due).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
     pub calls: CallStats,
     pub error: Option<String>,
 }
@@ -137,6 +140,7 @@ mod tests {
             excluded: KeySample::default(),
             drift: None,
             events: None,
+            full: false,
             calls: CallStats {
                 requests: 3,
                 retries: 1,

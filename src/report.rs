@@ -17,7 +17,7 @@ use crate::plan::EventPlan;
 use crate::plan::{PlanOutcome, SyncPlan, SyncPlanError};
 use crate::run::SyncReport;
 use crate::set_engine::KeyList;
-use crate::vocab::Action;
+use crate::vocab::{Action, Delivery};
 
 /// The result of planning one segment sync.
 pub type PlanResult = Result<SyncPlan, SyncPlanError>;
@@ -448,11 +448,11 @@ fn describe_requests(plan: &SyncPlan) -> String {
     if count == 0 {
         return "none".to_string();
     }
-    let part = |action: Action| {
+    let part = |action: Action, delivery: Delivery| {
         let sizes: Vec<usize> = plan
             .requests
             .iter()
-            .filter(|r| r.action == action)
+            .filter(|r| r.action == action && r.delivery == delivery)
             .map(|r| r.keys)
             .collect();
         let (first, last) = (*sizes.first()?, *sizes.last()?);
@@ -465,17 +465,32 @@ fn describe_requests(plan: &SyncPlan) -> String {
             n if first == last => format!("{n} × {first}"),
             n => format!("{} × {first} + {last}", n - 1),
         };
-        Some(format!("{} {sizes} keys", action.as_str()))
+        let how = match delivery {
+            Delivery::Batch => "",
+            Delivery::Import => " by CSV import",
+        };
+        Some(format!("{} {sizes} keys{how}", action.as_str()))
     };
-    let parts: Vec<String> = [part(Action::Add), part(Action::Remove)]
-        .into_iter()
-        .flatten()
-        .collect();
-    let plural = if count == 1 { "" } else { "s" };
-    format!(
-        "{count} semantic-patch request{plural}: {}",
-        parts.join(", then ")
-    )
+    let parts: Vec<String> = [
+        part(Action::Add, Delivery::Import),
+        part(Action::Add, Delivery::Batch),
+        part(Action::Remove, Delivery::Batch),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let imports = plan.imports();
+    let requests = match (imports, count - imports) {
+        (0, batches) => format!("{batches} semantic-patch request{}", plural(batches)),
+        (imports, 0) => format!("{imports} CSV import{}", plural(imports)),
+        (imports, batches) => format!(
+            "{imports} CSV import{} and {batches} batch request{}",
+            plural(imports),
+            plural(batches)
+        ),
+    };
+    format!("{requests}: {}", parts.join(", then "))
 }
 
 /// A table in the style of every ldsync report, with `header`.

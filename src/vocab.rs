@@ -1,5 +1,5 @@
-//! The words every layer of ldsync shares: what a request does to a segment ([`Action`]), which kind of segment it
-//! is ([`SegmentKind`]), which way a key moved between a baseline and the model ([`Direction`]), and who must act
+//! The words every layer of ldsync shares: what a request does to a segment ([`Action`]), how it carries its keys
+//! ([`Delivery`]), which kind of segment it is ([`SegmentKind`]), which way a key moved between a baseline and the model ([`Direction`]), and who must act
 //! on an error ([`ErrorClass`]). Plain data; nothing here does I/O or knows about the warehouse, the state store
 //! or LaunchDarkly.
 
@@ -20,6 +20,23 @@ impl Action {
             Action::Add => "add",
             Action::Remove => "remove",
         }
+    }
+}
+
+/// How a request carries its keys to LaunchDarkly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// A batch of target changes (a semantic patch, or `POST …/contexts` on a big segment).
+    #[default]
+    Batch,
+    /// A CSV file uploaded as a big segment's import (merge mode), then waited on until LaunchDarkly completes it.
+    Import,
+}
+
+impl Delivery {
+    pub fn is_batch(&self) -> bool {
+        *self == Delivery::Batch
     }
 }
 

@@ -66,6 +66,7 @@ fn past_run(sync: &str, started_at: DateTime<Utc>) -> RunRecord {
         excluded: Default::default(),
         drift: None,
         events: None,
+        full: false,
         calls: CallStats::default(),
         error: None,
     }

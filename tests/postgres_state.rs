@@ -612,7 +612,7 @@ fn the_store_is_created_by_its_migrations_once_and_a_bad_url_keeps_its_password(
             "SELECT version::text, success::text FROM {}._sqlx_migrations",
             schema.name
         )),
-        [1, 2].map(|version| [Some(version.to_string()), Some("true".to_string())])
+        [1, 2, 3].map(|version| [Some(version.to_string()), Some("true".to_string())])
     );
     let tables: BTreeSet<String> = schema
         .query(&format!(

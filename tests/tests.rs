@@ -9,6 +9,7 @@
 
 mod util;
 
+mod big_segments;
 mod config_and_validate;
 mod daemon;
 mod dbt;

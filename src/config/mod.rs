@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod big_segment;
 mod dbt;
 mod engine;
 mod fields;
@@ -30,6 +31,9 @@ mod syncs;
 mod visit;
 mod warehouse;
 
+pub use big_segment::{
+    BigSegmentSettings, DEFAULT_IMPORT_ABOVE, MAX_FILE_BYTES, MAX_KEYS_PER_FILE,
+};
 pub use dbt::{DbtConfig, DbtOwner, DbtRef, Model};
 pub use engine::{DEFAULT_ENGINE_MEMORY, SetEngineConfig, SetEngineSettings, parse_size};
 pub use interpolate::{Statement, interpolate};

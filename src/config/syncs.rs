@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::big_segment::BigSegmentSettings;
 use super::dbt::Model;
 use super::fields::{ColumnName, ContextKind, column_name, context_kind, resource_key, sync_name};
 use super::visit::{from_number, from_str};
@@ -125,6 +126,13 @@ pub struct SegmentSyncConfig {
     /// Create the segment, of this type, when it does not exist yet; without it a missing segment is an error.
     #[serde(default)]
     pub create_segment: Option<SegmentKind>,
+    /// How a big segment's large changes go: CSV imports above a threshold (see [`BigSegmentSettings`]).
+    #[serde(default)]
+    pub big_segment: BigSegmentSettings,
+    /// Compare with the segment's real membership (as `--full` does) when the last run that did is older than
+    /// this: what finds and repairs hand edits on a big segment, which is otherwise compared with the checkpoint.
+    #[serde(default, deserialize_with = "full_every")]
+    pub full_every: Option<Duration>,
 }
 
 impl SegmentSyncConfig {
@@ -261,6 +269,16 @@ fn optional_column_name<'de, D: Deserializer<'de>>(
 
 fn lateness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     duration_field(deserializer, "lateness", "0s, 30m or 2h")
+}
+
+fn full_every<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let every = duration_field(deserializer, "full_every", "7d or 24h")?;
+    if every.is_zero() {
+        return Err(de::Error::custom(
+            "`full_every` must be longer than 0s; leave it out to compare with the checkpoint only",
+        ));
+    }
+    Ok(Some(every))
 }
 
 fn max_future<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

@@ -240,6 +240,7 @@ mod tests {
                 excluded: Default::default(),
                 drift: None,
                 events: None,
+                full: false,
                 error: None,
             },
             gate_stops: Vec::new(),

@@ -97,6 +97,24 @@ pub enum ApiError {
     },
     #[error("{what}: LaunchDarkly's answer could not be read: {problem}")]
     BadAnswer { what: String, problem: String },
+    #[error(
+        "LaunchDarkly stopped import {id} of big segment `{segment}`, so its keys were not added; the next run plans \
+         afresh from the checkpoint and the segment's real state"
+    )]
+    ImportStopped { segment: String, id: String },
+    #[error(
+        "LaunchDarkly stopped export {id} of big segment `{segment}`, so its members could not be read; nothing was \
+         changed, and the next run exports again"
+    )]
+    ExportStopped { segment: String, id: String },
+    #[error(
+        "cannot download the export of big segment `{segment}` from {host}: {problem}; the next run exports again"
+    )]
+    Download {
+        segment: String,
+        host: String,
+        problem: String,
+    },
 }
 
 impl ApiError {
@@ -106,7 +124,9 @@ impl ApiError {
     pub fn is_final_for_batch(&self) -> bool {
         matches!(
             self,
-            ApiError::Rejected { .. } | ApiError::UnknownSegment { .. }
+            ApiError::Rejected { .. }
+                | ApiError::UnknownSegment { .. }
+                | ApiError::ImportStopped { .. }
         )
     }
 }

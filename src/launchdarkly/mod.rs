@@ -4,12 +4,16 @@
 //! and retried by [`pacing::RetrySchedule`] where retrying is safe (429, 5xx, 409, timeouts, lost connections),
 //! and every refusal becomes an [`ApiError`] that says what to fix.
 
+pub mod big_segment;
 mod error;
+mod export_file;
 pub mod pacing;
 mod segment;
 pub mod token;
 
+pub use big_segment::{BulkStatus, Export, ImportMode, ImportStart, import_file};
 pub use error::{ApiError, ErrorAnswer};
+pub use export_file::{ExportFile, ExportFileError};
 pub use segment::{Segment, parse_segment, semantic_patch};
 
 use std::sync::Mutex;
@@ -71,6 +75,10 @@ enum Call<'a> {
     GetProject,
     GetEnvironment,
     ImportEvents,
+    StartImport(&'a str),
+    GetImport(&'a str),
+    StartExport(&'a str),
+    GetExport(&'a str),
 }
 
 impl Call<'_> {
@@ -85,6 +93,10 @@ impl Call<'_> {
             Call::GetProject => "reading the project".to_string(),
             Call::GetEnvironment => "reading the environment".to_string(),
             Call::ImportEvents => "importing metric events".to_string(),
+            Call::StartImport(key) => format!("uploading a CSV import into big segment `{key}`"),
+            Call::GetImport(key) => format!("reading an import of big segment `{key}`"),
+            Call::StartExport(key) => format!("starting an export of big segment `{key}`"),
+            Call::GetExport(key) => format!("reading an export of big segment `{key}`"),
         }
     }
 
@@ -92,9 +104,14 @@ impl Call<'_> {
     fn role_action(&self) -> &'static str {
         match self {
             Call::CreateSegment(_) => "createSegment",
-            Call::ChangeTargets(..) => "updateIncluded",
+            Call::ChangeTargets(..) | Call::StartImport(_) => "updateIncluded",
             Call::ImportEvents => "importEventData",
-            Call::GetSegment(_) | Call::GetProject | Call::GetEnvironment => "viewProject",
+            Call::GetSegment(_)
+            | Call::GetProject
+            | Call::GetEnvironment
+            | Call::GetImport(_)
+            | Call::StartExport(_)
+            | Call::GetExport(_) => "viewProject",
         }
     }
 }
@@ -102,12 +119,16 @@ impl Call<'_> {
 /// The body of a successful answer.
 struct Answer {
     body: String,
+    /// The `Location` header, where a bulk call names what it started.
+    location: Option<String>,
 }
 
 /// A client for one project and environment.
 #[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
+    /// For export files: no overall deadline (they can be large), only one between reads.
+    download: reqwest::Client,
     base_url: String,
     events_base_url: String,
     token: AccessToken,
@@ -130,8 +151,14 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()?;
+        let download = reqwest::Client::builder()
+            .user_agent(concat!("ldsync/", env!("CARGO_PKG_VERSION")))
+            .read_timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .build()?;
         Ok(Client {
             http,
+            download,
             base_url: config.base_url.clone(),
             events_base_url: config.events_base_url.clone(),
             token,
@@ -215,7 +242,7 @@ impl Client {
                     .await?
                     .ok_or_else(|| self.unknown_segment(key))
             }
-            Err(NotDone::Missing) => {
+            Err(NotDone::Missing | NotDone::Busy(_)) => {
                 self.check_project_and_environment().await?;
                 Err(self.unknown_segment(key))
             }
@@ -423,11 +450,18 @@ impl Client {
         schedule: &mut RetrySchedule,
     ) -> Result<Verdict, ApiError> {
         if status.is_success() {
-            return Ok(Verdict::Final(Ok(Answer { body })));
+            let location = headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            return Ok(Verdict::Final(Ok(Answer { body, location })));
         }
         let ErrorAnswer { code, message } = ErrorAnswer::read(&body, &self.token);
         if matches!(call, Call::CreateSegment(_)) && is_duplicate(status, &message) {
             return Ok(Verdict::Final(Err(NotDone::AlreadyExists)));
+        }
+        if matches!(call, Call::StartImport(_)) && status == StatusCode::CONFLICT {
+            return Ok(Verdict::Final(Err(NotDone::Busy(message))));
         }
         let failure = format!("{} {}", status.as_u16(), message.trim());
         match status {
@@ -495,6 +529,8 @@ enum NotDone {
     /// A create answered 409, or 400 saying the key is taken: someone else created the segment first (or an
     /// earlier attempt did, whose answer was lost).
     AlreadyExists,
+    /// An import answered 409: another import of the environment is running (LaunchDarkly's message).
+    Busy(String),
 }
 
 /// Whether a refused create says the key is already taken. LaunchDarkly's status for that is unconfirmed: 409, or

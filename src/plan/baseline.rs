@@ -1,11 +1,15 @@
 //! What a segment sync's model is compared with, decided before the model runs: the checkpoint, the segment's
 //! real membership, or nothing. Pure; the segment and the checkpoint are read by the caller.
 
-use arrow::array::StringArray;
+use std::sync::LazyLock;
+
+use arrow::array::{Array, StringArray};
+use duckdb::Connection;
 
 use super::PlanError;
 use crate::config::{Mode, SegmentSyncConfig};
 use crate::launchdarkly::Segment;
+use crate::set_engine::{KeyTable, SetEngineError};
 use crate::state::Checkpoint;
 
 /// What a sync's model keys are compared with.
@@ -14,10 +18,47 @@ pub enum Baseline<'a> {
     /// The last committed checkpoint; `None` on a first run, which compares with nothing.
     Checkpoint(Option<&'a Checkpoint>),
     /// The segment's real membership of the sync's context kind, distinct (first runs and `--full`).
-    Membership(&'a StringArray),
+    Membership(Members<'a>),
     /// Nothing, because the segment does not exist yet: an add or mirror sync's first run, which creates it (or
     /// stops, without `create_segment`).
     Absent,
+}
+
+/// The members of a segment that has none.
+static NO_KEYS: LazyLock<StringArray> = LazyLock::new(|| StringArray::from(Vec::<&str>::new()));
+
+/// A segment's real membership of the sync's context kind.
+#[derive(Clone, Copy)]
+pub enum Members<'a> {
+    /// As the segment's JSON lists them (a standard segment), distinct.
+    Listed(&'a StringArray),
+    /// A big segment's, read from its export into the set engine.
+    Exported(&'a KeyTable<'a>),
+}
+
+impl<'a> Members<'a> {
+    /// How many members there are.
+    pub fn count(&self) -> u64 {
+        match self {
+            Members::Listed(keys) => keys.len() as u64,
+            Members::Exported(table) => table.count,
+        }
+    }
+
+    /// The members as a table of the set engine: listed ones are loaded into `slot`.
+    pub fn table<'s, 'e>(
+        &self,
+        engine: &'e Connection,
+        slot: &'s mut Option<KeyTable<'e>>,
+    ) -> Result<&'s KeyTable<'e>, SetEngineError>
+    where
+        'a: 's + 'e,
+    {
+        match *self {
+            Members::Listed(keys) => Ok(slot.insert(KeyTable::load(engine, keys)?)),
+            Members::Exported(table) => Ok(table),
+        }
+    }
 }
 
 impl Baseline<'_> {
@@ -43,7 +84,7 @@ pub fn choose_baseline<'p>(
     sync: &SegmentSyncConfig,
     segment: Option<&Segment>,
     checkpoint: Option<&'p Checkpoint>,
-    members: &'p StringArray,
+    members: Option<Members<'p>>,
 ) -> Result<Baseline<'p>, PlanError> {
     let Some(segment) = segment else {
         return match checkpoint {
@@ -56,13 +97,15 @@ pub fn choose_baseline<'p>(
             None => Ok(Baseline::Absent),
         };
     };
-    let listed = segment.members.is_some();
-    Ok(match checkpoint {
-        _ if listed && sync.mode == Mode::Mirror => Baseline::Membership(members),
-        Some(checkpoint) => Baseline::Checkpoint(Some(checkpoint)),
-        None if listed || segment.member_count == 0 => Baseline::Membership(members),
-        None if sync.mode != Mode::Mirror => Baseline::Checkpoint(None),
-        None => {
+    Ok(match (checkpoint, members) {
+        (_, Some(members)) if sync.mode == Mode::Mirror => Baseline::Membership(members),
+        (Some(checkpoint), _) => Baseline::Checkpoint(Some(checkpoint)),
+        (None, Some(members)) => Baseline::Membership(members),
+        (None, None) if segment.member_count == 0 => {
+            Baseline::Membership(Members::Listed(&NO_KEYS))
+        }
+        (None, None) if sync.mode != Mode::Mirror => Baseline::Checkpoint(None),
+        (None, None) => {
             return Err(PlanError::BigSegmentMembersUnknown {
                 segment: sync.segment.clone(),
                 count: segment.member_count,

@@ -7,9 +7,9 @@ mod sync_plan;
 
 use arrow::array::{Array, StringArray};
 
-use crate::config::{Config, Mode, SegmentSyncConfig};
+use crate::config::{Config, MAX_FILE_BYTES, Mode, SegmentSyncConfig};
 use crate::dbt::{DbtModel, ModelError, ModelSql, model_sql};
-use crate::launchdarkly::Segment;
+use crate::launchdarkly::{ExportFile, ExportFileError, Segment};
 use crate::progress;
 use crate::set_engine::{
     Delta, Fold, KeyList, KeyRead, KeySource, KeyTable, Listing, ModelKeys, SetEngineError, held_by,
@@ -20,14 +20,17 @@ use crate::vocab::ErrorClass;
 use crate::vocab::SegmentKind;
 use crate::warehouse::{KeyColumn, Warehouse, WarehouseError};
 
-pub use baseline::Baseline;
 use baseline::choose_baseline;
+pub use baseline::{Baseline, Members};
 pub use events::{EventPlan, EventPlanner};
 pub use sync_plan::{
     CheckpointInfo, Drift, GateStop, KeySample, PlanOutcome, PlannedRequest,
     STANDARD_SEGMENT_MAX_TARGETS, SyncPlan, requests,
 };
 use sync_plan::{gate_stops, notes, remove_mode_percent_gate, sorted_contains};
+
+/// Keys read from an export file at a time, into the set engine.
+const EXPORT_CHUNK: usize = 65_536;
 
 /// Why one sync could not be planned.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub enum PlanError {
         environment: String,
         keys: KeySample,
     },
+    #[error(transparent)]
+    ExportFile(#[from] ExportFileError),
     /// Reading the segment for a plan against its real membership (`plan --full`) failed.
     #[error("{0}")]
     LaunchDarkly(String),
@@ -91,6 +96,7 @@ impl PlanError {
             PlanError::SegmentDeleted { .. }
             | PlanError::BigSegmentMembersUnknown { .. }
             | PlanError::RemoveFromMissingSegment { .. }
+            | PlanError::ExportFile(_)
             | PlanError::LaunchDarkly(_) => ErrorClass::LaunchDarkly,
         }
     }
@@ -179,9 +185,19 @@ impl<'a> Planner<'a> {
         let checkpoint = self.checkpoint(sync)?;
         let baseline = Baseline::Checkpoint(checkpoint.as_ref());
         let (model, dbt) = self.model_keys(sync, baseline)?;
-        let mut plan = self
-            .plan_against(sync, model, dbt, baseline, Listing::Listed)?
-            .plan;
+        let mut planned = self.plan_against(sync, model, dbt, baseline, Listing::Listed)?;
+        if sync.create_segment == Some(SegmentKind::Big) {
+            self.choose_delivery(sync, &mut planned)?;
+        } else if planned.plan.adds.len() as u64 > sync.big_segment.import_above {
+            planned.plan.notes.push(format!(
+                "if segment `{}` is a big segment, the {} keys to add go as CSV imports (more than \
+                 big_segment.import_above: {}); this offline plan does not read the segment's type",
+                sync.segment,
+                planned.plan.adds.len(),
+                sync.big_segment.import_above
+            ));
+        }
+        let mut plan = planned.plan;
         if plan.mode == Mode::Remove && !plan.removes.is_empty() {
             plan.notes.push(
                 "gates.max_remove_percent is a share of the segment's members, which `ldsync sync` reads before \
@@ -202,15 +218,22 @@ impl<'a> Planner<'a> {
         segment: Option<Segment>,
         full: bool,
         listing: Listing,
+        exported: Option<&mut ExportFile>,
     ) -> Result<ExecutablePlan<'a>, SyncPlanError> {
         let checkpoint = if full { None } else { self.checkpoint(sync)? };
-        let members = StringArray::from_iter_values(
-            segment
-                .as_ref()
-                .and_then(|s| s.members.as_deref())
-                .unwrap_or_default(),
-        );
-        let baseline = choose_baseline(sync, segment.as_ref(), checkpoint.as_ref(), &members)
+        let listed = segment
+            .as_ref()
+            .and_then(|s| s.members.as_deref())
+            .map(StringArray::from_iter_values);
+        let exported = exported
+            .map(|file| self.load_export(sync, file))
+            .transpose()?;
+        let members = match (&exported, &listed) {
+            (Some(table), _) => Some(Members::Exported(table)),
+            (None, Some(keys)) => Some(Members::Listed(keys)),
+            (None, None) => None,
+        };
+        let baseline = choose_baseline(sync, segment.as_ref(), checkpoint.as_ref(), members)
             .map_err(|e| self.error(sync, e))?;
         let (model, dbt) = self.model_keys(sync, baseline)?;
         let big = match &segment {
@@ -235,6 +258,13 @@ impl<'a> Planner<'a> {
             None if sync.mode == Mode::Remove => self.fit_to_missing_segment(sync, &mut planned)?,
             None => {}
         }
+        let into_big_segment = match &segment {
+            Some(segment) => segment.kind == SegmentKind::Big,
+            None => sync.create_segment == Some(SegmentKind::Big),
+        };
+        if into_big_segment {
+            self.choose_delivery(sync, &mut planned)?;
+        }
         planned.keep_checkpoint = match (&segment, &checkpoint) {
             (None, _) => true,
             (Some(_), None) => false,
@@ -244,6 +274,57 @@ impl<'a> Planner<'a> {
         };
         planned.segment = segment;
         Ok(planned)
+    }
+
+    /// Sends a big segment's adds as CSV imports when there are more than the sync's `big_segment.import_above`:
+    /// files of at most `keys_per_file` keys, and fewer when the keys are long, so that no file passes
+    /// LaunchDarkly's 40 MB.
+    fn choose_delivery(
+        &self,
+        sync: &SegmentSyncConfig,
+        planned: &mut ExecutablePlan<'_>,
+    ) -> Result<(), SyncPlanError> {
+        let settings = &sync.big_segment;
+        let adds = planned.plan.adds.len() as u64;
+        if adds <= settings.import_above {
+            return Ok(());
+        }
+        let longest = planned
+            .plan
+            .adds
+            .longest_csv_line(planned.delta.engine())
+            .map_err(|e| self.error(sync, e))?;
+        let keys_per_file = settings
+            .keys_per_file
+            .min(MAX_FILE_BYTES / longest.max(1))
+            .max(1);
+        planned.plan.import_adds(keys_per_file as usize);
+        planned.plan.notes.push(format!(
+            "the {adds} keys to add go as {} CSV import(s) of at most {keys_per_file} keys (more than \
+             big_segment.import_above: {}); removes go in batches",
+            planned.plan.imports(),
+            settings.import_above
+        ));
+        Ok(())
+    }
+
+    /// Reads a big segment's export file into the set engine, chunk by chunk.
+    fn load_export(
+        &self,
+        sync: &SegmentSyncConfig,
+        file: &mut ExportFile,
+    ) -> Result<KeyTable<'a>, SyncPlanError> {
+        let mut load = || -> Result<KeyTable<'a>, PlanError> {
+            let mut table = KeyTable::start(self.warehouse.engine()?)?;
+            for keys in file.key_chunks(EXPORT_CHUNK)? {
+                table.append(&StringArray::from(keys?))?;
+            }
+            Ok(table.finish()?)
+        };
+        let reading = progress::step_spinner(&sync.name, "reading the export", self.progress);
+        let table = load();
+        reading.finish_and_clear();
+        table.map_err(|e| self.error(sync, e))
     }
 
     /// A remove sync whose segment does not exist has nothing to remove: a success that says so when the model has
@@ -442,7 +523,7 @@ impl<'a> Planner<'a> {
         &self,
         sync: &SegmentSyncConfig,
         checkpoint: &Checkpoint,
-        members: &StringArray,
+        members: Members<'_>,
         excluded: &[String],
     ) -> Result<Drift, SyncPlanError> {
         self.find_drift(checkpoint, members, excluded)
@@ -452,14 +533,15 @@ impl<'a> Planner<'a> {
     fn find_drift(
         &self,
         checkpoint: &Checkpoint,
-        members: &StringArray,
+        members: Members<'_>,
         excluded: &[String],
     ) -> Result<Drift, SetEngineError> {
         let engine = self.warehouse.engine()?;
-        let members = KeyTable::load(engine, members)?;
+        let mut loaded = None;
+        let members = members.table(engine, &mut loaded)?;
         let delta = Delta::between(
             engine,
-            KeySource::Table(&members),
+            KeySource::Table(members),
             KeySource::Snapshot(checkpoint.fetch_snapshot()?),
         )?;
         let left = delta.left_keys()?;
@@ -538,7 +620,7 @@ fn plan_keys<'e>(
     listing: Listing,
 ) -> Result<(SyncPlan, Delta<'e>), PlanError> {
     let engine = model.engine();
-    let members_table;
+    let mut members_table = None;
     let (diff, baseline_keys, baseline_count) = match baseline {
         Baseline::Checkpoint(checkpoint) if model.in_warehouse() => {
             let table = checkpoint
@@ -558,8 +640,8 @@ fn plan_keys<'e>(
                 ),
                 Baseline::Checkpoint(None) | Baseline::Absent => (KeySource::Nothing, 0),
                 Baseline::Membership(members) => {
-                    members_table = KeyTable::load(engine, members)?;
-                    (KeySource::Table(&members_table), members_table.count)
+                    let table = members.table(engine, &mut members_table)?;
+                    (KeySource::Table(table), table.count)
                 }
             };
             (
@@ -574,7 +656,7 @@ fn plan_keys<'e>(
     let members = match baseline {
         Baseline::Checkpoint(_) if sync.mode == Mode::Remove => None,
         Baseline::Checkpoint(checkpoint) => Some(checkpoint.map_or(0, |c| c.manifest.key_count)),
-        Baseline::Membership(members) => Some(members.len() as u64),
+        Baseline::Membership(members) => Some(members.count()),
         Baseline::Absent => Some(0),
     };
     let mut plan = SyncPlan {
@@ -634,7 +716,7 @@ fn key_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vocab::Action;
+    use crate::vocab::{Action, Delivery};
 
     #[test]
     fn requests_carry_adds_then_removes_in_full_batches() {
@@ -644,19 +726,23 @@ mod tests {
             vec![
                 PlannedRequest {
                     action: Action::Add,
-                    keys: 1500
+                    keys: 1500,
+                    delivery: Delivery::Batch
                 },
                 PlannedRequest {
                     action: Action::Add,
-                    keys: 1500
+                    keys: 1500,
+                    delivery: Delivery::Batch
                 },
                 PlannedRequest {
                     action: Action::Add,
-                    keys: 1
+                    keys: 1,
+                    delivery: Delivery::Batch
                 },
                 PlannedRequest {
                     action: Action::Remove,
-                    keys: 1500
+                    keys: 1500,
+                    delivery: Delivery::Batch
                 },
             ]
         );

@@ -2,18 +2,18 @@
 //! them), what it found (counts, drift, excluded keys), and what would stop it (removal gates). `plan` prints it;
 //! `sync` executes it. Pure data and its rules; no I/O.
 
-use arrow::array::{Array, StringArray};
+use arrow::array::StringArray;
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
-use super::Baseline;
+use super::{Baseline, Members};
 use crate::config::{Mode, SegmentSyncConfig};
 use crate::dbt::DbtModel;
 use crate::keys::KeyStats;
 use crate::launchdarkly::Segment;
 use crate::set_engine::KeyList;
 use crate::state::Manifest;
-use crate::vocab::Action;
+use crate::vocab::{Action, Delivery};
 
 /// A standard LaunchDarkly segment holds at most this many individual targets.
 pub const STANDARD_SEGMENT_MAX_TARGETS: u64 = 15_000;
@@ -41,6 +41,7 @@ impl CheckpointInfo {
 pub struct PlannedRequest {
     pub action: Action,
     pub keys: usize,
+    pub delivery: Delivery,
 }
 
 /// A removal gate that would stop the sync before its first call.
@@ -225,6 +226,23 @@ impl SyncPlan {
         self.requests = requests(self.adds.len(), self.removes.len(), batch_size);
     }
 
+    /// Sends the adds as CSV imports of at most `keys_per_file` keys each, instead of batches.
+    pub fn import_adds(&mut self, keys_per_file: usize) {
+        let adds = self.adds.len();
+        let removes = self.requests.iter().filter(|r| r.action == Action::Remove);
+        self.requests = cut(Action::Add, adds, keys_per_file, Delivery::Import)
+            .chain(removes.cloned())
+            .collect();
+    }
+
+    /// How many of the plan's requests are CSV imports.
+    pub fn imports(&self) -> usize {
+        self.requests
+            .iter()
+            .filter(|r| r.delivery == Delivery::Import)
+            .count()
+    }
+
     /// How many targets a standard segment would hold once this plan is applied: its targets now, plus the adds
     /// it does not hold, less the removes it does.
     pub fn targets_after(&self, segment: &Segment) -> u64 {
@@ -279,15 +297,23 @@ pub(super) fn sorted_contains(keys: &[String], key: &str) -> bool {
 
 /// The requests that carry `adds` then `removes`, in batches of at most `batch_size`.
 pub fn requests(adds: usize, removes: usize, batch_size: usize) -> Vec<PlannedRequest> {
-    let batches = |action, total: usize| {
-        (0..total.div_ceil(batch_size)).map(move |i| PlannedRequest {
-            action,
-            keys: batch_size.min(total - i * batch_size),
-        })
-    };
-    batches(Action::Add, adds)
-        .chain(batches(Action::Remove, removes))
+    cut(Action::Add, adds, batch_size, Delivery::Batch)
+        .chain(cut(Action::Remove, removes, batch_size, Delivery::Batch))
         .collect()
+}
+
+/// `total` keys cut into requests of at most `size` keys.
+fn cut(
+    action: Action,
+    total: usize,
+    size: usize,
+    delivery: Delivery,
+) -> impl Iterator<Item = PlannedRequest> {
+    (0..total.div_ceil(size)).map(move |i| PlannedRequest {
+        action,
+        keys: size.min(total - i * size),
+        delivery,
+    })
 }
 
 /// The removal gates the sync's settings say this run would trip.
@@ -342,9 +368,13 @@ pub(super) fn percent_gate(
 pub(super) fn notes(plan: &SyncPlan, baseline: Baseline<'_>) -> Vec<String> {
     let mut notes = Vec::new();
     if let Baseline::Membership(members) = baseline {
+        let source = match members {
+            Members::Listed(_) => "",
+            Members::Exported(_) => ", read through an export",
+        };
         notes.push(format!(
-            "compared with the segment's real membership ({} {} targets), not with a checkpoint",
-            members.len(),
+            "compared with the segment's real membership ({} {} targets{source}), not with a checkpoint",
+            members.count(),
             plan.context_kind
         ));
     } else if let Baseline::Absent = baseline {

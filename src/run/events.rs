@@ -207,9 +207,12 @@ impl Runner<'_> {
             &mut journal,
             tally,
             |batch: &EventBatch| ("import", format!("{} events", batch.events)),
-            async |batch: &EventBatch| {
+            async |batch: &EventBatch, _: &mut EventJournal| {
                 let payload = batch.payload.as_bytes();
-                self.client.import_events(payload, &batch.payload_id).await
+                Ok(self
+                    .client
+                    .import_events(payload, &batch.payload_id)
+                    .await?)
             },
         )
         .await?;

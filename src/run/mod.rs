@@ -8,6 +8,8 @@
 //! steps of a segment sync, [`events`] those of an events sync.
 
 mod events;
+mod export;
+mod import;
 mod segment;
 mod send;
 
@@ -145,6 +147,31 @@ pub enum RunError {
          stay in the journal for the next run"
     )]
     StoppedAtOnce,
+    #[error(
+        "import {id} of big segment `{segment}` awaits approval in LaunchDarkly; nothing failed, and the checkpoint \
+         did not move: once a reviewer approves it (or declines it), run `ldsync sync` again, which waits on that \
+         same import and finishes the run"
+    )]
+    ImportAwaitsApproval { segment: String, id: String },
+    #[error(
+        "waited {waited} for {what} (LaunchDarkly says: {last}), as long as big_segment.wait allows; the checkpoint \
+         did not move, and the run journal keeps any import already submitted, so the next `ldsync sync` waits on \
+         that import rather than uploading it again (raise big_segment.wait to wait longer)"
+    )]
+    BulkWaitSpent {
+        what: String,
+        waited: String,
+        last: String,
+    },
+    #[error(
+        "batch {batch} of the run journal {path} was submitted as import {id} with other keys than the journal now \
+         holds; move the journal aside and run `ldsync sync --full` to reconcile the segment"
+    )]
+    ImportChanged {
+        id: String,
+        batch: usize,
+        path: String,
+    },
 }
 
 impl RunError {
@@ -161,10 +188,12 @@ impl RunError {
             RunError::StandardSegmentFull { .. } => ErrorClass::Data,
             RunError::CreatedElsewhere { .. }
             | RunError::FailedPartway { .. }
-            | RunError::Refused { .. } => ErrorClass::LaunchDarkly,
-            RunError::JournalSettings { .. } | RunError::EventJournalSettings { .. } => {
-                ErrorClass::StateStore
-            }
+            | RunError::Refused { .. }
+            | RunError::ImportAwaitsApproval { .. }
+            | RunError::BulkWaitSpent { .. } => ErrorClass::LaunchDarkly,
+            RunError::JournalSettings { .. }
+            | RunError::EventJournalSettings { .. }
+            | RunError::ImportChanged { .. } => ErrorClass::StateStore,
             // A signal is not a failure; its exit code is 130 whatever the class says.
             RunError::StoppedBeforeSending | RunError::Stopped { .. } | RunError::StoppedAtOnce => {
                 ErrorClass::Internal
@@ -232,6 +261,8 @@ pub(crate) struct Tally {
     pub(crate) notes: Vec<String>,
     /// An events sync's counts.
     pub(crate) events: Option<EventCounts>,
+    /// Whether the run compared with the segment's real membership.
+    full: bool,
 }
 
 impl Tally {
@@ -407,6 +438,7 @@ impl<'a> Runner<'a> {
             excluded: tally.excluded,
             drift: tally.drift,
             events: tally.events,
+            full: tally.full,
             calls: self.client.stats().since(&calls_before),
             error,
         };

@@ -3,8 +3,8 @@
 //! run the model; read the segment (every run, so a wrong token fails even when nothing changed); plan against the
 //! checkpoint or the segment's real membership, around the keys LaunchDarkly holds as excluded; stop at a removal
 //! gate before any change; check or create the segment; write the new snapshot and the journal of batches; send
-//! adds then removes, recording each acknowledgement; and commit the checkpoint only when every batch is
-//! acknowledged.
+//! adds then removes (a big segment's large adds as CSV imports, see [`super::import`]), recording each
+//! acknowledgement; and commit the checkpoint only when every batch is acknowledged.
 
 use std::collections::BTreeSet;
 
@@ -24,8 +24,7 @@ use crate::set_engine::{Listing, SetEngineError};
 use crate::state::{
     CheckpointSettings, Journal, JournalBatch, JournalHeader, PreparedSnapshot, RunIdentity,
 };
-use crate::vocab::Action;
-use crate::vocab::SegmentKind;
+use crate::vocab::{Action, Delivery, SegmentKind};
 
 /// What a segment sync's run is, and what it commits once every batch is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +43,10 @@ pub struct RunHeader {
 pub struct Batch {
     pub index: usize,
     pub action: Action,
+    /// How the keys go: a batch of target changes (what journals written before imports existed hold), or a
+    /// big segment's CSV import.
+    #[serde(default, skip_serializing_if = "Delivery::is_batch")]
+    pub delivery: Delivery,
     pub keys: Vec<String>,
 }
 
@@ -84,9 +87,15 @@ impl Runner<'_> {
             .client
             .get_segment(&sync.segment, &sync.context_kind)
             .await?;
+        let mut exported = match &segment {
+            Some(segment) if self.needs_export(sync, segment, full)? => {
+                Some(self.export_members(sync).await?)
+            }
+            _ => None,
+        };
         Ok(self
             .planner
-            .plan_for_segment(sync, segment, full, listing)?)
+            .plan_for_segment(sync, segment, full, listing, exported.as_mut())?)
     }
 
     /// `ldsync plan --full`: the plan a `sync --full` would execute, against the segment's real membership.
@@ -109,6 +118,11 @@ impl Runner<'_> {
         tally: &mut Tally,
     ) -> Result<RunOutcome, RunError> {
         let settings = CheckpointSettings::of(self.config, sync);
+        let options = SyncOptions {
+            full: options.full || self.full_due(sync)?,
+            ..options
+        };
+        tally.full = options.full;
         self.settle_journal(sync, &settings, options, tally).await?;
         let mut run = self.plan_run(sync, options.full, Listing::InEngine).await?;
         tally.planned(&run.plan);
@@ -354,7 +368,10 @@ impl Runner<'_> {
                 let keys = KeySample::of(batch.keys.iter().map(String::as_str));
                 (batch.action.as_str(), keys.to_string())
             },
-            async |batch: &Batch| {
+            async |batch: &Batch, journal: &mut SegmentJournal| {
+                if batch.delivery == Delivery::Import {
+                    return self.import_batch(sync, batch, journal).await;
+                }
                 let comment = format!(
                     "ldsync sync `{}` run {}: {} batch {} of {}",
                     sync.name,
@@ -372,7 +389,8 @@ impl Runner<'_> {
                         &batch.keys,
                         &comment,
                     )
-                    .await
+                    .await?;
+                Ok(())
             },
         )
         .await?;
@@ -443,6 +461,7 @@ fn batches<'k>(
         Ok(Batch {
             index,
             action: request.action,
+            delivery: request.delivery,
             keys,
         })
     })

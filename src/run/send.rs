@@ -4,20 +4,20 @@
 //! it).
 
 use super::{RunError, Runner, Tally};
-use crate::launchdarkly::ApiError;
 use crate::progress;
 use crate::state::{Journal, JournalBatch, JournalHeader};
 
 impl Runner<'_> {
-    /// Sends a journal's unacknowledged batches in order through `send`, recording each acknowledgement. A batch
-    /// LaunchDarkly refuses for good is recorded as refused, so that no later run sends it again; any other failure,
-    /// or a shutdown signal, leaves the rest in the journal for the next run.
+    /// Sends a journal's unacknowledged batches in order through `send` (which may record in the journal how
+    /// LaunchDarkly took a batch in), recording each acknowledgement. A batch LaunchDarkly refuses for good is
+    /// recorded as refused, so that no later run sends it again; any other failure, or a shutdown signal, leaves
+    /// the rest in the journal for the next run.
     pub(crate) async fn send_pending<H: JournalHeader, B: JournalBatch>(
         &self,
         journal: &mut Journal<H, B>,
         tally: &mut Tally,
         describe: impl Fn(&B) -> (&'static str, String),
-        send: impl AsyncFn(&B) -> Result<(), ApiError>,
+        send: impl AsyncFn(&B, &mut Journal<H, B>) -> Result<(), RunError>,
     ) -> Result<(), RunError> {
         let run_id = journal.header.run().run_id.clone();
         let total = journal.batch_count();
@@ -41,8 +41,11 @@ impl Runner<'_> {
             journal.confirm_lock()?;
             // Read from the journal as it is sent: a run never holds all its batches.
             let batch = journal.batch(index)?;
-            if let Err(source) = send(&batch).await {
+            if let Err(failure) = send(&batch, journal).await {
                 progress.abandon();
+                let RunError::Api(source) = failure else {
+                    return Err(failure);
+                };
                 let acknowledged = journal.acknowledged_count();
                 if !source.is_final_for_batch() {
                     return Err(RunError::FailedPartway {

@@ -21,45 +21,63 @@ pub struct KeyTable<'e> {
 impl<'e> KeyTable<'e> {
     /// Loads the distinct `keys` into a new temporary table.
     pub fn load(engine: &'e Connection, keys: &StringArray) -> Result<Self, SetEngineError> {
-        let mut table = KeyTable {
+        let mut table = KeyTable::start(engine)?;
+        table.append(keys)?;
+        table.finish()
+    }
+
+    /// A new, empty temporary table, to [`append`](Self::append) keys to chunk by chunk (millions of keys read
+    /// from a file, say) and then [`finish`](Self::finish).
+    pub fn start(engine: &'e Connection) -> Result<Self, SetEngineError> {
+        let table = KeyTable {
             engine,
             name: table_name("keys"),
             count: 0,
         };
-        let doing = "taking in a list of keys";
         engine
             .execute_batch(&format!(
                 "CREATE OR REPLACE TEMP TABLE {} (k VARCHAR COLLATE c)",
                 table.name
             ))
-            .map_err(engine_error(doing))?;
-        let mut appender = engine
-            .appender_to_catalog_and_db(&table.name, "temp", "main")
-            .map_err(engine_error(doing))?;
+            .map_err(engine_error(LOADING_KEYS))?;
+        Ok(table)
+    }
+
+    /// Adds `keys` (repeats allowed) to a table [`start`](Self::start) made.
+    pub fn append(&mut self, keys: &StringArray) -> Result<(), SetEngineError> {
+        let mut appender = self
+            .engine
+            .appender_to_catalog_and_db(&self.name, "temp", "main")
+            .map_err(engine_error(LOADING_KEYS))?;
         let array: ArrayRef = Arc::new(keys.clone());
         appender
             .append_record_batch(key_batch(&array)?)
             .and_then(|()| appender.flush())
-            .map_err(engine_error(doing))?;
-        drop(appender);
-        let distinct = format!("SELECT DISTINCT k FROM {}", table.name);
-        engine
+            .map_err(engine_error(LOADING_KEYS))
+    }
+
+    /// Keeps each key once, and counts them.
+    pub fn finish(mut self) -> Result<Self, SetEngineError> {
+        let distinct = format!("SELECT DISTINCT k FROM {}", self.name);
+        self.engine
             .execute_batch(&format!(
                 "CREATE OR REPLACE TEMP TABLE {} AS {distinct}",
-                table.name
+                self.name
             ))
-            .map_err(engine_error(doing))?;
-        table.count = query_rows(
-            engine,
-            &format!("SELECT count(*) FROM {}", table.name),
-            doing,
+            .map_err(engine_error(LOADING_KEYS))?;
+        self.count = query_rows(
+            self.engine,
+            &format!("SELECT count(*) FROM {}", self.name),
+            LOADING_KEYS,
             |row| row.get::<_, u64>(0),
         )?
         .into_iter()
         .sum();
-        Ok(table)
+        Ok(self)
     }
 }
+
+const LOADING_KEYS: &str = "taking in a list of keys";
 
 impl Drop for KeyTable<'_> {
     fn drop(&mut self) {
@@ -224,6 +242,11 @@ pub enum Listing {
     InEngine,
 }
 
+/// The most bytes `key` takes as a line of a CSV file: quoted, its quotes doubled, and a newline.
+pub fn csv_line_bytes(key: &str) -> u64 {
+    (key.len() + key.matches('"').count() + 3) as u64
+}
+
 /// Keys sorted by byte order, listed in ldsync's memory or left in the set engine.
 #[derive(Debug, Clone)]
 pub enum KeyList {
@@ -249,6 +272,25 @@ impl KeyList {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The most bytes one of the keys takes as a line of a CSV file (see [`csv_line_bytes`]); 0 for no keys.
+    pub fn longest_csv_line(&self, engine: &Connection) -> Result<u64, SetEngineError> {
+        match self {
+            KeyList::Listed(keys) => {
+                Ok(keys.iter().flatten().map(csv_line_bytes).max().unwrap_or(0))
+            }
+            KeyList::InEngine { query, .. } => {
+                let quotes = "length(k) - length(replace(k, '\"', ''))";
+                let sql = format!(
+                    "SELECT coalesce(max(strlen(k) + {quotes} + 3), 0)::UBIGINT FROM ({query})"
+                );
+                let longest = query_rows(engine, &sql, "measuring the keys", |row| {
+                    row.get::<_, u64>(0)
+                })?;
+                Ok(longest.into_iter().max().unwrap_or(0))
+            }
+        }
     }
 
     /// The listed keys; none when they were left in the engine.

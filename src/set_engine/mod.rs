@@ -74,7 +74,7 @@ mod fold;
 mod in_warehouse;
 mod model;
 
-pub use delta::{Delta, KeyList, KeyRead, KeyTable, Keys, Listing, held_by};
+pub use delta::{Delta, KeyList, KeyRead, KeyTable, Keys, Listing, csv_line_bytes, held_by};
 pub use fold::Fold;
 use in_warehouse::WarehouseRows;
 pub use model::ModelKeys;

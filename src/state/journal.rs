@@ -18,7 +18,7 @@
 //! A segment sync's journal holds its run header and target-change batches (see `run::segment`); an events sync's holds its own header
 //! and batches of events (see `events`), through the same [`JournalHeader`] and [`JournalBatch`] traits.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
@@ -109,6 +109,18 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A batch LaunchDarkly took in for processing of its own (a big segment's CSV import), before it is done: what
+/// it was given as, so that a later run waits for that import instead of submitting the batch again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub index: usize,
+    /// LaunchDarkly's ID of the import.
+    pub id: String,
+    /// What was uploaded (`blake3:<hex>` of the file), checked before a later run waits on `id`.
+    pub content_hash: String,
+    pub at: DateTime<Utc>,
+}
+
 /// A journal whose run has not committed yet. Only where each batch lies is held in memory; a batch is read from
 /// the store when it is sent, so a run of millions of keys never holds them all.
 #[derive(Debug)]
@@ -117,6 +129,8 @@ pub struct Journal<H, B> {
     /// What each batch carries (keys, events), in batch order.
     pub(super) units: Vec<u64>,
     pub(super) acknowledged: BTreeSet<usize>,
+    /// Batches LaunchDarkly took in but has not finished, by index.
+    pub(super) submissions: BTreeMap<usize, Submission>,
     pub(super) refusal: Option<Refusal>,
     pub(super) place: JournalPlace,
     pub(super) batch: PhantomData<fn() -> B>,
@@ -187,6 +201,30 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
     pub fn acknowledge(&mut self, index: usize) -> Result<(), JournalError> {
         self.place.acknowledge(index)?;
         self.acknowledged.insert(index);
+        Ok(())
+    }
+
+    /// How batch `index` was submitted, if LaunchDarkly took it in for processing of its own.
+    pub fn submission(&self, index: usize) -> Option<&Submission> {
+        self.submissions.get(&index)
+    }
+
+    /// Records, durably, that LaunchDarkly took batch `index` in as import `id` of a file whose content hash is
+    /// `content_hash`.
+    pub fn record_submission(
+        &mut self,
+        index: usize,
+        id: &str,
+        content_hash: &str,
+    ) -> Result<(), JournalError> {
+        let submission = Submission {
+            index,
+            id: id.to_string(),
+            content_hash: content_hash.to_string(),
+            at: Utc::now(),
+        };
+        self.place.submit(&submission)?;
+        self.submissions.insert(index, submission);
         Ok(())
     }
 

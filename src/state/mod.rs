@@ -32,7 +32,9 @@ mod postgres;
 pub mod snapshot;
 
 pub use checkpoint::{Checkpoint, CheckpointSettings, Manifest, PreparedSnapshot};
-pub use journal::{Journal, JournalBatch, JournalError, JournalHeader, Refusal, RunIdentity};
+pub use journal::{
+    Journal, JournalBatch, JournalError, JournalHeader, Refusal, RunIdentity, Submission,
+};
 pub use local::LocalStore;
 pub use postgres::PgStore;
 pub(crate) use postgres::Session;
@@ -435,6 +437,13 @@ impl JournalPlace {
         match self {
             JournalPlace::File(file) => file.refuse(refusal),
             JournalPlace::Rows(rows) => rows.refuse(refusal),
+        }
+    }
+
+    fn submit(&self, submission: &Submission) -> Result<(), JournalError> {
+        match self {
+            JournalPlace::File(file) => file.submit(submission),
+            JournalPlace::Rows(rows) => rows.submit(submission),
         }
     }
 

@@ -96,6 +96,7 @@ fn run(sync: &str, minutes_ago: i64, outcome: RunOutcome) -> RunRecord {
         excluded: KeySample::default(),
         drift: None,
         events: None,
+        full: false,
         calls: CallStats::default(),
         error: None,
     }

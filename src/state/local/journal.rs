@@ -3,7 +3,7 @@
 //! absent), then one `ack` line per acknowledged batch, each fsynced before the next batch is sent. A crash while
 //! appending can tear only the last line, which is cut off before anything else is appended.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::LocalStore;
 use crate::state::files::{sync_directory, write_file_atomically_with};
 use crate::state::journal::{
-    Journal, JournalBatch, JournalError, JournalHeader, Refusal, check_header,
+    Journal, JournalBatch, JournalError, JournalHeader, Refusal, Submission, check_header,
 };
 use crate::state::{JournalPlace, StateError};
 
@@ -32,6 +32,7 @@ enum Record<H, B> {
     Run(H),
     Batch(B),
     Ack { index: usize, at: DateTime<Utc> },
+    Submitted(Submission),
     Refused(Refusal),
 }
 
@@ -106,6 +107,7 @@ fn create_in<H: JournalHeader, B: JournalBatch>(
         header,
         units,
         acknowledged: BTreeSet::new(),
+        submissions: BTreeMap::new(),
         refusal: None,
         place: JournalPlace::File(JournalFile {
             path: dir.join(JOURNAL_FILE),
@@ -197,6 +199,10 @@ impl JournalFile {
         append(&self.path, &Mark::Refused(refusal.clone()))
     }
 
+    pub(in crate::state) fn submit(&self, submission: &Submission) -> Result<(), JournalError> {
+        append(&self.path, &Mark::Submitted(submission.clone()))
+    }
+
     /// Removes the file, durably.
     pub(in crate::state) fn close(self) -> Result<(), JournalError> {
         std::fs::remove_file(&self.path).map_err(|source| StateError::Io {
@@ -268,6 +274,7 @@ struct JournalReader<'a, H, B> {
     lines: Vec<BatchLine>,
     units: Vec<u64>,
     acknowledged: BTreeSet<usize>,
+    submissions: BTreeMap<usize, Submission>,
     refusal: Option<Refusal>,
     line_number: usize,
     batch: PhantomData<fn() -> B>,
@@ -282,6 +289,7 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
             lines: Vec::new(),
             units: Vec::new(),
             acknowledged: BTreeSet::new(),
+            submissions: BTreeMap::new(),
             refusal: None,
             line_number: 0,
             batch: PhantomData,
@@ -323,6 +331,9 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
             Record::Ack { index, .. } if index < batch_count => {
                 self.acknowledged.insert(index);
             }
+            Record::Submitted(submission) if submission.index < batch_count => {
+                self.submissions.insert(submission.index, submission);
+            }
             Record::Refused(refused) if refused.index < batch_count => {
                 self.refusal = Some(refused);
             }
@@ -352,6 +363,7 @@ impl<'a, H: JournalHeader, B: JournalBatch> JournalReader<'a, H, B> {
             header,
             units: self.units,
             acknowledged: self.acknowledged,
+            submissions: self.submissions,
             refusal: self.refusal,
             place: JournalPlace::File(JournalFile {
                 path: self.path.to_path_buf(),
@@ -368,8 +380,7 @@ mod tests {
     use crate::config::Mode;
     use crate::run::{Batch, RunHeader};
     use crate::state::{CheckpointSettings, PreparedSnapshot, RunIdentity};
-    use crate::vocab::Action;
-    use crate::vocab::SegmentKind;
+    use crate::vocab::{Action, Delivery, SegmentKind};
 
     fn header(batch_count: usize) -> RunHeader {
         RunHeader {
@@ -397,16 +408,19 @@ mod tests {
             Batch {
                 index: 0,
                 action: Action::Add,
+                delivery: Delivery::Import,
                 keys: vec!["a".into(), "b".into()],
             },
             Batch {
                 index: 1,
                 action: Action::Add,
+                delivery: Delivery::Batch,
                 keys: vec!["c".into()],
             },
             Batch {
                 index: 2,
                 action: Action::Remove,
+                delivery: Delivery::Batch,
                 keys: vec!["z".into()],
             },
         ]
@@ -471,6 +485,36 @@ mod tests {
             (1, "400 invalid_request: `b` is excluded")
         );
         assert_eq!(pending(&reopened), [1, 2]);
+    }
+
+    #[test]
+    fn a_submitted_import_survives_a_reopen_and_an_old_batch_line_reads_as_a_batch_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = create_in(dir.path(), header(3), batches().into_iter().map(Ok)).unwrap();
+        journal.record_submission(0, "imp-1", "blake3:ab").unwrap();
+        let reopened = open_in::<RunHeader, Batch>(dir.path(), "pro-users")
+            .unwrap()
+            .unwrap();
+        let submitted = reopened.submission(0).unwrap();
+        assert_eq!(
+            (
+                submitted.index,
+                submitted.id.as_str(),
+                submitted.content_hash.as_str()
+            ),
+            (0, "imp-1", "blake3:ab")
+        );
+        assert_eq!(reopened.submission(1), None);
+        assert_eq!(
+            pending(&reopened),
+            [0, 1, 2],
+            "submitted is not acknowledged"
+        );
+        assert_eq!(reopened.batch(0).unwrap().delivery, Delivery::Import);
+        // A journal written before imports existed names no delivery: its batches are batch requests.
+        let text = std::fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
+        assert_eq!(text.matches("\"delivery\":\"import\"").count(), 1);
+        assert_eq!(reopened.batch(1).unwrap().delivery, Delivery::Batch);
     }
 
     #[test]

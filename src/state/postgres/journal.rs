@@ -2,7 +2,7 @@
 //! transaction before the first request; each acknowledgement or refusal is an update committed before the next
 //! batch is sent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
@@ -11,12 +11,14 @@ use sqlx::{AssertSqlSafe, PgPool};
 use super::{Extra, PgStore, StoreCallError};
 use crate::pg::Fed;
 use crate::state::journal::{
-    Journal, JournalBatch, JournalError, JournalHeader, Refusal, check_header,
+    Journal, JournalBatch, JournalError, JournalHeader, Refusal, Submission, check_header,
 };
 use crate::state::{JournalPlace, StateError};
 
-/// Journal batches inserted by one statement.
+/// Journal batches inserted by one statement: at most this many, and no more once they hold [`INSERT_BYTES`] (a
+/// big segment's import batch holds up to a million keys).
 const INSERT_BATCHES: usize = 500;
+const INSERT_BYTES: usize = 16 << 20;
 
 /// How many rows a journal write must change.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,8 @@ struct JournalRows {
     /// What each batch carries, in batch order.
     pub units: Vec<u64>,
     pub acknowledged: BTreeSet<usize>,
+    /// Each submitted batch's [`Submission`], as JSON.
+    pub submissions: BTreeMap<usize, String>,
     pub refusal: Option<String>,
 }
 
@@ -74,12 +78,14 @@ impl PgStore {
             let mut index = 0i32;
             loop {
                 let (mut indices, mut units, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
-                while bodies.len() < INSERT_BATCHES {
+                let mut bytes = 0;
+                while bodies.len() < INSERT_BATCHES && bytes < INSERT_BYTES {
                     let Some((carried, body)) = fed.take()? else {
                         break;
                     };
                     indices.push(index);
                     units.push(carried as i64);
+                    bytes += body.len();
                     bodies.push(body);
                     index += 1;
                 }
@@ -108,8 +114,8 @@ impl PgStore {
             self.table("journals")
         );
         let batches_sql = format!(
-            "SELECT batch_index, units, acknowledged_at IS NOT NULL FROM {} WHERE sync = $1 \
-             ORDER BY batch_index",
+            "SELECT batch_index, units, acknowledged_at IS NOT NULL, submission::text FROM {} \
+             WHERE sync = $1 ORDER BY batch_index",
             self.table("journal_batches")
         );
         let sync_name = sync.to_string();
@@ -123,10 +129,11 @@ impl PgStore {
             let Some((header, refusal)) = header else {
                 return Ok::<_, StoreCallError>(None);
             };
-            let batches: Vec<(i32, i64, bool)> = sqlx::query_as(AssertSqlSafe(batches_sql))
-                .bind(&sync_name)
-                .fetch_all(&mut *tx)
-                .await?;
+            let batches: Vec<(i32, i64, bool, Option<String>)> =
+                sqlx::query_as(AssertSqlSafe(batches_sql))
+                    .bind(&sync_name)
+                    .fetch_all(&mut *tx)
+                    .await?;
             tx.commit().await?;
             Ok(Some((header, refusal, batches)))
         })?;
@@ -135,7 +142,8 @@ impl PgStore {
         };
         let mut units = Vec::with_capacity(batches.len());
         let mut acknowledged = BTreeSet::new();
-        for (position, (index, carried, acked)) in batches.into_iter().enumerate() {
+        let mut submissions = BTreeMap::new();
+        for (position, (index, carried, acked, submitted)) in batches.into_iter().enumerate() {
             if usize::try_from(index).ok() != Some(position) {
                 return Err(StateError::Damaged {
                     path: PathBuf::from(format!("{} journal_batches[{sync}]", self.location())),
@@ -146,11 +154,15 @@ impl PgStore {
             if acked {
                 acknowledged.insert(position);
             }
+            if let Some(submitted) = submitted {
+                submissions.insert(position, submitted);
+            }
         }
         Ok(Some(JournalRows {
             header,
             units,
             acknowledged,
+            submissions,
             refusal,
         }))
     }
@@ -198,6 +210,19 @@ impl PgStore {
             index,
             Rows::One,
         )
+    }
+
+    /// Records, committed, that LaunchDarkly took a batch of run `run`'s journal of `sync` in as an import (the
+    /// [`Submission`] as JSON, which names the batch).
+    fn submit(&self, sync: &str, run: &str, submission: String) -> Result<(), StateError> {
+        let update = format!(
+            "UPDATE {} b SET submission = $3::jsonb FROM {} j WHERE b.sync = $1 AND j.sync = b.sync \
+             AND j.run_id = $2 AND b.batch_index = ($3::jsonb ->> 'index')::integer",
+            self.table("journal_batches"),
+            self.table("journals")
+        );
+        let submission = Extra::Text(submission);
+        self.write_journal_rows("record an import", update, sync, run, submission, Rows::One)
     }
 
     /// Records, committed, LaunchDarkly's refusal (as JSON) of a batch of run `run`'s journal of `sync`.
@@ -299,6 +324,7 @@ impl PgStore {
             header,
             units,
             acknowledged: BTreeSet::new(),
+            submissions: BTreeMap::new(),
             refusal: None,
             place: JournalPlace::Rows(JournalAt {
                 store: self.clone(),
@@ -341,10 +367,17 @@ impl PgStore {
             .map(|refusal| serde_json::from_str::<Refusal>(&refusal))
             .transpose()
             .map_err(|e| damaged(e.to_string()))?;
+        let submissions = rows
+            .submissions
+            .into_iter()
+            .map(|(index, json)| Ok((index, serde_json::from_str::<Submission>(&json)?)))
+            .collect::<Result<_, serde_json::Error>>()
+            .map_err(|e| damaged(e.to_string()))?;
         Ok(Some(Journal {
             header,
             units: rows.units,
             acknowledged: rows.acknowledged,
+            submissions,
             refusal,
             place: JournalPlace::Rows(place),
             batch: PhantomData,
@@ -382,6 +415,11 @@ impl JournalAt {
     pub(in crate::state) fn refuse(&self, refusal: &Refusal) -> Result<(), JournalError> {
         let json = serde_json::to_string(refusal).expect("a refusal always serializes");
         Ok(self.store.refuse(&self.sync, &self.run, json)?)
+    }
+
+    pub(in crate::state) fn submit(&self, submission: &Submission) -> Result<(), JournalError> {
+        let json = serde_json::to_string(submission).expect("a submission always serializes");
+        Ok(self.store.submit(&self.sync, &self.run, json)?)
     }
 
     pub(in crate::state) fn close(self) -> Result<(), JournalError> {
