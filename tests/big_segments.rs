@@ -116,31 +116,22 @@ fn a_large_first_load_into_a_big_segment_goes_as_csv_imports_and_plan_says_so() 
     assert_eq!(removes, difference(&orgs, &orgs2));
 }
 
-#[test]
-fn a_run_killed_while_its_import_is_processed_resumes_by_polling_that_import() {
-    // Each import takes two seconds: preparing, then in progress.
-    let setup = Setup::with(EmulatorConfig {
-        import_step: Duration::from_secs(1),
-        ..EmulatorConfig::default()
-    });
-    big_imports(&setup);
+/// Kills a run once its first import's ID is in the journal, while LaunchDarkly processes it (each import takes two
+/// seconds); `journal_holds_the_import` checks that the killed run left it there. Then runs again: the next run waits
+/// on that import rather than uploading it again, and ends exact.
+fn kill_mid_import_then_resume(setup: &Setup, journal_holds_the_import: impl Fn() -> bool) {
+    big_imports(setup);
     let orgs = expected_enterprise_orgs("day1");
-    let journal = setup
-        .project
-        .path(".ldsync/state/enterprise-orgs/journal.jsonl");
     let mut run = Background::start(&setup.project, "day1", TOKEN, &["sync", "enterprise-orgs"]);
-    run.wait_until(PATIENCE, "the first import is submitted", || {
-        std::fs::read_to_string(&journal)
-            .is_ok_and(|text| text.contains("\"record\":\"submitted\""))
-    });
+    run.wait_for_log("uploaded an import");
     run.child.kill().unwrap();
     run.child.wait().unwrap();
     assert_eq!(
-        uploads(&setup).len(),
+        uploads(setup).len(),
         1,
         "killed while the first import runs"
     );
-    assert!(setup.checkpoint("enterprise-orgs").is_none());
+    assert!(journal_holds_the_import());
 
     let out = setup.sync("day1", &["enterprise-orgs"]);
     ok(&out);
@@ -150,12 +141,57 @@ fn a_run_killed_while_its_import_is_processed_resumes_by_polling_that_import() {
         stderr(&out)
     );
     // Every file was uploaded once: the first by the killed run, the rest by the one that resumed it.
-    assert_eq!(uploads(&setup), files(orgs.len(), 20));
-    assert_eq!(members(&setup), orgs);
+    assert_eq!(uploads(setup), files(orgs.len(), 20));
+    assert_eq!(members(setup), orgs);
+}
+
+/// An emulator whose imports take two seconds each: preparing, then in progress.
+fn slow_imports() -> EmulatorConfig {
+    EmulatorConfig {
+        import_step: Duration::from_secs(1),
+        ..EmulatorConfig::default()
+    }
+}
+
+#[test]
+fn a_run_killed_while_its_import_is_processed_resumes_by_polling_that_import() {
+    let setup = Setup::with(slow_imports());
+    let journal = setup
+        .project
+        .path(".ldsync/state/enterprise-orgs/journal.jsonl");
+    kill_mid_import_then_resume(&setup, || {
+        std::fs::read_to_string(&journal)
+            .is_ok_and(|text| text.contains("\"record\":\"submitted\""))
+    });
+    let orgs = expected_enterprise_orgs("day1");
     assert_eq!(setup.checkpoint("enterprise-orgs").unwrap(), orgs);
     assert!(!journal.exists());
     let resumed = runs(&setup, "enterprise-orgs").pop().unwrap();
     assert!(resumed.resumed_run.is_some());
+}
+
+#[test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set DATABASE_URL")]
+fn a_run_killed_while_its_import_is_processed_resumes_by_polling_that_import_on_postgres() {
+    let url = crate::util::postgres::database_url();
+    let schema = crate::util::postgres::Schema::new(&url, "big_import_kill", "");
+    let setup = Setup::with(slow_imports());
+    setup.project.edit_config(
+        "  kind: local\n",
+        &format!(
+            "  kind: postgres\n  url: {url}\n  schema: {}\n",
+            schema.name
+        ),
+    );
+    let submitted = format!(
+        "SELECT count(*)::text FROM {}.journal_batches WHERE submission IS NOT NULL",
+        schema.name
+    );
+    kill_mid_import_then_resume(&setup, || {
+        schema.query(&submitted) == [[Some("1".to_string())]]
+    });
+    let batches = format!("SELECT count(*)::text FROM {}.journal_batches", schema.name);
+    assert_eq!(schema.query(&batches), [[Some("0".to_string())]]);
 }
 
 #[test]
