@@ -32,20 +32,30 @@ pub fn repeat(args: &[String]) -> usize {
     option(args, "--repeat").map_or(3, |r| r.parse().expect("--repeat takes a number"))
 }
 
-/// Spawns `command`, waits for it with `wait4`, and returns whether it succeeded and its peak RSS in KiB.
-#[expect(
-    clippy::zombie_processes,
-    reason = "wait4 reaps the child, which std's wait cannot do while also returning its rusage"
-)]
+/// Spawns `command`, waits for it, and returns whether it succeeded and its peak RSS in KiB: the largest `VmHWM`
+/// (the high-water mark of its own memory since it started) read from `/proc/<pid>/status` every 10 ms until it
+/// exits. Not `wait4`'s `ru_maxrss`: Linux folds the spawning process's high-water mark into the child's at exec,
+/// so a benchmark that holds the emulator's millions of members would be measured instead of ldsync.
 pub fn run_and_measure(mut command: Command) -> (bool, i64) {
-    let child = command.spawn().expect("spawn a benchmark child");
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss)
+    let mut child = command.spawn().expect("spawn a benchmark child");
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    loop {
+        if let Some(kib) = high_water_kib(&status_file) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().expect("wait for a benchmark child") {
+            return (status.success(), peak_kib);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `VmHWM` of a process's status file, in KiB; `None` once it has exited.
+fn high_water_kib(status_file: &str) -> Option<i64> {
+    let status = std::fs::read_to_string(status_file).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn cores() -> usize {

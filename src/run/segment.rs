@@ -118,13 +118,11 @@ impl Runner<'_> {
         tally: &mut Tally,
     ) -> Result<RunOutcome, RunError> {
         let settings = CheckpointSettings::of(self.config, sync);
-        let options = SyncOptions {
-            full: options.full || self.full_due(sync)?,
-            ..options
-        };
-        tally.full = options.full;
         self.settle_journal(sync, &settings, options, tally).await?;
-        let mut run = self.plan_run(sync, options.full, Listing::InEngine).await?;
+        // `full_every` compares with the membership, but unlike `--full` it finishes an interrupted run first.
+        let full = options.full || self.full_due(sync)?;
+        tally.full = full;
+        let mut run = self.plan_run(sync, full, Listing::InEngine).await?;
         tally.planned(&run.plan);
         if !run.plan.gate_stops.is_empty() {
             if !options.override_gates {
