@@ -1,5 +1,5 @@
 //! connector.yaml: parsed and checked as `ldsync` reads it (`${VAR}` interpolation included), then resolved: every
-//! sync's model path, the state directory, the engine's settings, the sync selection and the events settings.
+//! sync's model (its file or its `ref()`), the dbt project and manifest, the state directory, the engine's settings, the sync selection and the events settings.
 #![no_main]
 
 use std::path::Path;
@@ -19,13 +19,13 @@ fuzz_target!(|data: &[u8]| {
             config
                 .select_syncs(&names)
                 .expect("every sync selects itself");
-            for sync in &config.syncs {
-                let _ = config.model_path(sync);
-            }
-            for sync in &config.events {
-                let _ = config.model_file(&sync.model);
+            let models = config.syncs.iter().map(|s| &s.model);
+            for model in models.chain(config.events.iter().map(|s| &s.model)) {
+                let _ = config.model_label(model);
             }
             let _ = (
+                config.dbt_project_dir(),
+                config.dbt_manifest(),
                 config.state_dir(),
                 config.engine_settings(),
                 config.lock_wait(),

@@ -3,7 +3,7 @@
 //! LaunchDarkly names its file, and download the file to a temporary file (without the access token, unless the
 //! file lies on the API's own origin), which the planner reads into the set engine chunk by chunk.
 
-use super::import::BulkWait;
+use super::wait::BulkWait;
 use super::{RunError, Runner};
 use chrono::Utc;
 

@@ -3,17 +3,11 @@
 //! until it is complete. A run killed at any point resumes from the journal: a batch already submitted is never
 //! uploaded again, its import is polled; an import LaunchDarkly stops is a refusal, and the next run plans afresh.
 
-use std::time::{Duration, Instant};
-
 use super::segment::{Batch, SegmentJournal};
+use super::wait::BulkWait;
 use super::{RunError, Runner};
 use crate::config::SegmentSyncConfig;
 use crate::launchdarkly::{ApiError, BulkStatus, ImportMode, ImportStart, import_file};
-use crate::shutdown::Stage;
-
-/// The first wait between two polls of an import; each wait is half as long again, up to [`LONGEST_POLL`].
-const FIRST_POLL: Duration = Duration::from_millis(100);
-const LONGEST_POLL: Duration = Duration::from_secs(5);
 
 impl Runner<'_> {
     /// Sends `batch` (adds) as an import into the sync's big segment and waits until LaunchDarkly completes it.
@@ -25,7 +19,7 @@ impl Runner<'_> {
     ) -> Result<(), RunError> {
         let file = import_file(&batch.keys);
         let content_hash = format!("blake3:{}", blake3::hash(&file).to_hex());
-        let mut wait = BulkWait::new(sync, journal);
+        let mut wait = BulkWait::sending(sync, journal);
         let id = match journal.submission(batch.index) {
             Some(submitted) if submitted.content_hash == content_hash => {
                 tracing::info!(sync = %sync.name, import = %submitted.id, batch = batch.index + 1, "waiting on the import an earlier run submitted");
@@ -113,81 +107,5 @@ impl Runner<'_> {
                 }
             }
         }
-    }
-}
-
-/// One wait on LaunchDarkly's processing (an import, an export): polls further and further apart, no longer in all
-/// than the sync's `big_segment.wait`, and cut short by a shutdown signal.
-pub(super) struct BulkWait {
-    started: Instant,
-    limit: Duration,
-    next: Duration,
-    polls: u32,
-    /// The run whose journal is being sent (run ID, batches acknowledged, batches), for the error a shutdown
-    /// signal makes; `None` before the journal is written.
-    sending: Option<(String, usize, usize)>,
-}
-
-impl BulkWait {
-    /// A wait on one import of the run whose journal this is.
-    fn new(sync: &SegmentSyncConfig, journal: &SegmentJournal) -> Self {
-        let run = journal.header.run.run_id.clone();
-        let sending = Some((run, journal.acknowledged_count(), journal.batch_count()));
-        BulkWait::before_sending(sync, sending)
-    }
-
-    /// A wait before anything is sent (an export while planning) when `sending` is `None`.
-    pub(super) fn before_sending(
-        sync: &SegmentSyncConfig,
-        sending: Option<(String, usize, usize)>,
-    ) -> Self {
-        BulkWait {
-            started: Instant::now(),
-            limit: sync.big_segment.wait,
-            next: FIRST_POLL,
-            polls: 0,
-            sending,
-        }
-    }
-
-    /// Whether no pause was taken yet.
-    pub(super) fn first(&self) -> bool {
-        self.polls == 0
-    }
-
-    /// Waits before the next poll of `what`, unless the wait is spent or a shutdown signal came.
-    pub(super) async fn pause(
-        &mut self,
-        runner: &Runner<'_>,
-        what: &str,
-        last: &str,
-    ) -> Result<(), RunError> {
-        let waited = self.started.elapsed();
-        if waited >= self.limit {
-            return Err(RunError::BulkWaitSpent {
-                what: what.to_string(),
-                waited: humantime::format_duration(Duration::from_secs(waited.as_secs()))
-                    .to_string(),
-                last: last.to_string(),
-            });
-        }
-        let pause = self.next.min(self.limit - waited);
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = runner.shutdown.reached(Stage::Stopping) => {}
-        }
-        if runner.shutdown.requested() {
-            return Err(match self.sending.clone() {
-                Some((run_id, acknowledged, total)) => RunError::Stopped {
-                    run_id,
-                    acknowledged,
-                    total,
-                },
-                None => RunError::StoppedBeforeSending,
-            });
-        }
-        self.polls += 1;
-        self.next = (self.next * 3 / 2).min(LONGEST_POLL);
-        Ok(())
     }
 }

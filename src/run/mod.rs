@@ -12,6 +12,7 @@ mod export;
 mod import;
 mod segment;
 mod send;
+mod wait;
 
 use std::time::Instant;
 
