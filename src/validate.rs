@@ -1,9 +1,10 @@
 //! `ldsync validate`: every check that can be made without running a model in full or calling LaunchDarkly.
 
-use crate::config::{Config, EventSyncConfig, SegmentSyncConfig};
+use crate::config::{BigSegmentSettings, Config, EventSyncConfig, SegmentSyncConfig};
 use crate::plan::EventPlanner;
 use crate::plan::{Planner, SyncPlanError};
 use crate::report::dbt_model_text;
+use crate::vocab::SegmentKind;
 
 /// Checks one sync: its model file exists and prepares against the warehouse, its key column exists with a type
 /// that can be a context key, and its checkpoint (if any) is readable and was made with its current settings.
@@ -22,7 +23,7 @@ pub fn check_sync(
         None => "no checkpoint yet".to_string(),
     };
     Ok(format!(
-        "sync `{}`: model {}{}, key column `{}` ({}{}), {} mode into segment `{}` ({}), {}",
+        "sync `{}`: model {}{}, key column `{}` ({}{}), {} mode into segment `{}` ({}){}, {}",
         sync.name,
         config.model_label(&sync.model),
         model
@@ -39,8 +40,30 @@ pub fn check_sync(
         sync.mode,
         sync.segment,
         sync.context_kind,
+        membership_text(sync),
         checkpoint_text
     ))
+}
+
+/// What a segment sync does about a big segment's bulk APIs and its real membership, when it says anything.
+fn membership_text(sync: &SegmentSyncConfig) -> String {
+    let mut text = String::new();
+    let big = &sync.big_segment;
+    if sync.create_segment == Some(SegmentKind::Big) || *big != BigSegmentSettings::default() {
+        text.push_str(&format!(
+            ", on a big segment adds over {} keys go as CSV imports of at most {} keys (waiting up to {})",
+            big.import_above,
+            big.keys_per_file,
+            humantime::format_duration(big.wait)
+        ));
+    }
+    if let Some(every) = sync.full_every {
+        text.push_str(&format!(
+            ", compared with the segment's real membership every {}",
+            humantime::format_duration(every)
+        ));
+    }
+    text
 }
 
 /// Checks one events sync: its model file exists and prepares against the warehouse with every configured column
@@ -69,7 +92,8 @@ pub fn check_events_sync(
         .map(|c| format!("{} from `{}`", c.kind, c.column))
         .collect();
     Ok(format!(
-        "events sync `{}`: model {}, event key `{}`, contexts {}, timestamp `{}`, row id `{}`{}, lateness {}, {}",
+        "events sync `{}`: model {}, event key `{}`, contexts {}, timestamp `{}`, row id `{}`{}, lateness {}, \
+         max_future {}, {}",
         sync.name,
         config.model_label(&sync.model),
         sync.event_key_column,
@@ -80,6 +104,7 @@ pub fn check_events_sync(
             .as_ref()
             .map_or(String::new(), |v| format!(", value `{v}`")),
         humantime::format_duration(sync.lateness),
+        humantime::format_duration(sync.max_future),
         checkpoint_text
     ))
 }

@@ -398,6 +398,22 @@ fn validate_passes_on_the_example() {
             && text.contains("key column `context_key` (VARCHAR)"),
         "{text}"
     );
+    assert!(text.contains("lateness 2h, max_future 1day,"), "{text}");
+
+    // A big segment's settings and full_every are said when a sync has them.
+    project.edit_config(
+        "    batch_size: 500\n    create_segment: standard\n",
+        "    batch_size: 500\n    create_segment: big\n    full_every: 7d\n",
+    );
+    let text = stdout(&project.ldsync("day1", &["validate"]));
+    assert!(
+        text.contains(
+            "mirror mode into segment `enterprise-orgs` (organization), on a big segment adds over 50000 keys go \
+             as CSV imports of at most 1000000 keys (waiting up to 1h), compared with the segment's real \
+             membership every 7days, no checkpoint yet"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

@@ -171,7 +171,11 @@ impl<H: JournalHeader, B: JournalBatch> Journal<H, B> {
 
     /// What the batches not acknowledged yet carry (keys, events), in all.
     pub fn pending_units(&self) -> u64 {
-        self.pending().map(|index| self.units[index]).sum()
+        // Saturating: what a journal says a batch carries is read from the store, so a tampered one cannot
+        // overflow the sum.
+        self.pending()
+            .map(|index| self.units[index])
+            .fold(0, u64::saturating_add)
     }
 
     /// What batch `index` carries.
