@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use ldsync::history::RunOutcome;
 use ldsync_emulator::Faults;
 
 use crate::util::background::*;
@@ -61,6 +62,8 @@ fn sync_stopped_by(signal: i32) {
         finished.resumed_run.as_deref(),
         Some(interrupted.run_id.as_str())
     );
+    // Its own plan had nothing more to send, but it sent the interrupted run's batches: it synced.
+    assert_eq!(finished.outcome, RunOutcome::Synced);
     assert!(
         !setup
             .project

@@ -86,7 +86,7 @@ impl Runner<'_> {
             tally.notes.push(plan.bad_rows.to_string());
         }
         if !plan.has_changes() {
-            return Ok(RunOutcome::NothingToChange);
+            return Ok(tally.nothing_more_to_change());
         }
         if self.shutdown.requested() {
             return Err(RunError::StoppedBeforeSending);

@@ -267,6 +267,16 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// What a run whose own plan has nothing to send did: `synced` when it finished an interrupted run's batches
+    /// first, so that its record says it changed the segment.
+    fn nothing_more_to_change(&self) -> RunOutcome {
+        if self.batches_acknowledged > 0 {
+            RunOutcome::Synced
+        } else {
+            RunOutcome::NothingToChange
+        }
+    }
+
     /// Takes what the run's plan says into the tally.
     fn planned(&mut self, plan: &SyncPlan) {
         self.adds = plan.adds.len() as u64;

@@ -138,7 +138,7 @@ impl Runner<'_> {
                 self.store
                     .commit_prepared(&sync.name, run_id, &settings, &snapshot)?;
             }
-            return Ok(RunOutcome::NothingToChange);
+            return Ok(tally.nothing_more_to_change());
         }
         if self.shutdown.requested() {
             return Err(RunError::StoppedBeforeSending);
