@@ -142,7 +142,7 @@ async fn a_missing_segment_is_none_and_a_missing_environment_is_named() {
     let segment = client.get_segment("beta", "user").await.unwrap().unwrap();
     assert_eq!(
         (segment.kind, segment.member_count, segment.members),
-        (SegmentKind::Standard, 0, Some(vec![]))
+        (SegmentKind::Standard, Some(0), Some(vec![]))
     );
     let staging = connect(&emulator, "api-emulator-token", "staging");
     let error = staging.get_segment("beta", "user").await.unwrap_err();

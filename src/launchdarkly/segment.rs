@@ -19,8 +19,9 @@ pub struct Segment {
     /// The excluded targets of the sync's context kind, sorted (standard segments; empty for big ones).
     /// LaunchDarkly refuses to include a key it holds as excluded.
     pub excluded: Vec<String>,
-    /// How many contexts the segment includes (of the sync's kind for standard segments; all for big ones).
-    pub member_count: u64,
+    /// How many contexts the segment includes (of the sync's kind for standard segments; all for big ones, as
+    /// `_unboundedMetadata.includedCount` says: `None` when LaunchDarkly does not say).
+    pub member_count: Option<u64>,
     /// Every individual target of a standard segment, of all kinds, included or excluded: the 15,000 limit.
     pub total_targets: u64,
 }
@@ -83,7 +84,7 @@ struct UnboundedMetadata {
 pub fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> {
     let rep: SegmentRep = serde_json::from_str(body).map_err(|e| e.to_string())?;
     if rep.unbounded {
-        let member_count = rep.unbounded_metadata.map_or(0, |m| m.included_count);
+        let member_count = rep.unbounded_metadata.map(|m| m.included_count);
         return Ok(Segment {
             kind: SegmentKind::Big,
             version: rep.version,
@@ -91,7 +92,7 @@ pub fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> 
             members: None,
             excluded: Vec::new(),
             member_count,
-            total_targets: member_count,
+            total_targets: member_count.unwrap_or_default(),
         });
     }
     let of_kind = |lists: &[ContextTargets]| {
@@ -121,7 +122,7 @@ pub fn parse_segment(body: &str, context_kind: &str) -> Result<Segment, String> 
         kind: SegmentKind::Standard,
         version: rep.version,
         big_context_kind: None,
-        member_count: members.len() as u64,
+        member_count: Some(members.len() as u64),
         members: Some(members),
         excluded,
         total_targets,
@@ -146,7 +147,7 @@ mod tests {
         );
         assert_eq!(
             (users.member_count, users.total_targets, users.version),
-            (3, 7, 3)
+            (Some(3), 7, 3)
         );
         assert_eq!(users.excluded, ["u9"]);
         let orgs = parse_segment(body, "organization").unwrap();
@@ -161,8 +162,16 @@ mod tests {
         let big = parse_segment(body, "organization").unwrap();
         assert_eq!(big.kind, SegmentKind::Big);
         assert_eq!(big.members, None);
-        assert_eq!(big.member_count, 12);
+        assert_eq!(big.member_count, Some(12));
         assert_eq!(big.big_context_kind.as_deref(), Some("organization"));
+        // Without the metadata LaunchDarkly has not said how many: not "none", which would let a first mirror run
+        // take a populated segment for an empty one.
+        let unsaid =
+            r#"{"key":"b","version":1,"unbounded":true,"unboundedContextKind":"organization"}"#;
+        assert_eq!(
+            parse_segment(unsaid, "organization").unwrap().member_count,
+            None
+        );
     }
 
     #[test]

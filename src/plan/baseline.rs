@@ -101,14 +101,14 @@ pub fn choose_baseline<'p>(
         (_, Some(members)) if sync.mode == Mode::Mirror => Baseline::Membership(members),
         (Some(checkpoint), _) => Baseline::Checkpoint(Some(checkpoint)),
         (None, Some(members)) => Baseline::Membership(members),
-        (None, None) if segment.member_count == 0 => {
+        (None, None) if segment.member_count == Some(0) => {
             Baseline::Membership(Members::Listed(&NO_KEYS))
         }
         (None, None) if sync.mode != Mode::Mirror => Baseline::Checkpoint(None),
         (None, None) => {
             return Err(PlanError::BigSegmentMembersUnknown {
                 segment: sync.segment.clone(),
-                count: segment.member_count,
+                count: segment.member_count.unwrap_or_default(),
             });
         }
     })

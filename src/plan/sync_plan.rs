@@ -279,7 +279,7 @@ pub(super) fn remove_mode_percent_gate(
         Some(members) => held(&plan.removes, members),
         None => plan.removes.len() as u64,
     };
-    percent_gate(sync, segment.member_count, removing)
+    percent_gate(sync, segment.member_count.unwrap_or_default(), removing)
 }
 
 /// How many of the listed `keys` the sorted `members` hold.

@@ -14,8 +14,9 @@ use crate::progress;
 use crate::vocab::SegmentKind;
 
 impl Runner<'_> {
-    /// Whether planning this run needs the big segment's members, which only an export gives: it has members,
-    /// and the run compares with them (`--full`, or a mirror run without a checkpoint).
+    /// Whether planning this run needs the big segment's members, which only an export gives: it has members (or
+    /// LaunchDarkly does not say how many), and the run compares with them (`--full`, or a mirror run without a
+    /// checkpoint).
     pub(super) fn needs_export(
         &self,
         sync: &SegmentSyncConfig,
@@ -24,7 +25,7 @@ impl Runner<'_> {
     ) -> Result<bool, RunError> {
         if segment.kind != SegmentKind::Big
             || segment.members.is_some()
-            || segment.member_count == 0
+            || segment.member_count == Some(0)
         {
             return Ok(false);
         }
