@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let chunk = usize::from(first % 8) + 1;
-    let mut file = ExportFile::create("fuzzed").expect("a temporary file");
+    let mut file = ExportFile::create("fuzzed", &std::env::temp_dir()).expect("a temporary file");
     file.writer().write_all(content).expect("the download writes");
     let chunks = match file.key_chunks(chunk) {
         Ok(chunks) => chunks,

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
 
 /// The names a header row's first column may have; a first line whose first field is one of these is a header.
 const HEADER_NAMES: &[&str] = &[
@@ -41,11 +42,13 @@ pub struct ExportFile {
 }
 
 impl ExportFile {
-    /// A new temporary file (removed when this value drops) to download the export of `segment` into.
-    pub fn create(segment: &str) -> std::io::Result<Self> {
+    /// A new temporary file in `dir` (created if missing; the file is removed when this value drops) to download
+    /// the export of `segment` into.
+    pub fn create(segment: &str, dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         Ok(ExportFile {
             segment: segment.to_string(),
-            file: tempfile::tempfile()?,
+            file: tempfile::tempfile_in(dir)?,
         })
     }
 
@@ -145,7 +148,8 @@ mod tests {
     use std::io::Write;
 
     fn keys_of(content: impl AsRef<[u8]>, chunk: usize) -> Result<Vec<Vec<String>>, String> {
-        let mut file = ExportFile::create("pro-users").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = ExportFile::create("pro-users", dir.path()).unwrap();
         file.writer().write_all(content.as_ref()).unwrap();
         let chunks = file.key_chunks(chunk).map_err(|e| e.to_string())?;
         chunks.collect::<Result<_, _>>().map_err(|e| e.to_string())

@@ -84,10 +84,16 @@ impl Runner<'_> {
                 }
             }
         };
-        let mut file = ExportFile::create(segment).map_err(|e| ApiError::Download {
+        // Beside the set engine's spill files: the place the operator gave room for the audience's size.
+        let dir = self
+            .config
+            .engine_settings()
+            .temp_directory
+            .unwrap_or_else(std::env::temp_dir);
+        let mut file = ExportFile::create(segment, &dir).map_err(|e| ApiError::Download {
             segment: segment.clone(),
             host: "this machine".into(),
-            problem: format!("cannot create a temporary file: {e}"),
+            problem: format!("cannot create a temporary file in {}: {e}", dir.display()),
         })?;
         let bytes = self
             .client
