@@ -26,6 +26,12 @@ pub enum Schedule {
     },
 }
 
+/// How far before now a cron schedule's next tick is looked for: a last start older than this (a sync idle for
+/// years, or a history damaged by hand) makes the sync due at its first tick of the past year, not at the end of a
+/// search through every year since, which takes croner seconds to centuries for an expression that rarely or never
+/// matches.
+const CRON_LOOKBACK: TimeDelta = TimeDelta::days(366);
+
 impl Schedule {
     /// When a sync on this schedule is next due, given the start of its last run (`None`: it never ran).
     ///
@@ -41,8 +47,10 @@ impl Schedule {
                 None => now,
             },
             // croner finds no next time only for expressions that never match (February 31st).
-            Schedule::Cron { cron, zone, .. } => next_tick(cron, *zone, last_start.unwrap_or(now))
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            Schedule::Cron { cron, zone, .. } => {
+                let after = last_start.map_or(now, |last| last.max(now - CRON_LOOKBACK));
+                next_tick(cron, *zone, after).unwrap_or(DateTime::<Utc>::MAX_UTC)
+            }
         }
     }
 }
@@ -339,6 +347,27 @@ mod tests {
             assert!(err.contains("has an empty list item"), "{text}: {err}");
         }
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_last_start_from_ages_ago_is_looked_past_within_a_year_not_searched_through_the_centuries()
+    {
+        // Found by the schedule fuzz target (fuzz/regressions/schedule): a cron that never matches (February 31st)
+        // after a start in the year -201,000 kept croner searching for more than ten seconds.
+        let now = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        let ancient = DateTime::from_timestamp(-6_409_289_000_000, 0).unwrap();
+        let started = std::time::Instant::now();
+        let never = parse_schedule("0 0 31 2 *", Tz::UTC).unwrap();
+        assert_eq!(never.next_due(Some(ancient), now), DateTime::<Utc>::MAX_UTC);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A daily sync idle for ten years is due at once: its first tick of the past year, after that start.
+        let daily = parse_schedule("0 6 * * *", Tz::UTC).unwrap();
+        let ten_years_ago = now - TimeDelta::days(3653);
+        let due = daily.next_due(Some(ten_years_ago), now);
+        assert!(
+            due > ten_years_ago && due <= now && due >= now - CRON_LOOKBACK,
+            "{due}"
+        );
     }
 
     #[test]
