@@ -158,6 +158,19 @@ fn parse_cron(text: &str, zone: Tz) -> Result<Schedule, String> {
             "cron expression `{text}` is invalid: its field `{field}` has an empty list item"
         ));
     }
+    // croner also takes `L` (meant for the day fields) in a time field as matching nothing: the same search.
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let time_fields = &fields[..fields.len().saturating_sub(3)];
+    if let Some(field) = time_fields.iter().find(|field| {
+        !field
+            .chars()
+            .all(|c| c.is_ascii_digit() || "*/-,".contains(c))
+    }) {
+        return Err(format!(
+            "cron expression `{text}` is invalid: its time field `{field}` may hold only numbers, `*`, `-`, `/` \
+             and `,`"
+        ));
+    }
     let cron = croner::Cron::new(text)
         .with_seconds_optional()
         .parse()
@@ -347,6 +360,34 @@ mod tests {
             assert!(err.contains("has an empty list item"), "{text}: {err}");
         }
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_letter_in_a_time_field_is_an_error_not_a_search_to_the_year_5000() {
+        // Found by the schedule fuzz target (fuzz/regressions/schedule): croner took `L` in the seconds or hours
+        // field as matching nothing, and each question of when the sync is due took seconds to minutes.
+        let started = std::time::Instant::now();
+        for (text, field) in [
+            ("l */15 * * * *", "l"),
+            ("0 L * * *", "L"),
+            ("5 4 3x * * *", "3x"),
+        ] {
+            let err = parse_schedule(text, Tz::UTC).unwrap_err();
+            assert!(
+                err.contains(&format!("its time field `{field}` may hold only numbers")),
+                "{text}: {err}"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // The day fields keep croner's words: the last day of the month, Mondays, January.
+        for text in [
+            "0 6 L * *",
+            "0 6 * * MON",
+            "0 6 1 JAN *",
+            "*/10 0-5 * * 1-5",
+        ] {
+            assert!(parse_schedule(text, Tz::UTC).is_ok(), "{text}");
+        }
     }
 
     #[test]
