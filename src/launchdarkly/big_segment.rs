@@ -12,6 +12,7 @@ use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
 use reqwest::multipart::{Form, Part};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::{ApiError, Call, Client, NotDone, bad_answer};
 
@@ -151,12 +152,10 @@ impl Client {
 
     /// Where import `id` of the big segment stands.
     pub async fn import_status(&self, segment: &str, id: &str) -> Result<BulkStatus, ApiError> {
-        let call = Call::GetImport(segment);
         let url = format!("{}/imports/{id}", self.segment_url(segment));
-        let answer = self.send(call, || self.request(Method::GET, &url)).await?;
-        let answer = self.found(segment, answer).await?;
-        let rep: StatusRep = serde_json::from_str(&answer.body)
-            .map_err(|e| bad_answer(call, format!("{e} in {}", excerpt(&answer.body))))?;
+        let rep: StatusRep = self
+            .read_json(Call::GetImport(segment), segment, &url)
+            .await?;
         Ok(BulkStatus::read(&rep.status))
     }
 
@@ -190,12 +189,10 @@ impl Client {
 
     /// Where export `id` of the big segment stands, and its file's address once it has one.
     pub async fn export_status(&self, segment: &str, id: &str) -> Result<Export, ApiError> {
-        let call = Call::GetExport(segment);
         let url = format!("{}/exports/{id}", self.segment_url(segment));
-        let answer = self.send(call, || self.request(Method::GET, &url)).await?;
-        let answer = self.found(segment, answer).await?;
-        let rep: ExportRep = serde_json::from_str(&answer.body)
-            .map_err(|e| bad_answer(call, format!("{e} in {}", excerpt(&answer.body))))?;
+        let rep: ExportRep = self
+            .read_json(Call::GetExport(segment), segment, &url)
+            .await?;
         Ok(Export {
             status: BulkStatus::read(&rep.status),
             file: file_link(&rep.links).map(|href| self.absolute(href)),
@@ -242,6 +239,19 @@ impl Client {
             size += chunk.len() as u64;
         }
         Ok(size)
+    }
+
+    /// `GET url` about the big segment, its answer read as `T`.
+    async fn read_json<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+        segment: &str,
+        url: &str,
+    ) -> Result<T, ApiError> {
+        let answer = self.send(call, || self.request(Method::GET, url)).await?;
+        let answer = self.found(segment, answer).await?;
+        serde_json::from_str(&answer.body)
+            .map_err(|e| bad_answer(call, format!("{e} in {}", excerpt(&answer.body))))
     }
 
     /// `href` made absolute against the API's address.
