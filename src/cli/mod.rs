@@ -106,16 +106,17 @@ pub enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
         /// Plan what `sync --full` would do: read each segment from LaunchDarkly (needs the access token) and
-        /// compare the model with its real membership instead of the checkpoint, showing hand edits (drift) and
-        /// the model keys the segment holds as excluded targets. Still writes nothing. Events syncs plan from their
-        /// checkpoint either way.
+        /// compare the model with its real membership instead of the checkpoint (a big segment's, read through an
+        /// export), showing hand edits (drift) and the model keys the segment holds as excluded targets. Still
+        /// changes nothing. Events syncs plan from their checkpoint either way.
         #[arg(long)]
         full: bool,
     },
     /// Apply each sync's plan to LaunchDarkly, journaled and crash-safe.
     ///
-    /// Apply each sync's plan to its LaunchDarkly segment: adds before removes, in batches of at most batch_size,
-    /// written to the sync's journal before they are sent. The checkpoint moves only when LaunchDarkly has
+    /// Apply each sync's plan to its LaunchDarkly segment: adds before removes, in batches of at most batch_size
+    /// (a big segment's adds above big_segment.import_above as CSV imports), written to the sync's journal before
+    /// they are sent. The checkpoint moves only when LaunchDarkly has
     /// acknowledged every batch; a run that was interrupted is finished by the next one, without sending an
     /// acknowledged batch again. A first run (no checkpoint) compares with the segment's real membership. Needs the
     /// access token (launchdarkly.token_env or token_file). An events sync sends the rows past its watermark to
@@ -124,9 +125,10 @@ pub enum Command {
     Sync {
         /// Syncs to run (default: all, one after another).
         syncs: Vec<String>,
-        /// Compare with the segment's real membership instead of the checkpoint, and repair the segment: for
-        /// backfills, after changing a sync's settings, or when someone edited the segment by hand. Events syncs
-        /// refuse it (sending their history again would count it twice).
+        /// Compare with the segment's real membership instead of the checkpoint (a big segment's, read through an
+        /// export), and repair the segment: for backfills, after changing a sync's settings, or when someone
+        /// edited the segment by hand. A sync's full_every does the same on its own schedule. Events syncs refuse
+        /// it (sending their history again would count it twice).
         #[arg(long)]
         full: bool,
         /// Let this run remove what a removal gate would stop (gates.max_remove_percent, max_remove_count,
