@@ -7,7 +7,7 @@
 //!
 //! The data is a table of N events in a DuckDB database file, generated in SQL: one event a second (so an hour of
 //! lateness holds 3,600 rows), three event keys, 100,000 users, a revenue value, stored in random order. Each
-//! measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own:
+//! measurement runs in a fresh child process so that its peak resident memory (`VmHWM`) is its own:
 //! - `fetch`: the events query `plan` runs (every column cast to text, in time and row id order) read into Arrow
 //!   batches, nothing more: the warehouse's share, DuckDB's sort within the engine's memory limit included;
 //! - `plan`: the real `ldsync plan --format json` end to end (open, model, every row checked and turned into its

@@ -11,7 +11,7 @@
 //! in the same database (`state.kind: postgres`), so that the diff runs in PostgreSQL (the in-warehouse diff) and
 //! only the delta reaches ldsync.
 //!
-//! Each measurement runs in a fresh child process so that its peak resident memory (from `wait4`) is its own (the
+//! Each measurement runs in a fresh child process so that its peak resident memory (`VmHWM`) is its own (the
 //! data is generated in a child too: Linux counts the parent's resident memory at spawn in a child's peak):
 //! - `fetch`: the model's key column read into Arrow batches through the same query `plan` runs, nothing more;
 //! - `plan`: the real `ldsync plan --format json` end to end (open, model, keys, checkpoint, diff, report);
