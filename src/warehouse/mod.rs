@@ -295,19 +295,20 @@ fn open_engine(settings: &SetEngineSettings) -> Result<duckdb::Connection, Wareh
     Ok(conn)
 }
 
-/// Applies the set engine's memory limit, threads and spill directory to a DuckDB connection.
 /// Where the engine spills: `dir` when its parent exists, else a directory of the same name in the nearest
 /// ancestor that exists. DuckDB creates its spill directory when it first spills, but not the directories above it
 /// (a state directory no run has made yet: a first plan, or any run on the PostgreSQL store), and opening the engine
-/// creates nothing itself (`plan` writes nothing).
+/// creates nothing itself (`plan` writes nothing). The empty ancestor of a relative path is the working directory
+/// (`--config connector.yaml` in the project's directory).
 fn spill_directory(dir: &Path) -> PathBuf {
     let name = dir.file_name().unwrap_or(dir.as_os_str());
     dir.ancestors()
         .skip(1)
-        .find(|ancestor| ancestor.is_dir())
+        .find(|ancestor| ancestor.as_os_str().is_empty() || ancestor.is_dir())
         .map_or_else(|| dir.to_path_buf(), |ancestor| ancestor.join(name))
 }
 
+/// Applies the set engine's memory limit, threads and spill directory to a DuckDB connection.
 fn apply_engine_settings(
     conn: &duckdb::Connection,
     settings: &SetEngineSettings,
@@ -432,6 +433,17 @@ pub(crate) fn quote_literal(text: &str) -> String {
 mod tests {
     use super::*;
     use arrow::array::AsArray;
+
+    #[test]
+    fn a_spill_directory_under_missing_directories_falls_back_to_the_nearest_that_exists() {
+        let base = tempfile::tempdir().unwrap();
+        let deep = base.path().join("state/.duckdb-spill");
+        assert_eq!(spill_directory(&deep), base.path().join(".duckdb-spill"));
+        // A relative state directory (`--config connector.yaml` in the project, no `.ldsync` yet): the working
+        // directory, which is there, not a path DuckDB cannot create.
+        let relative = Path::new("no-such-directory-for-ldsync/state/.duckdb-spill");
+        assert_eq!(spill_directory(relative), PathBuf::from(".duckdb-spill"));
+    }
 
     fn memory() -> Warehouse {
         let config = WarehouseConfig::DuckDb {
