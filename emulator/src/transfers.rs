@@ -303,12 +303,43 @@ fn parse_keys(data: &[u8], max_keys: usize) -> Result<Vec<String>, ApiFailure> {
     Ok(keys)
 }
 
-/// One import.
-pub struct Import {
-    id: String,
+/// The big segment an import or export belongs to.
+struct Place {
     project: String,
     environment: String,
     segment_key: String,
+}
+
+impl Place {
+    fn new(project: &str, environment: &str, key: &str) -> Place {
+        Place {
+            project: project.to_string(),
+            environment: environment.to_string(),
+            segment_key: key.to_string(),
+        }
+    }
+
+    fn is(&self, project: &str, environment: &str, key: &str) -> bool {
+        (
+            self.project.as_str(),
+            self.environment.as_str(),
+            self.segment_key.as_str(),
+        ) == (project, environment, key)
+    }
+
+    /// `/api/v2/segments/{project}/{environment}/{segment}/{transfers}/{id}`: where a transfer is read.
+    fn location(&self, transfers: &str, id: &str) -> String {
+        format!(
+            "/api/v2/segments/{}/{}/{}/{transfers}/{id}",
+            self.project, self.environment, self.segment_key
+        )
+    }
+}
+
+/// One import.
+pub struct Import {
+    id: String,
+    place: Place,
     mode: ImportMode,
     wait_on_approvals: bool,
     filename: String,
@@ -354,18 +385,7 @@ impl Import {
     }
 
     fn location(&self) -> String {
-        format!(
-            "/api/v2/segments/{}/{}/{}/imports/{}",
-            self.project, self.environment, self.segment_key, self.id
-        )
-    }
-
-    fn is_of(&self, project: &str, environment: &str, key: &str) -> bool {
-        (
-            self.project.as_str(),
-            self.environment.as_str(),
-            self.segment_key.as_str(),
-        ) == (project, environment, key)
+        self.place.location("imports", &self.id)
     }
 
     /// `GET …/imports/{id}`'s answer.
@@ -373,7 +393,7 @@ impl Import {
         let status = self.status(now).as_str();
         json!({
             "id": self.id,
-            "segmentKey": self.segment_key,
+            "segmentKey": self.place.segment_key,
             "creationTime": self.creation_time,
             "mode": self.mode.as_str(),
             "status": status,
@@ -385,9 +405,9 @@ impl Import {
     fn info(&self, now: Instant) -> ImportInfo {
         ImportInfo {
             id: self.id.clone(),
-            project: self.project.clone(),
-            environment: self.environment.clone(),
-            segment_key: self.segment_key.clone(),
+            project: self.place.project.clone(),
+            environment: self.place.environment.clone(),
+            segment_key: self.place.segment_key.clone(),
             mode: self.mode,
             wait_on_approvals: self.wait_on_approvals,
             status: self.status(now),
@@ -401,9 +421,7 @@ impl Import {
 /// One export and its file.
 pub struct Export {
     id: String,
-    project: String,
-    environment: String,
-    segment_key: String,
+    place: Place,
     created: Instant,
     creation_time: u64,
     step: Duration,
@@ -426,10 +444,7 @@ impl Export {
     }
 
     fn location(&self) -> String {
-        format!(
-            "/api/v2/segments/{}/{}/{}/exports/{}",
-            self.project, self.environment, self.segment_key, self.id
-        )
+        self.place.location("exports", &self.id)
     }
 
     /// The presigned URL of its file, on the file host at `origin`.
@@ -451,7 +466,7 @@ impl Export {
         }
         json!({
             "id": self.id,
-            "segmentKey": self.segment_key,
+            "segmentKey": self.place.segment_key,
             "creationTime": self.creation_time,
             "status": status.as_str(),
             "sizeBytes": size,
@@ -532,9 +547,9 @@ impl State {
             }
             let keys = std::mem::take(&mut import.keys);
             let segment = segments.get_mut(&crate::segment_id(
-                &import.project,
-                &import.environment,
-                &import.segment_key,
+                &import.place.project,
+                &import.place.environment,
+                &import.place.segment_key,
             ));
             import.ended = Some(match segment {
                 Some(segment) if segment.unbounded && !import.ends_stopped => {
@@ -554,7 +569,7 @@ impl State {
     pub(crate) fn importing(&self, project: &str, environment: &str, key: &str) -> bool {
         self.imports
             .iter()
-            .any(|i| i.ended.is_none() && i.is_of(project, environment, key))
+            .any(|i| i.ended.is_none() && i.place.is(project, environment, key))
     }
 
     /// The segment as the API shows it, `_importInProgress` included.
@@ -593,18 +608,16 @@ impl State {
             )));
         }
         let now = Instant::now();
-        if let Some(running) = self
-            .imports
-            .iter()
-            .find(|i| i.ended.is_none() && i.project == project && i.environment == environment)
-        {
+        if let Some(running) = self.imports.iter().find(|i| {
+            i.ended.is_none() && i.place.project == project && i.place.environment == environment
+        }) {
             return Err(ApiFailure::new(
                 409,
                 "conflict",
                 format!(
                     "Conflicting process: import {} of segment `{}` is {}; imports cannot run at the same time in one environment",
                     running.id,
-                    running.segment_key,
+                    running.place.segment_key,
                     running.status(now).as_str()
                 ),
             ));
@@ -617,9 +630,7 @@ impl State {
         };
         let import = Import {
             id: new_id(),
-            project: project.to_string(),
-            environment: environment.to_string(),
-            segment_key: key.to_string(),
+            place: Place::new(project, environment, key),
             mode: upload.mode,
             wait_on_approvals: upload.wait_on_approvals,
             filename: upload.filename,
@@ -649,7 +660,7 @@ impl State {
     ) -> Result<Value, ApiFailure> {
         self.imports
             .iter()
-            .find(|i| i.id == id && i.is_of(project, environment, key))
+            .find(|i| i.id == id && i.place.is(project, environment, key))
             .map(|i| i.representation(Instant::now()))
             .ok_or_else(|| ApiFailure::new(404, "not_found", format!("Unknown import `{id}`")))
     }
@@ -692,9 +703,7 @@ impl State {
             snapshot_file(members, self.export_header, self.faults.malformed_exports);
         let export = Export {
             id: new_id(),
-            project: project.to_string(),
-            environment: environment.to_string(),
-            segment_key: key.to_string(),
+            place: Place::new(project, environment, key),
             created: Instant::now(),
             creation_time: epoch_ms(),
             step: self.export_step,
@@ -720,14 +729,7 @@ impl State {
     ) -> Result<Value, ApiFailure> {
         self.exports
             .iter()
-            .find(|x| {
-                x.id == id
-                    && (
-                        x.project.as_str(),
-                        x.environment.as_str(),
-                        x.segment_key.as_str(),
-                    ) == (project, environment, key)
-            })
+            .find(|x| x.id == id && x.place.is(project, environment, key))
             .map(|x| x.representation(Instant::now(), self.file_origin.as_deref()))
             .ok_or_else(|| ApiFailure::new(404, "not_found", format!("Unknown export `{id}`")))
     }
@@ -740,9 +742,9 @@ impl State {
                 let status = x.status(now);
                 ExportInfo {
                     id: x.id.clone(),
-                    project: x.project.clone(),
-                    environment: x.environment.clone(),
-                    segment_key: x.segment_key.clone(),
+                    project: x.place.project.clone(),
+                    environment: x.place.environment.clone(),
+                    segment_key: x.place.segment_key.clone(),
                     status,
                     keys: x.keys,
                     size_bytes: x.file.len(),
