@@ -68,13 +68,24 @@ impl BulkStatus {
     }
 }
 
+/// LaunchDarkly's word for the status.
+impl std::fmt::Display for BulkStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BulkStatus::Working(status) => status,
+            BulkStatus::PendingApproval => "pending_approval",
+            BulkStatus::Complete => "complete",
+            BulkStatus::Stopped => "stopped",
+        })
+    }
+}
+
 /// An export as `GET …/exports/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Export {
     pub status: BulkStatus,
     /// The file's address once LaunchDarkly names it, made absolute.
     pub file: Option<String>,
-    pub size_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -88,7 +99,6 @@ struct StatusRep {
 struct ExportRep {
     #[serde(default)]
     status: String,
-    size_bytes: Option<u64>,
     #[serde(default, rename = "_links")]
     links: BTreeMap<String, LinkRep>,
 }
@@ -196,7 +206,6 @@ impl Client {
         Ok(Export {
             status: BulkStatus::read(&rep.status),
             file: file_link(&rep.links).map(|href| self.absolute(href)),
-            size_bytes: rep.size_bytes,
         })
     }
 

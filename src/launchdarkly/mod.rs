@@ -146,16 +146,13 @@ impl Client {
         token: AccessToken,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ldsync/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()?;
-        let download = reqwest::Client::builder()
-            .user_agent(concat!("ldsync/", env!("CARGO_PKG_VERSION")))
-            .read_timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("ldsync/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+        };
+        let http = builder().timeout(timeout).build()?;
+        let download = builder().read_timeout(timeout).build()?;
         Ok(Client {
             http,
             download,

@@ -236,11 +236,13 @@ impl<'a> Planner<'a> {
         let baseline = choose_baseline(sync, segment.as_ref(), checkpoint.as_ref(), members)
             .map_err(|e| self.error(sync, e))?;
         let (model, dbt) = self.model_keys(sync, baseline)?;
-        let big = match &segment {
-            Some(segment) => segment.kind == SegmentKind::Big && segment.excluded.is_empty(),
+        let into_big_segment = match &segment {
+            Some(segment) => segment.kind == SegmentKind::Big,
             None => sync.create_segment == Some(SegmentKind::Big),
         };
-        let listing = if big { listing } else { Listing::Listed };
+        // A big segment's keys may stay in the set engine, unless it holds excluded targets to plan around.
+        let in_engine = into_big_segment && segment.as_ref().is_none_or(|s| s.excluded.is_empty());
+        let listing = if in_engine { listing } else { Listing::Listed };
         let mut planned = self.plan_against(sync, model, dbt, baseline, listing)?;
         match &segment {
             Some(segment) => {
@@ -258,10 +260,6 @@ impl<'a> Planner<'a> {
             None if sync.mode == Mode::Remove => self.fit_to_missing_segment(sync, &mut planned)?,
             None => {}
         }
-        let into_big_segment = match &segment {
-            Some(segment) => segment.kind == SegmentKind::Big,
-            None => sync.create_segment == Some(SegmentKind::Big),
-        };
         if into_big_segment {
             self.choose_delivery(sync, &mut planned)?;
         }

@@ -29,7 +29,9 @@ impl Runner<'_> {
         {
             return Ok(false);
         }
-        Ok(full || (sync.mode == Mode::Mirror && self.planner.checkpoint(sync)?.is_none()))
+        // Whether a checkpoint exists is all this asks: the planner checks it (its settings, its snapshot's hash)
+        // when it compares with it, so reading its manifest here does not hash the snapshot a second time.
+        Ok(full || (sync.mode == Mode::Mirror && self.store.load(&sync.name)?.is_none()))
     }
 
     /// Whether the sync's `full_every` says this run compares with the segment's real membership: no run that
@@ -66,7 +68,7 @@ impl Runner<'_> {
             progress::step_spinner(&sync.name, "exporting the segment's members", self.progress);
         let id = self.client.start_export(segment).await?;
         tracing::info!(sync = %sync.name, export = %id, "started an export of the big segment's members");
-        let mut wait = BulkWait::before_sending(sync, None);
+        let mut wait = BulkWait::before_sending(sync);
         let url = loop {
             let export = self.client.export_status(segment, &id).await?;
             match (export.status, export.file) {
@@ -79,8 +81,9 @@ impl Runner<'_> {
                     .into());
                 }
                 (status, _) => {
-                    let status = format!("{status:?}");
-                    wait.pause(self, &format!("export {id}"), &status).await?;
+                    let status = status.to_string();
+                    wait.pause(self, &format!("export {id} ({status})"), &status)
+                        .await?;
                 }
             }
         };

@@ -29,15 +29,18 @@ impl BulkWait {
     /// A wait on one import of the run whose journal this is.
     pub(super) fn sending(sync: &SegmentSyncConfig, journal: &SegmentJournal) -> Self {
         let run = journal.header.run.run_id.clone();
-        let sending = Some((run, journal.acknowledged_count(), journal.batch_count()));
-        BulkWait::before_sending(sync, sending)
+        BulkWait::new(
+            sync,
+            Some((run, journal.acknowledged_count(), journal.batch_count())),
+        )
     }
 
-    /// A wait before anything is sent (an export while planning) when `sending` is `None`.
-    pub(super) fn before_sending(
-        sync: &SegmentSyncConfig,
-        sending: Option<(String, usize, usize)>,
-    ) -> Self {
+    /// A wait before anything is sent: an export while planning.
+    pub(super) fn before_sending(sync: &SegmentSyncConfig) -> Self {
+        BulkWait::new(sync, None)
+    }
+
+    fn new(sync: &SegmentSyncConfig, sending: Option<(String, usize, usize)>) -> Self {
         BulkWait {
             started: Instant::now(),
             limit: sync.big_segment.wait,
