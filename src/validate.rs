@@ -1,6 +1,6 @@
 //! `ldsync validate`: every check that can be made without running a model in full or calling LaunchDarkly.
 
-use crate::config::{BigSegmentSettings, Config, EventSyncConfig, SegmentSyncConfig};
+use crate::config::{BigSegmentSettings, Config, EventSyncConfig, Mode, SegmentSyncConfig};
 use crate::plan::EventPlanner;
 use crate::plan::{Planner, SyncPlanError};
 use crate::report::dbt_model_text;
@@ -56,6 +56,11 @@ fn membership_text(sync: &SegmentSyncConfig) -> String {
             big.keys_per_file,
             humantime::format_duration(big.wait)
         ));
+    }
+    if sync.mode == Mode::Remove && sync.create_segment.is_some() {
+        text.push_str(
+            ", never creating the segment (create_segment does nothing for a remove sync)",
+        );
     }
     if let Some(every) = sync.full_every {
         text.push_str(&format!(

@@ -82,6 +82,39 @@ fn first_run_plans_every_example_sync_with_exact_keys() {
 }
 
 #[test]
+fn create_segment_on_a_remove_sync_is_named_as_doing_nothing_by_plan_and_validate() {
+    let project = Project::example();
+    project.edit_config(
+        "    segment: beta-testers\n    mode: remove\n",
+        "    segment: beta-testers\n    mode: remove\n    create_segment: standard\n",
+    );
+    let out = project.ldsync("day1", &["plan", "churned-beta", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let report = json(&out);
+    let notes = strings(&sync(&report, "churned-beta")["notes"]);
+    assert!(
+        notes.contains(
+            "create_segment does nothing for a remove sync: it never creates segment `beta-testers` (a segment \
+             that does not exist has nothing to remove); leave it out, or keep it for when the sync's mode changes"
+        ),
+        "{notes:?}"
+    );
+    let out = project.ldsync("day1", &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let churned = stdout(&out)
+        .lines()
+        .find(|line| line.contains("sync `churned-beta`"))
+        .map(str::to_string);
+    assert!(
+        churned.as_deref().is_some_and(|line| line.contains(
+            "never creating the segment (create_segment does nothing for a remove sync)"
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn next_day_plan_diffs_against_the_checkpoint() {
     let project = Project::example();
     project.commit_checkpoint("pro-users", &expected_pro_users("day1"));

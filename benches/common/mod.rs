@@ -86,21 +86,28 @@ pub struct Measurement {
 
 /// Runs the command `repeat` times; wall time of each, and the largest peak resident memory seen.
 pub fn measure(repeat: usize, command: impl Fn() -> Command) -> Measurement {
+    try_measure(repeat, command).expect("a benchmark child process failed")
+}
+
+/// [`measure`], or `None` as soon as a run of the command fails (what it printed on standard error says why).
+pub fn try_measure(repeat: usize, command: impl Fn() -> Command) -> Option<Measurement> {
     let mut times = Vec::new();
     let mut peak_kib = 0;
     for _ in 0..repeat {
         let started = Instant::now();
         let (ok, peak) = run_and_measure(command());
+        if !ok {
+            return None;
+        }
         times.push(started.elapsed().as_secs_f64());
-        assert!(ok, "a benchmark child process failed");
         peak_kib = peak_kib.max(peak);
     }
     times.sort_by(f64::total_cmp);
-    Measurement {
+    Some(Measurement {
         median: times[times.len() / 2],
         min: times[0],
         peak_kib,
-    }
+    })
 }
 
 /// This benchmark's own binary running phase `phase` on the data in `dir`, in a child process.

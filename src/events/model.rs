@@ -2,6 +2,13 @@
 //! turned into Unix milliseconds by the warehouse, rows before the lateness window left in the warehouse, the rest
 //! in the order of their time and row id, so that the same rows always make the same batches), and each row of its
 //! result checked and turned into the custom event LaunchDarkly's metric import API takes.
+//!
+//! Ordering the rows is a sort, and an embedded DuckDB warehouse sorts in ldsync's own memory: a backfill of many
+//! millions of rows would hold the engine's whole memory limit and spill. So with DuckDB, when the window holds more
+//! than [`ROWS_PER_READ`] rows, they are read in ranges of time of about that many rows each, one after the other,
+//! each sorted on its own ([`EventQuery::stream`]): the same order, with the memory of one range's sort. The ranges
+//! are cut at quantiles of the rows' times that one pass over the model finds; a PostgreSQL warehouse sorts on the
+//! server and is read in one query.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +19,14 @@ use serde::{Deserialize, Serialize};
 use crate::config::{EventSyncConfig, MAX_KEY_CHARS};
 use crate::vocab::ErrorClass;
 use crate::warehouse::{Column, Warehouse, WarehouseError, quote_identifier, wrap_model};
+
+/// Above this many rows in the window, an embedded DuckDB warehouse's rows are read in ranges of time of about this
+/// many rows each (see the module's documentation).
+pub const ROWS_PER_READ: u64 = 1_000_000;
+
+/// How finely the pass that cuts the ranges divides the rows' times: at most a thousandth of the rows lie between
+/// two neighbouring quantiles, so ranges come within about that of [`ROWS_PER_READ`] rows up to a billion rows.
+const TIME_QUANTILES: u64 = 1024;
 
 /// Why an events model cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +99,10 @@ impl std::fmt::Display for RowProblem {
 /// The SQL that reads an events model: `[event key, context keys…, Unix ms, value?, row id]`, all text.
 #[derive(Debug, Clone)]
 pub struct EventQuery {
-    /// The wrapped model, without the window's condition.
-    select: String,
+    /// The columns read, as the `SELECT` list.
+    outputs: String,
+    /// The wrapped model, as the `FROM` clause.
+    from: String,
     /// The timestamp in Unix milliseconds, as SQL over the wrapped model's columns.
     epoch_ms: String,
     /// The row id as text, as SQL over the wrapped model's columns.
@@ -137,11 +154,8 @@ impl EventQuery {
         outputs.insert(epoch_column, format!("CAST({epoch_ms} AS TEXT)"));
         let row_id = outputs.last().expect("the row id is always read").clone();
         Ok(EventQuery {
-            select: format!(
-                "SELECT {} FROM {} AS ldsync_events",
-                outputs.join(", "),
-                wrap_model(model_sql)
-            ),
+            outputs: outputs.join(", "),
+            from: format!("{} AS ldsync_events", wrap_model(model_sql)),
             epoch_ms,
             row_id,
             contexts: sync.contexts.len(),
@@ -149,16 +163,140 @@ impl EventQuery {
         })
     }
 
-    /// The query for the rows at or after `since_ms` (and those without a timestamp, which are reported); every
-    /// row when `since_ms` is `None`. Rows come in the order of their time, then their row id: the same rows make
-    /// the same batches (so the same payload IDs) in every run, and a run's acknowledged batches hold its earliest
-    /// events.
-    pub fn sql(&self, since_ms: Option<i64>) -> String {
+    /// Runs the query for the rows at or after `since_ms` (and those without a timestamp, which are reported; every
+    /// row when `since_ms` is `None`) and hands `sink` their columns batch by batch. Rows come in the order of their
+    /// time, then their row id: the same rows make the same batches (so the same payload IDs) in every run, and a
+    /// run's acknowledged batches hold its earliest events. With an embedded DuckDB warehouse and more than
+    /// [`ROWS_PER_READ`] rows, the rows are read in ranges of time, in order.
+    pub fn stream<E: From<WarehouseError>>(
+        &self,
+        warehouse: &Warehouse,
+        since_ms: Option<i64>,
+        sink: impl FnMut(&[ArrayRef]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.stream_in_reads(warehouse, since_ms, Some(ROWS_PER_READ), sink)
+    }
+
+    /// [`EventQuery::stream`] with ranges of about `rows_per_read` rows, or in one read sorted whole when `None`
+    /// (what the events benchmark compares with).
+    pub fn stream_in_reads<E: From<WarehouseError>>(
+        &self,
+        warehouse: &Warehouse,
+        since_ms: Option<i64>,
+        rows_per_read: Option<u64>,
+        mut sink: impl FnMut(&[ArrayRef]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let whole = TimeRange {
+            from: since_ms,
+            until: None,
+        };
+        let ranges = match rows_per_read {
+            Some(rows) => self.time_ranges(warehouse, since_ms, rows)?,
+            None => vec![whole],
+        };
+        for range in ranges {
+            warehouse.stream_columns(&self.sql(range), &mut sink)?;
+        }
+        Ok(())
+    }
+
+    /// The ranges of time the rows at or after `since_ms` are read in: one (from `since_ms` on) unless the warehouse
+    /// is embedded DuckDB and they are more than `rows_per_read`; then ranges of about that many rows, cut at
+    /// quantiles of the rows' times. Ranges never split a millisecond, so one millisecond holding more rows than
+    /// that is read whole.
+    fn time_ranges(
+        &self,
+        warehouse: &Warehouse,
+        since_ms: Option<i64>,
+        rows_per_read: u64,
+    ) -> Result<Vec<TimeRange>, WarehouseError> {
+        let whole = TimeRange {
+            from: since_ms,
+            until: None,
+        };
+        let Some(conn) = warehouse.embedded_duckdb() else {
+            return Ok(vec![whole]);
+        };
+        let (rows, quantiles) = self.time_quantiles(conn, whole)?;
+        let reads = rows.div_ceil(rows_per_read.max(1));
+        let mut cuts: Vec<i64> = (1..reads)
+            .filter_map(|i| {
+                let at = (i * TIME_QUANTILES / reads) as usize;
+                quantiles.get(at.checked_sub(1)?).copied()
+            })
+            .filter(|&cut| since_ms.is_none_or(|since| cut > since))
+            .collect();
+        cuts.dedup();
+        let mut ranges = Vec::with_capacity(cuts.len() + 1);
+        let mut from = since_ms;
+        for cut in cuts {
+            ranges.push(TimeRange {
+                from,
+                until: Some(cut),
+            });
+            from = Some(cut);
+        }
+        ranges.push(TimeRange { from, until: None });
+        Ok(ranges)
+    }
+
+    /// How many rows `range` holds, and the times (Unix ms, ascending) that cut them into [`TIME_QUANTILES`] parts
+    /// (none when no row has a time), in one pass over the model that keeps a summary of the times, not the rows.
+    fn time_quantiles(
+        &self,
+        conn: &duckdb::Connection,
+        range: TimeRange,
+    ) -> Result<(u64, Vec<i64>), WarehouseError> {
+        let fractions: Vec<String> = (1..TIME_QUANTILES)
+            .map(|i| (i as f64 / TIME_QUANTILES as f64).to_string())
+            .collect();
+        let sql = format!(
+            "WITH summary AS (SELECT count(*) AS row_count, approx_quantile(TRY_CAST({} AS DOUBLE), [{}]) AS cuts \
+             FROM {}{}) SELECT row_count, CAST(floor(unnest(cuts)) AS BIGINT) FROM summary",
+            self.epoch_ms,
+            fractions.join(", "),
+            self.from,
+            self.condition(range)
+        );
+        let mut stmt = conn.prepare(&sql).map_err(WarehouseError::Model)?;
+        let mut rows = 0;
+        let mut cuts = Vec::new();
+        let mut answer = stmt.query([]).map_err(WarehouseError::Model)?;
+        while let Some(row) = answer.next().map_err(WarehouseError::Model)? {
+            rows = row.get::<_, i64>(0).map_err(WarehouseError::Model)?;
+            cuts.extend(
+                row.get::<_, Option<i64>>(1)
+                    .map_err(WarehouseError::Model)?,
+            );
+        }
+        cuts.sort_unstable();
+        Ok((u64::try_from(rows).unwrap_or_default(), cuts))
+    }
+
+    /// The query for the rows of `range`, in the order of their time, then their row id.
+    fn sql(&self, range: TimeRange) -> String {
+        format!(
+            "SELECT {} FROM {}{} ORDER BY {}, {}",
+            self.outputs,
+            self.from,
+            self.condition(range),
+            self.epoch_ms,
+            self.row_id
+        )
+    }
+
+    /// The `WHERE` clause that keeps the rows of `range` (none for every row); the last range, open at its end, has
+    /// the rows without a time too.
+    fn condition(&self, range: TimeRange) -> String {
         let epoch = &self.epoch_ms;
-        let window = since_ms.map_or(String::new(), |since| {
-            format!(" WHERE {epoch} >= {since} OR {epoch} IS NULL")
-        });
-        format!("{}{window} ORDER BY {epoch}, {}", self.select, self.row_id)
+        let from = range.from.map(|from| format!("{epoch} >= {from}"));
+        let condition = match (from, range.until) {
+            (None, None) => return String::new(),
+            (Some(from), None) => format!("{from} OR {epoch} IS NULL"),
+            (None, Some(until)) => format!("{epoch} < {until}"),
+            (Some(from), Some(until)) => format!("{from} AND {epoch} < {until}"),
+        };
+        format!(" WHERE {condition}")
     }
 
     /// The rows of one batch of the query's result.
@@ -173,6 +311,13 @@ impl EventQuery {
             row_id: text(columns.len() - 1)?,
         })
     }
+}
+
+/// The rows whose time (Unix ms) is at or after `from` and before `until`; `None` leaves that end open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TimeRange {
+    from: Option<i64>,
+    until: Option<i64>,
 }
 
 /// A column of text as a plain string array, whichever string layout the warehouse produced.
@@ -330,4 +475,101 @@ fn find_column<'c>(
         column: wanted.to_string(),
         available: columns.iter().map(|c| c.name.clone()).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{SetEngineSettings, Statement, WarehouseConfig};
+
+    /// An in-memory DuckDB warehouse with 2,000 events in shuffled order: one a second, 500 of them in a single
+    /// millisecond, 20 without a time.
+    fn warehouse() -> Warehouse {
+        let table = "CREATE TABLE e AS
+            SELECT 'r' || i AS row_id, 'order' AS event_key, 'u' || (i % 7) AS user_id,
+                   CASE WHEN i % 100 = 0 THEN NULL
+                        WHEN i BETWEEN 1000 AND 1499 THEN TIMESTAMP '2026-01-01 12:00:00'
+                        ELSE TIMESTAMP '2026-01-01' + to_seconds(i) END AS occurred_at
+            FROM range(2000) r(i) ORDER BY hash(i)";
+        let config = WarehouseConfig::DuckDb {
+            database: None,
+            startup_sql: vec![Statement::from(table)],
+        };
+        Warehouse::open(&config, &SetEngineSettings::default(), Path::new(".")).unwrap()
+    }
+
+    fn query(warehouse: &Warehouse) -> EventQuery {
+        let sync: EventSyncConfig = serde_yaml_ng::from_str(
+            "{name: orders, model: orders, contexts: {user: user_id}, timestamp_column: occurred_at}",
+        )
+        .unwrap();
+        EventQuery::prepare(warehouse, &sync, "SELECT * FROM e").unwrap()
+    }
+
+    /// The row ids `ranges` read, in the order read.
+    fn row_ids(
+        warehouse: &Warehouse,
+        query: &EventQuery,
+        ranges: &[TimeRange],
+    ) -> Vec<Vec<String>> {
+        ranges
+            .iter()
+            .map(|&range| {
+                let mut ids = Vec::new();
+                warehouse
+                    .stream_columns::<WarehouseError>(&query.sql(range), |columns| {
+                        let rows = query.rows(columns)?;
+                        ids.extend((0..rows.len()).map(|i| rows.row_id(i).to_string()));
+                        Ok(())
+                    })
+                    .unwrap();
+                ids
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_read_in_ranges_of_time_come_in_the_order_one_sorted_query_gives() {
+        let warehouse = warehouse();
+        let query = query(&warehouse);
+        let since = Some(1_767_225_600_000 + 300_000); // 00:05 on 2026-01-01: rows 0–299 are before the window.
+        for since in [None, since] {
+            let whole = TimeRange {
+                from: since,
+                until: None,
+            };
+            let expected = row_ids(&warehouse, &query, &[whole]).concat();
+            let ranges = query.time_ranges(&warehouse, since, 100).unwrap();
+            let read = row_ids(&warehouse, &query, &ranges);
+            assert_eq!(read.concat(), expected, "since {since:?}");
+            assert!(
+                ranges.len() >= 10,
+                "{} ranges for since {since:?}",
+                ranges.len()
+            );
+            assert_eq!(ranges[0].from, since);
+            assert_eq!(ranges.last().unwrap().until, None);
+            // The 500 rows of one millisecond are read together; every other range holds about 100 rows.
+            let sizes: Vec<usize> = read.iter().map(Vec::len).collect();
+            assert_eq!(sizes.iter().filter(|&&n| n > 150).count(), 1, "{sizes:?}");
+            assert!(sizes.iter().any(|&n| n >= 500), "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn rows_no_more_than_one_read_holds_are_read_in_one_range() {
+        let warehouse = warehouse();
+        let query = query(&warehouse);
+        let ranges = query.time_ranges(&warehouse, None, 2_000).unwrap();
+        assert_eq!(
+            ranges,
+            [TimeRange {
+                from: None,
+                until: None
+            }]
+        );
+        assert_eq!(row_ids(&warehouse, &query, &ranges)[0].len(), 2_000);
+    }
 }

@@ -28,7 +28,17 @@ pub enum TokenError {
     EmptyFile { path: PathBuf },
     #[error("the access token from {origin} holds characters that cannot go in an HTTP header")]
     NotAHeader { origin: String },
+    #[error(
+        "the access token from {origin} is too short to be a LaunchDarkly access token ({chars} character{}; a \
+         token is `api-` and 36 more): check that it holds the whole token",
+        if *chars == 1 { "" } else { "s" }
+    )]
+    TooShort { origin: String, chars: usize },
 }
+
+/// The fewest characters an access token may have. LaunchDarkly's are 40 (`api-` and a UUID); a value much
+/// shorter is a mistake, and one of a character or two could not be scrubbed from text without mangling it.
+const MIN_TOKEN_CHARS: usize = 8;
 
 impl TokenError {
     /// The token comes from the environment or a file connector.yaml names.
@@ -76,6 +86,10 @@ impl AccessToken {
         if HeaderValue::from_str(&value).is_err() {
             return Err(TokenError::NotAHeader { origin });
         }
+        let chars = value.chars().count();
+        if chars < MIN_TOKEN_CHARS {
+            return Err(TokenError::TooShort { origin, chars });
+        }
         Ok(AccessToken { value })
     }
 
@@ -106,6 +120,24 @@ mod tests {
         assert_eq!(token.scrub("echo api-canary-1234!"), "echo <redacted>!");
         assert!(token.header().is_sensitive());
         assert_eq!(token.header().to_str().unwrap(), "api-canary-1234");
+    }
+
+    #[test]
+    fn a_token_too_short_to_be_real_is_refused_naming_its_length_not_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "a\n").unwrap();
+        let error = AccessToken::read(&TokenSource::File("token".into()), dir.path()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the access token from {} is too short to be a LaunchDarkly access token (1 character; a token \
+                 is `api-` and 36 more): check that it holds the whole token",
+                dir.path().join("token").display()
+            )
+        );
+        std::fs::write(dir.path().join("token"), "api-1234\n").unwrap();
+        let token = AccessToken::read(&TokenSource::File("token".into()), dir.path()).unwrap();
+        assert_eq!(token.scrub("a api-1234 b"), "a <redacted> b");
     }
 
     #[test]

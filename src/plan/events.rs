@@ -151,14 +151,11 @@ impl<'a> EventPlanner<'a> {
         };
         let mut collector = EventCollector::new(sync, &sent, latest_allowed, spool);
         let fetched = progress::fetch_spinner(&sync.name, self.progress);
-        self.warehouse.stream_columns::<PlanError>(
-            &query.sql(window_start),
-            |columns: &[ArrayRef]| {
-                let rows = query.rows(columns)?;
-                fetched.inc(rows.len() as u64);
-                collector.push(&rows, &mut plan)
-            },
-        )?;
+        query.stream::<PlanError>(self.warehouse, window_start, |columns: &[ArrayRef]| {
+            let rows = query.rows(columns)?;
+            fetched.inc(rows.len() as u64);
+            collector.push(&rows, &mut plan)
+        })?;
         fetched.finish_and_clear();
         collector.finish(sent, &mut plan)?;
         Ok(plan)

@@ -680,6 +680,13 @@ fn plan_keys<'e>(
         notes: Vec::new(),
     };
     plan.notes = notes(&plan, baseline);
+    if sync.mode == Mode::Remove && sync.create_segment.is_some() {
+        plan.notes.push(format!(
+            "create_segment does nothing for a remove sync: it never creates segment `{}` (a segment that does not \
+             exist has nothing to remove); leave it out, or keep it for when the sync's mode changes",
+            sync.segment
+        ));
+    }
     Ok((plan, diff))
 }
 

@@ -176,6 +176,14 @@ impl Warehouse {
         }
     }
 
+    /// The warehouse's own connection when it is embedded DuckDB, whose queries run (and sort) in ldsync's memory.
+    pub fn embedded_duckdb(&self) -> Option<&duckdb::Connection> {
+        match self {
+            Warehouse::DuckDb(conn) => Some(conn),
+            Warehouse::Postgres { .. } => None,
+        }
+    }
+
     /// The columns a model returns, found without running it.
     pub fn describe(&self, model_sql: &str) -> Result<Vec<Column>, WarehouseError> {
         let conn = match self {
