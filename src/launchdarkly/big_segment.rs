@@ -16,25 +16,6 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiError, Call, Client, NotDone, bad_answer};
 
-/// How an import changes the big segment's included list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImportMode {
-    /// Adds the file's keys to the list.
-    Merge,
-    /// Replaces the whole list with the file's keys.
-    Replace,
-}
-
-impl ImportMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImportMode::Merge => "merge",
-            ImportMode::Replace => "replace",
-        }
-    }
-}
-
 /// What `POST …/imports` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportStart {
@@ -118,13 +99,14 @@ impl Client {
         format!("{}/{segment}", self.segments_url())
     }
 
-    /// Uploads one CSV file of keys (no header row, one key a line) as an import of `mode` into the big segment.
-    /// The file is sent again after a lost answer or a 5xx (LaunchDarkly may then hold two imports of the same
-    /// file, which change the list the same way), not after a 409, which the caller waits out.
+    /// Uploads one CSV file of keys (no header row, one key a line) as an import into the big segment, always in
+    /// `merge` mode: the keys are added to the included list (a `replace` in several files would leave the segment
+    /// holding one file's keys while the rest upload; README says why ldsync never sends one). The file is sent
+    /// again after a lost answer or a 5xx (LaunchDarkly may then hold two imports of the same file, which change the
+    /// list the same way), not after a 409, which the caller waits out.
     pub async fn start_import(
         &self,
         segment: &str,
-        mode: ImportMode,
         file_name: &str,
         csv: &[u8],
     ) -> Result<ImportStart, ApiError> {
@@ -138,7 +120,7 @@ impl Client {
                     .expect("text/csv is a valid MIME type");
                 let form = Form::new()
                     .part("file", file)
-                    .text("mode", mode.as_str())
+                    .text("mode", "merge")
                     .text("waitOnApprovals", "false");
                 self.request(Method::POST, &url).multipart(form)
             })

@@ -11,7 +11,7 @@ pub mod pacing;
 mod segment;
 pub mod token;
 
-pub use big_segment::{BulkStatus, Export, ImportMode, ImportStart, import_file};
+pub use big_segment::{BulkStatus, Export, ImportStart, import_file};
 pub use error::{ApiError, ErrorAnswer};
 pub use export_file::{ExportFile, ExportFileError};
 pub use segment::{Segment, parse_segment, semantic_patch};

@@ -7,7 +7,7 @@ use super::segment::{Batch, SegmentJournal};
 use super::wait::BulkWait;
 use super::{RunError, Runner};
 use crate::config::SegmentSyncConfig;
-use crate::launchdarkly::{ApiError, BulkStatus, ImportMode, ImportStart, import_file};
+use crate::launchdarkly::{ApiError, BulkStatus, ImportStart, import_file};
 
 impl Runner<'_> {
     /// Sends `batch` (adds) as an import into the sync's big segment and waits until LaunchDarkly completes it.
@@ -57,11 +57,7 @@ impl Runner<'_> {
         wait: &mut BulkWait,
     ) -> Result<String, RunError> {
         loop {
-            match self
-                .client
-                .start_import(&sync.segment, ImportMode::Merge, name, file)
-                .await?
-            {
+            match self.client.start_import(&sync.segment, name, file).await? {
                 ImportStart::Started(id) => return Ok(id),
                 ImportStart::Busy(message) => {
                     if wait.first() {
